@@ -1,0 +1,141 @@
+// pybind11 adapter over the faceops core.  Arrays arrive as raw addresses
+// (python/faceops/_arrays.py checks dtype, shape, layout and device and
+// allocates the outputs with the caller's array library); this file only
+// dispatches on dtype and device and releases the GIL.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "faceops/faceops.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+T* as_pointer(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error(
+      "faceops was built without CUDA support: pass NumPy arrays, or rebuild with nvcc "
+      "available (FACEOPS_CUDA=ON)");
+}
+
+// Runs body.template operator()<T>(on_cuda) for dtype "float32" or "float64".
+template <typename Body>
+void dispatch(const std::string& dtype, const std::string& device, Body body) {
+  const bool on_cuda = device == "cuda";
+  if (!on_cuda && device != "cpu") throw py::value_error("device: expected 'cpu' or 'cuda'");
+#ifndef FACEOPS_WITH_CUDA
+  if (on_cuda) no_cuda();
+#endif
+  py::gil_scoped_release release;
+  if (dtype == "float32") {
+    body(float{}, on_cuda);
+  } else if (dtype == "float64") {
+    body(double{}, on_cuda);
+  } else {
+    throw py::type_error("dtype: expected float32 or float64, got " + dtype);
+  }
+}
+
+#ifdef FACEOPS_WITH_CUDA
+#define FACEOPS_CALL(on_cuda, fn, stream, ...) \
+  ((on_cuda) ? faceops::cuda::fn(__VA_ARGS__, stream) : faceops::cpu::fn(__VA_ARGS__))
+#else
+#define FACEOPS_CALL(on_cuda, fn, stream, ...) faceops::cpu::fn(__VA_ARGS__)
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "faceops kernels (CPU and CUDA) behind one interface; use faceops.* instead";
+  m.attr("__version__") = FACEOPS_VERSION;
+  m.def("cuda_available", &faceops::cuda_available,
+        "True when faceops has CUDA kernels and a CUDA device is present");
+  m.def("built_with_cuda", &faceops::built_with_cuda);
+
+  m.def("center_loss", [](const std::string& dtype, const std::string& device, uintptr_t x,
+                          uintptr_t labels, uintptr_t centers, int64_t n, int64_t d,
+                          int64_t num_classes, uintptr_t loss, uintptr_t dx, uintptr_t dcenters,
+                          uintptr_t stream) {
+    dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+      using T = decltype(zero);
+      FACEOPS_CALL(on_cuda, center_loss<T>, reinterpret_cast<void*>(stream), as_pointer<const T>(x),
+                   as_pointer<const int64_t>(labels), as_pointer<const T>(centers), n, d,
+                   num_classes, as_pointer<T>(loss), as_pointer<T>(dx), as_pointer<T>(dcenters));
+    });
+  });
+  m.def("center_update_direction",
+        [](const std::string& dtype, const std::string& device, uintptr_t x, uintptr_t labels,
+           uintptr_t centers, int64_t n, int64_t d, int64_t num_classes, uintptr_t direction,
+           uintptr_t stream) {
+          dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+            using T = decltype(zero);
+            FACEOPS_CALL(on_cuda, center_update_direction<T>, reinterpret_cast<void*>(stream),
+                         as_pointer<const T>(x), as_pointer<const int64_t>(labels),
+                         as_pointer<const T>(centers), n, d, num_classes,
+                         as_pointer<T>(direction));
+          });
+        });
+  m.def("center_update", [](const std::string& dtype, const std::string& device, uintptr_t x,
+                            uintptr_t labels, uintptr_t centers, int64_t n, int64_t d,
+                            int64_t num_classes, double alpha, uintptr_t stream) {
+    dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+      using T = decltype(zero);
+      FACEOPS_CALL(on_cuda, center_update<T>, reinterpret_cast<void*>(stream),
+                   as_pointer<const T>(x), as_pointer<const int64_t>(labels),
+                   as_pointer<T>(centers), n, d, num_classes, static_cast<T>(alpha));
+    });
+  });
+  m.def("contrastive_loss", [](const std::string& dtype, const std::string& device, uintptr_t a,
+                               uintptr_t b, uintptr_t similar, int64_t n, int64_t d,
+                               double margin, bool legacy, uintptr_t loss, uintptr_t da,
+                               uintptr_t db, uintptr_t stream) {
+    dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+      using T = decltype(zero);
+      FACEOPS_CALL(on_cuda, contrastive_loss<T>, reinterpret_cast<void*>(stream),
+                   as_pointer<const T>(a), as_pointer<const T>(b),
+                   as_pointer<const int64_t>(similar), n, d, static_cast<T>(margin), legacy,
+                   as_pointer<T>(loss), as_pointer<T>(da), as_pointer<T>(db));
+    });
+  });
+  m.def("pair_loss", [](const std::string& dtype, const std::string& device, uintptr_t x,
+                        uintptr_t labels, int64_t n, int64_t d, double theta, uintptr_t loss,
+                        uintptr_t dx, uintptr_t dtheta, uintptr_t stream) {
+    dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+      using T = decltype(zero);
+      FACEOPS_CALL(on_cuda, pair_loss<T>, reinterpret_cast<void*>(stream), as_pointer<const T>(x),
+                   as_pointer<const int64_t>(labels), n, d, static_cast<T>(theta),
+                   as_pointer<T>(loss), as_pointer<T>(dx), as_pointer<T>(dtheta));
+    });
+  });
+  m.def("triplet_loss", [](const std::string& dtype, const std::string& device, uintptr_t x,
+                           uintptr_t labels, int64_t n, int64_t d, double margin, int mining,
+                           bool squared, uintptr_t loss, uintptr_t dx, uintptr_t stream) {
+    if (mining < 0 || mining > 2) throw py::value_error("mining: expected 0, 1 or 2");
+    dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+      using T = decltype(zero);
+      FACEOPS_CALL(on_cuda, triplet_loss<T>, reinterpret_cast<void*>(stream),
+                   as_pointer<const T>(x), as_pointer<const int64_t>(labels), n, d,
+                   static_cast<T>(margin), static_cast<faceops::TripletMining>(mining), squared,
+                   as_pointer<T>(loss), as_pointer<T>(dx));
+    });
+  });
+  m.def("triplet_loss_explicit",
+        [](const std::string& dtype, const std::string& device, uintptr_t anchor,
+           uintptr_t positive, uintptr_t negative, int64_t n, int64_t d, double margin,
+           uintptr_t loss, uintptr_t da, uintptr_t dp, uintptr_t dn, uintptr_t stream) {
+          dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+            using T = decltype(zero);
+            FACEOPS_CALL(on_cuda, triplet_loss_explicit<T>, reinterpret_cast<void*>(stream),
+                         as_pointer<const T>(anchor), as_pointer<const T>(positive),
+                         as_pointer<const T>(negative), n, d, static_cast<T>(margin),
+                         as_pointer<T>(loss), as_pointer<T>(da), as_pointer<T>(dp),
+                         as_pointer<T>(dn));
+          });
+        });
+}

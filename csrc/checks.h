@@ -1,0 +1,43 @@
+// Argument checks shared by the CPU entry points.  They throw
+// std::invalid_argument naming the argument, which pybind11 turns into a
+// Python ValueError and the Caffe layers into a CHECK failure.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace faceops {
+namespace detail {
+
+inline void require(bool condition, const std::string& message) {
+  if (!condition) throw std::invalid_argument(message);
+}
+
+inline void check_batch(const char* name, int64_t n, int64_t d) {
+  require(n > 0, std::string(name) + ": empty batch (N = 0); expected at least one row");
+  require(d > 0, std::string(name) + ": expected a feature dimension D > 0, got " +
+                     std::to_string(d));
+}
+
+template <typename T>
+void check_finite(const char* name, const T* values, int64_t count) {
+  bool finite = true;
+#pragma omp parallel for reduction(&& : finite) schedule(static)
+  for (int64_t i = 0; i < count; ++i) finite = finite && std::isfinite(values[i]);
+  require(finite, std::string(name) + ": contains NaN or Inf; expected finite values");
+}
+
+inline void check_labels_in_range(const char* name, const int64_t* labels, int64_t n,
+                                  int64_t num_classes) {
+  for (int64_t i = 0; i < n; ++i) {
+    require(labels[i] >= 0 && labels[i] < num_classes,
+            std::string(name) + ": label " + std::to_string(labels[i]) + " at index " +
+                std::to_string(i) + " is out of range; expected 0 <= label < " +
+                std::to_string(num_classes));
+  }
+}
+
+}  // namespace detail
+}  // namespace faceops

@@ -1,0 +1,61 @@
+// Triplet loss with in-batch mining.  d_ij = ||x_i - x_j||^2 when `squared`,
+// else ||x_i - x_j||; positives share the anchor's label, negatives do not.
+//
+//  kSemihard (Schroff, Kalenichenko, Philbin, "FaceNet", CVPR 2015, sec. 3.2,
+//            with TensorFlow's triplet_semihard_loss semantics): for every
+//            ordered (a, p), a != p, n* = argmin {d_an : d_an > d_ap}, or, if
+//            none is farther, argmax d_an; L = mean over (a, p) of
+//            max(0, d_ap - d_an* + margin).  Pairs whose anchor has no
+//            negative in the batch are left out of the mean.
+//  kHard     (Hermans, Beyer, Leibe, "In Defense of the Triplet Loss", 2017,
+//            eq. 5): L = mean over anchors with a positive and a negative of
+//            max(0, margin + max_p d_ap - min_n d_an).
+//  kAll      (batch-all, ibid. eq. 6 with the mean over all valid triplets):
+//            L = mean over (a, p, n) of max(0, d_ap - d_an + margin).
+//
+// Ties go to the lowest index.  No valid pair or triplet: loss 0, zero dx.
+// Explicit triplets (happynear's caffe-windows form, three bottoms):
+//   L = 1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2).
+#pragma once
+
+#include <cstdint>
+
+#include "faceops/hostdevice.h"
+
+namespace faceops {
+
+enum class TripletMining : int { kSemihard = 0, kHard = 1, kAll = 2 };
+
+template <typename T>
+FACEOPS_HD T triplet_hinge(T anchor_positive, T anchor_negative, T margin) {
+  const T h = anchor_positive - anchor_negative + margin;
+  return h > T(0) ? h : T(0);
+}
+
+// Orders candidates (distance, index): smaller distance first, then lower index.
+template <typename T>
+FACEOPS_HD bool closer_candidate(T distance, int64_t index, T best_distance, int64_t best_index) {
+  return distance < best_distance || (distance == best_distance && index < best_index);
+}
+
+namespace cpu {
+// dx (n, d) overwritten when non-null.
+template <typename T>
+void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T margin,
+                  TripletMining mining, bool squared, T* loss, T* dx);
+// Explicit (anchor, positive, negative) rows; da, dp, dn overwritten when non-null.
+template <typename T>
+void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative, int64_t n,
+                           int64_t d, T margin, T* loss, T* da, T* dp, T* dn);
+}  // namespace cpu
+
+namespace cuda {
+template <typename T>
+void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T margin,
+                  TripletMining mining, bool squared, T* loss, T* dx, void* stream);
+template <typename T>
+void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative, int64_t n,
+                           int64_t d, T margin, T* loss, T* da, T* dp, T* dn, void* stream);
+}  // namespace cuda
+
+}  // namespace faceops

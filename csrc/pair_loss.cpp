@@ -1,0 +1,57 @@
+#include "faceops/pair_loss.h"
+
+#include "checks.h"
+#include "pairwise_tiles.h"
+
+namespace faceops {
+namespace cpu {
+
+template <typename T>
+void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta, T* loss, T* dx,
+               T* dtheta) {
+  detail::check_batch("x", n, d);
+  detail::check_finite("x", x, n * d);
+  const std::vector<T> norms = detail::squared_norms(x, n, d);
+  const double pair_count = static_cast<double>(n) * static_cast<double>(n - 1);
+  const T inv_pairs = pair_count > 0 ? T(1.0 / pair_count) : T(0);
+  if (dx) std::fill(dx, dx + n * d, T(0));
+  double loss_sum = 0, dloss_dsquared_sum = 0;
+  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
+                                             int64_t rows) {
+    double block_loss = 0, block_dsquared = 0;
+    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
+      const int64_t cols = std::min(detail::kTileCols, n - j0);
+      tile.compute(x, norms.data(), i0, rows, j0, cols);
+      T* coef = tile.coefficients();
+      bool any_active = false;
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          T dterm = 0;
+          if (i0 + r != j0 + c) {
+            block_loss += pair_term(tile.distance(r, c), labels[i0 + r] == labels[j0 + c], theta,
+                                    &dterm);
+            block_dsquared += dterm;
+          }
+          // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
+          coef[r * detail::kTileCols + c] = T(4) * dterm * inv_pairs;
+          any_active = any_active || dterm != T(0);
+        }
+      }
+      if (dx && any_active) tile.accumulate_gradient(x, i0, rows, j0, cols, dx);
+    }
+#pragma omp atomic
+    loss_sum += block_loss;
+#pragma omp atomic
+    dloss_dsquared_sum += block_dsquared;
+  });
+  *loss = static_cast<T>(loss_sum * inv_pairs);
+  if (dtheta) *dtheta = static_cast<T>(-dloss_dsquared_sum * inv_pairs);
+}
+
+template void pair_loss<float>(const float*, const int64_t*, int64_t, int64_t, float, float*,
+                               float*, float*);
+template void pair_loss<double>(const double*, const int64_t*, int64_t, int64_t, double, double*,
+                                double*, double*);
+
+}  // namespace cpu
+}  // namespace faceops

@@ -1,0 +1,105 @@
+"""The array boundary: checks what crosses into the kernels and hands them raw
+addresses.
+
+NumPy arrays go to the CPU kernels, CuPy arrays to the CUDA kernels on CuPy's
+current stream; nothing is copied (a non-contiguous array is rejected, not
+silently copied) except integer labels of another width, which are widened to
+int64.  Outputs are allocated by the caller's own array library.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _is_cupy(array):
+    return type(array).__module__.split(".")[0] == "cupy"
+
+
+def device_of(**arrays):
+    """Returns ("cpu", numpy) or ("cuda", cupy) for the arrays, all on one device."""
+    kinds = {}
+    for name, array in arrays.items():
+        if isinstance(array, np.ndarray):
+            kinds[name] = "cpu"
+        elif _is_cupy(array):
+            kinds[name] = "cuda"
+        else:
+            raise TypeError(f"{name}: expected a numpy.ndarray or cupy.ndarray, got {type(array).__name__}")
+    devices = set(kinds.values())
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on {kind}" for name, kind in kinds.items())
+        raise TypeError(f"arguments mix NumPy (CPU) and CuPy (GPU) arrays ({where}); pass all on one device")
+    device = devices.pop()
+    if device == "cpu":
+        return device, np
+    from faceops import _core
+
+    if not _core.built_with_cuda():
+        raise RuntimeError(
+            f"{next(iter(arrays))}: got a CuPy array but faceops was built without CUDA support; "
+            "pass NumPy arrays or rebuild faceops where nvcc is available"
+        )
+    import cupy
+
+    return device, cupy
+
+
+def check_matrix(name, array, dtype=None, rows=None, cols=None):
+    """Checks a C-contiguous (rows, cols) float32/float64 matrix; returns its shape."""
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (N, D), got shape {tuple(array.shape)}")
+    if np.dtype(array.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {array.dtype}")
+    if dtype is not None and np.dtype(array.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} like the features, got {array.dtype}")
+    n, d = array.shape
+    if rows is not None and n != rows:
+        raise ValueError(f"{name}: expected {rows} rows, got shape {tuple(array.shape)}")
+    if cols is not None and d != cols:
+        raise ValueError(f"{name}: expected {cols} columns, got shape {tuple(array.shape)}")
+    if n == 0:
+        raise ValueError(f"{name}: empty batch (N = 0); expected at least one row")
+    if d == 0:
+        raise ValueError(f"{name}: expected a feature dimension D > 0, got shape {tuple(array.shape)}")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array; pass an ascontiguousarray copy")
+    return n, d
+
+
+def check_labels(name, labels, n, xp, num_classes=None):
+    """Checks (n,) integer labels; returns them as int64 (the only copy made: int32 widening)."""
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {tuple(labels.shape)}")
+    if np.dtype(labels.dtype) not in LABEL_DTYPES:
+        raise TypeError(f"{name}: expected dtype int32 or int64, got {labels.dtype}")
+    if not labels.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array")
+    labels = labels.astype(xp.int64, copy=False)
+    # The CPU core checks ranges itself; CUDA kernels rely on this check.
+    if num_classes is not None and xp is not np:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{name}: labels must satisfy 0 <= label < {num_classes}, got range [{low}, {high}]")
+    return labels
+
+
+def check_finite_on_gpu(name, array, xp):
+    """The CPU core rejects NaN/Inf itself; on the GPU this check does it."""
+    if xp is not np and not bool(xp.isfinite(array).all()):
+        raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
+
+
+def address(array):
+    """The data address of a NumPy or CuPy array (0 for None)."""
+    if array is None:
+        return 0
+    if isinstance(array, np.ndarray):
+        return array.__array_interface__["data"][0]
+    return array.__cuda_array_interface__["data"][0]
+
+
+def current_stream(xp):
+    """CuPy's current stream (the kernels queue on it); 0 on the CPU."""
+    return 0 if xp is np else xp.cuda.get_current_stream().ptr

@@ -1,0 +1,147 @@
+"""The faceops ops: NumPy arrays run the CPU kernels, CuPy arrays the CUDA
+kernels.  Each returns the loss as a Python float and the gradients of that
+loss (scale 1), arrays of the inputs' kind, dtype and device."""
+
+import numpy as np
+
+from faceops import _arrays, _core
+
+MINING_MODES = {"semihard": 0, "hard": 1, "all": 2}
+
+
+def _loss_buffer(xp, dtype):
+    return xp.empty((1,), dtype=dtype)
+
+
+def _call(kernel, device, dtype, *args, xp):
+    kernel(np.dtype(dtype).name, device, *args, _arrays.current_stream(xp))
+
+
+def center_loss(x, labels, centers):
+    """Center loss (Wen et al., ECCV 2016, eq. 2): L = 1/(2N) sum_i ||x_i - c_{y_i}||^2.
+
+    x (N, D), labels (N,) in [0, C), centers (C, D).  Returns (loss, dx, dcenters);
+    dcenters is zero outside the rows of the classes in the batch (on the CPU it is
+    allocated lazily, so untouched rows cost no memory traffic).
+    """
+    device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
+    n, d = _arrays.check_matrix("x", x)
+    num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d)
+    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    _arrays.check_finite_on_gpu("x", x, xp)
+    loss = _loss_buffer(xp, x.dtype)
+    dx = xp.empty_like(x)
+    dcenters = xp.zeros(centers.shape, dtype=centers.dtype)
+    _call(_core.center_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels),
+          _arrays.address(centers), n, d, num_classes, _arrays.address(loss), _arrays.address(dx),
+          _arrays.address(dcenters), xp=xp)
+    return float(loss[0]), dx, dcenters
+
+
+def center_update_direction(x, labels, centers):
+    """Wen et al. eq. 4 direction delta_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j), (C, D),
+    zero for classes absent from the batch (what Caffe's CenterLoss puts in the centers' diff)."""
+    device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
+    n, d = _arrays.check_matrix("x", x)
+    num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d)
+    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    _arrays.check_finite_on_gpu("x", x, xp)
+    direction = xp.zeros(centers.shape, dtype=centers.dtype)
+    _call(_core.center_update_direction, device, x.dtype, _arrays.address(x), _arrays.address(labels),
+          _arrays.address(centers), n, d, num_classes, _arrays.address(direction), xp=xp)
+    return direction
+
+
+def center_update(x, labels, centers, alpha):
+    """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j; absent classes untouched."""
+    device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
+    n, d = _arrays.check_matrix("x", x)
+    num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d)
+    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    _arrays.check_finite_on_gpu("x", x, xp)
+    alpha = float(alpha)
+    if not np.isfinite(alpha):
+        raise ValueError(f"alpha: expected a finite number, got {alpha}")
+    _call(_core.center_update, device, x.dtype, _arrays.address(x), _arrays.address(labels),
+          _arrays.address(centers), n, d, num_classes, alpha, xp=xp)
+
+
+def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True):
+    """Triplet loss with in-batch mining ("semihard", "hard" or "all"); see
+    csrc/faceops/triplet_loss.h for the exact definitions.  Returns (loss, dx)."""
+    device, xp = _arrays.device_of(x=x, labels=labels)
+    n, d = _arrays.check_matrix("x", x)
+    labels = _arrays.check_labels("labels", labels, n, xp)
+    if mining not in MINING_MODES:
+        raise ValueError(f"mining: expected one of {sorted(MINING_MODES)}, got {mining!r}")
+    margin = _finite("margin", margin)
+    _arrays.check_finite_on_gpu("x", x, xp)
+    loss = _loss_buffer(xp, x.dtype)
+    dx = xp.empty_like(x)
+    _call(_core.triplet_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d,
+          margin, MINING_MODES[mining], bool(squared), _arrays.address(loss), _arrays.address(dx),
+          xp=xp)
+    return float(loss[0]), dx
+
+
+def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
+    """L = 1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2) (the three-bottom
+    TripletLoss of happynear's caffe-windows).  Returns (loss, da, dp, dn)."""
+    device, xp = _arrays.device_of(anchor=anchor, positive=positive, negative=negative)
+    n, d = _arrays.check_matrix("anchor", anchor)
+    _arrays.check_matrix("positive", positive, dtype=anchor.dtype, rows=n, cols=d)
+    _arrays.check_matrix("negative", negative, dtype=anchor.dtype, rows=n, cols=d)
+    margin = _finite("margin", margin)
+    for name, array in (("anchor", anchor), ("positive", positive), ("negative", negative)):
+        _arrays.check_finite_on_gpu(name, array, xp)
+    loss = _loss_buffer(xp, anchor.dtype)
+    grads = [xp.empty_like(anchor) for _ in range(3)]
+    _call(_core.triplet_loss_explicit, device, anchor.dtype, _arrays.address(anchor),
+          _arrays.address(positive), _arrays.address(negative), n, d, margin,
+          _arrays.address(loss), *map(_arrays.address, grads), xp=xp)
+    return (float(loss[0]), *grads)
+
+
+def pair_loss(x, labels, theta):
+    """Multibatch pair loss (Tadmor et al., NIPS 2016):
+    L = 1/(N^2 - N) sum_{i != j} max(0, 1 - y_ij (theta - ||x_i - x_j||^2)).
+    Returns (loss, dx, dtheta) with dtheta a Python float."""
+    device, xp = _arrays.device_of(x=x, labels=labels)
+    n, d = _arrays.check_matrix("x", x)
+    labels = _arrays.check_labels("labels", labels, n, xp)
+    theta = _finite("theta", theta)
+    _arrays.check_finite_on_gpu("x", x, xp)
+    out = xp.empty((2,), dtype=x.dtype)  # loss, dtheta
+    dx = xp.empty_like(x)
+    _call(_core.pair_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d, theta,
+          _arrays.address(out), _arrays.address(dx), _arrays.address(out) + out.itemsize, xp=xp)
+    loss, dtheta = (float(v) for v in out.tolist())
+    return loss, dx, dtheta
+
+
+def contrastive_loss(a, b, similar, margin=1.0, legacy=False):
+    """BVLC Caffe's ContrastiveLoss: L = 1/(2N) sum_i [s_i d_i^2 + (1 - s_i) max(margin - d_i, 0)^2],
+    d_i = ||a_i - b_i||; legacy uses max(margin - d_i^2, 0).  similar: (N,) bool or integer,
+    non-zero = similar.  Returns (loss, da, db)."""
+    device, xp = _arrays.device_of(a=a, b=b, similar=similar)
+    n, d = _arrays.check_matrix("a", a)
+    _arrays.check_matrix("b", b, dtype=a.dtype, rows=n, cols=d)
+    if similar.dtype == np.bool_:
+        similar = similar.astype(xp.int64)
+    similar = _arrays.check_labels("similar", similar, n, xp)
+    margin = _finite("margin", margin)
+    _arrays.check_finite_on_gpu("a", a, xp)
+    _arrays.check_finite_on_gpu("b", b, xp)
+    loss = _loss_buffer(xp, a.dtype)
+    da, db = xp.empty_like(a), xp.empty_like(b)
+    _call(_core.contrastive_loss, device, a.dtype, _arrays.address(a), _arrays.address(b),
+          _arrays.address(similar), n, d, margin, bool(legacy), _arrays.address(loss),
+          _arrays.address(da), _arrays.address(db), xp=xp)
+    return float(loss[0]), da, db
+
+
+def _finite(name, value):
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return value
