@@ -1,0 +1,124 @@
+"""Every op against the plain NumPy reference (faceops.reference), in float32
+and float64, on every device.  The reference runs in float64 on the same
+values; tolerances are testing.TOLERANCE (float32: rtol 2e-4, atol 2e-5)."""
+
+import numpy as np
+import pytest
+
+import faceops
+from faceops import reference
+from testing import (
+    DEVICES,
+    DTYPES,
+    MININGS,
+    TOLERANCE,
+    kink_free_batch,
+    kink_gap_pair,
+    kink_gap_triplet,
+    pk_labels,
+    product,
+    to_device,
+    to_numpy,
+)
+
+
+def assert_close(actual, expected, dtype):
+    tol = TOLERANCE[dtype]
+    scale = max(np.abs(expected).max(), 1.0)
+    np.testing.assert_allclose(to_numpy(actual), expected, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+@pytest.mark.parametrize("device,dtype,mining,squared", product(DEVICES, DTYPES, MININGS, [True, False]))
+def test_triplet_matches_reference(device, dtype, mining, squared):
+    margin = 0.5
+    x, labels = kink_free_batch(11, 4, 3, 8, lambda x, y: kink_gap_triplet(x, y, margin, squared))
+    x = x.astype(dtype)
+    loss, dx = faceops.triplet_loss(to_device(x, device), to_device(labels.astype(np.int32), device), margin, mining, squared)
+    ref_loss, ref_dx = reference.triplet_loss(x.astype(np.float64), labels, margin, mining, squared)
+    assert ref_loss > 0
+    assert loss == pytest.approx(ref_loss, rel=TOLERANCE[dtype]["rtol"])
+    assert dx.dtype == dtype and dx.shape == x.shape
+    assert_close(dx, ref_dx, dtype)
+
+
+@pytest.mark.parametrize("device,dtype", product(DEVICES, DTYPES))
+def test_pair_matches_reference(device, dtype):
+    theta = 1.5
+    x, labels = kink_free_batch(12, 5, 4, 8, lambda x, y: kink_gap_pair(x, y, theta))
+    x = x.astype(dtype)
+    loss, dx, dtheta = faceops.pair_loss(to_device(x, device), to_device(labels, device), theta)
+    ref_loss, ref_dx, ref_dtheta = reference.pair_loss(x.astype(np.float64), labels, theta)
+    assert loss == pytest.approx(ref_loss, rel=TOLERANCE[dtype]["rtol"])
+    assert dtheta == pytest.approx(ref_dtheta, rel=TOLERANCE[dtype]["rtol"])
+    assert_close(dx, ref_dx, dtype)
+
+
+@pytest.mark.parametrize("device,dtype", product(DEVICES, DTYPES))
+def test_center_matches_reference(device, dtype):
+    rng = np.random.default_rng(13)
+    x, centers = rng.standard_normal((40, 16)).astype(dtype), rng.standard_normal((7, 16)).astype(dtype)
+    labels = rng.integers(0, 5, 40)  # classes 5 and 6 absent
+    loss, dx, dcenters = faceops.center_loss(to_device(x, device), to_device(labels, device), to_device(centers, device))
+    ref = reference.center_loss(x.astype(np.float64), labels, centers.astype(np.float64))
+    assert loss == pytest.approx(ref[0], rel=TOLERANCE[dtype]["rtol"])
+    assert_close(dx, ref[1], dtype)
+    assert_close(dcenters, ref[2], dtype)
+    assert not to_numpy(dcenters)[5:].any()
+
+    direction = faceops.center_update_direction(to_device(x, device), to_device(labels, device), to_device(centers, device))
+    ref_direction = reference.center_update_direction(x.astype(np.float64), labels, centers.astype(np.float64))
+    assert_close(direction, ref_direction, dtype)
+
+    updated = to_device(centers, device)
+    faceops.center_update(to_device(x, device), to_device(labels, device), updated, 0.3)
+    expected = centers.astype(np.float64)
+    reference.center_update(x.astype(np.float64), labels, expected, 0.3)
+    assert_close(updated, expected, dtype)
+    np.testing.assert_array_equal(to_numpy(updated)[5:], centers[5:])
+
+
+@pytest.mark.parametrize("device,dtype,legacy", product(DEVICES, DTYPES, [False, True]))
+def test_contrastive_matches_reference(device, dtype, legacy):
+    rng = np.random.default_rng(14)
+    a, b = rng.standard_normal((30, 6)).astype(dtype), rng.standard_normal((30, 6)).astype(dtype)
+    similar = rng.integers(0, 2, 30).astype(bool)
+    margin = 3.0
+    loss, da, db = faceops.contrastive_loss(to_device(a, device), to_device(b, device), to_device(similar, device), margin, legacy)
+    ref = reference.contrastive_loss(a.astype(np.float64), b.astype(np.float64), similar, margin, legacy)
+    assert loss == pytest.approx(ref[0], rel=TOLERANCE[dtype]["rtol"])
+    assert_close(da, ref[1], dtype)
+    assert_close(db, ref[2], dtype)
+
+
+@pytest.mark.parametrize("device,dtype", product(DEVICES, DTYPES))
+def test_explicit_triplet_matches_reference(device, dtype):
+    rng = np.random.default_rng(15)
+    a, p, n = (rng.standard_normal((25, 6)).astype(dtype) for _ in range(3))
+    loss, *grads = faceops.triplet_loss_explicit(*(to_device(v, device) for v in (a, p, n)), margin=2.0)
+    ref = reference.triplet_loss_explicit(*(v.astype(np.float64) for v in (a, p, n)), margin=2.0)
+    assert loss == pytest.approx(ref[0], rel=TOLERANCE[dtype]["rtol"])
+    for got, expected in zip(grads, ref[1:]):
+        assert_close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("device,mining", product(DEVICES, MININGS))
+def test_triplet_large_batch(device, mining):
+    """N = 1024 crosses many distance tiles and thread blocks (float64)."""
+    rng = np.random.default_rng(16)
+    labels = pk_labels(256, 4, rng)
+    x = rng.standard_normal((1024, 16))
+    loss, dx = faceops.triplet_loss(to_device(x, device), to_device(labels, device), 0.5, mining, squared=False)
+    ref_loss, ref_dx = reference.triplet_loss(x, labels, 0.5, mining, squared=False)
+    assert loss == pytest.approx(ref_loss, rel=1e-9)
+    assert_close(dx, ref_dx, np.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pair_large_batch(device):
+    rng = np.random.default_rng(17)
+    labels = pk_labels(128, 8, rng)
+    x = rng.standard_normal((1024, 16))
+    loss, dx, dtheta = faceops.pair_loss(to_device(x, device), to_device(labels, device), 32.0)
+    ref_loss, ref_dx, ref_dtheta = reference.pair_loss(x, labels, 32.0)
+    assert (loss, dtheta) == (pytest.approx(ref_loss, rel=1e-9), pytest.approx(ref_dtheta, rel=1e-9))
+    assert_close(dx, ref_dx, np.float64)
