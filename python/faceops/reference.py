@@ -10,13 +10,6 @@ def _pair_distance(xi, xj, squared):
     return s if squared else np.sqrt(s)
 
 
-def _distance_grad(xi, xj, distance, squared):
-    """d(distance)/d(x_i); the non-squared gradient is taken as 0 at distance 0."""
-    if squared:
-        return 2.0 * (xi - xj)
-    return (xi - xj) / distance if distance > 0 else np.zeros_like(xi)
-
-
 def center_loss(x, labels, centers):
     n = x.shape[0]
     residual = x - centers[labels]
@@ -60,6 +53,20 @@ def contrastive_loss(a, b, similar, margin=1.0, legacy=False):
     return loss / (2 * n), da, -da
 
 
+def _distances_from(x, i, squared):
+    """Distances from row i to every row, from direct differences."""
+    squared_distance = np.sum((x - x[i]) ** 2, axis=1)
+    return squared_distance if squared else np.sqrt(squared_distance)
+
+
+def _distance_grads(xi, rows, distances, squared):
+    """d(distance)/d(x_i) for each row; the non-squared gradient is 0 at distance 0."""
+    if squared:
+        return 2.0 * (xi - rows)
+    scale = np.divide(1.0, distances, out=np.zeros_like(distances), where=distances > 0)
+    return (xi - rows) * scale[:, None]
+
+
 def pair_loss(x, labels, theta):
     n = x.shape[0]
     pairs = n * n - n
@@ -67,87 +74,59 @@ def pair_loss(x, labels, theta):
     if pairs == 0:
         return 0.0, dx, 0.0
     for i in range(n):
-        for j in range(n):
-            if i == j:
-                continue
-            y = 1.0 if labels[i] == labels[j] else -1.0
-            hinge = 1.0 - y * (theta - _pair_distance(x[i], x[j], True))
-            if hinge > 0:
-                loss += hinge
-                dtheta -= y
-                g = y * 2.0 * (x[i] - x[j])
-                dx[i] += g
-                dx[j] -= g
+        y = np.where(labels == labels[i], 1.0, -1.0)
+        hinge = 1.0 - y * (theta - _distances_from(x, i, True))
+        active = (hinge > 0) & (np.arange(n) != i)
+        loss += float(hinge[active].sum())
+        dtheta -= float(y[active].sum())
+        # Each ordered pair (i, j) moves x_i by y * 2 (x_i - x_j) and x_j by the opposite.
+        g = (y * active)[:, None] * 2.0 * (x[i] - x)
+        dx[i] += g.sum(axis=0)
+        dx -= g
     return loss / pairs, dx / pairs, dtheta / pairs
 
 
-def _triplets_semihard(dist, labels):
-    """(a, p, n) per ordered positive pair, TensorFlow triplet_semihard_loss semantics."""
-    n = len(labels)
-    out = []
-    for a in range(n):
-        negatives = [k for k in range(n) if labels[k] != labels[a]]
-        if not negatives:
-            continue
-        for p in range(n):
-            if p == a or labels[p] != labels[a]:
-                continue
-            farther = [k for k in negatives if dist[a, k] > dist[a, p]]
-            if farther:
-                chosen = min(farther, key=lambda k: (dist[a, k], k))
-            else:
-                chosen = max(negatives, key=lambda k: (dist[a, k], -k))
-            out.append((a, p, chosen))
-    return out
-
-
-def _triplets_hard(dist, labels):
-    n = len(labels)
-    out = []
-    for a in range(n):
-        positives = [k for k in range(n) if k != a and labels[k] == labels[a]]
-        negatives = [k for k in range(n) if labels[k] != labels[a]]
-        if positives and negatives:
-            p = max(positives, key=lambda k: (dist[a, k], -k))
-            q = min(negatives, key=lambda k: (dist[a, k], k))
-            out.append((a, p, q))
-    return out
-
-
-def _triplets_all(dist, labels):
-    n = len(labels)
-    return [
-        (a, p, q)
-        for a in range(n)
-        for p in range(n)
-        if p != a and labels[p] == labels[a]
-        for q in range(n)
-        if labels[q] != labels[a]
-    ]
-
-
-TRIPLET_MINERS = {"semihard": _triplets_semihard, "hard": _triplets_hard, "all": _triplets_all}
+def _selected_triplets(mining, d_ap, d_an):
+    """How many times each (positive, negative) pair of one anchor is a triplet."""
+    selected = np.zeros((len(d_ap), len(d_an)))
+    if mining == "semihard":
+        for k in range(len(d_ap)):
+            farther = np.flatnonzero(d_an > d_ap[k])
+            # argmin/argmax return the first (lowest-index) extremum.
+            q = farther[np.argmin(d_an[farther])] if len(farther) else np.argmax(d_an)
+            selected[k, q] += 1
+    elif mining == "hard":
+        selected[np.argmax(d_ap), np.argmin(d_an)] = 1
+    else:
+        selected[:] = 1
+    return selected
 
 
 def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True):
+    labels = np.asarray(labels)
     n = x.shape[0]
-    dist = np.array([[_pair_distance(x[i], x[j], squared) for j in range(n)] for i in range(n)])
-    triplets = TRIPLET_MINERS[mining](dist, np.asarray(labels))
     dx = np.zeros_like(x)
-    if not triplets:
-        return 0.0, dx
-    loss = 0.0
-    for a, p, q in triplets:
-        hinge = dist[a, p] - dist[a, q] + margin
-        if hinge <= 0:
+    loss, count = 0.0, 0.0
+    for a in range(n):
+        positives = np.flatnonzero((labels == labels[a]) & (np.arange(n) != a))
+        negatives = np.flatnonzero(labels != labels[a])
+        if len(positives) == 0 or len(negatives) == 0:
             continue
-        loss += hinge
-        gap = _distance_grad(x[a], x[p], dist[a, p], squared)
-        gan = _distance_grad(x[a], x[q], dist[a, q], squared)
-        dx[a] += gap - gan
-        dx[p] -= gap
-        dx[q] += gan
-    return loss / len(triplets), dx / len(triplets)
+        distances = _distances_from(x, a, squared)
+        d_ap, d_an = distances[positives], distances[negatives]
+        selected = _selected_triplets(mining, d_ap, d_an)
+        hinge = d_ap[:, None] - d_an[None, :] + margin
+        active = selected * (hinge > 0)
+        count += selected.sum()
+        loss += float((active * hinge).sum())
+        g_ap = _distance_grads(x[a], x[positives], d_ap, squared) * active.sum(axis=1)[:, None]
+        g_an = _distance_grads(x[a], x[negatives], d_an, squared) * active.sum(axis=0)[:, None]
+        dx[a] += g_ap.sum(axis=0) - g_an.sum(axis=0)
+        dx[positives] -= g_ap
+        dx[negatives] += g_an
+    if count == 0:
+        return 0.0, dx
+    return loss / count, dx / count
 
 
 def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
