@@ -1,0 +1,173 @@
+// Streaming engine of the pairwise losses on the GPU (the counterpart of
+// csrc/pairwise_tiles.h).  A block owns kTileRows anchors and walks over all
+// rows in tiles of kTileCols candidates; squared distances come from
+// ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j (clamped at 0, the diagonal exactly 0),
+// one kTileRows x kTileCols tile in shared memory at a time: no N x N matrix.
+//
+// Gradients go through the same tile: the loss overwrites the distances with
+// coefficients C_ij and accumulate_*_gradient add dx_i += sum_j C_ij (x_i - x_j)
+// (rows) or dx_j += sum_i C_ij (x_j - x_i) (columns).
+#pragma once
+
+#include <cstdint>
+
+#include "launch.cuh"
+
+namespace faceops {
+namespace cuda {
+namespace detail {
+
+constexpr int kTileRows = 32;   // anchors per block
+constexpr int kTileCols = 64;   // candidates per tile
+constexpr int kTileDepth = 16;  // features per staging step
+// The distance micro-tile: thread (ty, tx) of a 16 x 16 grid computes rows
+// ty + 16 r (r < 2) and columns tx + 16 c (c < 4) of the tile.
+constexpr int kMicroRows = kTileRows / 16;
+constexpr int kMicroCols = kTileCols / 16;
+static_assert(kThreads == 256, "the micro-tile grid is 16 x 16 threads");
+static_assert(kTileDepth == 16, "the gradient passes map threads to 16 features");
+
+// The pairwise kernels' shared memory (about 29 KB for double).  The +1
+// padding keeps the column reads of the staging arrays off one bank.
+template <typename T>
+struct DistanceTile {
+  T rows[kTileDepth][kTileRows + 1];  // x[a0 + m][k0 + k] at [k][m]
+  T cols[kTileDepth][kTileCols + 1];  // x[c0 + j][k0 + k] at [k][j]
+  T value[kTileRows][kTileCols + 1];  // squared distance of (a0 + m, c0 + j), then C_mj
+};
+
+// The same expression as csrc/pairwise_tiles.h's gram_squared_distance.
+template <typename T>
+__device__ __forceinline__ T gram_squared_distance(T norm_i, T norm_j, T dot) {
+  const T s = norm_i + norm_j - T(2) * dot;
+  return s > T(0) ? s : T(0);
+}
+
+template <typename T>
+__global__ void pairwise_norms_kernel(const T* __restrict__ x, int n, int64_t d,
+                                      T* __restrict__ norms) {
+  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * kThreads) {
+    const T* row = x + i * d;
+    T sum = 0;
+    for (int64_t k = 0; k < d; ++k) sum += row[k] * row[k];
+    norms[i] = sum;
+  }
+}
+
+// Stages features [k0, k0 + kTileDepth) of rows [r0, r0 + R) at dst[k][r];
+// zero outside the matrix.
+template <typename T, int R, int Pitch>
+__device__ __forceinline__ void stage_rows(const T* __restrict__ x, int n, int64_t d, int r0,
+                                           int64_t k0, T (*dst)[Pitch]) {
+  for (int e = threadIdx.x; e < kTileDepth * R; e += kThreads) {
+    const int k = e % kTileDepth, r = e / kTileDepth;
+    const int64_t row = int64_t(r0) + r, col = k0 + k;
+    dst[k][r] = (row < n && col < d) ? x[row * d + col] : T(0);
+  }
+}
+
+// tile.value = squared distances of anchors [a0, a0 + kTileRows) and
+// candidates [c0, c0 + kTileCols); 0 outside the batch (callers mask by index).
+// Every thread of the block must call it; it ends with a barrier.
+template <typename T>
+__device__ void compute_distance_tile(const T* __restrict__ x, const T* __restrict__ norms, int n,
+                                      int64_t d, int a0, int c0, DistanceTile<T>& tile) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  T acc[kMicroRows][kMicroCols];
+  for (int r = 0; r < kMicroRows; ++r)
+    for (int c = 0; c < kMicroCols; ++c) acc[r][c] = T(0);
+  for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
+    stage_rows<T, kTileRows>(x, n, d, a0, k0, tile.rows);
+    stage_rows<T, kTileCols>(x, n, d, c0, k0, tile.cols);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTileDepth; ++k) {
+      T a[kMicroRows], b[kMicroCols];
+      for (int r = 0; r < kMicroRows; ++r) a[r] = tile.rows[k][ty + 16 * r];
+      for (int c = 0; c < kMicroCols; ++c) b[c] = tile.cols[k][tx + 16 * c];
+      for (int r = 0; r < kMicroRows; ++r)
+        for (int c = 0; c < kMicroCols; ++c) acc[r][c] += a[r] * b[c];
+    }
+    __syncthreads();
+  }
+  for (int r = 0; r < kMicroRows; ++r) {
+    for (int c = 0; c < kMicroCols; ++c) {
+      const int m = ty + 16 * r, j = tx + 16 * c;
+      const int i = a0 + m, jj = c0 + j;
+      T v = T(0);
+      if (i < n && jj < n && i != jj) v = gram_squared_distance(norms[i], norms[jj], acc[r][c]);
+      tile.value[m][j] = v;
+    }
+  }
+  __syncthreads();
+}
+
+// dx[a0 + m] += sum_j tile.value[m][j] * (x[a0 + m] - x[c0 + j]).  The caller
+// zeroes the coefficients of pairs outside the batch.  Plain stores when the
+// block owns the rows, atomics when other blocks add to them too.  Every
+// thread must call it; it ends with a barrier.
+template <typename T, bool kAtomic>
+__device__ void accumulate_row_gradient(const T* __restrict__ x, int n, int64_t d, int a0, int c0,
+                                        DistanceTile<T>& tile, T* dx) {
+  const int k = threadIdx.x % kTileDepth, m0 = threadIdx.x / kTileDepth;
+  for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
+    stage_rows<T, kTileCols>(x, n, d, c0, k0, tile.cols);
+    __syncthreads();
+    const int64_t col = k0 + k;
+    for (int m = m0; m < kTileRows; m += kThreads / kTileDepth) {
+      const int64_t row = int64_t(a0) + m;
+      if (row < n && col < d) {
+        const T xa = x[row * d + col];
+        T sum = 0;
+        for (int j = 0; j < kTileCols; ++j) sum += tile.value[m][j] * (xa - tile.cols[k][j]);
+        if (kAtomic) {
+          atomicAdd(dx + row * d + col, sum);
+        } else {
+          dx[row * d + col] += sum;
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// dx[c0 + j] += sum_m tile.value[m][j] * (x[c0 + j] - x[a0 + m]), with atomics.
+// Every thread must call it; it ends with a barrier.
+template <typename T>
+__device__ void accumulate_column_gradient(const T* __restrict__ x, int n, int64_t d, int a0,
+                                           int c0, DistanceTile<T>& tile, T* dx) {
+  const int k = threadIdx.x % kTileDepth, j0 = threadIdx.x / kTileDepth;
+  for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
+    stage_rows<T, kTileRows>(x, n, d, a0, k0, tile.rows);
+    __syncthreads();
+    const int64_t col = k0 + k;
+    for (int j = j0; j < kTileCols; j += kThreads / kTileDepth) {
+      const int64_t row = int64_t(c0) + j;
+      if (row < n && col < d) {
+        const T xj = x[row * d + col];
+        T sum = 0;
+        for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j] * (xj - tile.rows[k][m]);
+        atomicAdd(dx + row * d + col, sum);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// dx_i += coef (x_i - x_j), dx_j -= coef (x_i - x_j): the gradient of
+// coef' * d_ij with coef = coef' * distance_gradient_scale(d_ij).  All threads
+// of the block share the features; atomics since any block may touch any row.
+template <typename T>
+__device__ void scatter_pair_gradient(const T* __restrict__ x, int64_t d, int i, int j, T coef,
+                                      T* dx) {
+  for (int64_t k = threadIdx.x; k < d; k += kThreads) {
+    const T g = coef * (x[int64_t(i) * d + k] - x[int64_t(j) * d + k]);
+    atomicAdd(dx + int64_t(i) * d + k, g);
+    atomicAdd(dx + int64_t(j) * d + k, -g);
+  }
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace faceops

@@ -1,0 +1,473 @@
+// Triplet loss on the GPU; math and mining rules in csrc/faceops/triplet_loss.h.
+//
+// Each block owns kTileRows anchors and streams distance tiles over all rows
+// (pairwise.cuh); kLanes threads serve each anchor.  State per anchor is O(1)
+// plus kSlots positives at a time, so memory is O(N) whatever the labels:
+//
+//  hard      one pass: each lane keeps the farthest positive and the closest
+//            negative of its columns; lanes merge by (distance, index).
+//  semihard  rounds of kSlots positives per anchor (positives in index order):
+//            pass 1 collects the round's positives and their distances, pass 2
+//            finds per positive the closest negative farther than it, and per
+//            anchor the farthest negative.  P x K batches with K <= kSlots + 1
+//            take one round (two passes over the tiles).
+//  all       the same rounds; pass 2 sums the hinges, counts per positive its
+//            active negatives, and turns per (anchor, negative) the count of
+//            active positives into tile coefficients (rows and columns).
+//
+// Ties go to the lowest index (closer_candidate).  Losses are reduced in a
+// fixed order; dx is accumulated unscaled with atomics (its last bits may vary
+// between runs), then scaled by 1 / (number of pairs, anchors or triplets),
+// read on the device.
+#include "faceops/triplet_loss.h"
+
+#include "launch.cuh"
+#include "pairwise.cuh"
+
+namespace faceops {
+namespace cuda {
+namespace detail {
+
+constexpr int kLanes = kThreads / kTileRows;  // threads per anchor
+constexpr int kSlotsPerLane = 2;
+constexpr int kSlots = kLanes * kSlotsPerLane;  // positives per anchor per round
+static_assert(kThreads % kTileRows == 0, "whole lanes per anchor");
+
+union BlockReduce {
+  double sum[kThreads];
+  long long count[kThreads];
+};
+
+// Writes the block's loss sum and count; every thread must call it.
+__device__ __forceinline__ void write_partials(double loss, long long count, BlockReduce& reduce,
+                                               double* partial_loss, long long* partial_count) {
+  loss = block_sum(loss, reduce.sum);
+  count = block_sum(count, reduce.count);
+  if (threadIdx.x == 0) {
+    partial_loss[blockIdx.x] = loss;
+    partial_count[blockIdx.x] = count;
+  }
+}
+
+// The farthest of two candidates; ties to the lower index.
+template <typename T>
+__device__ __forceinline__ bool farther_candidate(T distance, int index, T best_distance,
+                                                  int best_index) {
+  return best_index < 0 || closer_candidate(-distance, int64_t(index), -best_distance,
+                                            int64_t(best_index));
+}
+
+template <typename T>
+__device__ __forceinline__ bool nearer_candidate(T distance, int index, T best_distance,
+                                                 int best_index) {
+  return best_index < 0 ||
+         closer_candidate(distance, int64_t(index), best_distance, int64_t(best_index));
+}
+
+// ---------------------------------------------------------------- batch-hard
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    triplet_hard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
+                             const int64_t* __restrict__ labels, int n, int64_t d, T margin,
+                             bool squared, T* dx, double* partial_loss,
+                             long long* partial_count) {
+  __shared__ DistanceTile<T> tile;
+  __shared__ T far_distance[kThreads], near_distance[kThreads];
+  __shared__ int far_index[kThreads], near_index[kThreads];
+  __shared__ BlockReduce reduce;
+  const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int a0 = blockIdx.x * kTileRows, a = a0 + m;
+  const int64_t label = a < n ? labels[a] : 0;
+
+  T far_d = T(0), near_d = T(0);
+  int far_j = -1, near_j = -1;
+  for (int c0 = 0; c0 < n; c0 += kTileCols) {
+    compute_distance_tile(x, norms, n, d, a0, c0, tile);
+    if (a < n) {
+      for (int j = lane; j < kTileCols && c0 + j < n; j += kLanes) {
+        const int b = c0 + j;
+        if (b == a) continue;
+        const T v = distance_from_squared(tile.value[m][j], squared);
+        if (labels[b] == label) {
+          if (farther_candidate(v, b, far_d, far_j)) far_d = v, far_j = b;
+        } else if (nearer_candidate(v, b, near_d, near_j)) {
+          near_d = v, near_j = b;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  far_distance[threadIdx.x] = far_d;
+  far_index[threadIdx.x] = far_j;
+  near_distance[threadIdx.x] = near_d;
+  near_index[threadIdx.x] = near_j;
+  __syncthreads();
+
+  // Lane 0 merges its anchor's lanes and leaves the anchor's active triplet
+  // (or -1) in its own far_index / near_index entries.
+  double loss = 0;
+  long long count = 0;
+  if (lane == 0) {
+    for (int l = 1; l < kLanes; ++l) {
+      const int t = threadIdx.x + l;
+      if (far_index[t] >= 0 && farther_candidate(far_distance[t], far_index[t], far_d, far_j))
+        far_d = far_distance[t], far_j = far_index[t];
+      if (near_index[t] >= 0 && nearer_candidate(near_distance[t], near_index[t], near_d, near_j))
+        near_d = near_distance[t], near_j = near_index[t];
+    }
+    bool active = false;
+    if (far_j >= 0 && near_j >= 0) {
+      const T hinge = triplet_hinge(far_d, near_d, margin);
+      loss = hinge;
+      count = 1;
+      active = hinge > T(0);
+    }
+    far_distance[threadIdx.x] = far_d;
+    near_distance[threadIdx.x] = near_d;
+    far_index[threadIdx.x] = active ? far_j : -1;
+    near_index[threadIdx.x] = active ? near_j : -1;
+  }
+  __syncthreads();
+  if (dx) {
+    for (int mm = 0; mm < kTileRows; ++mm) {
+      const int t = mm * kLanes;
+      if (far_index[t] < 0) continue;
+      scatter_pair_gradient(x, d, a0 + mm, far_index[t],
+                            distance_gradient_scale(far_distance[t], squared), dx);
+      scatter_pair_gradient(x, d, a0 + mm, near_index[t],
+                            -distance_gradient_scale(near_distance[t], squared), dx);
+    }
+  }
+  write_partials(loss, count, reduce, partial_loss, partial_count);
+}
+
+// ------------------------------------------- rounds of positives per anchor
+
+template <typename T>
+struct PositiveSlots {
+  T distance[kTileRows][kSlots];  // d_ap of the round's positives
+  int index[kTileRows][kSlots];   // p, or -1 for an empty slot
+  int positive_count[kTileRows];  // other rows with the anchor's label
+  int negative_count[kTileRows];  // rows with another label
+};
+
+// Fills `slots` with each anchor's positives of rank [first_rank, first_rank +
+// kSlots) in index order, and counts positives and negatives.  Lane 0 of each
+// anchor walks the tile in index order.  Every thread must call it; it ends
+// with a barrier.
+template <typename T>
+__device__ void collect_positives(const T* __restrict__ x, const T* __restrict__ norms,
+                                  const int64_t* __restrict__ labels, int n, int64_t d,
+                                  bool squared, int a0, int first_rank, DistanceTile<T>& tile,
+                                  PositiveSlots<T>& slots) {
+  const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes, a = a0 + m;
+  const int64_t label = a < n ? labels[a] : 0;
+  for (int s = lane; s < kSlots; s += kLanes) slots.index[m][s] = -1;
+  int seen = 0, negatives = 0;
+  for (int c0 = 0; c0 < n; c0 += kTileCols) {
+    compute_distance_tile(x, norms, n, d, a0, c0, tile);
+    if (lane == 0 && a < n) {
+      for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
+        const int b = c0 + j;
+        if (b == a) continue;
+        if (labels[b] != label) {
+          ++negatives;
+          continue;
+        }
+        const int s = seen++ - first_rank;
+        if (s >= 0 && s < kSlots) {
+          slots.distance[m][s] = distance_from_squared(tile.value[m][j], squared);
+          slots.index[m][s] = b;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (lane == 0) {
+    slots.positive_count[m] = seen;
+    slots.negative_count[m] = negatives;
+  }
+  __syncthreads();
+}
+
+// The number of positives still to serve after `done` of them: the largest
+// positive count over the block's anchors that have a negative (anchors
+// without one contribute nothing).  Same value in every thread.
+template <typename T>
+__device__ int positives_left(const PositiveSlots<T>& slots, int done) {
+  int most = 0;
+  for (int m = 0; m < kTileRows; ++m)
+    if (slots.negative_count[m] > 0 && slots.positive_count[m] > most)
+      most = slots.positive_count[m];
+  return most - done;
+}
+
+// ------------------------------------------------------------------ semihard
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    triplet_semihard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
+                                 const int64_t* __restrict__ labels, int n, int64_t d, T margin,
+                                 bool squared, T* dx, double* partial_loss,
+                                 long long* partial_count) {
+  __shared__ DistanceTile<T> tile;
+  __shared__ PositiveSlots<T> slots;
+  __shared__ T chosen_distance[kTileRows][kSlots];  // d_an* of an active pair
+  __shared__ int chosen_index[kTileRows][kSlots];   // n*, or -1: no gradient
+  __shared__ BlockReduce reduce;
+  const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int a0 = blockIdx.x * kTileRows, a = a0 + m;
+  const int64_t label = a < n ? labels[a] : 0;
+
+  double loss = 0;
+  long long pairs = 0;
+  for (int first_rank = 0;; first_rank += kSlots) {
+    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, tile, slots);
+    if (positives_left(slots, first_rank) <= 0) break;
+
+    // This lane's slots are lane + kLanes * q.
+    T best_d[kSlotsPerLane];
+    int best_j[kSlotsPerLane];
+    for (int q = 0; q < kSlotsPerLane; ++q) best_d[q] = T(0), best_j[q] = -1;
+    T far_d = T(0);
+    int far_j = -1;
+    for (int c0 = 0; c0 < n; c0 += kTileCols) {
+      compute_distance_tile(x, norms, n, d, a0, c0, tile);
+      if (a < n) {
+        for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
+          const int b = c0 + j;
+          if (labels[b] == label) continue;
+          const T v = distance_from_squared(tile.value[m][j], squared);
+          if (farther_candidate(v, b, far_d, far_j)) far_d = v, far_j = b;
+          for (int q = 0; q < kSlotsPerLane; ++q) {
+            const int s = lane + kLanes * q;
+            if (slots.index[m][s] >= 0 && v > slots.distance[m][s] &&
+                nearer_candidate(v, b, best_d[q], best_j[q]))
+              best_d[q] = v, best_j[q] = b;
+          }
+        }
+      }
+      __syncthreads();
+    }
+
+    for (int q = 0; q < kSlotsPerLane; ++q) {
+      const int s = lane + kLanes * q;
+      chosen_index[m][s] = -1;
+      if (a < n && slots.index[m][s] >= 0 && slots.negative_count[m] > 0) {
+        const bool semihard_found = best_j[q] >= 0;
+        const T an = semihard_found ? best_d[q] : far_d;
+        const T hinge = triplet_hinge(slots.distance[m][s], an, margin);
+        loss += hinge;
+        ++pairs;
+        if (hinge > T(0)) {
+          chosen_distance[m][s] = an;
+          chosen_index[m][s] = semihard_found ? best_j[q] : far_j;
+        }
+      }
+    }
+    __syncthreads();
+    if (dx) {
+      for (int e = 0; e < kTileRows * kSlots; ++e) {
+        const int mm = e / kSlots, s = e % kSlots;
+        if (chosen_index[mm][s] < 0) continue;
+        scatter_pair_gradient(x, d, a0 + mm, slots.index[mm][s],
+                              distance_gradient_scale(slots.distance[mm][s], squared), dx);
+        scatter_pair_gradient(x, d, a0 + mm, chosen_index[mm][s],
+                              -distance_gradient_scale(chosen_distance[mm][s], squared), dx);
+      }
+    }
+    __syncthreads();  // slots are refilled next round
+  }
+  write_partials(loss, pairs, reduce, partial_loss, partial_count);
+}
+
+// ----------------------------------------------------------------- batch-all
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    triplet_all_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
+                            const int64_t* __restrict__ labels, int n, int64_t d, T margin,
+                            bool squared, T* dx, double* partial_loss, long long* partial_count) {
+  __shared__ DistanceTile<T> tile;
+  __shared__ PositiveSlots<T> slots;
+  __shared__ int active_negatives[kTileRows][kSlots];
+  __shared__ BlockReduce reduce;
+  const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int a0 = blockIdx.x * kTileRows, a = a0 + m;
+  const int64_t label = a < n ? labels[a] : 0;
+
+  double loss = 0;
+  long long triplets = 0;
+  for (int first_rank = 0;; first_rank += kSlots) {
+    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, tile, slots);
+    if (first_rank == 0 && lane == 0)
+      triplets = static_cast<long long>(slots.positive_count[m]) * slots.negative_count[m];
+    if (positives_left(slots, first_rank) <= 0) break;
+
+    int active[kSlotsPerLane] = {};
+    for (int c0 = 0; c0 < n; c0 += kTileCols) {
+      compute_distance_tile(x, norms, n, d, a0, c0, tile);
+      // Hinges and per-positive counts: this lane's slots against every column.
+      if (a < n) {
+        for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
+          if (labels[c0 + j] == label) continue;
+          const T v = distance_from_squared(tile.value[m][j], squared);
+          for (int q = 0; q < kSlotsPerLane; ++q) {
+            const int s = lane + kLanes * q;
+            if (slots.index[m][s] < 0) continue;
+            const T hinge = triplet_hinge(slots.distance[m][s], v, margin);
+            if (hinge > T(0)) {
+              loss += hinge;
+              ++active[q];
+            }
+          }
+        }
+      }
+      if (dx) {
+        __syncthreads();  // the distances are overwritten below
+        // Coefficients: this lane's columns against every slot.  For a
+        // negative (a, b): dL/dd_ab = -(active positives) / triplets.
+        for (int j = lane; j < kTileCols; j += kLanes) {
+          const int b = c0 + j;
+          T coef = T(0);
+          if (a < n && b < n && labels[b] != label) {
+            const T v = distance_from_squared(tile.value[m][j], squared);
+            int count = 0;
+            for (int s = 0; s < kSlots; ++s)
+              if (slots.index[m][s] >= 0 && triplet_hinge(slots.distance[m][s], v, margin) > T(0))
+                ++count;
+            coef = -static_cast<T>(count) * distance_gradient_scale(v, squared);
+          }
+          tile.value[m][j] = coef;
+        }
+        __syncthreads();
+        accumulate_row_gradient<T, true>(x, n, d, a0, c0, tile, dx);
+        accumulate_column_gradient(x, n, d, a0, c0, tile, dx);
+      }
+      __syncthreads();
+    }
+
+    // For a positive (a, p): dL/dd_ap = (active negatives) / triplets.
+    for (int q = 0; q < kSlotsPerLane; ++q) active_negatives[m][lane + kLanes * q] = active[q];
+    __syncthreads();
+    if (dx) {
+      for (int e = 0; e < kTileRows * kSlots; ++e) {
+        const int mm = e / kSlots, s = e % kSlots;
+        if (slots.index[mm][s] < 0 || active_negatives[mm][s] == 0) continue;
+        scatter_pair_gradient(x, d, a0 + mm, slots.index[mm][s],
+                              static_cast<T>(active_negatives[mm][s]) *
+                                  distance_gradient_scale(slots.distance[mm][s], squared),
+                              dx);
+      }
+    }
+    __syncthreads();  // slots are refilled next round
+  }
+  write_partials(loss, triplets, reduce, partial_loss, partial_count);
+}
+
+// ---------------------------------------------------------- explicit triplets
+
+// One block per triplet row (grid-stride over rows), as contrastive_loss.cu.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    triplet_explicit_forward_kernel(const T* __restrict__ anchor, const T* __restrict__ positive,
+                                    const T* __restrict__ negative, int64_t n, int64_t d,
+                                    T margin, T scale, T* da, T* dp, T* dn, double* partial) {
+  __shared__ T reduce[kThreads];
+  __shared__ double reduce_loss[kThreads];
+  double loss = 0;  // thread 0's
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    const T *a = anchor + i * d, *p = positive + i * d, *q = negative + i * d;
+    T dap = T(0), dan = T(0);
+    for (int64_t e = threadIdx.x; e < d; e += kThreads) {
+      dap += (a[e] - p[e]) * (a[e] - p[e]);
+      dan += (a[e] - q[e]) * (a[e] - q[e]);
+    }
+    dap = block_sum(dap, reduce);
+    dan = block_sum(dan, reduce);
+    const T hinge = triplet_hinge(dap, dan, margin);
+    if (threadIdx.x == 0) loss += hinge;
+    const T g = hinge > T(0) ? scale : T(0);
+    for (int64_t e = threadIdx.x; e < d; e += kThreads) {
+      if (da) da[i * d + e] = g * (q[e] - p[e]);
+      if (dp) dp[i * d + e] = g * (p[e] - a[e]);
+      if (dn) dn[i * d + e] = g * (a[e] - q[e]);
+    }
+  }
+  loss = block_sum(loss, reduce_loss);
+  if (threadIdx.x == 0) partial[blockIdx.x] = loss;
+}
+
+}  // namespace detail
+
+template <typename T>
+void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T margin,
+                  TripletMining mining, bool squared, T* loss, T* dx, void* stream_handle) {
+  faceops::detail::check_batch("x", n, d);
+  detail::check_rows_fit_int("x", n);
+  void (*mine)(const T*, const T*, const int64_t*, int, int64_t, T, bool, T*, double*,
+               long long*) = nullptr;
+  const char* name = nullptr;
+  switch (mining) {
+    case TripletMining::kSemihard:
+      mine = detail::triplet_semihard_mine_kernel<T>;
+      name = "triplet_semihard_mine_kernel";
+      break;
+    case TripletMining::kHard:
+      mine = detail::triplet_hard_mine_kernel<T>;
+      name = "triplet_hard_mine_kernel";
+      break;
+    case TripletMining::kAll:
+      mine = detail::triplet_all_mine_kernel<T>;
+      name = "triplet_all_mine_kernel";
+      break;
+  }
+  faceops::detail::require(mine != nullptr, "mining: expected semihard, hard or all");
+  detail::NvtxRange range("faceops::triplet_loss");
+  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int64_t blocks = (n + detail::kTileRows - 1) / detail::kTileRows;
+
+  detail::DeviceArray<T> norms(n, stream);
+  detail::DeviceArray<double> partial_loss(blocks, stream);
+  detail::DeviceArray<long long> partial_count(blocks, stream);
+  detail::DeviceArray<T> inv_count(1, stream);
+  if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
+  detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
+                 stream, x, static_cast<int>(n), d, norms.get());
+  detail::launch(name, mine, blocks, stream, x, norms.get(), labels, static_cast<int>(n), d,
+                 margin, squared, dx, partial_loss.get(), partial_count.get());
+  detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
+                 partial_loss.get(), partial_count.get(), blocks, 1.0, loss, inv_count.get());
+  if (dx)
+    detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
+                   detail::grid_for(n * d), stream, dx, n * d, inv_count.get());
+}
+
+template <typename T>
+void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative, int64_t n,
+                           int64_t d, T margin, T* loss, T* da, T* dp, T* dn,
+                           void* stream_handle) {
+  faceops::detail::check_batch("anchor", n, d);
+  detail::NvtxRange range("faceops::triplet_loss_explicit");
+  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int64_t blocks = n < detail::kMaxBlocks ? n : detail::kMaxBlocks;
+  const T weight = T(1) / static_cast<T>(2 * n);
+  detail::DeviceArray<double> partial(blocks, stream);
+  detail::launch("triplet_explicit_forward_kernel", detail::triplet_explicit_forward_kernel<T>,
+                 blocks, stream, anchor, positive, negative, n, d, margin,
+                 weight * distance_gradient_scale(T(0), true), da, dp, dn, partial.get());
+  detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
+                 nullptr, blocks, 0.5 / static_cast<double>(n), loss, nullptr);
+}
+
+#define FACEOPS_INSTANTIATE_TRIPLET(T)                                                          \
+  template void triplet_loss<T>(const T*, const int64_t*, int64_t, int64_t, T, TripletMining,   \
+                                bool, T*, T*, void*);                                           \
+  template void triplet_loss_explicit<T>(const T*, const T*, const T*, int64_t, int64_t, T, T*, \
+                                         T*, T*, T*, void*);
+FACEOPS_INSTANTIATE_TRIPLET(float)
+FACEOPS_INSTANTIATE_TRIPLET(double)
+
+}  // namespace cuda
+}  // namespace faceops
