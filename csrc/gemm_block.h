@@ -1,48 +1,78 @@
-// C += A * B for the small row-major blocks of the pairwise losses.  A
-// register-blocked micro-kernel (4 rows x two SIMD vectors of columns) that
-// the compiler vectorises; no BLAS dependency.
+// C += A * B for the small row-major blocks of the pairwise losses: a
+// register-blocked micro-kernel (kRows rows x two SIMD vectors of columns,
+// GCC/Clang vector extensions, so it compiles to AVX-512, AVX2 or SSE FMAs
+// as the target allows).  No BLAS dependency.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 namespace faceops {
 namespace detail {
 
-template <typename T, int kRows, int kCols>
+template <typename T>
+struct Simd {
+  static constexpr int kLanes = 64 / sizeof(T);  // one 512-bit register
+  typedef T Vector __attribute__((vector_size(64)));
+  static Vector load(const T* p) {
+    Vector v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void add_to(T* p, Vector v) {
+    Vector old;
+    std::memcpy(&old, p, sizeof(old));
+    old += v;
+    std::memcpy(p, &old, sizeof(old));
+  }
+};
+
+// C[0:kRows, 0:2*kLanes] += A[0:kRows, 0:depth] * B[0:depth, 0:2*kLanes].
+template <typename T, int kRows>
 inline void gemm_micro_kernel(int64_t depth, const T* __restrict a, int64_t lda,
-                              const T* __restrict b, int64_t ldb, T* __restrict c,
-                              int64_t ldc) {
-  T acc[kRows][kCols] = {};
+                              const T* __restrict b, int64_t ldb, T* __restrict c, int64_t ldc) {
+  using S = Simd<T>;
+  typename S::Vector acc0[kRows], acc1[kRows];
+  for (int r = 0; r < kRows; ++r) acc0[r] = acc1[r] = typename S::Vector{};
   for (int64_t p = 0; p < depth; ++p) {
-    const T* b_row = b + p * ldb;
+    const typename S::Vector b0 = S::load(b + p * ldb), b1 = S::load(b + p * ldb + S::kLanes);
     for (int r = 0; r < kRows; ++r) {
       const T a_value = a[r * lda + p];
-      for (int j = 0; j < kCols; ++j) acc[r][j] += a_value * b_row[j];
+      acc0[r] += a_value * b0;
+      acc1[r] += a_value * b1;
     }
   }
-  for (int r = 0; r < kRows; ++r)
-    for (int j = 0; j < kCols; ++j) c[r * ldc + j] += acc[r][j];
+  for (int r = 0; r < kRows; ++r) {
+    S::add_to(c + r * ldc, acc0[r]);
+    S::add_to(c + r * ldc + S::kLanes, acc1[r]);
+  }
+}
+
+template <typename T>
+inline void gemm_scalar(int64_t m, int64_t n, int64_t depth, const T* a, int64_t lda, const T* b,
+                        int64_t ldb, T* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T sum = 0;
+      for (int64_t p = 0; p < depth; ++p) sum += a[i * lda + p] * b[p * ldb + j];
+      c[i * ldc + j] += sum;
+    }
 }
 
 template <typename T>
 void gemm_accumulate(int64_t m, int64_t n, int64_t depth, const T* a, int64_t lda, const T* b,
                      int64_t ldb, T* c, int64_t ldc) {
-  constexpr int kCols = 128 / static_cast<int>(sizeof(T));  // two 512-bit vectors
+  constexpr int64_t kRows = 8, kCols = 2 * Simd<T>::kLanes;
+  const int64_t n_vector = n - n % kCols;
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4) {
-    int64_t j = 0;
-    for (; j + kCols <= n; j += kCols)
-      gemm_micro_kernel<T, 4, kCols>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-    for (; j < n; ++j)
-      gemm_micro_kernel<T, 4, 1>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-  }
-  for (; i < m; ++i) {
-    int64_t j = 0;
-    for (; j + kCols <= n; j += kCols)
-      gemm_micro_kernel<T, 1, kCols>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-    for (; j < n; ++j)
-      gemm_micro_kernel<T, 1, 1>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-  }
+  for (; i + kRows <= m; i += kRows)
+    for (int64_t j = 0; j < n_vector; j += kCols)
+      gemm_micro_kernel<T, kRows>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
+  for (; i < m; ++i)
+    for (int64_t j = 0; j < n_vector; j += kCols)
+      gemm_micro_kernel<T, 1>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
+  if (n_vector < n)
+    gemm_scalar(m, n - n_vector, depth, a, lda, b + n_vector, ldb, c + n_vector, ldc);
 }
 
 }  // namespace detail
