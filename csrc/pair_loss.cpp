@@ -14,35 +14,33 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
   const std::vector<T> norms = detail::squared_norms(x, n, d);
   const double pair_count = static_cast<double>(n) * static_cast<double>(n - 1);
   const T inv_pairs = pair_count > 0 ? T(1.0 / pair_count) : T(0);
-  if (dx) std::fill(dx, dx + n * d, T(0));
   double loss_sum = 0, dloss_dsquared_sum = 0;
-  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                             int64_t rows) {
-    double block_loss = 0, block_dsquared = 0;
-    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
-      const int64_t cols = std::min(detail::kTileCols, n - j0);
-      tile.compute(x, norms.data(), i0, rows, j0, cols);
-      T* coef = tile.coefficients();
-      bool any_active = false;
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          T dterm = 0;
-          if (i0 + r != j0 + c) {
-            block_loss += pair_term(tile.distance(r, c), labels[i0 + r] == labels[j0 + c], theta,
-                                    &dterm);
-            block_dsquared += dterm;
-          }
-          // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
-          coef[r * detail::kTileCols + c] = T(4) * dterm * inv_pairs;
-          any_active = any_active || dterm != T(0);
+  detail::for_each_symmetric_tile<T>(n, d, dx, [&](detail::DistanceTile<T>& tile, int64_t i0,
+                                                   int64_t rows, int64_t j0, int64_t cols,
+                                                   T* own_dx) {
+    tile.compute(x, norms.data(), i0, rows, j0, cols);
+    T* coef = tile.coefficients();
+    double tile_loss = 0, tile_dsquared = 0;
+    bool any_active = false;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        T dterm = 0;
+        if (i0 + r != j0 + c) {
+          tile_loss += pair_term(tile.distance(r, c), labels[i0 + r] == labels[j0 + c], theta, &dterm);
+          tile_dsquared += dterm;
         }
+        // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
+        coef[r * detail::kTileCols + c] = T(4) * dterm * inv_pairs;
+        any_active = any_active || dterm != T(0);
       }
-      if (dx && any_active) tile.accumulate_gradient(x, i0, rows, j0, cols, dx);
     }
+    // An off-diagonal tile stands for its mirror image too.
+    const double copies = i0 == j0 ? 1.0 : 2.0;
 #pragma omp atomic
-    loss_sum += block_loss;
+    loss_sum += copies * tile_loss;
 #pragma omp atomic
-    dloss_dsquared_sum += block_dsquared;
+    dloss_dsquared_sum += copies * tile_dsquared;
+    if (own_dx && any_active) tile.accumulate_gradient(x, i0, rows, j0, cols, own_dx, i0 != j0);
   });
   *loss = static_cast<T>(loss_sum * inv_pairs);
   if (dtheta) *dtheta = static_cast<T>(-dloss_dsquared_sum * inv_pairs);

@@ -58,7 +58,8 @@ class DistanceTile {
  public:
   explicit DistanceTile(int64_t d)
       : d_(d), packed_(d * kTileCols), distance_(kTileRows * kTileCols),
-        coefficient_(kTileRows * kTileCols) {}
+        coefficient_(kTileRows * kTileCols),
+        coefficient_t_(kTileCols * kTileRows), column_sum_(kTileCols) {}
 
   // distance(r, c) = squared distance of rows i0 + r and j0 + c.
   void compute(const T* x, const T* norms, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
@@ -77,25 +78,43 @@ class DistanceTile {
   T distance(int64_t r, int64_t c) const { return distance_[r * kTileCols + c]; }
   T* coefficients() { return coefficient_.data(); }
 
-  // dx rows [i0, i0 + rows) += rowsum(C) * x_i - C * X_J, C = coefficients().
-  void accumulate_gradient(const T* x, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* dx) {
+  // dx rows [i0, i0 + rows) += rowsum(C) * x_i - C * X_J, C = coefficients();
+  // with `columns_too`, also dx rows [j0, j0 + cols) += colsum(C) * x_j - C^T * X_I
+  // (a tile of a symmetric loss standing for its mirror tile as well).
+  void accumulate_gradient(const T* x, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* dx,
+                           bool columns_too = false) {
     T* coef = coefficient_.data();
+    T* coef_t = coefficient_t_.data();
+    if (columns_too) {
+      std::fill(column_sum_.begin(), column_sum_.begin() + cols, T(0));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          column_sum_[c] += coef[r * kTileCols + c];
+          coef_t[c * kTileRows + r] = -coef[r * kTileCols + c];
+        }
+    }
     for (int64_t r = 0; r < rows; ++r) {
       T row_sum = 0;
       for (int64_t c = 0; c < cols; ++c) {
         row_sum += coef[r * kTileCols + c];
         coef[r * kTileCols + c] = -coef[r * kTileCols + c];
       }
-      const T* x_row = x + (i0 + r) * d_;
-      T* dx_row = dx + (i0 + r) * d_;
-      for (int64_t k = 0; k < d_; ++k) dx_row[k] += row_sum * x_row[k];
+      add_scaled_row(row_sum, x + (i0 + r) * d_, dx + (i0 + r) * d_);
     }
     gemm_accumulate<T>(rows, d_, cols, coef, kTileCols, x + j0 * d_, d_, dx + i0 * d_, d_);
+    if (!columns_too) return;
+    for (int64_t c = 0; c < cols; ++c)
+      add_scaled_row(column_sum_[c], x + (j0 + c) * d_, dx + (j0 + c) * d_);
+    gemm_accumulate<T>(cols, d_, rows, coef_t, kTileRows, x + i0 * d_, d_, dx + j0 * d_, d_);
   }
 
  private:
+  void add_scaled_row(T scale, const T* x_row, T* dx_row) const {
+    for (int64_t k = 0; k < d_; ++k) dx_row[k] += scale * x_row[k];
+  }
+
   int64_t d_;
-  std::vector<T> packed_, distance_, coefficient_;
+  std::vector<T> packed_, distance_, coefficient_, coefficient_t_, column_sum_;
 };
 
 // Calls block(tile, i0, rows) for every block of anchors, in parallel; each
@@ -112,6 +131,39 @@ void for_each_anchor_block(int64_t n, int64_t d, BlockFn block) {
       block(tile, i0, std::min(kTileRows, n - i0));
     }
   }
+}
+
+// For losses whose gradient coefficients are symmetric (C_ij = C_ji): calls
+// tile_fn(tile, i0, rows, j0, cols, dx_private) once per kTileRows x kTileRows
+// block pair with j0 >= i0, in parallel; dx_private is the calling thread's own
+// (n, d) gradient buffer, summed into dx at the end.  Half the distance work of
+// for_each_anchor_block.
+template <typename T, typename TileFn>
+void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
+  const int64_t blocks = (n + kTileRows - 1) / kTileRows;
+  const int64_t pairs = blocks * (blocks + 1) / 2;
+  const int threads = omp_get_max_threads();
+  std::vector<T> dx_private(dx ? static_cast<size_t>(threads - 1) * n * d : 0, T(0));
+  if (dx) std::fill(dx, dx + n * d, T(0));
+#pragma omp parallel num_threads(threads)
+  {
+    DistanceTile<T> tile(d);
+    const int t = omp_get_thread_num();
+    T* own_dx = !dx ? nullptr : t == 0 ? dx : dx_private.data() + static_cast<size_t>(t - 1) * n * d;
+#pragma omp for schedule(dynamic)
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      // Row-major order of the upper triangle: pair -> (bi, bj), bj >= bi.
+      int64_t bi = 0, first = 0;
+      while (first + blocks - bi <= pair) first += blocks - bi++;
+      const int64_t bj = bi + (pair - first);
+      const int64_t i0 = bi * kTileRows, j0 = bj * kTileRows;
+      tile_fn(tile, i0, std::min(kTileRows, n - i0), j0, std::min(kTileRows, n - j0), own_dx);
+    }
+  }
+  if (!dx) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < n * d; ++e)
+    for (int t = 1; t < threads; ++t) dx[e] += dx_private[static_cast<size_t>(t - 1) * n * d + e];
 }
 
 }  // namespace detail

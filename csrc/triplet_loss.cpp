@@ -262,31 +262,28 @@ T batch_all(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_
   if (!dx) return static_cast<T>(loss_sum / triplet_count);
 
   const T weight = static_cast<T>(1.0 / triplet_count);
-  std::fill(dx, dx + n * d, T(0));
-  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                             int64_t rows) {
-    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
-      const int64_t cols = std::min(detail::kTileCols, n - j0);
-      tile.compute(x, norms, i0, rows, j0, cols);
-      T* coef = tile.coefficients();
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = i0 + r;
-        for (int64_t c = 0; c < cols; ++c) {
-          const int64_t j = j0 + c;
-          T value = 0;
-          if (labels[i] != labels[j]) {
-            // d_ij is a negative distance for anchor i and for anchor j.
-            const T v = distance_from_squared(tile.distance(r, c), squared);
-            const int64_t active_for_i = pos.count(i) - pos.rank(i, v - margin, true);
-            const int64_t active_for_j = pos.count(j) - pos.rank(j, v - margin, true);
-            value = -weight * static_cast<T>(active_for_i + active_for_j) *
-                    distance_gradient_scale(v, squared);
-          }
-          coef[r * detail::kTileCols + c] = value;
+  // The negatives' coefficients are symmetric: C_ij sums anchor i's and anchor j's terms.
+  detail::for_each_symmetric_tile<T>(n, d, dx, [&](detail::DistanceTile<T>& tile, int64_t i0,
+                                                   int64_t rows, int64_t j0, int64_t cols,
+                                                   T* own_dx) {
+    tile.compute(x, norms, i0, rows, j0, cols);
+    T* coef = tile.coefficients();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t j = j0 + c;
+        T value = 0;
+        if (labels[i] != labels[j]) {
+          const T v = distance_from_squared(tile.distance(r, c), squared);
+          const int64_t active_for_i = pos.count(i) - pos.rank(i, v - margin, true);
+          const int64_t active_for_j = pos.count(j) - pos.rank(j, v - margin, true);
+          value = -weight * static_cast<T>(active_for_i + active_for_j) *
+                  distance_gradient_scale(v, squared);
         }
+        coef[r * detail::kTileCols + c] = value;
       }
-      tile.accumulate_gradient(x, i0, rows, j0, cols, dx);
     }
+    tile.accumulate_gradient(x, i0, rows, j0, cols, own_dx, i0 != j0);
   });
   for (int64_t a = 0; a < n; ++a) {
     int64_t active_negatives = 0;

@@ -122,3 +122,19 @@ def test_pair_large_batch(device):
     ref_loss, ref_dx, ref_dtheta = reference.pair_loss(x, labels, 32.0)
     assert (loss, dtheta) == (pytest.approx(ref_loss, rel=1e-9), pytest.approx(ref_dtheta, rel=1e-9))
     assert_close(dx, ref_dx, np.float64)
+
+
+@pytest.mark.parametrize("n,d", [(200, 3), (130, 1), (300, 40)])
+def test_partial_tiles_and_random_labels(n, d):
+    """Sizes that leave partial tiles and blocks, labels not in P x K order (float64, CPU)."""
+    rng = np.random.default_rng(n + d)
+    x, labels = rng.standard_normal((n, d)), rng.integers(0, 20, n)
+    loss, dx, dtheta = faceops.pair_loss(x, labels, 1.0)
+    ref = reference.pair_loss(x, labels, 1.0)
+    assert (loss, dtheta) == (pytest.approx(ref[0], rel=1e-9), pytest.approx(ref[2], rel=1e-9, abs=1e-12))
+    assert_close(dx, ref[1], np.float64)
+    for mining in MININGS:
+        loss, dx = faceops.triplet_loss(x, labels, 0.3, mining, squared=False)
+        ref_loss, ref_dx = reference.triplet_loss(x, labels, 0.3, mining, squared=False)
+        assert loss == pytest.approx(ref_loss, rel=1e-9)
+        assert_close(dx, ref_dx, np.float64)
