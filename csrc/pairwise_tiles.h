@@ -29,12 +29,21 @@ inline T dot_product(const T* a, const T* b, int64_t d) {
   return sum;
 }
 
-// Same expression, evaluated the same way, in the tiles and in the direct
-// look-ups (positive pairs), so that mining compares consistent values.
+// Squared distance from the Gram form, evaluated the same way in the tiles and
+// in the direct look-ups (positive pairs), so that mining compares consistent
+// values.  The Gram form loses relative precision for near-duplicate rows
+// (cancellation in ||a||^2 + ||b||^2 - 2ab), which 1/d in the non-squared
+// gradients would amplify: below kRefine of the norms it is recomputed from
+// the differences.
 template <typename T>
-inline T gram_squared_distance(T norm_i, T norm_j, T dot) {
+inline T refined_squared_distance(T norm_i, T norm_j, T dot, const T* x_i, const T* x_j,
+                                  int64_t d) {
+  constexpr T kRefine = T(1e-2);
   const T s = norm_i + norm_j - T(2) * dot;
-  return s > T(0) ? s : T(0);
+  if (s > kRefine * (norm_i + norm_j)) return s;
+  T direct = 0;
+  for (int64_t k = 0; k < d; ++k) direct += (x_i[k] - x_j[k]) * (x_i[k] - x_j[k]);
+  return direct;
 }
 
 template <typename T>
@@ -48,7 +57,8 @@ std::vector<T> squared_norms(const T* x, int64_t n, int64_t d) {
 template <typename T>
 inline T squared_distance_direct(const T* x, const T* norms, int64_t d, int64_t i, int64_t j) {
   if (i == j) return T(0);
-  return gram_squared_distance(norms[i], norms[j], dot_product(x + i * d, x + j * d, d));
+  return refined_squared_distance(norms[i], norms[j], dot_product(x + i * d, x + j * d, d),
+                                  x + i * d, x + j * d, d);
 }
 
 // Per-thread buffers: one distance tile, one coefficient tile, the packed
@@ -70,7 +80,9 @@ class DistanceTile {
                        distance_.data(), kTileCols);
     for (int64_t r = 0; r < rows; ++r) {
       T* row = distance_.data() + r * kTileCols;
-      for (int64_t c = 0; c < cols; ++c) row[c] = gram_squared_distance(norms[i0 + r], norms[j0 + c], row[c]);
+      for (int64_t c = 0; c < cols; ++c)
+        row[c] = refined_squared_distance(norms[i0 + r], norms[j0 + c], row[c],
+                                          x + (i0 + r) * d_, x + (j0 + c) * d_, d_);
       if (i0 + r >= j0 && i0 + r < j0 + cols) row[i0 + r - j0] = T(0);
     }
   }
