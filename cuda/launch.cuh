@@ -40,7 +40,11 @@ template <typename... Params, typename... Args>
 void launch(const char* name, void (*kernel)(Params...), int64_t grid, cudaStream_t stream,
             Args&&... args) {
   if (grid <= 0) return;
+#ifdef FACEOPS_CUDA_EMULATION  // cuda/emulation: the kernels on CPU threads, for tests
+  emulated_launch(kernel, static_cast<unsigned>(grid), kThreads, std::forward<Args>(args)...);
+#else
   kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(std::forward<Args>(args)...);
+#endif
   check(cudaGetLastError(), name);
 }
 
