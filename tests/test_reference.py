@@ -138,3 +138,21 @@ def test_partial_tiles_and_random_labels(n, d):
         ref_loss, ref_dx = reference.triplet_loss(x, labels, 0.3, mining, squared=False)
         assert loss == pytest.approx(ref_loss, rel=1e-9)
         assert_close(dx, ref_dx, np.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_center_loss_with_a_million_classes(device):
+    """C = 10^6: only the batch's rows of dcenters are non-zero, the rest untouched."""
+    rng = np.random.default_rng(18)
+    num_classes, d = 1_000_000, 8
+    centers = np.zeros((num_classes, d), np.float32)
+    labels = np.array([0, 999_999, 500_000, 999_999, 7])
+    centers[labels] = rng.standard_normal((5, d))
+    x = rng.standard_normal((5, d)).astype(np.float32)
+    loss, dx, dcenters = faceops.center_loss(to_device(x, device), to_device(labels, device), to_device(centers, device))
+    ref = reference.center_loss(x.astype(np.float64), labels, centers.astype(np.float64))
+    assert loss == pytest.approx(ref[0], rel=1e-5)
+    dcenters = to_numpy(dcenters)
+    touched = np.unique(labels)
+    assert_close(dcenters[touched], ref[2][touched], np.float32)
+    assert np.count_nonzero(np.abs(dcenters).sum(axis=1)) == len(touched)

@@ -1,0 +1,91 @@
+"""CUDA kernels against the CPU kernels (the ground truth), CuPy's current
+stream, and GPU-side bad input.  Everything here skips, with the reason, where
+no GPU is present; CI compiles the CUDA code but cannot run it."""
+
+import numpy as np
+import pytest
+
+import faceops
+from testing import DTYPES, MININGS, TOLERANCE, pk_labels, product
+
+pytestmark = pytest.mark.skipif(
+    not faceops.cuda_available(), reason="CUDA kernels not built or no CUDA device present (faceops.cuda_available() is False)"
+)
+
+
+@pytest.fixture(scope="module")
+def cupy():
+    return pytest.importorskip("cupy", reason="CuPy is not installed (pip install .[cuda])")
+
+
+def assert_same(gpu, cpu, dtype):
+    tol = TOLERANCE[dtype]
+    np.testing.assert_allclose(gpu.get(), cpu, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(cpu).max()))
+
+
+@pytest.mark.parametrize("dtype,mining,squared", product(DTYPES, MININGS, [True, False]))
+def test_triplet_gpu_matches_cpu(cupy, dtype, mining, squared):
+    rng = np.random.default_rng(20)
+    x = rng.standard_normal((1024, 64)).astype(dtype)
+    labels = pk_labels(256, 4, rng)
+    cpu_loss, cpu_dx = faceops.triplet_loss(x, labels, 0.3, mining, squared)
+    gpu_loss, gpu_dx = faceops.triplet_loss(cupy.asarray(x), cupy.asarray(labels), 0.3, mining, squared)
+    assert isinstance(gpu_dx, cupy.ndarray) and gpu_dx.dtype == dtype
+    assert gpu_loss == pytest.approx(cpu_loss, rel=TOLERANCE[dtype]["rtol"])
+    assert_same(gpu_dx, cpu_dx, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pair_center_contrastive_gpu_match_cpu(cupy, dtype):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((1024, 32)).astype(dtype)
+    labels = pk_labels(128, 8, rng)
+    cpu = faceops.pair_loss(x, labels, 60.0)
+    gpu = faceops.pair_loss(cupy.asarray(x), cupy.asarray(labels), 60.0)
+    assert (gpu[0], gpu[2]) == (pytest.approx(cpu[0], rel=1e-4), pytest.approx(cpu[2], rel=1e-4))
+    assert_same(gpu[1], cpu[1], dtype)
+
+    centers = rng.standard_normal((1000, 32)).astype(dtype)
+    cpu = faceops.center_loss(x, labels, centers)
+    gpu = faceops.center_loss(cupy.asarray(x), cupy.asarray(labels), cupy.asarray(centers))
+    assert gpu[0] == pytest.approx(cpu[0], rel=1e-5)
+    assert_same(gpu[1], cpu[1], dtype)
+    assert_same(gpu[2], cpu[2], dtype)
+    gpu_centers = cupy.asarray(centers)
+    faceops.center_update(cupy.asarray(x), cupy.asarray(labels), gpu_centers, 0.5)
+    faceops.center_update(x, labels, centers, 0.5)
+    assert_same(gpu_centers, centers, dtype)
+
+    b = rng.standard_normal((1024, 32)).astype(dtype)
+    similar = (labels % 2).astype(np.int64)
+    cpu = faceops.contrastive_loss(x, b, similar, 8.0)
+    gpu = faceops.contrastive_loss(cupy.asarray(x), cupy.asarray(b), cupy.asarray(similar), 8.0)
+    assert gpu[0] == pytest.approx(cpu[0], rel=1e-5)
+    assert_same(gpu[1], cpu[1], dtype)
+
+
+def test_runs_on_cupys_current_stream(cupy):
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((512, 32)).astype(np.float32)
+    labels = pk_labels(128, 4, rng)
+    expected = faceops.triplet_loss(x, labels, 0.3, "all")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        x_gpu, labels_gpu = cupy.asarray(x), cupy.asarray(labels)
+        loss, dx = faceops.triplet_loss(x_gpu, labels_gpu, 0.3, "all")
+        # Work queued after ours on the same stream sees the finished gradient.
+        total = float(dx.sum())
+    assert loss == pytest.approx(expected[0], rel=1e-4)
+    assert total == pytest.approx(float(expected[1].sum()), abs=1e-3)
+
+
+def test_gpu_bad_input(cupy):
+    x = cupy.zeros((4, 3), cupy.float32)
+    with pytest.raises(ValueError, match="labels.*0 <= label < 2"):
+        faceops.center_loss(x, cupy.asarray([0, 1, 2, 0]), cupy.zeros((2, 3), cupy.float32))
+    bad = x.copy()
+    bad[1, 1] = cupy.nan
+    with pytest.raises(ValueError, match="x: contains NaN or Inf"):
+        faceops.triplet_loss(bad, cupy.asarray([0, 0, 1, 1]))
+    with pytest.raises(TypeError, match="mix NumPy"):
+        faceops.triplet_loss(x, np.array([0, 0, 1, 1]))
