@@ -23,10 +23,16 @@ struct AnchorPositives {
   std::vector<int64_t> negative_count;  // rows with another label, per anchor
 
   int64_t count(int64_t a) const { return begin[a + 1] - begin[a]; }
-  // Number of a's positives whose distance is < value (or <= value when `inclusive`).
+  // Number of a's positives whose distance is < value (or <= value when `inclusive`):
+  // a branch-free count for the few positives of P x K batches, else a binary search.
   int64_t rank(int64_t a, T value, bool inclusive) const {
     const T* first = distance.data() + begin[a];
     const T* last = distance.data() + begin[a + 1];
+    if (last - first <= 16) {
+      int64_t below = 0;
+      for (const T* p = first; p < last; ++p) below += inclusive ? *p <= value : *p < value;
+      return below;
+    }
     return (inclusive ? std::upper_bound(first, last, value) : std::lower_bound(first, last, value)) -
            first;
   }
