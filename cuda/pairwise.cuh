@@ -1,8 +1,9 @@
 // Streaming engine of the pairwise losses on the GPU (the counterpart of
 // csrc/pairwise_tiles.h).  A block owns kTileRows anchors and walks over all
 // rows in tiles of kTileCols candidates; squared distances come from
-// ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j (clamped at 0, the diagonal exactly 0),
-// one kTileRows x kTileCols tile in shared memory at a time: no N x N matrix.
+// ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j (from the differences for near-duplicate
+// rows; the diagonal exactly 0), one kTileRows x kTileCols tile in shared
+// memory at a time: no N x N matrix.
 //
 // Gradients go through the same tile: the loss overwrites the distances with
 // coefficients C_ij and accumulate_*_gradient add dx_i += sum_j C_ij (x_i - x_j)
@@ -36,11 +37,19 @@ struct DistanceTile {
   T value[kTileRows][kTileCols + 1];  // squared distance of (a0 + m, c0 + j), then C_mj
 };
 
-// The same expression as csrc/pairwise_tiles.h's gram_squared_distance.
+// The rule of csrc/pairwise_tiles.h's refined_squared_distance (keep the two
+// in step): the Gram form, recomputed from the differences for rows closer
+// than kRefine of their norms, where its cancellation would show (and 1/d in
+// the non-squared gradients amplify it).
 template <typename T>
-__device__ __forceinline__ T gram_squared_distance(T norm_i, T norm_j, T dot) {
+__device__ T refined_squared_distance(T norm_i, T norm_j, T dot, const T* __restrict__ x_i,
+                                      const T* __restrict__ x_j, int64_t d) {
+  constexpr T kRefine = T(1e-2);
   const T s = norm_i + norm_j - T(2) * dot;
-  return s > T(0) ? s : T(0);
+  if (s > kRefine * (norm_i + norm_j)) return s;
+  T direct = T(0);
+  for (int64_t k = 0; k < d; ++k) direct += (x_i[k] - x_j[k]) * (x_i[k] - x_j[k]);
+  return direct;
 }
 
 template <typename T>
@@ -96,7 +105,9 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
       const int m = ty + 16 * r, j = tx + 16 * c;
       const int i = a0 + m, jj = c0 + j;
       T v = T(0);
-      if (i < n && jj < n && i != jj) v = gram_squared_distance(norms[i], norms[jj], acc[r][c]);
+      if (i < n && jj < n && i != jj)
+        v = refined_squared_distance(norms[i], norms[jj], acc[r][c], x + int64_t(i) * d,
+                                     x + int64_t(jj) * d, d);
       tile.value[m][j] = v;
     }
   }

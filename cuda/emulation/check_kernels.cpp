@@ -36,14 +36,17 @@ std::vector<T> randn(size_t count, std::mt19937& rng, double scale = 1) {
   return v;
 }
 
+// dup: 0 none, 1 exact duplicate rows (distance ties), 2 near duplicates
+// (distances recomputed from the differences).
 template <typename T>
-void test_triplet(int64_t n, int64_t d, int classes, bool dup, std::mt19937& rng) {
+void test_triplet(int64_t n, int64_t d, int classes, int dup, std::mt19937& rng) {
   auto x = randn<T>(n * d, rng, 0.3);
   std::vector<int64_t> labels(n);
   for (auto& l : labels) l = rng() % classes;
   if (dup) {  // duplicated rows: exact distance ties
     for (int64_t i = 1; i < n; i += 3)
-      for (int64_t k = 0; k < d; ++k) x[i * d + k] = x[(i - 1) * d + k];
+      for (int64_t k = 0; k < d; ++k)
+        x[i * d + k] = x[(i - 1) * d + k] + (dup == 2 ? T(1e-3) * T(int(rng() % 7) - 3) : T(0));
   }
   for (int mode = 0; mode < 3; ++mode)
     for (int sq = 0; sq < 2; ++sq) {
@@ -140,13 +143,14 @@ void run_all(std::mt19937& rng) {
   test_pair<T>(1, 5, 2, rng);
   test_pair<T>(2, 5, 1, rng);
   test_pair<T>(97, 37, 5, rng);
-  test_triplet<T>(1, 4, 2, false, rng);
-  test_triplet<T>(3, 4, 2, false, rng);
-  test_triplet<T>(70, 20, 3, false, rng);    // many positives: several rounds
-  test_triplet<T>(97, 33, 12, false, rng);
-  test_triplet<T>(66, 8, 6, true, rng);      // ties
-  test_triplet<T>(40, 6, 1, false, rng);     // one class: no negatives
-  test_triplet<T>(256, 16, 64, false, rng);  // P x K = 64 x 4 on average
+  test_triplet<T>(1, 4, 2, 0, rng);
+  test_triplet<T>(3, 4, 2, 0, rng);
+  test_triplet<T>(70, 20, 3, 0, rng);        // many positives: several rounds
+  test_triplet<T>(97, 33, 12, 0, rng);
+  test_triplet<T>(66, 8, 6, 1, rng);         // ties
+  test_triplet<T>(66, 8, 3, 2, rng);         // near duplicates
+  test_triplet<T>(40, 6, 1, 0, rng);         // one class: no negatives
+  test_triplet<T>(256, 16, 64, 0, rng);      // P x K = 64 x 4 on average
   test_center<T>(50, 3, 1000000, rng);       // labels spread over a large table
 }
 
