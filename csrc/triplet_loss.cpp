@@ -86,6 +86,28 @@ AnchorPositives<T> find_positives(const T* x, const T* norms, const int64_t* lab
   return positives;
 }
 
+// Calls visit(a, j, d_aj) for every anchor a with positives and every negative j
+// of it, j ascending for each anchor; anchors are split over threads by blocks,
+// so visit may update anchor a's state without synchronisation.
+template <typename T, typename Visit>
+void for_each_negative(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_t d,
+                       bool squared, const AnchorPositives<T>& pos, Visit visit) {
+  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
+                                             int64_t rows) {
+    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
+      const int64_t cols = std::min(detail::kTileCols, n - j0);
+      tile.compute(x, norms, i0, rows, j0, cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t a = i0 + r;
+        if (pos.count(a) == 0) continue;
+        for (int64_t c = 0; c < cols; ++c)
+          if (labels[j0 + c] != labels[a])
+            visit(a, j0 + c, distance_from_squared(tile.distance(r, c), squared));
+      }
+    }
+  });
+}
+
 // dx_i += coef (x_i - x_j) and dx_j += coef (x_j - x_i): the gradient of
 // coef' * d_ij where coef = coef' * distance_gradient_scale(d_ij).
 template <typename T>
@@ -125,31 +147,17 @@ T semihard(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_t
   std::vector<int64_t> cand_index(pos.begin[n], -1);
   std::vector<T> far_distance(n);
   std::vector<int64_t> far_index(n, -1);
-  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                             int64_t rows) {
-    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
-      const int64_t cols = std::min(detail::kTileCols, n - j0);
-      tile.compute(x, norms, i0, rows, j0, cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t a = i0 + r;
-        if (pos.count(a) == 0) continue;
-        for (int64_t c = 0; c < cols; ++c) {
-          const int64_t j = j0 + c;
-          if (labels[j] == labels[a]) continue;
-          const T v = distance_from_squared(tile.distance(r, c), squared);
-          if (far_index[a] < 0 || v > far_distance[a]) {
-            far_distance[a] = v;
-            far_index[a] = j;
-          }
-          const int64_t below = pos.rank(a, v, false);
-          if (below == 0) continue;
-          const int64_t slot = pos.begin[a] + below - 1;
-          if (cand_index[slot] < 0 || v < cand_distance[slot]) {
-            cand_distance[slot] = v;
-            cand_index[slot] = j;
-          }
-        }
-      }
+  for_each_negative(x, norms, labels, n, d, squared, pos, [&](int64_t a, int64_t j, T v) {
+    if (far_index[a] < 0 || v > far_distance[a]) {
+      far_distance[a] = v;
+      far_index[a] = j;
+    }
+    const int64_t below = pos.rank(a, v, false);
+    if (below == 0) return;
+    const int64_t slot = pos.begin[a] + below - 1;
+    if (cand_index[slot] < 0 || v < cand_distance[slot]) {
+      cand_distance[slot] = v;
+      cand_index[slot] = j;
     }
   });
   double loss_sum = 0;
@@ -186,22 +194,10 @@ T batch_hard(const T* x, const T* norms, const int64_t* labels, int64_t n, int64
              bool squared, const AnchorPositives<T>& pos, T* dx) {
   std::vector<T> near_distance(n);
   std::vector<int64_t> near_index(n, -1);
-  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                             int64_t rows) {
-    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
-      const int64_t cols = std::min(detail::kTileCols, n - j0);
-      tile.compute(x, norms, i0, rows, j0, cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t a = i0 + r;
-        for (int64_t c = 0; c < cols; ++c) {
-          if (labels[j0 + c] == labels[a]) continue;
-          const T v = distance_from_squared(tile.distance(r, c), squared);
-          if (near_index[a] < 0 || v < near_distance[a]) {
-            near_distance[a] = v;
-            near_index[a] = j0 + c;
-          }
-        }
-      }
+  for_each_negative(x, norms, labels, n, d, squared, pos, [&](int64_t a, int64_t j, T v) {
+    if (near_index[a] < 0 || v < near_distance[a]) {
+      near_distance[a] = v;
+      near_index[a] = j;
     }
   });
   double loss_sum = 0;
@@ -243,28 +239,15 @@ T batch_all(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_
     triplet_count += static_cast<double>(pos.count(a)) * static_cast<double>(pos.negative_count[a]);
   }
   if (triplet_count == 0) return T(0);
-  double loss_sum = 0;
-  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                             int64_t rows) {
-    double block_loss = 0;
-    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
-      const int64_t cols = std::min(detail::kTileCols, n - j0);
-      tile.compute(x, norms, i0, rows, j0, cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t a = i0 + r, count = pos.count(a), base = pos.begin[a] + a;
-        if (count == 0) continue;
-        for (int64_t c = 0; c < cols; ++c) {
-          if (labels[j0 + c] == labels[a]) continue;
-          const T threshold = distance_from_squared(tile.distance(r, c), squared) - margin;
-          const int64_t s = pos.rank(a, threshold, true);
-          block_loss += suffix_sum[base + s] - static_cast<double>(count - s) * threshold;
-          ++first_active[base + s];
-        }
-      }
-    }
-#pragma omp atomic
-    loss_sum += block_loss;
+  std::vector<double> anchor_loss(n, 0.0);
+  for_each_negative(x, norms, labels, n, d, squared, pos, [&](int64_t a, int64_t, T v) {
+    const int64_t count = pos.count(a), base = pos.begin[a] + a;
+    const T threshold = v - margin;
+    const int64_t s = pos.rank(a, threshold, true);
+    anchor_loss[a] += suffix_sum[base + s] - static_cast<double>(count - s) * threshold;
+    ++first_active[base + s];
   });
+  const double loss_sum = std::accumulate(anchor_loss.begin(), anchor_loss.end(), 0.0);
   if (!dx) return static_cast<T>(loss_sum / triplet_count);
 
   const T weight = static_cast<T>(1.0 / triplet_count);

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import faceops
+from faceops.selfcheck import numerical_gradient  # noqa: F401  (re-exported for the tests)
 
 DTYPES = [np.float32, np.float64]
 MININGS = ["semihard", "hard", "all"]
@@ -80,21 +81,6 @@ def kink_gap_pair(x, labels, theta):
     y = np.where(labels[:, None] == labels[None, :], 1.0, -1.0)
     hinge = 1.0 - y * (theta - d)
     return np.min(np.abs(hinge[~np.eye(len(labels), dtype=bool)]))
-
-
-def numerical_gradient(loss_of, x, step=1e-6):
-    """Central finite differences of a scalar function of x (float64)."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        saved = flat[k]
-        flat[k] = saved + step
-        plus = loss_of(x)
-        flat[k] = saved - step
-        minus = loss_of(x)
-        flat[k] = saved
-        gflat[k] = (plus - minus) / (2 * step)
-    return grad
 
 
 def kink_free_batch(seed, identities, per_identity, dim, gap_of, min_gap=1e-3):

@@ -12,7 +12,8 @@ import numpy as np
 import faceops
 
 
-def _numerical_gradient(loss_of, x, step=1e-6):
+def numerical_gradient(loss_of, x, step=1e-6):
+    """Central finite differences of a scalar function of x (float64), x restored after."""
     grad = np.zeros_like(x)
     for k in np.ndindex(x.shape):
         saved = x[k]
@@ -47,7 +48,7 @@ def main():
     failures = 0
     for name, x, loss_and_grad in _cases():
         loss, grad = loss_and_grad(x)
-        numeric = _numerical_gradient(lambda z: loss_and_grad(z)[0], x.copy())
+        numeric = numerical_gradient(lambda z: loss_and_grad(z)[0], x.copy())
         error = float(np.max(np.abs(grad - numeric)))
         ok = error <= 1e-6 * max(1.0, float(np.max(np.abs(numeric))))
         failures += not ok
