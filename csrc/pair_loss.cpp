@@ -11,14 +11,14 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
                T* dtheta) {
   detail::check_batch("x", n, d);
   detail::check_finite("x", x, n * d);
-  const std::vector<T> norms = detail::squared_norms(x, n, d);
+  const detail::GramRows<T> gram(x, n, d);
   const double pair_count = static_cast<double>(n) * static_cast<double>(n - 1);
   const T inv_pairs = pair_count > 0 ? T(1.0 / pair_count) : T(0);
   double loss_sum = 0, dloss_dsquared_sum = 0;
   detail::for_each_symmetric_tile<T>(n, d, dx, [&](detail::DistanceTile<T>& tile, int64_t i0,
                                                    int64_t rows, int64_t j0, int64_t cols,
                                                    T* own_dx) {
-    tile.compute(x, norms.data(), i0, rows, j0, cols);
+    tile.compute(gram, i0, rows, j0, cols);
     T* coef = tile.coefficients();
     double tile_loss = 0, tile_dsquared = 0;
     bool any_active = false;

@@ -46,37 +46,51 @@ inline T refined_squared_distance(T norm_i, T norm_j, T dot, const T* x_i, const
   return direct;
 }
 
+// The rows of x with what the tiles need, computed once per call: squared
+// norms and a transposed copy (the tiles' right-hand GEMM operand, so no tile
+// packs its columns; its leading dimension is padded off powers of two, which
+// would alias in the cache).
 template <typename T>
-std::vector<T> squared_norms(const T* x, int64_t n, int64_t d) {
-  std::vector<T> norms(n);
+struct GramRows {
+  GramRows(const T* x_, int64_t n_, int64_t d_)
+      : x(x_), n(n_), d(d_), ld((n_ + 15) / 16 * 16 + 16), norms(n_), transposed(d_ * ld) {
+    constexpr int64_t kBlock = 32;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) norms[i] = dot_product(x + i * d, x + i * d, d);
-  return norms;
-}
+    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+      for (int64_t i = i0; i < std::min(n, i0 + kBlock); ++i)
+        norms[i] = dot_product(x + i * d, x + i * d, d);
+      for (int64_t k0 = 0; k0 < d; k0 += kBlock)
+        for (int64_t k = k0; k < std::min(d, k0 + kBlock); ++k)
+          for (int64_t i = i0; i < std::min(n, i0 + kBlock); ++i) transposed[k * ld + i] = x[i * d + k];
+    }
+  }
 
-template <typename T>
-inline T squared_distance_direct(const T* x, const T* norms, int64_t d, int64_t i, int64_t j) {
-  if (i == j) return T(0);
-  return refined_squared_distance(norms[i], norms[j], dot_product(x + i * d, x + j * d, d),
-                                  x + i * d, x + j * d, d);
-}
+  T squared_distance(int64_t i, int64_t j) const {
+    if (i == j) return T(0);
+    return refined_squared_distance(norms[i], norms[j], dot_product(x + i * d, x + j * d, d),
+                                    x + i * d, x + j * d, d);
+  }
 
-// Per-thread buffers: one distance tile, one coefficient tile, the packed
-// (transposed) column block.
+  const T* x;
+  int64_t n, d, ld;
+  std::vector<T> norms, transposed;
+};
+
+// Per-thread buffers: one distance tile and one coefficient tile (and its transpose).
 template <typename T>
 class DistanceTile {
  public:
   explicit DistanceTile(int64_t d)
-      : d_(d), packed_(d * kTileCols), distance_(kTileRows * kTileCols),
+      : d_(d), distance_(kTileRows * kTileCols),
         coefficient_(kTileRows * kTileCols),
         coefficient_t_(kTileCols * kTileRows), column_sum_(kTileCols) {}
 
   // distance(r, c) = squared distance of rows i0 + r and j0 + c.
-  void compute(const T* x, const T* norms, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    for (int64_t k = 0; k < d_; ++k)
-      for (int64_t c = 0; c < cols; ++c) packed_[k * kTileCols + c] = x[(j0 + c) * d_ + k];
+  void compute(const GramRows<T>& g, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+    const T* x = g.x;
+    const T* norms = g.norms.data();
     std::fill(distance_.begin(), distance_.end(), T(0));
-    gemm_accumulate<T>(rows, cols, d_, x + i0 * d_, d_, packed_.data(), kTileCols,
+    gemm_accumulate<T>(rows, cols, d_, x + i0 * d_, d_, g.transposed.data() + j0, g.ld,
                        distance_.data(), kTileCols);
     for (int64_t r = 0; r < rows; ++r) {
       T* row = distance_.data() + r * kTileCols;
@@ -126,7 +140,7 @@ class DistanceTile {
   }
 
   int64_t d_;
-  std::vector<T> packed_, distance_, coefficient_, coefficient_t_, column_sum_;
+  std::vector<T> distance_, coefficient_, coefficient_t_, column_sum_;
 };
 
 // Calls block(tile, i0, rows) for every block of anchors, in parallel; each

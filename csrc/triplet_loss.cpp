@@ -39,8 +39,9 @@ struct AnchorPositives {
 };
 
 template <typename T>
-AnchorPositives<T> find_positives(const T* x, const T* norms, const int64_t* labels, int64_t n,
-                                  int64_t d, bool squared) {
+AnchorPositives<T> find_positives(const detail::GramRows<T>& gram, const int64_t* labels,
+                                  bool squared) {
+  const int64_t n = gram.n;
   std::vector<int64_t> by_label(n);
   std::iota(by_label.begin(), by_label.end(), int64_t(0));
   std::stable_sort(by_label.begin(), by_label.end(),
@@ -74,7 +75,7 @@ AnchorPositives<T> find_positives(const T* x, const T* norms, const int64_t* lab
         const int64_t p = by_label[m];
         if (p == a) continue;
         sorted.emplace_back(
-            distance_from_squared(detail::squared_distance_direct(x, norms, d, a, p), squared), p);
+            distance_from_squared(gram.squared_distance(a, p), squared), p);
       }
       std::sort(sorted.begin(), sorted.end());
       for (size_t t = 0; t < sorted.size(); ++t) {
@@ -90,13 +91,14 @@ AnchorPositives<T> find_positives(const T* x, const T* norms, const int64_t* lab
 // of it, j ascending for each anchor; anchors are split over threads by blocks,
 // so visit may update anchor a's state without synchronisation.
 template <typename T, typename Visit>
-void for_each_negative(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_t d,
-                       bool squared, const AnchorPositives<T>& pos, Visit visit) {
-  detail::for_each_anchor_block<T>(n, d, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                             int64_t rows) {
+void for_each_negative(const detail::GramRows<T>& gram, const int64_t* labels, bool squared,
+                       const AnchorPositives<T>& pos, Visit visit) {
+  const int64_t n = gram.n;
+  detail::for_each_anchor_block<T>(n, gram.d, [&](detail::DistanceTile<T>& tile, int64_t i0,
+                                                  int64_t rows) {
     for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
       const int64_t cols = std::min(detail::kTileCols, n - j0);
-      tile.compute(x, norms, i0, rows, j0, cols);
+      tile.compute(gram, i0, rows, j0, cols);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t a = i0 + r;
         if (pos.count(a) == 0) continue;
@@ -141,13 +143,15 @@ void sparse_triplet_gradient(const T* x, int64_t d, bool squared,
 // distance lies in (d_t, d_{t+1}] for the sorted positives d_0 <= d_1 <= ...;
 // a suffix minimum then gives each positive its closest farther negative.
 template <typename T>
-T semihard(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_t d, T margin,
+T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin,
            bool squared, const AnchorPositives<T>& pos, T* dx) {
+  const T* x = gram.x;
+  const int64_t n = gram.n, d = gram.d;
   std::vector<T> cand_distance(pos.begin[n]);
   std::vector<int64_t> cand_index(pos.begin[n], -1);
   std::vector<T> far_distance(n);
   std::vector<int64_t> far_index(n, -1);
-  for_each_negative(x, norms, labels, n, d, squared, pos, [&](int64_t a, int64_t j, T v) {
+  for_each_negative(gram, labels, squared, pos, [&](int64_t a, int64_t j, T v) {
     if (far_index[a] < 0 || v > far_distance[a]) {
       far_distance[a] = v;
       far_index[a] = j;
@@ -190,11 +194,13 @@ T semihard(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_t
 
 // Batch-hard: the farthest positive and the closest negative of each anchor.
 template <typename T>
-T batch_hard(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_t d, T margin,
+T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin,
              bool squared, const AnchorPositives<T>& pos, T* dx) {
+  const T* x = gram.x;
+  const int64_t n = gram.n, d = gram.d;
   std::vector<T> near_distance(n);
   std::vector<int64_t> near_index(n, -1);
-  for_each_negative(x, norms, labels, n, d, squared, pos, [&](int64_t a, int64_t j, T v) {
+  for_each_negative(gram, labels, squared, pos, [&](int64_t a, int64_t j, T v) {
     if (near_index[a] < 0 || v < near_distance[a]) {
       near_distance[a] = v;
       near_index[a] = j;
@@ -225,8 +231,10 @@ T batch_hard(const T* x, const T* norms, const int64_t* labels, int64_t n, int64
 // its active negatives; pass 2 recomputes the tiles for the negatives' dense
 // gradient.  O(N^2 log K) beyond the distances.
 template <typename T>
-T batch_all(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_t d, T margin,
+T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin,
             bool squared, const AnchorPositives<T>& pos, T* dx) {
+  const T* x = gram.x;
+  const int64_t n = gram.n, d = gram.d;
   const int64_t total_positives = pos.begin[n];
   std::vector<double> suffix_sum(total_positives + n);  // anchor a: [begin[a] + a, begin[a+1] + a]
   std::vector<int64_t> first_active(total_positives + n, 0);
@@ -240,7 +248,7 @@ T batch_all(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_
   }
   if (triplet_count == 0) return T(0);
   std::vector<double> anchor_loss(n, 0.0);
-  for_each_negative(x, norms, labels, n, d, squared, pos, [&](int64_t a, int64_t, T v) {
+  for_each_negative(gram, labels, squared, pos, [&](int64_t a, int64_t, T v) {
     const int64_t count = pos.count(a), base = pos.begin[a] + a;
     const T threshold = v - margin;
     const int64_t s = pos.rank(a, threshold, true);
@@ -255,7 +263,7 @@ T batch_all(const T* x, const T* norms, const int64_t* labels, int64_t n, int64_
   detail::for_each_symmetric_tile<T>(n, d, dx, [&](detail::DistanceTile<T>& tile, int64_t i0,
                                                    int64_t rows, int64_t j0, int64_t cols,
                                                    T* own_dx) {
-    tile.compute(x, norms, i0, rows, j0, cols);
+    tile.compute(gram, i0, rows, j0, cols);
     T* coef = tile.coefficients();
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
@@ -295,18 +303,18 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
                   TripletMining mining, bool squared, T* loss, T* dx) {
   detail::check_batch("x", n, d);
   detail::check_finite("x", x, n * d);
-  const std::vector<T> norms = detail::squared_norms(x, n, d);
-  const AnchorPositives<T> positives = find_positives(x, norms.data(), labels, n, d, squared);
+  const detail::GramRows<T> gram(x, n, d);
+  const AnchorPositives<T> positives = find_positives(gram, labels, squared);
   if (dx) std::fill(dx, dx + n * d, T(0));
   switch (mining) {
     case TripletMining::kSemihard:
-      *loss = semihard(x, norms.data(), labels, n, d, margin, squared, positives, dx);
+      *loss = semihard(gram, labels, margin, squared, positives, dx);
       return;
     case TripletMining::kHard:
-      *loss = batch_hard(x, norms.data(), labels, n, d, margin, squared, positives, dx);
+      *loss = batch_hard(gram, labels, margin, squared, positives, dx);
       return;
     case TripletMining::kAll:
-      *loss = batch_all(x, norms.data(), labels, n, d, margin, squared, positives, dx);
+      *loss = batch_all(gram, labels, margin, squared, positives, dx);
       return;
   }
   throw std::invalid_argument("mining: expected semihard, hard or all");
