@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds a real Caffe (Debian bullseye's caffe source package, CPU only) with
+# the faceops layers installed into it, pycaffe for Debian's /usr/bin/python3,
+# and the faceops layer gtests.  Idempotent: a second run reuses the source
+# tree, the build directory and ccache, and only recompiles what changed.
+#
+#   FACEOPS_CAFFE_DIR  where the source and build trees live
+#                      (default: $HOME/.cache/faceops/caffe)
+#   CCACHE_DIR         default: $HOME/.cache/ccache
+#   JOBS               make -j (default: nproc)
+#
+# Needs root (or sudo) the first time, for apt.  Prints the paths the tests
+# need as its last lines.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+dir="${FACEOPS_CAFFE_DIR:-$HOME/.cache/faceops/caffe}"
+src="$dir/src"
+build="$dir/build"
+version="1.0.0+git20180821.99bd997-8"
+tests="center_loss_layer,triplet_loss_layer,pair_loss_layer"
+export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+packages=(g++ make cmake dpkg-dev ccache protobuf-compiler libprotobuf-dev libgoogle-glog-dev
+  libgflags-dev libhdf5-dev libblas-dev libboost-system-dev libboost-thread-dev
+  libboost-filesystem-dev libboost-python-dev python3-dev python3-numpy python3-skimage
+  python3-protobuf python3-six)
+if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
+  echo "build_caffe: build dependencies present"
+else
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
+fi
+
+if [ ! -f "$src/.faceops_source_ready" ]; then
+  # Bookworm has no caffe; bullseye's source package builds on it.  Only a
+  # deb-src line: the binary packages stay bookworm's.
+  list=/etc/apt/sources.list.d/faceops-bullseye-src.sources
+  if ! apt-cache showsrc caffe 2>/dev/null | grep -q "^Version: $version$"; then
+    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bullseye\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+      $sudo tee "$list" >/dev/null
+    $sudo apt-get update -q
+  fi
+  rm -rf "$src"
+  mkdir -p "$dir"
+  (cd "$dir" && apt-get source --download-only "caffe=$version" && dpkg-source -x "caffe_$version.dsc" "$src")
+  # Bookworm's protobuf dropped the two-argument CodedInputStream::SetTotalBytesLimit.
+  sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
+    "$src/src/caffe/util/io.cpp"
+  grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit);' "$src/src/caffe/util/io.cpp"
+  touch "$src/.faceops_source_ready"
+fi
+
+# The installer is plain Python; it leaves the tree untouched when nothing changed.
+python3 "$repo/python/faceops/caffe/install.py" install --caffe-root "$src" --faceops-root "$repo"
+
+mkdir -p "$build"
+# cmake runs every time: Caffe globs its sources, so new files need a re-run.
+# USE_OPENMP: the faceops core uses OpenMP.
+cmake -S "$src" -B "$build" \
+  -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
+  -DCPU_ONLY=ON -DBLAS=Generic -DUSE_OPENMP=ON \
+  -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3 -DPYTHON_EXECUTABLE=/usr/bin/python3 \
+  -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=OFF -DBUILD_docs=OFF \
+  -DBUILD_only_tests="$tests" >"$build/cmake.log" 2>&1 || { cat "$build/cmake.log"; exit 1; }
+ccache -z >/dev/null
+echo "build_caffe: make caffe pycaffe test.testbin in $build (log: $build/make.log)"
+if ! make -C "$build" -j"${JOBS:-$(nproc)}" caffe pycaffe test.testbin >"$build/make.log" 2>&1; then
+  grep -B3 -A12 -e 'error' -e 'Error' "$build/make.log" | head -150
+  exit 1
+fi
+# Warnings in faceops code (Caffe's own are many and not ours).
+grep -E -A3 '(faceops|center_loss_layer|triplet_loss_layer|pair_loss_layer)[^ :]*:[0-9]+:[0-9]+: warning' \
+  "$build/make.log" || true
+
+ccache --show-stats 2>/dev/null | grep -i -e "hits" -e "misses" | head -3 || true  # this build only (zeroed above)
+echo "build_caffe: Caffe source tree: $src"
+echo "build_caffe: build tree:        $build"
+echo "build_caffe: pycaffe:           PYTHONPATH=$src/python (for /usr/bin/python3)"
+echo "build_caffe: gtests:            (cd $src && $build/test/test.testbin --gtest_filter='*Center*:*Triplet*:*Pair*')"

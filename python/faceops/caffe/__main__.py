@@ -1,0 +1,5 @@
+import sys
+
+from faceops.caffe.install import main
+
+sys.exit(main())

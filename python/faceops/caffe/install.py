@@ -1,0 +1,237 @@
+"""Adds the faceops layers to a Caffe source tree, or removes them.
+
+    python -m faceops.caffe install --caffe-root DIR [--first-field-id 149]
+    python -m faceops.caffe uninstall --caffe-root DIR
+
+Plain Python, no Caffe and no compiled faceops needed: from a source checkout
+it also runs as ``python3 python/faceops/caffe/install.py ...``.
+
+``install`` copies the layer sources of ``caffe_layers/`` and the core sources
+(``csrc/``, ``cuda/``) into the tree, adds the faceops messages and
+LayerParameter fields to ``src/caffe/proto/caffe.proto`` between marker
+comments, and records what it wrote in ``.faceops_caffe.json`` at the tree's
+root.  It is idempotent: the proto is patched from its unpatched form, so a
+second run changes nothing, and a run from newer faceops sources updates the
+tree.  ``uninstall`` deletes the recorded files and the marked proto blocks.
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+# (message, LayerParameter field), numbered from --first-field-id in this order.
+LAYER_FIELDS = (
+    ("CenterLossParameter", "center_loss_param"),
+    ("TripletLossParameter", "triplet_loss_param"),
+    ("PairLossParameter", "pair_loss_param"),
+)
+DEFAULT_FIRST_FIELD_ID = 149  # BVLC/Debian Caffe: swish_param = 147, clip_param = 148
+PROTO = Path("src/caffe/proto/caffe.proto")
+MANIFEST = Path(".faceops_caffe.json")
+CORE_HEADERS = Path("include/faceops")  # #include "faceops/center_loss.h"
+CORE_SOURCES = Path("src/caffe/faceops")  # globbed by Caffe's CMake and Makefile
+NOT_FOR_CAFFE = {"bindings.cpp", "without_cuda.cpp", "device.cu"}  # Python module only
+BEGIN = "// >>> faceops: added by `python -m faceops.caffe install`, removed by `uninstall`"
+END = "// <<< faceops"
+BLOCK = re.compile(r"^[ \t]*// >>> faceops[^\n]*\n.*?^[ \t]*// <<< faceops[^\n]*\n", re.M | re.S)
+FIELD = re.compile(r"^\s*(?:optional|required|repeated)\s+[\w.]+\s+(\w+)\s*=\s*(\d+)", re.M)
+
+
+class InstallError(Exception):
+    """A tree faceops cannot be installed into (or removed from) as asked."""
+
+
+def default_faceops_root():
+    return Path(__file__).resolve().parents[3]
+
+
+def sources(faceops_root):
+    """{destination relative to the Caffe root: source file} for everything installed."""
+    root = Path(faceops_root)
+    layers, core = root / "caffe_layers", root / "csrc"
+    if not (layers / "src").is_dir() or not (core / "faceops").is_dir():
+        raise InstallError(
+            f"{root} is not a faceops source checkout (no caffe_layers/src or csrc/faceops): "
+            "pass --faceops-root"
+        )
+    files = {}
+    for tree in ("include", "src"):
+        for path in sorted((layers / tree).rglob("*")):
+            if path.is_file():
+                files[path.relative_to(layers)] = path
+    for path in sorted((core / "faceops").glob("*.h")):
+        files[CORE_HEADERS / path.name] = path
+    for pattern in ("csrc/*.h", "csrc/*.cpp", "cuda/*.cuh", "cuda/*.cu"):
+        for path in sorted(root.glob(pattern)):
+            if path.name not in NOT_FOR_CAFFE:
+                files[CORE_SOURCES / path.name] = path
+    return files
+
+
+def _strip_comments(text):
+    return re.sub(r"//[^\n]*", lambda m: " " * len(m.group()), text)
+
+
+def _message_body(text, name):
+    """(start, end) of the body of `message name { ... }`: end is the closing brace."""
+    code = _strip_comments(text)
+    match = re.search(r"^\s*message\s+%s\s*\{" % name, code, re.M)
+    if not match:
+        raise InstallError(f"{PROTO}: no `message {name}`; is this a Caffe source tree?")
+    depth = 0
+    for index in range(match.end() - 1, len(code)):
+        depth += {"{": 1, "}": -1}.get(code[index], 0)
+        if depth == 0:
+            return match.end(), index
+    raise InstallError(f"{PROTO}: `message {name}` has no closing brace")
+
+
+def unpatch_proto(text):
+    return BLOCK.sub("", text)
+
+
+def patch_proto(text, fragment, first_field_id):
+    """caffe.proto text (unpatched) -> text with the faceops fields and messages."""
+    for message, _ in LAYER_FIELDS:
+        if re.search(r"^\s*message\s+%s\b" % message, _strip_comments(text), re.M):
+            raise InstallError(
+                f"{PROTO} already defines `message {message}` (this tree has its own layer of "
+                "that name, e.g. caffe-face's CenterLoss): remove it first, or use the faceops "
+                "Python layers (faceops.caffe.layers), which need no rebuild"
+            )
+    start, end = _message_body(text, "LayerParameter")
+    taken = {int(number): name for name, number in FIELD.findall(_strip_comments(text[start:end]))}
+    ids = range(first_field_id, first_field_id + len(LAYER_FIELDS))
+    for (_, field), number in zip(LAYER_FIELDS, ids):
+        if field in taken.values():
+            raise InstallError(f"{PROTO}: LayerParameter already has a field `{field}`")
+        if number in taken:
+            raise InstallError(
+                f"{PROTO}: LayerParameter field id {number} is taken by `{taken[number]}`; "
+                f"pass --first-field-id {max(taken) + 1} (above every id in use)"
+            )
+    line_start = text.rfind("\n", 0, end) + 1
+    if text[line_start:end].strip():
+        raise InstallError(f"{PROTO}: the closing brace of LayerParameter is not on its own line")
+    fields = "".join(
+        f"  optional {message} {field} = {number};\n"
+        for (message, field), number in zip(LAYER_FIELDS, ids)
+    )
+    text = f"{text[:line_start]}  {BEGIN}\n{fields}  {END}\n{text[line_start:]}"
+    if not text.endswith("\n"):
+        text += "\n"
+    return f"{text}{BEGIN}\n\n{fragment.rstrip()}\n{END}\n"
+
+
+def _read_manifest(caffe_root):
+    path = caffe_root / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {"files": []}
+
+
+def install(caffe_root, faceops_root=None, first_field_id=DEFAULT_FIRST_FIELD_ID, log=print):
+    """Installs into caffe_root; returns True when something changed."""
+    caffe_root = Path(caffe_root)
+    faceops_root = Path(faceops_root) if faceops_root else default_faceops_root()
+    files = sources(faceops_root)
+    proto = caffe_root / PROTO
+    if not proto.is_file():
+        raise InstallError(f"{caffe_root} is not a Caffe source tree: no {PROTO}")
+    owned = set(_read_manifest(caffe_root)["files"])
+    for destination, source in files.items():
+        target = caffe_root / destination
+        if target.exists() and str(destination) not in owned and target.read_bytes() != source.read_bytes():
+            raise InstallError(
+                f"{target} exists and was not installed by faceops (another layer of that name?): "
+                "remove it first"
+            )
+
+    fragment = (faceops_root / "caffe_layers/proto/faceops_layers.proto").read_text()
+    old_proto = proto.read_text()
+    new_proto = patch_proto(unpatch_proto(old_proto), fragment, first_field_id)
+    changed = []
+    if new_proto != old_proto:
+        proto.write_text(new_proto)
+        changed.append(PROTO)
+    for destination, source in files.items():
+        target = caffe_root / destination
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            changed.append(destination)
+    for stale in sorted(owned - {str(d) for d in files}):
+        (caffe_root / stale).unlink(missing_ok=True)
+        changed.append(Path(stale))
+    manifest = {"first_field_id": first_field_id, "files": sorted(str(d) for d in files)}
+    if _read_manifest(caffe_root) != manifest:
+        (caffe_root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+    if not changed:
+        log(f"faceops layers already installed in {caffe_root}; nothing changed")
+        return False
+    log(f"faceops layers installed in {caffe_root} ({len(changed)} files written or removed), "
+        f"LayerParameter ids {first_field_id}-{first_field_id + len(LAYER_FIELDS) - 1}.")
+    log(_REBUILD)
+    return True
+
+
+def uninstall(caffe_root, log=print):
+    """Removes what install wrote; returns True when something changed."""
+    caffe_root = Path(caffe_root)
+    proto = caffe_root / PROTO
+    manifest = _read_manifest(caffe_root)
+    changed = False
+    if proto.is_file():
+        text = proto.read_text()
+        if unpatch_proto(text) != text:
+            proto.write_text(unpatch_proto(text))
+            changed = True
+    for destination in manifest["files"]:
+        target = caffe_root / destination
+        if target.exists():
+            target.unlink()
+            changed = True
+    for directory in (CORE_HEADERS, CORE_SOURCES):
+        if (caffe_root / directory).is_dir() and not any((caffe_root / directory).iterdir()):
+            (caffe_root / directory).rmdir()
+    (caffe_root / MANIFEST).unlink(missing_ok=True)
+    log(f"faceops layers removed from {caffe_root}." if changed else
+        f"faceops layers were not installed in {caffe_root}; nothing changed")
+    if changed:
+        log(_REBUILD)
+    return changed
+
+
+_REBUILD = """Rebuild Caffe (caffe.proto changed, so most of it recompiles):
+  CMake:    re-run cmake in your build directory (sources are globbed; add -DUSE_OPENMP=ON,
+            the faceops core uses OpenMP), then: make caffe pycaffe (and test.testbin, runtest)
+  Makefile: add -fopenmp to CXXFLAGS and LINKFLAGS, then: make all pycaffe (and test, runtest)"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m faceops.caffe", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("install", "uninstall"):
+        command = commands.add_parser(name)
+        command.add_argument("--caffe-root", required=True, type=Path, help="the Caffe source tree")
+    commands.choices["install"].add_argument(
+        "--first-field-id", type=int, default=DEFAULT_FIRST_FIELD_ID,
+        help="LayerParameter id of center_loss_param; the next ids follow (default %(default)s)")
+    commands.choices["install"].add_argument(
+        "--faceops-root", type=Path, default=None,
+        help="the faceops source checkout to copy from (default: the one this file is in)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "install":
+            install(args.caffe_root, args.faceops_root, args.first_field_id)
+        else:
+            uninstall(args.caffe_root)
+    except InstallError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The faceops losses as Caffe Python layers, for a Caffe that cannot be
+rebuilt (it needs WITH_PYTHON_LAYER / -DBUILD_python_layer=ON):
+
+    layer { name: "center_loss" type: "Python" bottom: "fc5" bottom: "label"
+      top: "center_loss" param { lr_mult: 1 decay_mult: 2 }
+      python_param { module: "faceops.caffe.layers" layer: "CenterLoss"
+                     param_str: "{'num_output': 10572}" }
+      loss_weight: 0.008 }
+
+param_str is a Python dict literal with the fields of the native layer's
+parameter message (caffe_layers/proto/faceops_layers.proto): CenterLoss
+``num_output`` (required), ``axis`` (1), ``center_filler`` ('zero', the
+native default, or 'xavier'); TripletLoss ``margin`` (1.0), ``mining`` ('semihard', 'hard', 'all'),
+``squared`` (True); PairLoss ``theta`` (1.0).  They compute what the native
+layers compute, with the faceops ops (CPU, the NumPy arrays pycaffe exposes).
+Python layers are not loss layers to Caffe: give the top a loss_weight.  The
+labels take no gradient: their diff is set to zero when Caffe asks for it.
+"""
+
+import ast
+
+import caffe
+import numpy as np
+
+import faceops
+
+
+def _params(layer, defaults, required=()):
+    given = ast.literal_eval(layer.param_str) if layer.param_str.strip() else {}
+    if not isinstance(given, dict):
+        raise ValueError(f"{type(layer).__name__}: param_str must be a dict literal, got {layer.param_str!r}")
+    unknown = sorted(set(given) - set(defaults) - set(required))
+    missing = [name for name in required if name not in given]
+    if unknown or missing:
+        raise ValueError(f"{type(layer).__name__}: param_str {layer.param_str!r}: "
+                         f"unknown {unknown}, missing {missing}; accepted: {sorted(defaults) + list(required)}")
+    return {**defaults, **given}
+
+
+def _labels(layer, blob, rows):
+    """Caffe's float labels as the int64 class indices the ops take."""
+    values = blob.data.reshape(-1)
+    if values.size != rows:
+        raise ValueError(f"{type(layer).__name__}: bottom[1] (label) holds {values.size} values; "
+                         f"expected one per row of bottom[0] (features), {rows}")
+    labels = values.astype(np.int64)
+    if not np.array_equal(labels, values) or (labels < 0).any():
+        raise ValueError(f"{type(layer).__name__}: bottom[1] (label) must hold class indices "
+                         "(whole numbers >= 0)")
+    return labels
+
+
+def _no_label_gradient(propagate_down, bottom):
+    # A Python layer cannot refuse force_backward for its label bottom, as the
+    # native layers do: the labels' gradient is zero.
+    if propagate_down[1]:
+        bottom[1].diff[...] = 0
+
+
+class CenterLoss(caffe.Layer):
+    """Wen et al., ECCV 2016: loss sum_i ||x_i - c_{y_i}||^2 / (2N); blobs[0] are the
+    centers, whose diff accumulates the eq. 4 update direction (see the native
+    CenterLossLayer, caffe_layers/include/caffe/layers/center_loss_layer.hpp)."""
+
+    def setup(self, bottom, top):
+        params = _params(self, {"axis": 1, "center_filler": "zero"}, required=("num_output",))
+        axis = params["axis"] % len(bottom[0].shape)
+        self.rows = int(np.prod(bottom[0].shape[:axis], dtype=np.int64))
+        dim = int(np.prod(bottom[0].shape[axis:], dtype=np.int64))
+        self.axis = axis
+        if len(self.blobs) == 0:
+            self.blobs.add_blob(params["num_output"], dim)
+            if params["center_filler"] == "xavier":  # Caffe's XavierFiller, fan_in = dim
+                scale = np.sqrt(3.0 / dim)
+                self.blobs[0].data[...] = np.random.uniform(-scale, scale, self.blobs[0].data.shape)
+            elif params["center_filler"] == "zero":
+                self.blobs[0].data[...] = 0
+            else:
+                raise ValueError(f"CenterLoss: center_filler must be 'zero' or 'xavier', "
+                                 f"got {params['center_filler']!r}")
+
+    def reshape(self, bottom, top):
+        self.rows = int(np.prod(bottom[0].shape[:self.axis], dtype=np.int64))
+        top[0].reshape()
+
+    def forward(self, bottom, top):
+        self.x = bottom[0].data.reshape(self.rows, -1)
+        self.labels = _labels(self, bottom[1], self.rows)
+        top[0].data[...], self.dx, _ = faceops.center_loss(self.x, self.labels, self.blobs[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(propagate_down, bottom)
+        self.blobs[0].diff[...] += faceops.center_update_direction(self.x, self.labels, self.blobs[0].data)
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * self.dx.reshape(bottom[0].diff.shape)
+
+
+class TripletLoss(caffe.Layer):
+    """Two bottoms (features, label): faceops.triplet_loss with in-batch mining;
+    three (anchor, positive, negative): faceops.triplet_loss_explicit."""
+
+    def setup(self, bottom, top):
+        params = _params(self, {"margin": 1.0, "mining": "semihard", "squared": True})
+        self.margin, self.mining, self.squared = params["margin"], params["mining"], params["squared"]
+        if len(bottom) not in (2, 3):
+            raise ValueError(f"TripletLoss: expected 2 bottoms (features, label) or 3 (anchor, "
+                             f"positive, negative), got {len(bottom)}")
+
+    def reshape(self, bottom, top):
+        top[0].reshape()
+
+    def forward(self, bottom, top):
+        rows = bottom[0].shape[0]
+        if len(bottom) == 2:
+            x = bottom[0].data.reshape(rows, -1)
+            loss, dx = faceops.triplet_loss(x, _labels(self, bottom[1], rows), self.margin,
+                                            self.mining, self.squared)
+            self.diffs = [dx]
+        else:
+            loss, *self.diffs = faceops.triplet_loss_explicit(
+                *(blob.data.reshape(rows, -1) for blob in bottom), margin=self.margin)
+        top[0].data[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        if len(bottom) == 2:
+            _no_label_gradient(propagate_down, bottom)
+        for blob, diff, down in zip(bottom, self.diffs, propagate_down):
+            if down:
+                blob.diff[...] = top[0].diff * diff.reshape(blob.diff.shape)
+
+
+class PairLoss(caffe.Layer):
+    """Tadmor et al., NIPS 2016 (faceops.pair_loss); blobs[0] is the learned
+    threshold theta, whose diff accumulates dL/dtheta times the top diff."""
+
+    def setup(self, bottom, top):
+        params = _params(self, {"theta": 1.0})
+        if len(self.blobs) == 0:
+            self.blobs.add_blob(1)
+            self.blobs[0].data[0] = params["theta"]
+
+    def reshape(self, bottom, top):
+        top[0].reshape()
+
+    def forward(self, bottom, top):
+        rows = bottom[0].shape[0]
+        x = bottom[0].data.reshape(rows, -1)
+        top[0].data[...], self.dx, self.dtheta = faceops.pair_loss(
+            x, _labels(self, bottom[1], rows), float(self.blobs[0].data[0]))
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(propagate_down, bottom)
+        self.blobs[0].diff[0] += top[0].diff * self.dtheta
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * self.dx.reshape(bottom[0].diff.shape)

@@ -1,0 +1,142 @@
+"""Each faceops Caffe layer, native and Python-layer form, inside a pycaffe net
+agrees with the faceops op on the same inputs: loss, diffs, parameter diffs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import faceops
+
+LOSS_WEIGHT = 0.5  # Caffe sets the loss top's diff to it: every diff scales by it
+N, D, CLASSES = 8, 5, 4
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def features(seed=0):
+    return np.random.default_rng(seed).standard_normal((N, D)).astype(np.float32)
+
+
+LABELS = np.repeat(np.arange(CLASSES), N // CLASSES).astype(np.int64)  # P x K batch
+
+
+def input_layers(*tops, label=True):
+    layers = [f'layer {{ name: "{top}" type: "Input" top: "{top}" '
+              f'input_param {{ shape {{ dim: {N} dim: {D} }} }} }}' for top in tops]
+    if label:
+        layers.append(f'layer {{ name: "label" type: "Input" top: "label" '
+                      f'input_param {{ shape {{ dim: {N} }} }} }}')
+    return "force_backward: true\n" + "\n".join(layers) + "\n"
+
+
+def loss_layer(kind, bottoms, native_param, python_param, form):
+    bottom = " ".join(f'bottom: "{b}"' for b in bottoms)
+    if form == "native":
+        body = f'type: "{kind}" {native_param}'
+    else:
+        body = (f'type: "Python" python_param {{ module: "faceops.caffe.layers" layer: "{kind}" '
+                f'param_str: "{python_param}" }}')
+    return f'layer {{ name: "loss" {body} {bottom} top: "loss" loss_weight: {LOSS_WEIGHT} }}\n'
+
+
+def run(net, **inputs):
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+    net.forward()
+    net.backward()
+    return float(net.blobs["loss"].data)
+
+
+FORMS = ["native", "python"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_center_loss_parity(make_net, form):
+    x = features()
+    centers = np.random.default_rng(1).standard_normal((CLASSES, D)).astype(np.float32)
+    labels = LABELS.copy()
+    labels[-2:] = 0  # class 3 absent: its centers' diff stays zero
+    net = make_net(input_layers("x") + loss_layer(
+        "CenterLoss", ["x", "label"], f"center_loss_param {{ num_output: {CLASSES} }}",
+        f"{{'num_output': {CLASSES}}}", form))
+    net.params["loss"][0].data[...] = centers
+    loss = run(net, x=x, label=labels)
+
+    expected_loss, dx, _ = faceops.center_loss(x, labels, centers)
+    direction = faceops.center_update_direction(x, labels, centers)
+    np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
+    np.testing.assert_allclose(net.blobs["x"].diff, LOSS_WEIGHT * dx, rtol=RTOL, atol=ATOL)
+    # The update direction, unscaled by loss_weight (caffe-face).
+    centers_diff = net.params["loss"][0].diff
+    np.testing.assert_allclose(centers_diff, direction, rtol=RTOL, atol=ATOL)
+    assert not centers_diff[3].any()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("mining,squared", [("semihard", True), ("hard", False), ("all", True)])
+def test_triplet_loss_mining_parity(make_net, form, mining, squared):
+    x = features()
+    native = (f"triplet_loss_param {{ margin: 0.2 mining: {mining.upper()} "
+              f"squared: {str(squared).lower()} }}")
+    python = f"{{'margin': 0.2, 'mining': '{mining}', 'squared': {squared}}}"
+    net = make_net(input_layers("x") + loss_layer("TripletLoss", ["x", "label"], native, python, form))
+    loss = run(net, x=x, label=LABELS)
+
+    expected_loss, dx = faceops.triplet_loss(x, LABELS, margin=0.2, mining=mining, squared=squared)
+    assert expected_loss > 0
+    np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
+    np.testing.assert_allclose(net.blobs["x"].diff, LOSS_WEIGHT * dx, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_triplet_loss_explicit_parity(make_net, form):
+    anchor, positive, negative = features(0), features(1), features(2)
+    net = make_net(input_layers("anchor", "positive", "negative", label=False) + loss_layer(
+        "TripletLoss", ["anchor", "positive", "negative"], "", "{}", form))
+    loss = run(net, anchor=anchor, positive=positive, negative=negative)
+
+    expected = faceops.triplet_loss_explicit(anchor, positive, negative)  # margin 1.0 both sides
+    assert expected[0] > 0
+    np.testing.assert_allclose(loss, expected[0], rtol=RTOL)
+    for name, grad in zip(("anchor", "positive", "negative"), expected[1:]):
+        np.testing.assert_allclose(net.blobs[name].diff, LOSS_WEIGHT * grad, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_pair_loss_parity(make_net, form):
+    x = features()
+    net = make_net(input_layers("x") + loss_layer(
+        "PairLoss", ["x", "label"], "pair_loss_param { theta: 6.5 }", "{'theta': 6.5}", form))
+    loss = run(net, x=x, label=LABELS)
+
+    expected_loss, dx, dtheta = faceops.pair_loss(x, LABELS, 6.5)
+    np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
+    np.testing.assert_allclose(net.blobs["x"].diff, LOSS_WEIGHT * dx, rtol=RTOL, atol=ATOL)
+    assert net.params["loss"][0].data[0] == 6.5
+    np.testing.assert_allclose(net.params["loss"][0].diff[0], LOSS_WEIGHT * dtheta, rtol=RTOL, atol=ATOL)
+
+
+BAD_LABEL_SCRIPT = """
+import caffe
+net = caffe.Net({path!r}, caffe.TRAIN)
+net.blobs["label"].data[...] = {labels}
+net.forward()
+"""
+
+
+@pytest.mark.parametrize("labels,message", [
+    ([0, 1, 2, 3, 0, 1, 2, 7], "bottom[1] (label) at index 7 is out of range; expected labels < num_output = 4"),
+    ([0, 1, 2, 3, 0, 1, 2, 0.5], "bottom[1] (label) holds 0.5 at index 7; expected class indices"),
+])
+def test_center_loss_bad_label_names_the_blob(caffe, tmp_path, labels, message):
+    # A failed CHECK aborts the process: run the net in a child.
+    path = tmp_path / "net.prototxt"
+    path.write_text(input_layers("x") + loss_layer(
+        "CenterLoss", ["x", "label"], f"center_loss_param {{ num_output: {CLASSES} }}", "", "native"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.run([sys.executable, "-c", BAD_LABEL_SCRIPT.format(path=str(path), labels=labels)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert child.returncode != 0
+    assert "CenterLoss layer 'loss': " + message in child.stderr, child.stderr[-2000:]
