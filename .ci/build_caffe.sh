@@ -71,8 +71,46 @@ if ! make -C "$build" -j"${JOBS:-$(nproc)}" caffe pycaffe test.testbin >"$build/
   exit 1
 fi
 # Warnings in faceops code (Caffe's own are many and not ours).
-grep -E -A3 '(faceops|center_loss_layer|triplet_loss_layer|pair_loss_layer)[^ :]*:[0-9]+:[0-9]+: warning' \
+grep -E -A3 '(/src/caffe/faceops/|/include/faceops/|_loss_layer\.|faceops_bridge)[^ :]*:[0-9]+:[0-9]+: warning' \
   "$build/make.log" || true
+
+# Caffe's CPU_ONLY build does not compile .cu files: compile the faceops ones
+# (layers and core) here as Caffe's GPU build would, against Caffe's headers
+# with CPU_ONLY undefined.  Those include cuBLAS and cuRAND, which a bare CUDA
+# toolkit may lack: then their headers come from NVIDIA's PyPI wheels.
+if command -v nvcc >/dev/null; then
+  cuda_include="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")/include"
+  includes=(-I "$src/include" -I "$build/include" -I /usr/include/hdf5/serial)
+  if [ ! -f "$cuda_include/cublas_v2.h" ] || [ ! -f "$cuda_include/curand.h" ]; then
+    headers="$dir/cuda-headers"
+    if [ ! -f "$headers/.ready" ]; then
+      case "$(nvcc --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')" in
+        12) wheels=("nvidia-cublas-cu12==12.*" "nvidia-curand-cu12==10.*") ;;
+        13) wheels=("nvidia-cublas==13.*" "nvidia-curand==10.*") ;;
+        *) echo "build_caffe: no cuBLAS/cuRAND headers for this nvcc" >&2; exit 1 ;;
+      esac
+      rm -rf "$headers" && mkdir -p "$headers/include"
+      python3 -m pip download -q --no-deps -d "$headers/wheels" "${wheels[@]}"
+      python3 -c 'import sys, zipfile, pathlib
+for wheel in pathlib.Path(sys.argv[1]).glob("*.whl"):
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if "/include/" in name and name.endswith(".h"):
+                pathlib.Path(sys.argv[2], pathlib.Path(name).name).write_bytes(z.read(name))' \
+        "$headers/wheels" "$headers/include"
+      rm -rf "$headers/wheels"
+      touch "$headers/.ready"
+    fi
+    includes+=(-I "$headers/include")
+  fi
+  mkdir -p "$build/cuda_check"
+  for cu in $(python3 -c 'import json, sys; print(" ".join(f for f in json.load(open(sys.argv[1]))["files"] if f.endswith(".cu")))' "$src/.faceops_caffe.json"); do
+    ccache nvcc -std=c++17 -arch=sm_80 "${includes[@]}" -c "$src/$cu" -o "$build/cuda_check/$(basename "$cu" .cu).o" 2>&1 |
+      grep -v -e 'pragma message' -e 'BOOST_' || true
+    test -f "$build/cuda_check/$(basename "$cu" .cu).o"
+  done
+  echo "build_caffe: CUDA compile check passed: $(ls "$build/cuda_check" | tr '\n' ' ')"
+fi
 
 ccache --show-stats 2>/dev/null | grep -i -e "hits" -e "misses" | head -3 || true  # this build only (zeroed above)
 echo "build_caffe: Caffe source tree: $src"

@@ -147,7 +147,8 @@ def install(caffe_root, faceops_root=None, first_field_id=DEFAULT_FIRST_FIELD_ID
                 "remove it first"
             )
 
-    fragment = (faceops_root / "caffe_layers/proto/faceops_layers.proto").read_text()
+    # Its first paragraph documents the fragment itself and is not copied.
+    fragment = (faceops_root / "caffe_layers/proto/faceops_layers.proto").read_text().split("\n\n", 1)[1]
     old_proto = proto.read_text()
     new_proto = patch_proto(unpatch_proto(old_proto), fragment, first_field_id)
     changed = []

@@ -118,15 +118,15 @@ class TripletLoss(caffe.Layer):
             self.diffs = [dx]
         else:
             loss, *self.diffs = faceops.triplet_loss_explicit(
-                *(blob.data.reshape(rows, -1) for blob in bottom), margin=self.margin)
+                *(bottom[i].data.reshape(rows, -1) for i in range(3)), margin=self.margin)
         top[0].data[...] = loss
 
     def backward(self, top, propagate_down, bottom):
         if len(bottom) == 2:
             _no_label_gradient(propagate_down, bottom)
-        for blob, diff, down in zip(bottom, self.diffs, propagate_down):
-            if down:
-                blob.diff[...] = top[0].diff * diff.reshape(blob.diff.shape)
+        for i, diff in enumerate(self.diffs):  # pycaffe's blob vectors only index
+            if propagate_down[i]:
+                bottom[i].diff[...] = top[0].diff * diff.reshape(bottom[i].diff.shape)
 
 
 class PairLoss(caffe.Layer):

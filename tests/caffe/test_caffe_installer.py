@@ -1,0 +1,122 @@
+"""python -m faceops.caffe install|uninstall on a small fake Caffe tree (no
+Caffe needed): idempotent, reversible, clear errors on conflicts; protoc (when
+present) accepts the patched proto."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from faceops.caffe import install
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROTO = """syntax = "proto2";
+
+package caffe;
+
+message FillerParameter {
+  optional string type = 1 [default = 'constant']; // braces in comments: { }
+}
+
+// LayerParameter next available layer-specific ID: 149 (last added: clip_param)
+message LayerParameter {
+  optional string name = 1; // the layer name
+  repeated string bottom = 3;
+  optional ClipParameter clip_param = 148;
+%s}
+
+message ClipParameter {
+  required float min = 1;
+}
+"""
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "caffe"
+    (root / "src/caffe/proto").mkdir(parents=True)
+    (root / "src/caffe/proto/caffe.proto").write_text(PROTO % "")
+    return root
+
+
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def do_install(root, **kwargs):
+    return install.install(root, REPO, log=lambda *_: None, **kwargs)
+
+
+def test_install_twice_changes_nothing_and_uninstall_restores(tree):
+    before = snapshot(tree)
+    assert do_install(tree)
+    proto = (tree / install.PROTO).read_text()
+    assert "optional CenterLossParameter center_loss_param = 149;" in proto
+    assert "optional PairLossParameter pair_loss_param = 151;" in proto
+    assert "message TripletLossParameter {" in proto
+    for path in ("include/caffe/layers/center_loss_layer.hpp", "src/caffe/layers/pair_loss_layer.cu",
+                 "src/caffe/test/test_triplet_loss_layer.cpp", "include/faceops/center_loss.h",
+                 "src/caffe/faceops/center_loss.cpp"):
+        assert (tree / path).is_file(), path
+    assert not (tree / "src/caffe/faceops/bindings.cpp").exists()
+
+    installed = snapshot(tree)
+    assert not do_install(tree)
+    assert snapshot(tree) == installed
+
+    assert install.uninstall(tree, log=lambda *_: None)
+    assert snapshot(tree) == before
+    assert not (tree / "include/faceops").exists() and not (tree / "src/caffe/faceops").exists()
+
+
+def test_other_first_field_id_renumbers(tree):
+    do_install(tree)
+    do_install(tree, first_field_id=300)
+    proto = (tree / install.PROTO).read_text()
+    assert "center_loss_param = 300;" in proto and "pair_loss_param = 302;" in proto
+    assert "= 149;" not in proto
+
+
+def test_existing_message_is_a_clear_error(tree):
+    proto = tree / install.PROTO
+    proto.write_text(proto.read_text() + "message CenterLossParameter {\n  optional uint32 num_output = 1;\n}\n")
+    before = snapshot(tree)
+    with pytest.raises(install.InstallError, match="already defines `message CenterLossParameter`"):
+        do_install(tree)
+    assert snapshot(tree) == before
+
+
+def test_taken_field_id_is_a_clear_error(tree):
+    (tree / install.PROTO).write_text(PROTO % "  optional ClipParameter fork_param = 150;\n")
+    before = snapshot(tree)
+    with pytest.raises(install.InstallError, match=r"id 150 is taken by `fork_param`; pass --first-field-id 151"):
+        do_install(tree)
+    assert snapshot(tree) == before
+    do_install(tree, first_field_id=151)
+
+
+def test_foreign_layer_file_is_a_clear_error(tree):
+    foreign = tree / "include/caffe/layers/center_loss_layer.hpp"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("// caffe-face's center loss\n")
+    with pytest.raises(install.InstallError, match="was not installed by faceops"):
+        do_install(tree)
+
+
+def test_command_line(tree, capsys):
+    assert install.main(["install", "--caffe-root", str(tree), "--faceops-root", str(REPO)]) == 0
+    assert "Rebuild Caffe" in capsys.readouterr().out
+    assert install.main(["install", "--caffe-root", str(tree / "nowhere"), "--faceops-root", str(REPO)]) == 1
+    assert "is not a Caffe source tree" in capsys.readouterr().err
+    assert install.main(["uninstall", "--caffe-root", str(tree)]) == 0
+
+
+@pytest.mark.skipif(shutil.which("protoc") is None, reason="protoc not installed")
+def test_protoc_accepts_the_patched_proto(tree, tmp_path):
+    do_install(tree)
+    proto = tree / install.PROTO
+    subprocess.run(["protoc", f"--proto_path={proto.parent}", f"--cpp_out={tmp_path}", proto.name], check=True)
+    header = (tmp_path / "caffe.pb.h").read_text()
+    assert "class CenterLossParameter" in header and "TripletLossParameter_Mining_SEMIHARD" in header
