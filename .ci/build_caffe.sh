@@ -116,4 +116,4 @@ ccache --show-stats 2>/dev/null | grep -i -e "hits" -e "misses" | head -3 || tru
 echo "build_caffe: Caffe source tree: $src"
 echo "build_caffe: build tree:        $build"
 echo "build_caffe: pycaffe:           PYTHONPATH=$src/python (for /usr/bin/python3)"
-echo "build_caffe: gtests:            (cd $src && $build/test/test.testbin --gtest_filter='*Center*:*Triplet*:*Pair*')"
+echo "build_caffe: gtests:            (cd $src && $build/test/test.testbin --gtest_filter='*CenterLoss*:*TripletLoss*:*PairLoss*')"
