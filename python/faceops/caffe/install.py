@@ -173,7 +173,7 @@ def install(caffe_root, faceops_root=None, first_field_id=DEFAULT_FIRST_FIELD_ID
         return False
     log(f"faceops layers installed in {caffe_root} ({len(changed)} files written or removed), "
         f"LayerParameter ids {first_field_id}-{first_field_id + len(LAYER_FIELDS) - 1}.")
-    log(_REBUILD)
+    log(_REBUILD.format(why=", caffe.proto changed: most of Caffe recompiles" if PROTO in changed else ""))
     return True
 
 
@@ -200,11 +200,11 @@ def uninstall(caffe_root, log=print):
     log(f"faceops layers removed from {caffe_root}." if changed else
         f"faceops layers were not installed in {caffe_root}; nothing changed")
     if changed:
-        log(_REBUILD)
+        log(_REBUILD.format(why=", caffe.proto changed: most of Caffe recompiles"))
     return changed
 
 
-_REBUILD = """Rebuild Caffe (caffe.proto changed, so most of it recompiles):
+_REBUILD = """Rebuild Caffe{why}.
   CMake:    re-run cmake in your build directory (sources are globbed; add -DUSE_OPENMP=ON,
             the faceops core uses OpenMP), then: make caffe pycaffe (and test.testbin, runtest)
   Makefile: add -fopenmp to CXXFLAGS and LINKFLAGS, then: make all pycaffe (and test, runtest)"""
