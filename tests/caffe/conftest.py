@@ -48,6 +48,11 @@ def _load_caffe():
 
 
 @pytest.fixture(scope="session")
+def caffe_dir():
+    return CAFFE_DIR
+
+
+@pytest.fixture(scope="session")
 def caffe():
     module, reason = _load_caffe()
     if module is None:

@@ -120,3 +120,20 @@ def test_protoc_accepts_the_patched_proto(tree, tmp_path):
     subprocess.run(["protoc", f"--proto_path={proto.parent}", f"--cpp_out={tmp_path}", proto.name], check=True)
     header = (tmp_path / "caffe.pb.h").read_text()
     assert "class CenterLossParameter" in header and "TripletLossParameter_Mining_SEMIHARD" in header
+
+
+def test_real_caffe_proto(caffe_dir, tmp_path):
+    """Debian's caffe.proto from the .ci/build_caffe.sh tree: 147 is swish_param there."""
+    real = caffe_dir / "src" / install.PROTO
+    if not real.is_file():
+        pytest.skip(f"no Caffe source tree in {caffe_dir} (run .ci/build_caffe.sh)")
+    tree = tmp_path / "caffe"
+    (tree / install.PROTO).parent.mkdir(parents=True)
+    (tree / install.PROTO).write_text(install.unpatch_proto(real.read_text()))
+    with pytest.raises(install.InstallError, match="id 147 is taken by `swish_param`; pass --first-field-id 149"):
+        do_install(tree, first_field_id=147)
+    do_install(tree)
+    if shutil.which("protoc"):
+        proto = tree / install.PROTO
+        subprocess.run(["protoc", f"--proto_path={proto.parent}", f"--python_out={tmp_path}", proto.name],
+                       check=True)
