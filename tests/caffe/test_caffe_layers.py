@@ -22,12 +22,14 @@ def features(seed=0):
 LABELS = np.repeat(np.arange(CLASSES), N // CLASSES).astype(np.int64)  # P x K batch
 
 
-def input_layers(*tops, label=True):
+def input_layers(*tops, label_rows=N, widths=None):
+    """Input layers: each top (N, widths.get(top, D)), then "label" (label_rows,) unless 0."""
+    widths = widths or {}
     layers = [f'layer {{ name: "{top}" type: "Input" top: "{top}" '
-              f'input_param {{ shape {{ dim: {N} dim: {D} }} }} }}' for top in tops]
-    if label:
+              f'input_param {{ shape {{ dim: {N} dim: {widths.get(top, D)} }} }} }}' for top in tops]
+    if label_rows:
         layers.append(f'layer {{ name: "label" type: "Input" top: "label" '
-                      f'input_param {{ shape {{ dim: {N} }} }} }}')
+                      f'input_param {{ shape {{ dim: {label_rows} }} }} }}')
     return "force_backward: true\n" + "\n".join(layers) + "\n"
 
 
@@ -93,7 +95,7 @@ def test_triplet_loss_mining_parity(make_net, form, mining, squared):
 @pytest.mark.parametrize("form", FORMS)
 def test_triplet_loss_explicit_parity(make_net, form):
     anchor, positive, negative = features(0), features(1), features(2)
-    net = make_net(input_layers("anchor", "positive", "negative", label=False) + loss_layer(
+    net = make_net(input_layers("anchor", "positive", "negative", label_rows=0) + loss_layer(
         "TripletLoss", ["anchor", "positive", "negative"], "", "{}", form))
     loss = run(net, anchor=anchor, positive=positive, negative=negative)
 
@@ -118,25 +120,46 @@ def test_pair_loss_parity(make_net, form):
     np.testing.assert_allclose(net.params["loss"][0].diff[0], LOSS_WEIGHT * dtheta, rtol=RTOL, atol=ATOL)
 
 
-BAD_LABEL_SCRIPT = """
+BAD_INPUT_SCRIPT = """
 import caffe
 net = caffe.Net({path!r}, caffe.TRAIN)
 net.blobs["label"].data[...] = {labels}
 net.forward()
 """
+CENTER = f"center_loss_param {{ num_output: {CLASSES} }}"
+BAD_INPUTS = {
+    "center-label-range": (input_layers("x") + loss_layer("CenterLoss", ["x", "label"], CENTER, "", "native"),
+                           [0, 1, 2, 3, 0, 1, 2, 7],
+                           "CenterLoss layer 'loss': bottom[1] (label) at index 7 is out of range; "
+                           "expected labels < num_output = 4"),
+    "center-label-fraction": (input_layers("x") + loss_layer("CenterLoss", ["x", "label"], CENTER, "", "native"),
+                              [0, 1, 2, 3, 0, 1, 2, 0.5],
+                              "CenterLoss layer 'loss': bottom[1] (label) holds 0.5 at index 7; "
+                              "expected class indices (whole numbers >= 0)"),
+    "triplet-label-negative": (input_layers("x") + loss_layer("TripletLoss", ["x", "label"], "", "", "native"),
+                               [-1, 0, 0, 1, 1, 2, 2, 3],
+                               "TripletLoss layer 'loss': bottom[1] (label) holds -1 at index 0"),
+    "triplet-shape": (input_layers("anchor", "positive", "negative", widths={"positive": D + 1})
+                      + loss_layer("TripletLoss", ["anchor", "positive", "negative"], "", "", "native"),
+                      [0] * N,
+                      "TripletLoss layer 'loss': bottom[1] (positive) has shape 8 6 (48); "
+                      "expected the shape of bottom[0] (anchor), 8 5 (40)"),
+    "pair-label-count": (input_layers("x", label_rows=N - 1)
+                         + loss_layer("PairLoss", ["x", "label"], "", "", "native"),
+                         [0] * (N - 1),
+                         "PairLoss layer 'loss': bottom[1] (label) holds 7 values; "
+                         "expected one per row of bottom[0] (features), 8"),
+}
 
 
-@pytest.mark.parametrize("labels,message", [
-    ([0, 1, 2, 3, 0, 1, 2, 7], "bottom[1] (label) at index 7 is out of range; expected labels < num_output = 4"),
-    ([0, 1, 2, 3, 0, 1, 2, 0.5], "bottom[1] (label) holds 0.5 at index 7; expected class indices"),
-])
-def test_center_loss_bad_label_names_the_blob(caffe, tmp_path, labels, message):
-    # A failed CHECK aborts the process: run the net in a child.
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_stops_caffe_naming_the_blob(caffe, tmp_path, case):
+    text, labels, message = BAD_INPUTS[case]
     path = tmp_path / "net.prototxt"
-    path.write_text(input_layers("x") + loss_layer(
-        "CenterLoss", ["x", "label"], f"center_loss_param {{ num_output: {CLASSES} }}", "", "native"))
+    path.write_text(text)
+    # A failed CHECK aborts the process: run the net in a child.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.run([sys.executable, "-c", BAD_LABEL_SCRIPT.format(path=str(path), labels=labels)],
+    child = subprocess.run([sys.executable, "-c", BAD_INPUT_SCRIPT.format(path=str(path), labels=labels)],
                            env=env, capture_output=True, text=True, timeout=120)
     assert child.returncode != 0
-    assert "CenterLoss layer 'loss': " + message in child.stderr, child.stderr[-2000:]
+    assert message in child.stderr, child.stderr[-2000:]

@@ -19,18 +19,13 @@ void CenterLossLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       << "': expected center_loss_param { num_output: <number of classes> }";
   num_classes_ = param.num_output();
   axis_ = bottom[0]->CanonicalAxisIndex(param.axis());
-  const int dim = bottom[0]->count(axis_);
   if (this->blobs_.size() > 0) {
     LOG(INFO) << "Skipping parameter initialization";
-    CHECK_EQ(this->blobs_[0]->shape(1), dim) << "CenterLoss layer '"
-        << this->layer_param_.name() << "': the loaded centers have "
-        << this->blobs_[0]->shape(1) << " columns; bottom[0] (features) has "
-        << dim << " values per sample from axis " << axis_;
   } else {
     this->blobs_.resize(1);
     vector<int> center_shape(2);
     center_shape[0] = num_classes_;
-    center_shape[1] = dim;
+    center_shape[1] = bottom[0]->count(axis_);
     this->blobs_[0].reset(new Blob<Dtype>(center_shape));
     shared_ptr<Filler<Dtype> > center_filler(
         GetFiller<Dtype>(param.center_filler()));
