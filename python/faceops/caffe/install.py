@@ -54,7 +54,7 @@ def sources(faceops_root):
     if not (layers / "src").is_dir() or not (core / "faceops").is_dir():
         raise InstallError(
             f"{root} is not a faceops source checkout (no caffe_layers/src or csrc/faceops): "
-            "pass --faceops-root"
+            "pass --faceops-root CHECKOUT (an installed faceops does not carry the C++ sources)"
         )
     files = {}
     for tree in ("include", "src"):
