@@ -64,10 +64,8 @@ class CenterLoss(caffe.Layer):
 
     def setup(self, bottom, top):
         params = _params(self, {"axis": 1, "center_filler": "zero"}, required=("num_output",))
-        axis = params["axis"] % len(bottom[0].shape)
-        self.rows = int(np.prod(bottom[0].shape[:axis], dtype=np.int64))
-        dim = int(np.prod(bottom[0].shape[axis:], dtype=np.int64))
-        self.axis = axis
+        self.axis = params["axis"] % len(bottom[0].shape)
+        dim = int(np.prod(bottom[0].shape[self.axis:]))
         if len(self.blobs) == 0:
             self.blobs.add_blob(params["num_output"], dim)
             if params["center_filler"] == "xavier":  # Caffe's XavierFiller, fan_in = dim
@@ -80,7 +78,7 @@ class CenterLoss(caffe.Layer):
                                  f"got {params['center_filler']!r}")
 
     def reshape(self, bottom, top):
-        self.rows = int(np.prod(bottom[0].shape[:self.axis], dtype=np.int64))
+        self.rows = int(np.prod(bottom[0].shape[:self.axis]))
         top[0].reshape()
 
     def forward(self, bottom, top):
