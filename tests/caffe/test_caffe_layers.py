@@ -22,11 +22,11 @@ def features(seed=0):
 LABELS = np.repeat(np.arange(CLASSES), N // CLASSES).astype(np.int64)  # P x K batch
 
 
-def input_layers(*tops, label_rows=N, widths=None):
-    """Input layers: each top (N, widths.get(top, D)), then "label" (label_rows,) unless 0."""
-    widths = widths or {}
-    layers = [f'layer {{ name: "{top}" type: "Input" top: "{top}" '
-              f'input_param {{ shape {{ dim: {N} dim: {widths.get(top, D)} }} }} }}' for top in tops]
+def input_layers(*tops, label_rows=N, shapes=None):
+    """Input layers: each top (N, D) or shapes[top], then "label" (label_rows,) unless 0."""
+    shapes = shapes or {}
+    layers = [f'layer {{ name: "{top}" type: "Input" top: "{top}" input_param {{ shape {{ '
+              + " ".join(f"dim: {dim}" for dim in shapes.get(top, (N, D))) + " } } }" for top in tops]
     if label_rows:
         layers.append(f'layer {{ name: "label" type: "Input" top: "label" '
                       f'input_param {{ shape {{ dim: {label_rows} }} }} }}')
@@ -74,6 +74,23 @@ def test_center_loss_parity(make_net, form):
     centers_diff = net.params["loss"][0].diff
     np.testing.assert_allclose(centers_diff, direction, rtol=RTOL, atol=ATOL)
     assert not centers_diff[3].any()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_center_loss_axis_parity(make_net, form):
+    # axis: 2 makes (N/2, 2, D) features N samples of D values.
+    x = features()
+    centers = np.random.default_rng(1).standard_normal((CLASSES, D)).astype(np.float32)
+    text = input_layers("x", shapes={"x": (N // 2, 2, D)}) + loss_layer(
+        "CenterLoss", ["x", "label"], f"center_loss_param {{ num_output: {CLASSES} axis: 2 }}",
+        f"{{'num_output': {CLASSES}, 'axis': 2}}", form)
+    net = make_net(text)
+    net.params["loss"][0].data[...] = centers
+    loss = run(net, x=x.reshape(N // 2, 2, D), label=LABELS)
+
+    expected_loss, dx, _ = faceops.center_loss(x, LABELS, centers)
+    np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
+    np.testing.assert_allclose(net.blobs["x"].diff.reshape(N, D), LOSS_WEIGHT * dx, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -139,7 +156,7 @@ BAD_INPUTS = {
     "triplet-label-negative": (input_layers("x") + loss_layer("TripletLoss", ["x", "label"], "", "", "native"),
                                [-1, 0, 0, 1, 1, 2, 2, 3],
                                "TripletLoss layer 'loss': bottom[1] (label) holds -1 at index 0"),
-    "triplet-shape": (input_layers("anchor", "positive", "negative", widths={"positive": D + 1})
+    "triplet-shape": (input_layers("anchor", "positive", "negative", shapes={"positive": (N, D + 1)})
                       + loss_layer("TripletLoss", ["anchor", "positive", "negative"], "", "", "native"),
                       [0] * N,
                       "TripletLoss layer 'loss': bottom[1] (positive) has shape 8 6 (48); "
