@@ -75,10 +75,11 @@ void center_loss(const T* x, const int64_t* labels, const T* centers, int64_t n,
                  int64_t num_classes, T* loss, T* dx, T* dcenters) {
   check_center_inputs(x, labels, n, d, num_classes);
   const T inv_n = T(1) / static_cast<T>(n);
-  double loss_sum = 0;
   // Each thread owns a slice of the feature columns, so the scatter-add into
-  // dcenters is race-free under repeated labels without atomics.
-#pragma omp parallel reduction(+ : loss_sum)
+  // dcenters is race-free under repeated labels without atomics; its partial
+  // loss is added in thread order (reproducible).
+  std::vector<double> partial(omp_get_max_threads(), 0.0);
+#pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t slice = (d + threads - 1) / threads;
@@ -92,9 +93,10 @@ void center_loss(const T* x, const int64_t* labels, const T* centers, int64_t n,
         if (dx) dx[i * d + e] = g;
         if (dcenters) dcenters[labels[i] * d + e] -= g;
       }
-      loss_sum += row_sum;
+      partial[t] += row_sum;
     }
   }
+  const double loss_sum = std::accumulate(partial.begin(), partial.end(), 0.0);
   *loss = static_cast<T>(loss_sum) * inv_n / T(2);
 }
 

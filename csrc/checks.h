@@ -3,7 +3,11 @@
 // Python ValueError and the Caffe layers into a CHECK failure.
 #pragma once
 
+#include <omp.h>
+
 #include <cmath>
+#include <numeric>
+#include <vector>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -37,6 +41,22 @@ inline void check_labels_in_range(const char* name, const int64_t* labels, int64
                 std::to_string(i) + " is out of range; expected 0 <= label < " +
                 std::to_string(num_classes));
   }
+}
+
+// Sums term(i) for i in [0, count) over threads with a static schedule and
+// adds the per-thread partials in thread order: bitwise reproducible for a
+// fixed thread count (a reduction clause combines in arrival order).
+template <typename Term>
+double reproducible_sum(int64_t count, Term term) {
+  std::vector<double> partial(omp_get_max_threads(), 0.0);
+#pragma omp parallel
+  {
+    double sum = 0;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < count; ++i) sum += term(i);
+    partial[omp_get_thread_num()] = sum;
+  }
+  return std::accumulate(partial.begin(), partial.end(), 0.0);
 }
 
 }  // namespace detail

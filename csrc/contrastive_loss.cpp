@@ -12,15 +12,13 @@ void contrastive_loss(const T* a, const T* b, const int64_t* similar, int64_t n,
   detail::check_finite("a", a, n * d);
   detail::check_finite("b", b, n * d);
   const T inv_n = T(1) / static_cast<T>(n);
-  double loss_sum = 0;
-#pragma omp parallel for reduction(+ : loss_sum) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
+  const double loss_sum = detail::reproducible_sum(n, [&](int64_t i) {
     const T* a_row = a + i * d;
     const T* b_row = b + i * d;
     T squared_distance = 0;
     for (int64_t k = 0; k < d; ++k) squared_distance += (a_row[k] - b_row[k]) * (a_row[k] - b_row[k]);
     T dterm = 0;
-    loss_sum += contrastive_term(squared_distance, similar[i] != 0, margin, legacy, &dterm);
+    const T term = contrastive_term(squared_distance, similar[i] != 0, margin, legacy, &dterm);
     // d(1/(2N) term)/da_i = dterm/d(d^2) * 2 (a_i - b_i) / (2N).
     const T scale = dterm * inv_n;
     for (int64_t k = 0; k < d; ++k) {
@@ -28,7 +26,8 @@ void contrastive_loss(const T* a, const T* b, const int64_t* similar, int64_t n,
       if (da) da[i * d + k] = g;
       if (db) db[i * d + k] = -g;
     }
-  }
+    return static_cast<double>(term);
+  });
   *loss = static_cast<T>(loss_sum) * inv_n / T(2);
 }
 

@@ -14,7 +14,8 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
   const detail::GramRows<T> gram(x, n, d);
   const double pair_count = static_cast<double>(n) * static_cast<double>(n - 1);
   const T inv_pairs = pair_count > 0 ? T(1.0 / pair_count) : T(0);
-  double loss_sum = 0, dloss_dsquared_sum = 0;
+  // Per-thread partial sums, added in thread order (reproducible).
+  std::vector<double> loss_partial(omp_get_max_threads(), 0.0), dsquared_partial(loss_partial);
   detail::for_each_symmetric_tile<T>(n, d, dx, [&](detail::DistanceTile<T>& tile, int64_t i0,
                                                    int64_t rows, int64_t j0, int64_t cols,
                                                    T* own_dx) {
@@ -36,12 +37,13 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
     }
     // An off-diagonal tile stands for its mirror image too.
     const double copies = i0 == j0 ? 1.0 : 2.0;
-#pragma omp atomic
-    loss_sum += copies * tile_loss;
-#pragma omp atomic
-    dloss_dsquared_sum += copies * tile_dsquared;
+    loss_partial[omp_get_thread_num()] += copies * tile_loss;
+    dsquared_partial[omp_get_thread_num()] += copies * tile_dsquared;
     if (own_dx && any_active) tile.accumulate_gradient(x, i0, rows, j0, cols, own_dx, i0 != j0);
   });
+  const double loss_sum = std::accumulate(loss_partial.begin(), loss_partial.end(), 0.0);
+  const double dloss_dsquared_sum =
+      std::accumulate(dsquared_partial.begin(), dsquared_partial.end(), 0.0);
   *loss = static_cast<T>(loss_sum * inv_pairs);
   if (dtheta) *dtheta = static_cast<T>(-dloss_dsquared_sum * inv_pairs);
 }

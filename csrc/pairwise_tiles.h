@@ -162,8 +162,9 @@ void for_each_anchor_block(int64_t n, int64_t d, BlockFn block) {
 // For losses whose gradient coefficients are symmetric (C_ij = C_ji): calls
 // tile_fn(tile, i0, rows, j0, cols, dx_private) once per kTileRows x kTileRows
 // block pair with j0 >= i0, in parallel; dx_private is the calling thread's own
-// (n, d) gradient buffer, summed into dx at the end.  Half the distance work of
-// for_each_anchor_block.
+// (n, d) gradient buffer, summed into dx at the end in thread order; the
+// static schedule makes the result bitwise reproducible for a fixed thread
+// count.  Half the distance work of for_each_anchor_block.
 template <typename T, typename TileFn>
 void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
   const int64_t blocks = (n + kTileRows - 1) / kTileRows;
@@ -176,7 +177,7 @@ void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
     DistanceTile<T> tile(d);
     const int t = omp_get_thread_num();
     T* own_dx = !dx ? nullptr : t == 0 ? dx : dx_private.data() + static_cast<size_t>(t - 1) * n * d;
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
     for (int64_t pair = 0; pair < pairs; ++pair) {
       // Row-major order of the upper triangle: pair -> (bi, bj), bj >= bi.
       int64_t bi = 0, first = 0;

@@ -329,9 +329,7 @@ void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative
   detail::check_finite("negative", negative, n * d);
   const T weight = T(1) / static_cast<T>(2 * n);
   const T scale = weight * distance_gradient_scale(T(0), true);
-  double loss_sum = 0;
-#pragma omp parallel for reduction(+ : loss_sum) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
+  const double loss_sum = detail::reproducible_sum(n, [&](int64_t i) {
     const T *a = anchor + i * d, *p = positive + i * d, *q = negative + i * d;
     T dap = 0, dan = 0;
     for (int64_t e = 0; e < d; ++e) {
@@ -339,14 +337,14 @@ void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative
       dan += (a[e] - q[e]) * (a[e] - q[e]);
     }
     const T hinge = triplet_hinge(dap, dan, margin);
-    loss_sum += hinge;
     const T g = hinge > T(0) ? scale : T(0);
     for (int64_t e = 0; e < d; ++e) {
       if (da) da[i * d + e] = g * (q[e] - p[e]);
       if (dp) dp[i * d + e] = g * (p[e] - a[e]);
       if (dn) dn[i * d + e] = g * (a[e] - q[e]);
     }
-  }
+    return static_cast<double>(hinge);
+  });
   *loss = static_cast<T>(loss_sum) * weight;
 }
 

@@ -23,7 +23,10 @@ def assert_same(gpu, cpu, dtype):
     np.testing.assert_allclose(gpu.get(), cpu, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(cpu).max()))
 
 
-@pytest.mark.parametrize("dtype,mining,squared", product(DTYPES, MININGS, [True, False]))
+# float64: at N = 1024 float32 distances from differently ordered sums can flip a
+# mining choice between near-tied negatives (float32 is covered on kink-free
+# batches in test_reference.py).
+@pytest.mark.parametrize("dtype,mining,squared", product([np.float64], MININGS, [True, False]))
 def test_triplet_gpu_matches_cpu(cupy, dtype, mining, squared):
     rng = np.random.default_rng(20)
     x = rng.standard_normal((1024, 64)).astype(dtype)
