@@ -25,7 +25,7 @@ sudo=""
 packages=(g++ make cmake dpkg-dev ccache protobuf-compiler libprotobuf-dev libgoogle-glog-dev
   libgflags-dev libhdf5-dev libblas-dev libboost-system-dev libboost-thread-dev
   libboost-filesystem-dev libboost-python-dev python3-dev python3-numpy python3-skimage
-  python3-protobuf python3-six)
+  python3-protobuf python3-six python3-venv)
 if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
   echo "build_caffe: build dependencies present"
 else
