@@ -10,6 +10,7 @@
 // (rows) or dx_j += sum_i C_ij (x_j - x_i) (columns).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "launch.cuh"
@@ -37,6 +38,18 @@ struct DistanceTile {
   T value[kTileRows][kTileCols + 1];  // squared distance of (a0 + m, c0 + j), then C_mj
 };
 
+// a * b + c rounded once, written out so that the tiles and
+// pair_squared_distance give the same bits for the same pair whatever the
+// compiler contracts.
+template <typename T>
+__device__ __forceinline__ T multiply_add(T a, T b, T c) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
 // The rule of csrc/pairwise_tiles.h's refined_squared_distance (keep the two
 // in step): the Gram form, recomputed from the differences for rows closer
 // than kRefine of their norms, where its cancellation would show (and 1/d in
@@ -45,11 +58,25 @@ template <typename T>
 __device__ T refined_squared_distance(T norm_i, T norm_j, T dot, const T* __restrict__ x_i,
                                       const T* __restrict__ x_j, int64_t d) {
   constexpr T kRefine = T(1e-2);
-  const T s = norm_i + norm_j - T(2) * dot;
+  const T s = multiply_add(T(-2), dot, norm_i + norm_j);
   if (s > kRefine * (norm_i + norm_j)) return s;
   T direct = T(0);
-  for (int64_t k = 0; k < d; ++k) direct += (x_i[k] - x_j[k]) * (x_i[k] - x_j[k]);
+  for (int64_t k = 0; k < d; ++k) direct = multiply_add(x_i[k] - x_j[k], x_i[k] - x_j[k], direct);
   return direct;
+}
+
+// The squared distance of rows i and j, bit for bit what compute_distance_tile
+// gives for them (the same fused products in the same order): for the few
+// pairs known in advance, without a tile.
+template <typename T>
+__device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict__ norms,
+                                   int64_t d, int i, int j) {
+  if (i == j) return T(0);
+  const T* x_i = x + int64_t(i) * d;
+  const T* x_j = x + int64_t(j) * d;
+  T dot = T(0);
+  for (int64_t k = 0; k < d; ++k) dot = multiply_add(x_i[k], x_j[k], dot);
+  return refined_squared_distance(norms[i], norms[j], dot, x_i, x_j, d);
 }
 
 template <typename T>
@@ -96,7 +123,7 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
       for (int r = 0; r < kMicroRows; ++r) a[r] = tile.rows[k][ty + 16 * r];
       for (int c = 0; c < kMicroCols; ++c) b[c] = tile.cols[k][tx + 16 * c];
       for (int r = 0; r < kMicroRows; ++r)
-        for (int c = 0; c < kMicroCols; ++c) acc[r][c] += a[r] * b[c];
+        for (int c = 0; c < kMicroCols; ++c) acc[r][c] = multiply_add(a[r], b[c], acc[r][c]);
     }
     __syncthreads();
   }

@@ -150,43 +150,68 @@ struct PositiveSlots {
   int index[kTileRows][kSlots];   // p, or -1 for an empty slot
   int positive_count[kTileRows];  // other rows with the anchor's label
   int negative_count[kTileRows];  // rows with another label
+  // Scratch of collect_positives.
+  int64_t labels[kThreads];            // one chunk of labels
+  int lane_count[kTileRows][kLanes];   // per lane: positives in its part of the chunk
 };
 
 // Fills `slots` with each anchor's positives of rank [first_rank, first_rank +
-// kSlots) in index order, and counts positives and negatives.  Lane 0 of each
-// anchor walks the tile in index order.  Every thread must call it; it ends
-// with a barrier.
+// kSlots) in index order and their distances, and counts positives and
+// negatives.  Labels only: no distance tile (the distances of the few
+// positives come from pair_squared_distance, equal to the tiles' bits).  Each
+// lane scans a contiguous part of a chunk of kThreads labels, so the ranks
+// follow from the lanes' counts.  Every thread must call it; it ends with a
+// barrier.
 template <typename T>
 __device__ void collect_positives(const T* __restrict__ x, const T* __restrict__ norms,
                                   const int64_t* __restrict__ labels, int n, int64_t d,
-                                  bool squared, int a0, int first_rank, DistanceTile<T>& tile,
-                                  PositiveSlots<T>& slots) {
+                                  bool squared, int a0, int first_rank, PositiveSlots<T>& slots) {
+  constexpr int kSpan = kThreads / kLanes;  // labels per lane per chunk
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes, a = a0 + m;
   const int64_t label = a < n ? labels[a] : 0;
   for (int s = lane; s < kSlots; s += kLanes) slots.index[m][s] = -1;
   int seen = 0, negatives = 0;
-  for (int c0 = 0; c0 < n; c0 += kTileCols) {
-    compute_distance_tile(x, norms, n, d, a0, c0, tile);
-    if (lane == 0 && a < n) {
-      for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
-        const int b = c0 + j;
-        if (b == a) continue;
-        if (labels[b] != label) {
+  for (int c0 = 0; c0 < n; c0 += kThreads) {
+    slots.labels[threadIdx.x] = c0 + int(threadIdx.x) < n ? labels[c0 + threadIdx.x] : 0;
+    __syncthreads();
+    const int j0 = lane * kSpan, j1 = n - c0 < j0 + kSpan ? n - c0 : j0 + kSpan;
+    int mine = 0;
+    if (a < n) {
+      for (int j = j0; j < j1; ++j) {
+        if (slots.labels[j] != label) {
           ++negatives;
-          continue;
-        }
-        const int s = seen++ - first_rank;
-        if (s >= 0 && s < kSlots) {
-          slots.distance[m][s] = distance_from_squared(tile.value[m][j], squared);
-          slots.index[m][s] = b;
+        } else if (c0 + j != a) {
+          ++mine;
         }
       }
     }
+    slots.lane_count[m][lane] = mine;
     __syncthreads();
+    int rank = seen;  // positives before this lane's part: earlier chunks and lanes
+    for (int l = 0; l < lane; ++l) rank += slots.lane_count[m][l];
+    for (int l = 0; l < kLanes; ++l) seen += slots.lane_count[m][l];
+    if (a < n) {
+      for (int j = j0; j < j1; ++j) {
+        if (slots.labels[j] != label || c0 + j == a) continue;
+        const int s = rank++ - first_rank;
+        if (s >= 0 && s < kSlots) slots.index[m][s] = c0 + j;
+      }
+    }
+    __syncthreads();  // the chunk and the lane counts are rewritten next
   }
+  slots.lane_count[m][lane] = negatives;
+  __syncthreads();
   if (lane == 0) {
+    int total = 0;
+    for (int l = 0; l < kLanes; ++l) total += slots.lane_count[m][l];
     slots.positive_count[m] = seen;
-    slots.negative_count[m] = negatives;
+    slots.negative_count[m] = total;
+  }
+  for (int e = threadIdx.x; e < kTileRows * kSlots; e += kThreads) {
+    const int mm = e / kSlots, s = e % kSlots, p = slots.index[mm][s];
+    if (p >= 0)
+      slots.distance[mm][s] =
+          distance_from_squared(pair_squared_distance(x, norms, d, a0 + mm, p), squared);
   }
   __syncthreads();
 }
@@ -223,7 +248,7 @@ __global__ void __launch_bounds__(kThreads)
   double loss = 0;
   long long pairs = 0;
   for (int first_rank = 0;; first_rank += kSlots) {
-    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, tile, slots);
+    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, slots);
     if (positives_left(slots, first_rank) <= 0) break;
 
     // This lane's slots are lane + kLanes * q.
@@ -300,7 +325,7 @@ __global__ void __launch_bounds__(kThreads)
   double loss = 0;
   long long triplets = 0;
   for (int first_rank = 0;; first_rank += kSlots) {
-    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, tile, slots);
+    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, slots);
     if (first_rank == 0 && lane == 0)
       triplets = static_cast<long long>(slots.positive_count[m]) * slots.negative_count[m];
     if (positives_left(slots, first_rank) <= 0) break;
