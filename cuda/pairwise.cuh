@@ -22,19 +22,23 @@ namespace detail {
 constexpr int kTileRows = 32;   // anchors per block
 constexpr int kTileCols = 64;   // candidates per tile
 constexpr int kTileDepth = 16;  // features per staging step
-// The distance micro-tile: thread (ty, tx) of a 16 x 16 grid computes rows
-// ty + 16 r (r < 2) and columns tx + 16 c (c < 4) of the tile.
+// The distance micro-tile: thread (ty, tx) of a 16 x 16 grid computes the
+// adjacent rows kMicroRows ty + r and columns kMicroCols tx + c of the tile,
+// so that each step of its product is two vector loads from shared memory.
 constexpr int kMicroRows = kTileRows / 16;
 constexpr int kMicroCols = kTileCols / 16;
 static_assert(kThreads == 256, "the micro-tile grid is 16 x 16 threads");
 static_assert(kTileDepth == 16, "the gradient passes map threads to 16 features");
 
-// The pairwise kernels' shared memory (about 29 KB for double).  The +1
-// padding keeps the column reads of the staging arrays off one bank.
+// The pairwise kernels' shared memory (about 30 KB for double).  Rows of the
+// staging arrays are padded by 16 bytes: aligned for vector loads, and the
+// transposing stores spread over the banks.
+template <typename T>
+constexpr int kPad = 16 / int(sizeof(T));
 template <typename T>
 struct DistanceTile {
-  T rows[kTileDepth][kTileRows + 1];  // x[a0 + m][k0 + k] at [k][m]
-  T cols[kTileDepth][kTileCols + 1];  // x[c0 + j][k0 + k] at [k][j]
+  alignas(16) T rows[kTileDepth][kTileRows + kPad<T>];  // x[a0 + m][k0 + k] at [k][m]
+  alignas(16) T cols[kTileDepth][kTileCols + kPad<T>];  // x[c0 + j][k0 + k] at [k][j]
   T value[kTileRows][kTileCols + 1];  // squared distance of (a0 + m, c0 + j), then C_mj
 };
 
@@ -120,8 +124,8 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
 #pragma unroll
     for (int k = 0; k < kTileDepth; ++k) {
       T a[kMicroRows], b[kMicroCols];
-      for (int r = 0; r < kMicroRows; ++r) a[r] = tile.rows[k][ty + 16 * r];
-      for (int c = 0; c < kMicroCols; ++c) b[c] = tile.cols[k][tx + 16 * c];
+      for (int r = 0; r < kMicroRows; ++r) a[r] = tile.rows[k][kMicroRows * ty + r];
+      for (int c = 0; c < kMicroCols; ++c) b[c] = tile.cols[k][kMicroCols * tx + c];
       for (int r = 0; r < kMicroRows; ++r)
         for (int c = 0; c < kMicroCols; ++c) acc[r][c] = multiply_add(a[r], b[c], acc[r][c]);
     }
@@ -129,7 +133,7 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
   }
   for (int r = 0; r < kMicroRows; ++r) {
     for (int c = 0; c < kMicroCols; ++c) {
-      const int m = ty + 16 * r, j = tx + 16 * c;
+      const int m = kMicroRows * ty + r, j = kMicroCols * tx + c;
       const int i = a0 + m, jj = c0 + j;
       T v = T(0);
       if (i < n && jj < n && i != jj)
