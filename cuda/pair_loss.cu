@@ -23,6 +23,7 @@ __global__ void __launch_bounds__(kThreads)
   double loss = 0, dsquared = 0;
   for (int c0 = 0; c0 < n; c0 += kTileCols) {
     compute_distance_tile(x, norms, n, d, a0, c0, tile);
+    bool any_active = false;
     for (int e = threadIdx.x; e < kTileRows * kTileCols; e += kThreads) {
       const int m = e / kTileCols, j = e % kTileCols;
       const int i = a0 + m, jj = c0 + j;
@@ -35,9 +36,11 @@ __global__ void __launch_bounds__(kThreads)
         coef = T(4) * dterm * inv_pairs;
       }
       tile.value[m][j] = coef;
+      any_active = any_active || coef != T(0);
     }
-    __syncthreads();
-    if (dx) accumulate_row_gradient<T, false>(x, n, d, a0, c0, tile, dx);
+    // A tile of inactive hinges adds nothing to dx: skip its product.
+    const bool tile_active = __syncthreads_or(any_active);
+    if (dx && tile_active) accumulate_row_gradient<T, false>(x, n, d, a0, c0, tile, dx);
   }
   loss = block_sum(loss, reduce);
   dsquared = block_sum(dsquared, reduce);

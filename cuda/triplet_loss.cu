@@ -353,6 +353,7 @@ __global__ void __launch_bounds__(kThreads)
         __syncthreads();  // the distances are overwritten below
         // Coefficients: this lane's columns against every slot.  For a
         // negative (a, b): dL/dd_ab = -(active positives) / triplets.
+        bool any_active = false;
         for (int j = lane; j < kTileCols; j += kLanes) {
           const int b = c0 + j;
           T coef = T(0);
@@ -365,10 +366,13 @@ __global__ void __launch_bounds__(kThreads)
             coef = -static_cast<T>(count) * distance_gradient_scale(v, squared);
           }
           tile.value[m][j] = coef;
+          any_active = any_active || coef != T(0);
         }
-        __syncthreads();
-        accumulate_row_gradient<T, true>(x, n, d, a0, c0, tile, dx);
-        accumulate_column_gradient(x, n, d, a0, c0, tile, dx);
+        // Tiles of negatives all beyond the margin add nothing: skip them.
+        if (__syncthreads_or(any_active)) {
+          accumulate_row_gradient<T, true>(x, n, d, a0, c0, tile, dx);
+          accumulate_column_gradient(x, n, d, a0, c0, tile, dx);
+        }
       }
       __syncthreads();
     }

@@ -143,6 +143,7 @@ void run_all(std::mt19937& rng) {
   test_pair<T>(1, 5, 2, rng);
   test_pair<T>(2, 5, 1, rng);
   test_pair<T>(97, 37, 5, rng);
+  test_pair<T>(97, 37, 100000, rng);         // nearly all pairs negative and inactive
   test_triplet<T>(1, 4, 2, 0, rng);
   test_triplet<T>(3, 4, 2, 0, rng);
   test_triplet<T>(70, 20, 3, 0, rng);        // many positives: several rounds

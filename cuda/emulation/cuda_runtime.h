@@ -6,6 +6,7 @@
 // -fsanitize=thread.  It says nothing about speed, warp-level behaviour or
 // memory limits.  Used by run.sh only; never part of the library.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cstdlib>
 #include <cstring>
@@ -43,6 +44,16 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t) {
 
 inline std::barrier<>* g_barrier = nullptr;
 inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+inline std::atomic<int> g_barrier_or{0};
+inline int __syncthreads_or(int predicate) {
+  if (predicate) g_barrier_or.fetch_or(1);
+  g_barrier->arrive_and_wait();
+  const int result = g_barrier_or.load();
+  g_barrier->arrive_and_wait();  // all have read it
+  if (threadIdx.x == 0) g_barrier_or.store(0);
+  g_barrier->arrive_and_wait();  // reset before the next call sets it
+  return result;
+}
 inline std::mutex g_atomic_mutex;
 template <typename T> T atomicAdd(T* p, T v) { std::lock_guard<std::mutex> l(g_atomic_mutex); T old = *p; *p = old + v; return old; }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp, unsigned long long v) {
