@@ -30,6 +30,17 @@ constexpr int kMicroCols = kTileCols / 16;
 static_assert(kThreads == 256, "the micro-tile grid is 16 x 16 threads");
 static_assert(kTileDepth == 16, "the gradient passes map threads to 16 features");
 
+// Blocks that small batches are split into (anchor blocks x candidate
+// splits) so that they still fill the GPU; from N = 32768 every anchor block
+// walks all candidates alone.
+constexpr int64_t kTargetBlocks = 1024;
+inline int64_t candidate_splits(int64_t n) {
+  const int64_t row_blocks = (n + kTileRows - 1) / kTileRows;
+  const int64_t tiles = (n + kTileCols - 1) / kTileCols;
+  const int64_t splits = (kTargetBlocks + row_blocks - 1) / row_blocks;
+  return splits < 1 ? 1 : splits > tiles ? tiles : splits;
+}
+
 // The pairwise kernels' shared memory (about 30 KB for double).  Rows of the
 // staging arrays are padded by 16 bytes: aligned for vector loads, and the
 // transposing stores spread over the banks.

@@ -6,6 +6,8 @@
 //
 //  hard      one pass: each lane keeps the farthest positive and the closest
 //            negative of its columns; lanes merge by (distance, index).
+//            Small batches split the candidates over several blocks (as the
+//            pair loss), merged by a second kernel.
 //  semihard  rounds of kSlots positives per anchor (positives in index order):
 //            pass 1 collects the round's positives and their distances, pass 2
 //            finds per positive the closest negative farther than it, and per
@@ -66,23 +68,25 @@ __device__ __forceinline__ bool nearer_candidate(T distance, int index, T best_d
 
 // ---------------------------------------------------------------- batch-hard
 
+// Block (anchor block, split) walks every splits-th candidate tile; each lane
+// keeps the farthest positive and the closest negative of its columns, lane 0
+// merges the anchor's lanes and stores the result for (anchor, split).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_hard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
-                             const int64_t* __restrict__ labels, int n, int64_t d, T margin,
-                             bool squared, T* dx, double* partial_loss,
-                             long long* partial_count) {
+                             const int64_t* __restrict__ labels, int n, int64_t d, bool squared,
+                             int splits, T* far_distance_out, int* far_index_out,
+                             T* near_distance_out, int* near_index_out) {
   __shared__ DistanceTile<T> tile;
   __shared__ T far_distance[kThreads], near_distance[kThreads];
   __shared__ int far_index[kThreads], near_index[kThreads];
-  __shared__ BlockReduce reduce;
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
-  const int a0 = blockIdx.x * kTileRows, a = a0 + m;
+  const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits, a = a0 + m;
   const int64_t label = a < n ? labels[a] : 0;
 
   T far_d = T(0), near_d = T(0);
   int far_j = -1, near_j = -1;
-  for (int c0 = 0; c0 < n; c0 += kTileCols) {
+  for (int c0 = split * kTileCols; c0 < n; c0 += splits * kTileCols) {
     compute_distance_tile(x, norms, n, d, a0, c0, tile);
     if (a < n) {
       for (int j = lane; j < kTileCols && c0 + j < n; j += kLanes) {
@@ -103,18 +107,51 @@ __global__ void __launch_bounds__(kThreads)
   near_distance[threadIdx.x] = near_d;
   near_index[threadIdx.x] = near_j;
   __syncthreads();
-
-  // Lane 0 merges its anchor's lanes and leaves the anchor's active triplet
-  // (or -1) in its own far_index / near_index entries.
-  double loss = 0;
-  long long count = 0;
-  if (lane == 0) {
+  if (lane == 0 && a < n) {
     for (int l = 1; l < kLanes; ++l) {
       const int t = threadIdx.x + l;
       if (far_index[t] >= 0 && farther_candidate(far_distance[t], far_index[t], far_d, far_j))
         far_d = far_distance[t], far_j = far_index[t];
       if (near_index[t] >= 0 && nearer_candidate(near_distance[t], near_index[t], near_d, near_j))
         near_d = near_distance[t], near_j = near_index[t];
+    }
+    const int64_t out = int64_t(a) * splits + split;
+    far_distance_out[out] = far_d;
+    far_index_out[out] = far_j;
+    near_distance_out[out] = near_d;
+    near_index_out[out] = near_j;
+  }
+}
+
+// Thread m < kTileRows merges anchor a0 + m's splits (ties to the lower
+// index, so the order of the splits does not matter) and takes its hinge;
+// then the block scatters the active triplets' gradients.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    triplet_hard_finish_kernel(const T* __restrict__ x, int n, int64_t d, T margin, bool squared,
+                               int splits, const T* __restrict__ far_distance_in,
+                               const int* __restrict__ far_index_in,
+                               const T* __restrict__ near_distance_in,
+                               const int* __restrict__ near_index_in, T* dx,
+                               double* partial_loss, long long* partial_count) {
+  __shared__ T far_distance[kTileRows], near_distance[kTileRows];
+  __shared__ int far_index[kTileRows], near_index[kTileRows];  // -1: no gradient
+  __shared__ BlockReduce reduce;
+  const int a0 = blockIdx.x * kTileRows;
+  double loss = 0;
+  long long count = 0;
+  if (threadIdx.x < kTileRows) {
+    const int m = threadIdx.x, a = a0 + m;
+    T far_d = T(0), near_d = T(0);
+    int far_j = -1, near_j = -1;
+    for (int split = 0; a < n && split < splits; ++split) {
+      const int64_t in = int64_t(a) * splits + split;
+      if (far_index_in[in] >= 0 &&
+          farther_candidate(far_distance_in[in], far_index_in[in], far_d, far_j))
+        far_d = far_distance_in[in], far_j = far_index_in[in];
+      if (near_index_in[in] >= 0 &&
+          nearer_candidate(near_distance_in[in], near_index_in[in], near_d, near_j))
+        near_d = near_distance_in[in], near_j = near_index_in[in];
     }
     bool active = false;
     if (far_j >= 0 && near_j >= 0) {
@@ -123,20 +160,19 @@ __global__ void __launch_bounds__(kThreads)
       count = 1;
       active = hinge > T(0);
     }
-    far_distance[threadIdx.x] = far_d;
-    near_distance[threadIdx.x] = near_d;
-    far_index[threadIdx.x] = active ? far_j : -1;
-    near_index[threadIdx.x] = active ? near_j : -1;
+    far_distance[m] = far_d;
+    near_distance[m] = near_d;
+    far_index[m] = active ? far_j : -1;
+    near_index[m] = active ? near_j : -1;
   }
   __syncthreads();
   if (dx) {
-    for (int mm = 0; mm < kTileRows; ++mm) {
-      const int t = mm * kLanes;
-      if (far_index[t] < 0) continue;
-      scatter_pair_gradient(x, d, a0 + mm, far_index[t],
-                            distance_gradient_scale(far_distance[t], squared), dx);
-      scatter_pair_gradient(x, d, a0 + mm, near_index[t],
-                            -distance_gradient_scale(near_distance[t], squared), dx);
+    for (int m = 0; m < kTileRows; ++m) {
+      if (far_index[m] < 0) continue;
+      scatter_pair_gradient(x, d, a0 + m, far_index[m],
+                            distance_gradient_scale(far_distance[m], squared), dx);
+      scatter_pair_gradient(x, d, a0 + m, near_index[m],
+                            -distance_gradient_scale(near_distance[m], squared), dx);
     }
   }
   write_partials(loss, count, reduce, partial_loss, partial_count);
@@ -435,26 +471,12 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
                   TripletMining mining, bool squared, T* loss, T* dx, void* stream_handle) {
   faceops::detail::check_batch("x", n, d);
   detail::check_rows_fit_int("x", n);
-  void (*mine)(const T*, const T*, const int64_t*, int, int64_t, T, bool, T*, double*,
-               long long*) = nullptr;
-  const char* name = nullptr;
-  switch (mining) {
-    case TripletMining::kSemihard:
-      mine = detail::triplet_semihard_mine_kernel<T>;
-      name = "triplet_semihard_mine_kernel";
-      break;
-    case TripletMining::kHard:
-      mine = detail::triplet_hard_mine_kernel<T>;
-      name = "triplet_hard_mine_kernel";
-      break;
-    case TripletMining::kAll:
-      mine = detail::triplet_all_mine_kernel<T>;
-      name = "triplet_all_mine_kernel";
-      break;
-  }
-  faceops::detail::require(mine != nullptr, "mining: expected semihard, hard or all");
+  faceops::detail::require(mining == TripletMining::kSemihard || mining == TripletMining::kHard ||
+                               mining == TripletMining::kAll,
+                           "mining: expected semihard, hard or all");
   detail::NvtxRange range("faceops::triplet_loss");
   const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int rows = static_cast<int>(n);
   const int64_t blocks = (n + detail::kTileRows - 1) / detail::kTileRows;
 
   detail::DeviceArray<T> norms(n, stream);
@@ -463,9 +485,27 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
   detail::DeviceArray<T> inv_count(1, stream);
   if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
-                 stream, x, static_cast<int>(n), d, norms.get());
-  detail::launch(name, mine, blocks, stream, x, norms.get(), labels, static_cast<int>(n), d,
-                 margin, squared, dx, partial_loss.get(), partial_count.get());
+                 stream, x, rows, d, norms.get());
+  if (mining == TripletMining::kHard) {
+    const int64_t splits = detail::candidate_splits(n);
+    detail::DeviceArray<T> far_distance(n * splits, stream), near_distance(n * splits, stream);
+    detail::DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);
+    detail::launch("triplet_hard_mine_kernel", detail::triplet_hard_mine_kernel<T>,
+                   blocks * splits, stream, x, norms.get(), labels, rows, d, squared,
+                   static_cast<int>(splits), far_distance.get(), far_index.get(),
+                   near_distance.get(), near_index.get());
+    detail::launch("triplet_hard_finish_kernel", detail::triplet_hard_finish_kernel<T>, blocks,
+                   stream, x, rows, d, margin, squared, static_cast<int>(splits),
+                   far_distance.get(), far_index.get(), near_distance.get(), near_index.get(),
+                   dx, partial_loss.get(), partial_count.get());
+  } else {
+    const bool semihard = mining == TripletMining::kSemihard;
+    detail::launch(semihard ? "triplet_semihard_mine_kernel" : "triplet_all_mine_kernel",
+                   semihard ? detail::triplet_semihard_mine_kernel<T>
+                            : detail::triplet_all_mine_kernel<T>,
+                   blocks, stream, x, norms.get(), labels, rows, d, margin, squared, dx,
+                   partial_loss.get(), partial_count.get());
+  }
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
                  partial_loss.get(), partial_count.get(), blocks, 1.0, loss, inv_count.get());
   if (dx)
