@@ -1,0 +1,5 @@
+import sys
+
+from faceops.cli import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""Face images for the training driver: an identity-folder reader (ROOT/<identity>/<image>,
+the layout of LFW, CASIA-WebFace and ORL), augmentation, a P x K batch sampler, and a
+synthetic identity set drawn with OpenCV for the built-in default run."""
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class FaceSet:
+    """Images (N, H, W) float32 in [0, 1], grey; labels (N,) int64 in [0, len(names))."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    names: list
+    paths: list
+
+
+def prepare(image, size, crop):
+    """Grey, centre crop keeping `crop` of each side (1.0 = whole image), resize to size x size."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    h, w = image.shape
+    ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    image = image[top : top + ch, left : left + cw]
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def read_image(path, size, crop):
+    """The prepared image, or None when OpenCV cannot decode the file."""
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        return None
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return prepare(image, size, crop)
+
+
+def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1):
+    """Reads ROOT/<identity>/<image> in sorted order.  Files OpenCV cannot read are
+    skipped with one warning naming them; identities with fewer than min_images
+    readable images are left out.  `identities` restricts to those folder names."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data root {root!r} is not a directory")
+    folders = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+    if identities is not None:
+        missing = sorted(set(identities) - set(folders))
+        if missing:
+            raise FileNotFoundError(f"identities not found under {root!r}: {missing[:5]}")
+        folders = [f for f in folders if f in set(identities)]
+    images, labels, names, paths, unreadable = [], [], [], [], []
+    for folder in folders:
+        files = sorted(os.listdir(os.path.join(root, folder)))
+        loaded = []
+        for name in files:
+            path = os.path.join(root, folder, name)
+            if not os.path.isfile(path):
+                continue
+            image = read_image(path, size, crop)
+            if image is None:
+                unreadable.append(path)
+            else:
+                loaded.append((image, path))
+        if len(loaded) < min_images:
+            continue
+        for image, path in loaded:
+            images.append(image)
+            labels.append(len(names))
+            paths.append(path)
+        names.append(folder)
+    if unreadable:
+        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s): {', '.join(unreadable)}", stacklevel=2)
+    if not images:
+        raise ValueError(f"no readable images under {root!r} (expected ROOT/<identity>/<image>)")
+    return FaceSet(np.stack(images), np.asarray(labels, np.int64), names, paths)
+
+
+def augment(images, rng, max_shift=0.06, max_angle=8.0, occlusion=0.25):
+    """Random flip, brightness/contrast, small shift and rotation, and (with probability
+    `occlusion`) a random grey patch covering up to a quarter of the face."""
+    out = np.empty_like(images)
+    n, h, w = images.shape
+    for k in range(n):
+        image = images[k][:, ::-1] if rng.random() < 0.5 else images[k]
+        angle = rng.uniform(-max_angle, max_angle)
+        shift = rng.uniform(-max_shift, max_shift, 2) * (w, h)
+        warp = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+        warp[:, 2] += shift
+        image = cv2.warpAffine(np.ascontiguousarray(image), warp, (w, h), borderMode=cv2.BORDER_REFLECT)
+        image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
+        if rng.random() < occlusion:
+            ph, pw = rng.integers(h // 8, h // 2), rng.integers(w // 8, w // 2)
+            top, left = rng.integers(0, h - ph), rng.integers(0, w - pw)
+            image[top : top + ph, left : left + pw] = rng.uniform(0, 1)
+        out[k] = np.clip(image, 0.0, 1.0)
+    return out
+
+
+class PKSampler:
+    """Batches of P identities x K images each, so every image in a batch has K - 1
+    positives.  Identities with fewer than K images are sampled with replacement
+    (their images repeat within the batch); identities are drawn without
+    replacement within an epoch (all identities with at least one image)."""
+
+    def __init__(self, labels, identities_per_batch, images_per_identity):
+        self.by_identity = [np.flatnonzero(labels == j) for j in range(int(labels.max()) + 1)]
+        self.by_identity = [rows for rows in self.by_identity if len(rows)]
+        if identities_per_batch > len(self.by_identity):
+            raise ValueError(
+                f"identities_per_batch: {identities_per_batch} exceeds the {len(self.by_identity)} identities in the data"
+            )
+        if images_per_identity < 2:
+            raise ValueError("images_per_identity: expected at least 2, so that every anchor has a positive")
+        self.p, self.k = identities_per_batch, images_per_identity
+
+    def batches_per_epoch(self):
+        return len(self.by_identity) // self.p
+
+    def epoch(self, rng):
+        """Yields index arrays of length P * K for one pass over the identities."""
+        order = rng.permutation(len(self.by_identity))
+        for b in range(self.batches_per_epoch()):
+            batch = []
+            for identity in order[b * self.p : (b + 1) * self.p]:
+                rows = self.by_identity[identity]
+                batch.append(rng.choice(rows, self.k, replace=len(rows) < self.k))
+            yield np.concatenate(batch)
+
+
+def draw_synthetic_face(identity_rng, image_rng, size):
+    """One grey face: identity_rng fixes the geometry (head, eyes, brows, nose, mouth),
+    image_rng the pose, expression, lighting and noise of this picture."""
+    g = identity_rng
+    geometry = dict(
+        head=(g.uniform(0.30, 0.40), g.uniform(0.40, 0.48)),
+        skin=g.uniform(0.45, 0.75),
+        eye_y=g.uniform(0.38, 0.46), eye_dx=g.uniform(0.12, 0.20), eye_r=g.uniform(0.035, 0.06),
+        brow_tilt=g.uniform(-0.04, 0.04), brow_gap=g.uniform(0.06, 0.10),
+        nose_len=g.uniform(0.08, 0.16), nose_w=g.uniform(0.03, 0.07),
+        mouth_y=g.uniform(0.68, 0.78), mouth_w=g.uniform(0.10, 0.20),
+        hair=g.uniform(0.0, 0.3), hair_h=g.uniform(0.05, 0.2),
+    )
+    r = image_rng
+    s = size
+    canvas = np.full((s, s), r.uniform(0.3, 0.6), np.float32)
+    cx, cy = s / 2 + r.normal(0, 0.02 * s), s / 2 + r.normal(0, 0.02 * s)
+    hw, hh = geometry["head"][0] * s, geometry["head"][1] * s
+    cv2.ellipse(canvas, (int(cx), int(cy)), (int(hw), int(hh)), r.normal(0, 4), 0, 360, float(geometry["skin"]), -1)
+    cv2.ellipse(canvas, (int(cx), int(cy - hh * 0.8)), (int(hw), int(geometry["hair_h"] * s)), 0, 180, 360, float(geometry["hair"]), -1)
+    ey = cy - hh + 2 * hh * geometry["eye_y"]
+    for side in (-1, 1):
+        ex = cx + side * geometry["eye_dx"] * s
+        cv2.circle(canvas, (int(ex), int(ey)), max(1, int(geometry["eye_r"] * s)), 0.1, -1)
+        by = ey - geometry["brow_gap"] * s
+        tilt = side * geometry["brow_tilt"] * s
+        cv2.line(canvas, (int(ex - 0.06 * s), int(by - tilt)), (int(ex + 0.06 * s), int(by + tilt)), 0.15, max(1, s // 40))
+    nose = np.array([[cx, ey + 0.03 * s], [cx - geometry["nose_w"] * s, ey + geometry["nose_len"] * s], [cx + geometry["nose_w"] * s, ey + geometry["nose_len"] * s]], np.int32)
+    cv2.polylines(canvas, [nose], True, 0.25, max(1, s // 50))
+    my = cy - hh + 2 * hh * geometry["mouth_y"]
+    smile = r.uniform(-0.03, 0.05) * s
+    cv2.ellipse(canvas, (int(cx), int(my)), (int(geometry["mouth_w"] * s), max(1, int(abs(smile)))), 0, 0 if smile > 0 else 180, 180 if smile > 0 else 360, 0.2, max(1, s // 40))
+    light = np.linspace(r.uniform(-0.08, 0.08), r.uniform(-0.08, 0.08), s, dtype=np.float32)
+    canvas = cv2.GaussianBlur(canvas + light[None, :], (3, 3), 0) + r.normal(0, 0.01, (s, s)).astype(np.float32)
+    return np.clip(canvas, 0, 1)
+
+
+def write_synthetic_identities(root, identities=60, images_per_identity=8, size=64, seed=0):
+    """Writes ROOT/id_XXX/NN.png: a small identity set for runs without --data."""
+    os.makedirs(root, exist_ok=True)
+    for j in range(identities):
+        folder = os.path.join(root, f"id_{j:03d}")
+        os.makedirs(folder, exist_ok=True)
+        for k in range(images_per_identity):
+            face = draw_synthetic_face(np.random.default_rng([seed, j]), np.random.default_rng([seed, j, k, 1]), size)
+            cv2.imwrite(os.path.join(folder, f"{k:02d}.png"), (face * 255).astype(np.uint8))
+    return root
