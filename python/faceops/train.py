@@ -64,7 +64,7 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--identities-per-batch", "-P", type=int, default=16)
     p.add_argument("--images-per-identity", "-K", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
