@@ -9,10 +9,12 @@
 //            Small batches split the candidates over several blocks (as the
 //            pair loss), merged by a second kernel.
 //  semihard  rounds of kSlots positives per anchor (positives in index order):
-//            pass 1 collects the round's positives and their distances, pass 2
-//            finds per positive the closest negative farther than it, and per
-//            anchor the farthest negative.  P x K batches with K <= kSlots + 1
-//            take one round (two passes over the tiles).
+//            pass 1 finds the round's positives from the labels alone and
+//            computes their few distances directly (bit-equal to the tiles'),
+//            pass 2 streams the tiles and finds per positive the closest
+//            negative farther than it, and per anchor the farthest negative.
+//            P x K batches with K <= kSlots + 1 take one round: one pass over
+//            the distance tiles.
 //  all       the same rounds; pass 2 sums the hinges, counts per positive its
 //            active negatives, and turns per (anchor, negative) the count of
 //            active positives into tile coefficients (rows and columns).
@@ -180,6 +182,17 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------- rounds of positives per anchor
 
+// tile.value <- d_ij (square roots unless `squared`), once per element rather
+// than once per lane that reads it.  Every thread must call it.
+template <typename T>
+__device__ void take_square_roots(DistanceTile<T>& tile, bool squared) {
+  if (squared) return;
+  for (int e = threadIdx.x; e < kTileRows * kTileCols; e += kThreads)
+    tile.value[e / kTileCols][e % kTileCols] =
+        distance_from_squared(tile.value[e / kTileCols][e % kTileCols], false);
+  __syncthreads();
+}
+
 template <typename T>
 struct PositiveSlots {
   T distance[kTileRows][kSlots];  // d_ap of the round's positives
@@ -295,11 +308,12 @@ __global__ void __launch_bounds__(kThreads)
     int far_j = -1;
     for (int c0 = 0; c0 < n; c0 += kTileCols) {
       compute_distance_tile(x, norms, n, d, a0, c0, tile);
+      take_square_roots(tile, squared);
       if (a < n) {
         for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
           const int b = c0 + j;
           if (labels[b] == label) continue;
-          const T v = distance_from_squared(tile.value[m][j], squared);
+          const T v = tile.value[m][j];
           if (farther_candidate(v, b, far_d, far_j)) far_d = v, far_j = b;
           for (int q = 0; q < kSlotsPerLane; ++q) {
             const int s = lane + kLanes * q;
@@ -369,11 +383,12 @@ __global__ void __launch_bounds__(kThreads)
     int active[kSlotsPerLane] = {};
     for (int c0 = 0; c0 < n; c0 += kTileCols) {
       compute_distance_tile(x, norms, n, d, a0, c0, tile);
+      take_square_roots(tile, squared);
       // Hinges and per-positive counts: this lane's slots against every column.
       if (a < n) {
         for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
           if (labels[c0 + j] == label) continue;
-          const T v = distance_from_squared(tile.value[m][j], squared);
+          const T v = tile.value[m][j];
           for (int q = 0; q < kSlotsPerLane; ++q) {
             const int s = lane + kLanes * q;
             if (slots.index[m][s] < 0) continue;
@@ -394,7 +409,7 @@ __global__ void __launch_bounds__(kThreads)
           const int b = c0 + j;
           T coef = T(0);
           if (a < n && b < n && labels[b] != label) {
-            const T v = distance_from_squared(tile.value[m][j], squared);
+            const T v = tile.value[m][j];
             int count = 0;
             for (int s = 0; s < kSlots; ++s)
               if (slots.index[m][s] >= 0 && triplet_hinge(slots.distance[m][s], v, margin) > T(0))
