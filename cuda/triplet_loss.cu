@@ -14,7 +14,7 @@
 //            pass 2 streams the tiles and finds per positive the closest
 //            negative farther than it, and per anchor the farthest negative.
 //            P x K batches with K <= kSlots + 1 take one round: one pass over
-//            the distance tiles.
+//            the distance tiles, split over several blocks for small batches.
 //  all       the same rounds; pass 2 sums the hinges, counts per positive its
 //            active negatives, and turns per (anchor, negative) the count of
 //            active positives into tile coefficients (rows and columns).
@@ -279,12 +279,97 @@ __device__ int positives_left(const PositiveSlots<T>& slots, int done) {
 
 // ------------------------------------------------------------------ semihard
 
+// One lane's semihard candidates: for each of its slots (lane + kLanes q) the
+// closest negative farther than the slot's positive, and the anchor's
+// farthest negative.
+template <typename T>
+struct SemihardCandidates {
+  T best_d[kSlotsPerLane];
+  int best_j[kSlotsPerLane];
+  T far_d;
+  int far_j;
+};
+
+template <typename T>
+__device__ void no_semihard_candidates(SemihardCandidates<T>& c) {
+  for (int q = 0; q < kSlotsPerLane; ++q) c.best_d[q] = T(0), c.best_j[q] = -1;
+  c.far_d = T(0);
+  c.far_j = -1;
+}
+
+// The candidates among the tiles c0 = first_col, first_col + col_step, ...
+// Every thread must call it.
+template <typename T>
+__device__ void scan_semihard_negatives(const T* __restrict__ x, const T* __restrict__ norms,
+                                        const int64_t* __restrict__ labels, int n, int64_t d,
+                                        bool squared, int a0, int first_col, int col_step,
+                                        DistanceTile<T>& tile, const PositiveSlots<T>& slots,
+                                        SemihardCandidates<T>& c) {
+  const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes, a = a0 + m;
+  const int64_t label = a < n ? labels[a] : 0;
+  no_semihard_candidates(c);
+  for (int c0 = first_col; c0 < n; c0 += col_step) {
+    compute_distance_tile(x, norms, n, d, a0, c0, tile);
+    take_square_roots(tile, squared);
+    if (a < n) {
+      for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
+        const int b = c0 + j;
+        if (labels[b] == label) continue;
+        const T v = tile.value[m][j];
+        if (farther_candidate(v, b, c.far_d, c.far_j)) c.far_d = v, c.far_j = b;
+        for (int q = 0; q < kSlotsPerLane; ++q) {
+          const int s = lane + kLanes * q;
+          if (slots.index[m][s] >= 0 && v > slots.distance[m][s] &&
+              nearer_candidate(v, b, c.best_d[q], c.best_j[q]))
+            c.best_d[q] = v, c.best_j[q] = b;
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Small batches: block (anchor block, split) finds the first round's
+// candidates among every splits-th tile and stores them per (anchor, split);
+// triplet_semihard_mine_kernel merges them (ties to the lower index, so the
+// order of the splits does not matter).  Later rounds are not split.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    triplet_semihard_split_kernel(const T* __restrict__ x, const T* __restrict__ norms,
+                                  const int64_t* __restrict__ labels, int n, int64_t d,
+                                  bool squared, int splits, T* best_distance, int* best_index,
+                                  T* far_distance, int* far_index) {
+  __shared__ DistanceTile<T> tile;
+  __shared__ PositiveSlots<T> slots;
+  const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits, a = a0 + m;
+  collect_positives(x, norms, labels, n, d, squared, a0, 0, slots);
+  if (positives_left(slots, 0) <= 0) return;  // the same test ends the mine kernel's loop
+  SemihardCandidates<T> c;
+  scan_semihard_negatives(x, norms, labels, n, d, squared, a0, split * kTileCols,
+                          splits * kTileCols, tile, slots, c);
+  if (a < n) {
+    const int64_t out = int64_t(a) * splits + split;
+    for (int q = 0; q < kSlotsPerLane; ++q) {
+      best_distance[out * kSlots + lane + kLanes * q] = c.best_d[q];
+      best_index[out * kSlots + lane + kLanes * q] = c.best_j[q];
+    }
+    if (lane == 0) far_distance[out] = c.far_d, far_index[out] = c.far_j;
+  }
+}
+
+// With splits > 1 the first round's candidates come from
+// triplet_semihard_split_kernel; otherwise (and for later rounds) the block
+// scans all tiles itself.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_semihard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                                  const int64_t* __restrict__ labels, int n, int64_t d, T margin,
-                                 bool squared, T* dx, double* partial_loss,
-                                 long long* partial_count) {
+                                 bool squared, int splits, const T* __restrict__ split_best_distance,
+                                 const int* __restrict__ split_best_index,
+                                 const T* __restrict__ split_far_distance,
+                                 const int* __restrict__ split_far_index, T* dx,
+                                 double* partial_loss, long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ PositiveSlots<T> slots;
   __shared__ T chosen_distance[kTileRows][kSlots];  // d_an* of an active pair
@@ -292,7 +377,6 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ BlockReduce reduce;
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int a0 = blockIdx.x * kTileRows, a = a0 + m;
-  const int64_t label = a < n ? labels[a] : 0;
 
   double loss = 0;
   long long pairs = 0;
@@ -300,44 +384,38 @@ __global__ void __launch_bounds__(kThreads)
     collect_positives(x, norms, labels, n, d, squared, a0, first_rank, slots);
     if (positives_left(slots, first_rank) <= 0) break;
 
-    // This lane's slots are lane + kLanes * q.
-    T best_d[kSlotsPerLane];
-    int best_j[kSlotsPerLane];
-    for (int q = 0; q < kSlotsPerLane; ++q) best_d[q] = T(0), best_j[q] = -1;
-    T far_d = T(0);
-    int far_j = -1;
-    for (int c0 = 0; c0 < n; c0 += kTileCols) {
-      compute_distance_tile(x, norms, n, d, a0, c0, tile);
-      take_square_roots(tile, squared);
-      if (a < n) {
-        for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
-          const int b = c0 + j;
-          if (labels[b] == label) continue;
-          const T v = tile.value[m][j];
-          if (farther_candidate(v, b, far_d, far_j)) far_d = v, far_j = b;
-          for (int q = 0; q < kSlotsPerLane; ++q) {
-            const int s = lane + kLanes * q;
-            if (slots.index[m][s] >= 0 && v > slots.distance[m][s] &&
-                nearer_candidate(v, b, best_d[q], best_j[q]))
-              best_d[q] = v, best_j[q] = b;
-          }
+    SemihardCandidates<T> c;
+    if (first_rank == 0 && splits > 1) {
+      no_semihard_candidates(c);
+      for (int split = 0; a < n && split < splits; ++split) {
+        const int64_t in = int64_t(a) * splits + split;
+        for (int q = 0; q < kSlotsPerLane; ++q) {
+          const int64_t slot = in * kSlots + lane + kLanes * q;
+          if (split_best_index[slot] >= 0 &&
+              nearer_candidate(split_best_distance[slot], split_best_index[slot], c.best_d[q],
+                               c.best_j[q]))
+            c.best_d[q] = split_best_distance[slot], c.best_j[q] = split_best_index[slot];
         }
+        if (split_far_index[in] >= 0 &&
+            farther_candidate(split_far_distance[in], split_far_index[in], c.far_d, c.far_j))
+          c.far_d = split_far_distance[in], c.far_j = split_far_index[in];
       }
-      __syncthreads();
+    } else {
+      scan_semihard_negatives(x, norms, labels, n, d, squared, a0, 0, kTileCols, tile, slots, c);
     }
 
     for (int q = 0; q < kSlotsPerLane; ++q) {
       const int s = lane + kLanes * q;
       chosen_index[m][s] = -1;
       if (a < n && slots.index[m][s] >= 0 && slots.negative_count[m] > 0) {
-        const bool semihard_found = best_j[q] >= 0;
-        const T an = semihard_found ? best_d[q] : far_d;
+        const bool semihard_found = c.best_j[q] >= 0;
+        const T an = semihard_found ? c.best_d[q] : c.far_d;
         const T hinge = triplet_hinge(slots.distance[m][s], an, margin);
         loss += hinge;
         ++pairs;
         if (hinge > T(0)) {
           chosen_distance[m][s] = an;
-          chosen_index[m][s] = semihard_found ? best_j[q] : far_j;
+          chosen_index[m][s] = semihard_found ? c.best_j[q] : c.far_j;
         }
       }
     }
@@ -513,13 +591,27 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
                    stream, x, rows, d, margin, squared, static_cast<int>(splits),
                    far_distance.get(), far_index.get(), near_distance.get(), near_index.get(),
                    dx, partial_loss.get(), partial_count.get());
+  } else if (mining == TripletMining::kSemihard) {
+    const int64_t splits = detail::candidate_splits(n);
+    const int64_t split_slots = splits > 1 ? n * splits * detail::kSlots : 0;
+    detail::DeviceArray<T> best_distance(split_slots, stream);
+    detail::DeviceArray<int> best_index(split_slots, stream);
+    detail::DeviceArray<T> far_distance(splits > 1 ? n * splits : 0, stream);
+    detail::DeviceArray<int> far_index(splits > 1 ? n * splits : 0, stream);
+    if (splits > 1)
+      detail::launch("triplet_semihard_split_kernel", detail::triplet_semihard_split_kernel<T>,
+                     blocks * splits, stream, x, norms.get(), labels, rows, d, squared,
+                     static_cast<int>(splits), best_distance.get(), best_index.get(),
+                     far_distance.get(), far_index.get());
+    detail::launch("triplet_semihard_mine_kernel", detail::triplet_semihard_mine_kernel<T>,
+                   blocks, stream, x, norms.get(), labels, rows, d, margin, squared,
+                   static_cast<int>(splits), best_distance.get(), best_index.get(),
+                   far_distance.get(), far_index.get(), dx, partial_loss.get(),
+                   partial_count.get());
   } else {
-    const bool semihard = mining == TripletMining::kSemihard;
-    detail::launch(semihard ? "triplet_semihard_mine_kernel" : "triplet_all_mine_kernel",
-                   semihard ? detail::triplet_semihard_mine_kernel<T>
-                            : detail::triplet_all_mine_kernel<T>,
-                   blocks, stream, x, norms.get(), labels, rows, d, margin, squared, dx,
-                   partial_loss.get(), partial_count.get());
+    detail::launch("triplet_all_mine_kernel", detail::triplet_all_mine_kernel<T>, blocks, stream,
+                   x, norms.get(), labels, rows, d, margin, squared, dx, partial_loss.get(),
+                   partial_count.get());
   }
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
                  partial_loss.get(), partial_count.get(), blocks, 1.0, loss, inv_count.get());
