@@ -74,7 +74,8 @@ __global__ void center_group_kernel(const int64_t* __restrict__ labels, int64_t 
       continue;
     }
     const unsigned long long key = static_cast<unsigned long long>(label);
-    int64_t slot = static_cast<int64_t>(hash_label(key) & static_cast<unsigned long long>(table_mask));
+    int64_t slot =
+        static_cast<int64_t>(hash_label(key) & static_cast<unsigned long long>(table_mask));
     // The table has at least 2N slots, so a free or matching slot exists.
     for (;;) {
       const unsigned long long previous = atomicCAS(keys + slot, kEmptyKey, key);
@@ -95,8 +96,8 @@ __device__ __forceinline__ T inv_one_plus(int count) {
 template <typename T>
 __global__ void center_update_direction_kernel(const T* __restrict__ x,
                                                const int64_t* __restrict__ labels,
-                                               const T* __restrict__ centers, int64_t n,
-                                               int64_t d, const int64_t* __restrict__ slot_of_row,
+                                               const T* __restrict__ centers, int64_t n, int64_t d,
+                                               const int64_t* __restrict__ slot_of_row,
                                                const int* __restrict__ count, T* direction) {
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n * d;
        e += int64_t(gridDim.x) * kThreads) {
@@ -110,14 +111,10 @@ __global__ void center_update_direction_kernel(const T* __restrict__ x,
 
 // delta row first_row[slot] += row i's eq. 4 term (delta: N x D scratch).
 template <typename T>
-__global__ void center_update_accumulate_kernel(const T* __restrict__ x,
-                                                const int64_t* __restrict__ labels,
-                                                const T* __restrict__ centers, int64_t n,
-                                                int64_t d,
-                                                const int64_t* __restrict__ slot_of_row,
-                                                const int* __restrict__ count,
-                                                const unsigned long long* __restrict__ first_row,
-                                                T* delta) {
+__global__ void center_update_accumulate_kernel(
+    const T* __restrict__ x, const int64_t* __restrict__ labels, const T* __restrict__ centers,
+    int64_t n, int64_t d, const int64_t* __restrict__ slot_of_row, const int* __restrict__ count,
+    const unsigned long long* __restrict__ first_row, T* delta) {
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n * d;
        e += int64_t(gridDim.x) * kThreads) {
     const int64_t i = e / d, k = e % d, slot = slot_of_row[i];
@@ -129,8 +126,8 @@ __global__ void center_update_accumulate_kernel(const T* __restrict__ x,
 }
 
 template <typename T>
-__global__ void center_update_apply_kernel(const int64_t* __restrict__ labels, int64_t n,
-                                           int64_t d, const int64_t* __restrict__ slot_of_row,
+__global__ void center_update_apply_kernel(const int64_t* __restrict__ labels, int64_t n, int64_t d,
+                                           const int64_t* __restrict__ slot_of_row,
                                            const unsigned long long* __restrict__ first_row,
                                            const T* __restrict__ delta, T alpha, T* centers) {
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n * d;
@@ -153,13 +150,11 @@ class LabelGroups {
         slot_of_row_(n, stream) {
     check(cudaMemsetAsync(keys_.get(), 0xff, table_size_ * sizeof(unsigned long long), stream),
           "cudaMemsetAsync");
-    check(cudaMemsetAsync(first_row_.get(), 0xff, table_size_ * sizeof(unsigned long long),
-                          stream),
+    check(cudaMemsetAsync(first_row_.get(), 0xff, table_size_ * sizeof(unsigned long long), stream),
           "cudaMemsetAsync");
     zero_async(count_.get(), table_size_ * int64_t(sizeof(int)), stream);
-    launch("center_group_kernel", center_group_kernel, grid_for(n), stream, labels, n,
-           num_classes, keys_.get(), table_size_ - 1, slot_of_row_.get(), count_.get(),
-           first_row_.get());
+    launch("center_group_kernel", center_group_kernel, grid_for(n), stream, labels, n, num_classes,
+           keys_.get(), table_size_ - 1, slot_of_row_.get(), count_.get(), first_row_.get());
   }
   const int64_t* slot_of_row() const { return slot_of_row_.get(); }
   const int* count() const { return count_.get(); }
@@ -222,20 +217,19 @@ void center_update(const T* x, const int64_t* labels, T* centers, int64_t n, int
   detail::DeviceArray<T> delta(n * d, stream);
   detail::zero_async(delta.get(), n * d * int64_t(sizeof(T)), stream);
   detail::launch("center_update_accumulate_kernel", detail::center_update_accumulate_kernel<T>,
-                 detail::grid_for(n * d), stream, x, labels, centers, n, d,
-                 groups.slot_of_row(), groups.count(), groups.first_row(), delta.get());
+                 detail::grid_for(n * d), stream, x, labels, centers, n, d, groups.slot_of_row(),
+                 groups.count(), groups.first_row(), delta.get());
   detail::launch("center_update_apply_kernel", detail::center_update_apply_kernel<T>,
                  detail::grid_for(n * d), stream, labels, n, d, groups.slot_of_row(),
                  groups.first_row(), delta.get(), alpha, centers);
 }
 
-#define FACEOPS_INSTANTIATE_CENTER(T)                                                         \
-  template void center_loss<T>(const T*, const int64_t*, const T*, int64_t, int64_t, int64_t, \
-                               T*, T*, T*, void*);                                            \
-  template void center_update_direction<T>(const T*, const int64_t*, const T*, int64_t,       \
-                                           int64_t, int64_t, T*, void*);                      \
-  template void center_update<T>(const T*, const int64_t*, T*, int64_t, int64_t, int64_t, T, \
-                                 void*);
+#define FACEOPS_INSTANTIATE_CENTER(T)                                                             \
+  template void center_loss<T>(const T*, const int64_t*, const T*, int64_t, int64_t, int64_t, T*, \
+                               T*, T*, void*);                                                    \
+  template void center_update_direction<T>(const T*, const int64_t*, const T*, int64_t, int64_t,  \
+                                           int64_t, T*, void*);                                   \
+  template void center_update<T>(const T*, const int64_t*, T*, int64_t, int64_t, int64_t, T, void*);
 FACEOPS_INSTANTIATE_CENTER(float)
 FACEOPS_INSTANTIATE_CENTER(double)
 

@@ -14,8 +14,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     contrastive_loss_forward_kernel(const T* __restrict__ a, const T* __restrict__ b,
                                     const int64_t* __restrict__ similar, int64_t n, int64_t d,
-                                    T margin, bool legacy, T inv_n, T* da, T* db,
-                                    double* partial) {
+                                    T margin, bool legacy, T inv_n, T* da, T* db, double* partial) {
   __shared__ T reduce[kThreads];
   __shared__ double reduce_loss[kThreads];
   double loss = 0;  // thread 0's
@@ -52,8 +51,8 @@ void contrastive_loss(const T* a, const T* b, const int64_t* similar, int64_t n,
   const int64_t blocks = n < detail::kMaxBlocks ? n : detail::kMaxBlocks;
   detail::DeviceArray<double> partial(blocks, stream);
   detail::launch("contrastive_loss_forward_kernel", detail::contrastive_loss_forward_kernel<T>,
-                 blocks, stream, a, b, similar, n, d, margin, legacy, T(1) / static_cast<T>(n),
-                 da, db, partial.get());
+                 blocks, stream, a, b, similar, n, d, margin, legacy, T(1) / static_cast<T>(n), da,
+                 db, partial.get());
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
                  nullptr, blocks, 0.5 / static_cast<double>(n), loss, nullptr);
 }

@@ -27,8 +27,8 @@ constexpr int64_t kMaxBlocks = 4096;
 
 inline void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess)
-    throw std::runtime_error(std::string("faceops CUDA: ") + what + " failed: " +
-                             cudaGetErrorString(status));
+    throw std::runtime_error(std::string("faceops CUDA: ") + what +
+                             " failed: " + cudaGetErrorString(status));
 }
 #define FACEOPS_CUDA_CHECK(call) ::faceops::cuda::detail::check((call), #call)
 
@@ -78,7 +78,8 @@ class DeviceArray {
 };
 
 inline void zero_async(void* data, int64_t bytes, cudaStream_t stream) {
-  if (data && bytes > 0) check(cudaMemsetAsync(data, 0, static_cast<size_t>(bytes), stream), "cudaMemsetAsync");
+  if (data && bytes > 0)
+    check(cudaMemsetAsync(data, 0, static_cast<size_t>(bytes), stream), "cudaMemsetAsync");
 }
 
 // The range "faceops::<loss>" around the host code that queues one op.
@@ -92,9 +93,9 @@ class NvtxRange {
 
 // The pairwise kernels keep row indices in int.
 inline void check_rows_fit_int(const char* name, int64_t n) {
-  faceops::detail::require(n <= std::numeric_limits<int>::max(),
-                           std::string(name) + ": at most 2^31 - 1 rows on the GPU, got " +
-                               std::to_string(n));
+  faceops::detail::require(
+      n <= std::numeric_limits<int>::max(),
+      std::string(name) + ": at most 2^31 - 1 rows on the GPU, got " + std::to_string(n));
 }
 
 // Sum of `value` over the block, in a fixed order (deterministic); every
@@ -104,7 +105,8 @@ __device__ T block_sum(T value, T* scratch) {
   scratch[threadIdx.x] = value;
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-    if (static_cast<int>(threadIdx.x) < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+    if (static_cast<int>(threadIdx.x) < stride)
+      scratch[threadIdx.x] += scratch[threadIdx.x + stride];
     __syncthreads();
   }
   const T sum = scratch[0];

@@ -84,8 +84,8 @@ __device__ T refined_squared_distance(T norm_i, T norm_j, T dot, const T* __rest
 // gives for them (the same fused products in the same order): for the few
 // pairs known in advance, without a tile.
 template <typename T>
-__device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict__ norms,
-                                   int64_t d, int i, int j) {
+__device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict__ norms, int64_t d,
+                                   int i, int j) {
   if (i == j) return T(0);
   const T* x_i = x + int64_t(i) * d;
   const T* x_j = x + int64_t(j) * d;

@@ -57,8 +57,8 @@ __device__ __forceinline__ void write_partials(double loss, long long count, Blo
 template <typename T>
 __device__ __forceinline__ bool farther_candidate(T distance, int index, T best_distance,
                                                   int best_index) {
-  return best_index < 0 || closer_candidate(-distance, int64_t(index), -best_distance,
-                                            int64_t(best_index));
+  return best_index < 0 ||
+         closer_candidate(-distance, int64_t(index), -best_distance, int64_t(best_index));
 }
 
 template <typename T>
@@ -134,8 +134,8 @@ __global__ void __launch_bounds__(kThreads)
                                int splits, const T* __restrict__ far_distance_in,
                                const int* __restrict__ far_index_in,
                                const T* __restrict__ near_distance_in,
-                               const int* __restrict__ near_index_in, T* dx,
-                               double* partial_loss, long long* partial_count) {
+                               const int* __restrict__ near_index_in, T* dx, double* partial_loss,
+                               long long* partial_count) {
   __shared__ T far_distance[kTileRows], near_distance[kTileRows];
   __shared__ int far_index[kTileRows], near_index[kTileRows];  // -1: no gradient
   __shared__ BlockReduce reduce;
@@ -200,8 +200,8 @@ struct PositiveSlots {
   int positive_count[kTileRows];  // other rows with the anchor's label
   int negative_count[kTileRows];  // rows with another label
   // Scratch of collect_positives.
-  int64_t labels[kThreads];            // one chunk of labels
-  int lane_count[kTileRows][kLanes];   // per lane: positives in its part of the chunk
+  int64_t labels[kThreads];           // one chunk of labels
+  int lane_count[kTileRows][kLanes];  // per lane: positives in its part of the chunk
 };
 
 // Fills `slots` with each anchor's positives of rank [first_rank, first_rank +
@@ -365,7 +365,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_semihard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                                  const int64_t* __restrict__ labels, int n, int64_t d, T margin,
-                                 bool squared, int splits, const T* __restrict__ split_best_distance,
+                                 bool squared, int splits,
+                                 const T* __restrict__ split_best_distance,
                                  const int* __restrict__ split_best_index,
                                  const T* __restrict__ split_far_distance,
                                  const int* __restrict__ split_far_index, T* dx,
@@ -530,8 +531,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_explicit_forward_kernel(const T* __restrict__ anchor, const T* __restrict__ positive,
-                                    const T* __restrict__ negative, int64_t n, int64_t d,
-                                    T margin, T scale, T* da, T* dp, T* dn, double* partial) {
+                                    const T* __restrict__ negative, int64_t n, int64_t d, T margin,
+                                    T scale, T* da, T* dp, T* dn, double* partial) {
   __shared__ T reduce[kThreads];
   __shared__ double reduce_loss[kThreads];
   double loss = 0;  // thread 0's
@@ -583,14 +584,13 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
     const int64_t splits = detail::candidate_splits(n);
     detail::DeviceArray<T> far_distance(n * splits, stream), near_distance(n * splits, stream);
     detail::DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);
-    detail::launch("triplet_hard_mine_kernel", detail::triplet_hard_mine_kernel<T>,
-                   blocks * splits, stream, x, norms.get(), labels, rows, d, squared,
-                   static_cast<int>(splits), far_distance.get(), far_index.get(),
-                   near_distance.get(), near_index.get());
+    detail::launch("triplet_hard_mine_kernel", detail::triplet_hard_mine_kernel<T>, blocks * splits,
+                   stream, x, norms.get(), labels, rows, d, squared, static_cast<int>(splits),
+                   far_distance.get(), far_index.get(), near_distance.get(), near_index.get());
     detail::launch("triplet_hard_finish_kernel", detail::triplet_hard_finish_kernel<T>, blocks,
                    stream, x, rows, d, margin, squared, static_cast<int>(splits),
-                   far_distance.get(), far_index.get(), near_distance.get(), near_index.get(),
-                   dx, partial_loss.get(), partial_count.get());
+                   far_distance.get(), far_index.get(), near_distance.get(), near_index.get(), dx,
+                   partial_loss.get(), partial_count.get());
   } else if (mining == TripletMining::kSemihard) {
     const int64_t splits = detail::candidate_splits(n);
     const int64_t split_slots = splits > 1 ? n * splits * detail::kSlots : 0;
@@ -603,14 +603,14 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
                      blocks * splits, stream, x, norms.get(), labels, rows, d, squared,
                      static_cast<int>(splits), best_distance.get(), best_index.get(),
                      far_distance.get(), far_index.get());
-    detail::launch("triplet_semihard_mine_kernel", detail::triplet_semihard_mine_kernel<T>,
-                   blocks, stream, x, norms.get(), labels, rows, d, margin, squared,
+    detail::launch("triplet_semihard_mine_kernel", detail::triplet_semihard_mine_kernel<T>, blocks,
+                   stream, x, norms.get(), labels, rows, d, margin, squared,
                    static_cast<int>(splits), best_distance.get(), best_index.get(),
                    far_distance.get(), far_index.get(), dx, partial_loss.get(),
                    partial_count.get());
   } else {
-    detail::launch("triplet_all_mine_kernel", detail::triplet_all_mine_kernel<T>, blocks, stream,
-                   x, norms.get(), labels, rows, d, margin, squared, dx, partial_loss.get(),
+    detail::launch("triplet_all_mine_kernel", detail::triplet_all_mine_kernel<T>, blocks, stream, x,
+                   norms.get(), labels, rows, d, margin, squared, dx, partial_loss.get(),
                    partial_count.get());
   }
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
@@ -622,8 +622,7 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
 
 template <typename T>
 void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative, int64_t n,
-                           int64_t d, T margin, T* loss, T* da, T* dp, T* dn,
-                           void* stream_handle) {
+                           int64_t d, T margin, T* loss, T* da, T* dp, T* dn, void* stream_handle) {
   faceops::detail::check_batch("anchor", n, d);
   detail::NvtxRange range("faceops::triplet_loss_explicit");
   const cudaStream_t stream = detail::as_stream(stream_handle);

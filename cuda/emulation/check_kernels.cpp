@@ -2,12 +2,13 @@
 // against faceops::cpu, the ground truth, on random batches: every op, both
 // dtypes, every mining mode, squared or not, ties, several rounds of
 // positives, batches of one row.  Exit status 0 when all agree.
+#include <cuda_runtime.h>  // the emulation: allocation and launch counters
+
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
-#include <cuda_runtime.h>  // the emulation: allocation and launch counters
 
 #include "faceops/faceops.h"
 
@@ -16,7 +17,8 @@ template <typename T>
 double max_rel(const std::vector<T>& a, const std::vector<T>& b) {
   double worst = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) scale = std::max(scale, std::abs(double(b[i])));
-  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - double(b[i])));
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::abs(double(a[i]) - double(b[i])));
   return worst / std::max(scale, 1e-30);
 }
 template <typename T>
@@ -24,7 +26,8 @@ void expect(const std::string& what, double err) {
   const double tol = sizeof(T) == 4 ? 2e-4 : 1e-10;
   const bool ok = err <= tol;
   if (!ok) ++failures;
-  std::printf("%s %-60s %s err=%.3g\n", ok ? "ok  " : "FAIL", what.c_str(), sizeof(T) == 4 ? "f32" : "f64", err);
+  std::printf("%s %-60s %s err=%.3g\n", ok ? "ok  " : "FAIL", what.c_str(),
+              sizeof(T) == 4 ? "f32" : "f64", err);
 }
 double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
 
@@ -52,15 +55,19 @@ void test_triplet(int64_t n, int64_t d, int classes, int dup, std::mt19937& rng)
     for (int sq = 0; sq < 2; ++sq) {
       T lc = 0, lg = 0;
       std::vector<T> dc(n * d, T(7)), dg(n * d, T(7));
-      faceops::cpu::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2), faceops::TripletMining(mode), sq, &lc, dc.data());
-      faceops::cuda::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2), faceops::TripletMining(mode), sq, &lg, dg.data(), nullptr);
+      faceops::cpu::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2),
+                                    faceops::TripletMining(mode), sq, &lc, dc.data());
+      faceops::cuda::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2),
+                                     faceops::TripletMining(mode), sq, &lg, dg.data(), nullptr);
       char buf[200];
-      std::snprintf(buf, sizeof buf, "triplet mode=%d sq=%d n=%ld d=%ld C=%d dup=%d loss %.6g/%.6g", mode, sq, (long)n, (long)d, classes, dup, (double)lg, (double)lc);
+      std::snprintf(buf, sizeof buf, "triplet mode=%d sq=%d n=%ld d=%ld C=%d dup=%d loss %.6g/%.6g",
+                    mode, sq, (long)n, (long)d, classes, dup, (double)lg, (double)lc);
       expect<T>(buf, rel(lg, lc));
       std::snprintf(buf, sizeof buf, "  dx");
       expect<T>(buf, max_rel(dg, dc));
       T l2 = 0;
-      faceops::cuda::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2), faceops::TripletMining(mode), sq, &l2, nullptr, nullptr);
+      faceops::cuda::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2),
+                                     faceops::TripletMining(mode), sq, &l2, nullptr, nullptr);
       expect<T>("  loss without dx", rel(l2, lc));
     }
 }
@@ -73,9 +80,11 @@ void test_pair(int64_t n, int64_t d, int classes, std::mt19937& rng) {
   T lc[2], lg[2];
   std::vector<T> dc(n * d, T(7)), dg(n * d, T(7));
   faceops::cpu::pair_loss<T>(x.data(), labels.data(), n, d, T(1.5), &lc[0], dc.data(), &lc[1]);
-  faceops::cuda::pair_loss<T>(x.data(), labels.data(), n, d, T(1.5), &lg[0], dg.data(), &lg[1], nullptr);
+  faceops::cuda::pair_loss<T>(x.data(), labels.data(), n, d, T(1.5), &lg[0], dg.data(), &lg[1],
+                              nullptr);
   char buf[200];
-  std::snprintf(buf, sizeof buf, "pair n=%ld d=%ld loss %.6g/%.6g", (long)n, (long)d, (double)lg[0], (double)lc[0]);
+  std::snprintf(buf, sizeof buf, "pair n=%ld d=%ld loss %.6g/%.6g", (long)n, (long)d, (double)lg[0],
+                (double)lc[0]);
   expect<T>(buf, rel(lg[0], lc[0]));
   expect<T>("  dtheta", rel(lg[1], lc[1]));
   expect<T>("  dx", max_rel(dg, dc));
@@ -86,23 +95,29 @@ void test_center(int64_t n, int64_t d, int64_t classes, std::mt19937& rng) {
   auto x = randn<T>(n * d, rng);
   auto centers = randn<T>(classes * d, rng);
   std::vector<int64_t> labels(n);
-  for (auto& l : labels) l = rng() % std::min<int64_t>(classes, classes > 100000 ? classes : 5 + n / 4);
+  for (auto& l : labels)
+    l = rng() % std::min<int64_t>(classes, classes > 100000 ? classes : 5 + n / 4);
   T lc, lg;
   std::vector<T> dxc(n * d, 7), dxg(n * d, 7), dcc(classes * d, 0), dcg(classes * d, 0);
-  faceops::cpu::center_loss<T>(x.data(), labels.data(), centers.data(), n, d, classes, &lc, dxc.data(), dcc.data());
-  faceops::cuda::center_loss<T>(x.data(), labels.data(), centers.data(), n, d, classes, &lg, dxg.data(), dcg.data(), nullptr);
+  faceops::cpu::center_loss<T>(x.data(), labels.data(), centers.data(), n, d, classes, &lc,
+                               dxc.data(), dcc.data());
+  faceops::cuda::center_loss<T>(x.data(), labels.data(), centers.data(), n, d, classes, &lg,
+                                dxg.data(), dcg.data(), nullptr);
   char buf[200];
   std::snprintf(buf, sizeof buf, "center n=%ld d=%ld C=%ld loss", (long)n, (long)d, (long)classes);
   expect<T>(buf, rel(lg, lc));
   expect<T>("  dx", max_rel(dxg, dxc));
   expect<T>("  dcenters", max_rel(dcg, dcc));
   std::vector<T> dirc(classes * d, 0), dirg(classes * d, 0);
-  faceops::cpu::center_update_direction<T>(x.data(), labels.data(), centers.data(), n, d, classes, dirc.data());
-  faceops::cuda::center_update_direction<T>(x.data(), labels.data(), centers.data(), n, d, classes, dirg.data(), nullptr);
+  faceops::cpu::center_update_direction<T>(x.data(), labels.data(), centers.data(), n, d, classes,
+                                           dirc.data());
+  faceops::cuda::center_update_direction<T>(x.data(), labels.data(), centers.data(), n, d, classes,
+                                            dirg.data(), nullptr);
   expect<T>("  direction", max_rel(dirg, dirc));
   auto cc = centers, cg = centers;
   faceops::cpu::center_update<T>(x.data(), labels.data(), cc.data(), n, d, classes, T(0.5));
-  faceops::cuda::center_update<T>(x.data(), labels.data(), cg.data(), n, d, classes, T(0.5), nullptr);
+  faceops::cuda::center_update<T>(x.data(), labels.data(), cg.data(), n, d, classes, T(0.5),
+                                  nullptr);
   expect<T>("  center_update", max_rel(cg, cc));
 }
 
@@ -114,8 +129,10 @@ void test_rowwise(int64_t n, int64_t d, std::mt19937& rng) {
   for (int legacy = 0; legacy < 2; ++legacy) {
     T lc, lg;
     std::vector<T> dac(n * d), dbc(n * d), dag(n * d, 7), dbg(n * d, 7);
-    faceops::cpu::contrastive_loss<T>(a.data(), b.data(), sim.data(), n, d, T(1), legacy, &lc, dac.data(), dbc.data());
-    faceops::cuda::contrastive_loss<T>(a.data(), b.data(), sim.data(), n, d, T(1), legacy, &lg, dag.data(), dbg.data(), nullptr);
+    faceops::cpu::contrastive_loss<T>(a.data(), b.data(), sim.data(), n, d, T(1), legacy, &lc,
+                                      dac.data(), dbc.data());
+    faceops::cuda::contrastive_loss<T>(a.data(), b.data(), sim.data(), n, d, T(1), legacy, &lg,
+                                       dag.data(), dbg.data(), nullptr);
     char buf[200];
     std::snprintf(buf, sizeof buf, "contrastive legacy=%d n=%ld d=%ld", legacy, (long)n, (long)d);
     expect<T>(buf, rel(lg, lc));
@@ -124,8 +141,10 @@ void test_rowwise(int64_t n, int64_t d, std::mt19937& rng) {
   }
   T lc, lg;
   std::vector<T> g1(n * d), g2(n * d), g3(n * d), h1(n * d, 7), h2(n * d, 7), h3(n * d, 7);
-  faceops::cpu::triplet_loss_explicit<T>(a.data(), b.data(), c.data(), n, d, T(0.3), &lc, g1.data(), g2.data(), g3.data());
-  faceops::cuda::triplet_loss_explicit<T>(a.data(), b.data(), c.data(), n, d, T(0.3), &lg, h1.data(), h2.data(), h3.data(), nullptr);
+  faceops::cpu::triplet_loss_explicit<T>(a.data(), b.data(), c.data(), n, d, T(0.3), &lc, g1.data(),
+                                         g2.data(), g3.data());
+  faceops::cuda::triplet_loss_explicit<T>(a.data(), b.data(), c.data(), n, d, T(0.3), &lg,
+                                          h1.data(), h2.data(), h3.data(), nullptr);
   char buf[200];
   std::snprintf(buf, sizeof buf, "explicit triplet n=%ld d=%ld", (long)n, (long)d);
   expect<T>(buf, rel(lg, lc));
@@ -143,16 +162,16 @@ void run_all(std::mt19937& rng) {
   test_pair<T>(1, 5, 2, rng);
   test_pair<T>(2, 5, 1, rng);
   test_pair<T>(97, 37, 5, rng);
-  test_pair<T>(97, 37, 100000, rng);         // nearly all pairs negative and inactive
+  test_pair<T>(97, 37, 100000, rng);  // nearly all pairs negative and inactive
   test_triplet<T>(1, 4, 2, 0, rng);
   test_triplet<T>(3, 4, 2, 0, rng);
-  test_triplet<T>(70, 20, 3, 0, rng);        // many positives: several rounds
+  test_triplet<T>(70, 20, 3, 0, rng);  // many positives: several rounds
   test_triplet<T>(97, 33, 12, 0, rng);
-  test_triplet<T>(66, 8, 6, 1, rng);         // ties
-  test_triplet<T>(66, 8, 3, 2, rng);         // near duplicates
-  test_triplet<T>(40, 6, 1, 0, rng);         // one class: no negatives
-  test_triplet<T>(256, 16, 64, 0, rng);      // P x K = 64 x 4 on average
-  test_center<T>(50, 3, 1000000, rng);       // labels spread over a large table
+  test_triplet<T>(66, 8, 6, 1, rng);     // ties
+  test_triplet<T>(66, 8, 3, 2, rng);     // near duplicates
+  test_triplet<T>(40, 6, 1, 0, rng);     // one class: no negatives
+  test_triplet<T>(256, 16, 64, 0, rng);  // P x K = 64 x 4 on average
+  test_center<T>(50, 3, 1000000, rng);   // labels spread over a large table
 }
 
 int main() {
@@ -163,6 +182,7 @@ int main() {
   std::mt19937 rng(1234);
   run_all<double>(rng);
   run_all<float>(rng);
-  std::printf("%d failures, %ld live allocations, %ld launches\n", failures, g_live_allocations, g_launches);
+  std::printf("%d failures, %ld live allocations, %ld launches\n", failures, g_live_allocations,
+              g_launches);
   return failures != 0 || g_live_allocations != 0;
 }

@@ -8,12 +8,12 @@
 #pragma once
 #include <atomic>
 #include <barrier>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
 #include <vector>
-#include <cstdio>
 
 #define __global__
 #define __device__
@@ -22,15 +22,25 @@
 #define __shared__ static
 #define __launch_bounds__(...)
 
-struct uint3 { unsigned x = 0, y = 0, z = 0; };
-struct dim3 { unsigned x = 1, y = 1, z = 1; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
 typedef struct CUstream_st* cudaStream_t;
 enum cudaError_t { cudaSuccess = 0, cudaErrorNoDevice = 100 };
-inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "error"; }
+inline const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaSuccess ? "no error" : "error";
+}
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline cudaError_t cudaGetDeviceCount(int* c) { *c = 0; return cudaErrorNoDevice; }
+inline cudaError_t cudaGetDeviceCount(int* c) {
+  *c = 0;
+  return cudaErrorNoDevice;
+}
 inline long g_live_allocations = 0;
 inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   *p = std::malloc(bytes);
@@ -39,8 +49,15 @@ inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   ++g_live_allocations;
   return cudaSuccess;
 }
-inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { std::free(p); --g_live_allocations; return cudaSuccess; }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t) { std::memset(p, v, bytes); return cudaSuccess; }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  std::free(p);
+  --g_live_allocations;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t) {
+  std::memset(p, v, bytes);
+  return cudaSuccess;
+}
 
 inline std::barrier<>* g_barrier = nullptr;
 inline void __syncthreads() { g_barrier->arrive_and_wait(); }
@@ -55,11 +72,26 @@ inline int __syncthreads_or(int predicate) {
   return result;
 }
 inline std::mutex g_atomic_mutex;
-template <typename T> T atomicAdd(T* p, T v) { std::lock_guard<std::mutex> l(g_atomic_mutex); T old = *p; *p = old + v; return old; }
-inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp, unsigned long long v) {
-  std::lock_guard<std::mutex> l(g_atomic_mutex); unsigned long long old = *p; if (old == cmp) *p = v; return old; }
+template <typename T>
+T atomicAdd(T* p, T v) {
+  std::lock_guard<std::mutex> l(g_atomic_mutex);
+  T old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp,
+                                    unsigned long long v) {
+  std::lock_guard<std::mutex> l(g_atomic_mutex);
+  unsigned long long old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
-  std::lock_guard<std::mutex> l(g_atomic_mutex); unsigned long long old = *p; if (v < old) *p = v; return old; }
+  std::lock_guard<std::mutex> l(g_atomic_mutex);
+  unsigned long long old = *p;
+  if (v < old) *p = v;
+  return old;
+}
 
 inline long g_launches = 0;
 template <typename... Params, typename... Args>
@@ -70,7 +102,9 @@ void emulated_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
   std::vector<std::thread> pool;
   for (unsigned t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
-      threadIdx.x = t; blockDim = dim3(threads); gridDim = dim3(grid);
+      threadIdx.x = t;
+      blockDim = dim3(threads);
+      gridDim = dim3(grid);
       for (unsigned b = 0; b < grid; ++b) {
         blockIdx.x = b;
         kernel(static_cast<Params>(args)...);
