@@ -6,7 +6,8 @@ Every (op, size, implementation) runs in a fresh subprocess, so peak memory is
 that process's own (ru_maxrss after the runs minus before them) and no
 allocator state leaks between implementations.  Peers run twice, as users get
 them and with GLIBC_TUNABLES=glibc.malloc.mmap_max=0 (memory kept in the
-allocator, which spares page faults); the faster counts.  Implementations
+allocator, which spares page faults); the faster counts.  OpenMP workers spin
+(OMP_WAIT_POLICY=active) for every implementation.  Implementations
 alternate size by size, and each time is the median of repeated runs after a
 warm-up.  Peers: the NumPy reference (faceops.reference), PyTorch autograd
 written the idiomatic way, pytorch-metric-learning where it has the loss; the
@@ -42,30 +43,30 @@ def make_inputs(op, n, d, classes=None, seed=0):
 
 
 # --------------------------------------------------------------------------- implementations
+def module_impl(module, op):
+    """faceops and its NumPy reference share their signatures."""
+    return {
+        "pair": lambda i: module.pair_loss(i["x"], i["labels"], 1.0),
+        "triplet_semihard": lambda i: module.triplet_loss(i["x"], i["labels"], 0.2, "semihard"),
+        "triplet_hard": lambda i: module.triplet_loss(i["x"], i["labels"], 0.2, "hard"),
+        "triplet_all": lambda i: module.triplet_loss(i["x"], i["labels"], 0.2, "all"),
+        "contrastive": lambda i: module.contrastive_loss(i["a"], i["b"], i["similar"], 1.0),
+        "center": lambda i: module.center_loss(i["x"], i["labels"], i["centers"]),
+    }[op]
+
+
 def faceops_impl(op):
     import faceops
 
-    return {
-        "pair": lambda i: faceops.pair_loss(i["x"], i["labels"], 1.0),
-        "triplet_semihard": lambda i: faceops.triplet_loss(i["x"], i["labels"], 0.2, "semihard"),
-        "triplet_hard": lambda i: faceops.triplet_loss(i["x"], i["labels"], 0.2, "hard"),
-        "triplet_all": lambda i: faceops.triplet_loss(i["x"], i["labels"], 0.2, "all"),
-        "contrastive": lambda i: faceops.contrastive_loss(i["a"], i["b"], i["similar"], 1.0),
-        "center": lambda i: faceops.center_loss(i["x"], i["labels"], i["centers"]),
-    }[op]
+    if op == "center":  # the O(N D) form: gradient rows of the batch's classes only
+        return lambda i: faceops.center_loss(i["x"], i["labels"], i["centers"], center_grad="rows")
+    return module_impl(faceops, op)
 
 
 def numpy_impl(op):
     from faceops import reference
 
-    return {
-        "pair": lambda i: reference.pair_loss(i["x"], i["labels"], 1.0),
-        "triplet_semihard": lambda i: reference.triplet_loss(i["x"], i["labels"], 0.2, "semihard"),
-        "triplet_hard": lambda i: reference.triplet_loss(i["x"], i["labels"], 0.2, "hard"),
-        "triplet_all": lambda i: reference.triplet_loss(i["x"], i["labels"], 0.2, "all"),
-        "contrastive": lambda i: reference.contrastive_loss(i["a"], i["b"], i["similar"], 1.0),
-        "center": lambda i: reference.center_loss(i["x"], i["labels"], i["centers"]),
-    }[op]
+    return module_impl(reference, op)
 
 
 def torch_impl(op):
@@ -183,7 +184,9 @@ def flops(op, n, d):
 
 # --------------------------------------------------------------------------- orchestration (parent)
 def child(impl, op, n, d, classes, repeats, mmap_off, timeout):
-    env = dict(os.environ)
+    # Spinning OpenMP workers (faceops and PyTorch both use libgomp): on a shared
+    # VM a sleeping worker's wake-up can cost a scheduler tick per parallel region.
+    env = dict(os.environ, OMP_WAIT_POLICY="active")
     if mmap_off:
         env["GLIBC_TUNABLES"] = MMAP_OFF
     cmd = [sys.executable, __file__, "--child", impl, op, str(n), str(d), str(classes or 0), str(repeats)]

@@ -48,7 +48,7 @@ void for_each_class_direction(const T* x, const int64_t* labels, const T* center
                               int64_t d, Fn fn) {
   const ClassGroups groups = group_rows_by_class(labels, n);
   const int64_t class_count = static_cast<int64_t>(groups.group_begin.size()) - 1;
-#pragma omp parallel
+#pragma omp parallel if (n * d > detail::kParallelWork)
   {
     std::vector<T> direction(d);
 #pragma omp for schedule(dynamic, 16)
@@ -79,7 +79,7 @@ void center_loss(const T* x, const int64_t* labels, const T* centers, int64_t n,
   // dcenters is race-free under repeated labels without atomics; its partial
   // loss is added in thread order (reproducible).
   std::vector<double> partial(omp_get_max_threads(), 0.0);
-#pragma omp parallel
+#pragma omp parallel if (n * d > detail::kParallelWork)
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t slice = (d + threads - 1) / threads;

@@ -15,6 +15,11 @@
 namespace faceops {
 namespace detail {
 
+// Work (in multiply-adds) below which a loop runs on the calling thread:
+// waking the OpenMP team costs more than it saves, and on a loaded machine a
+// descheduled worker can stall the whole region for a scheduler tick.
+constexpr int64_t kParallelWork = int64_t(1) << 18;
+
 inline void require(bool condition, const std::string& message) {
   if (!condition) throw std::invalid_argument(message);
 }
@@ -28,7 +33,7 @@ inline void check_batch(const char* name, int64_t n, int64_t d) {
 template <typename T>
 void check_finite(const char* name, const T* values, int64_t count) {
   bool finite = true;
-#pragma omp parallel for reduction(&& : finite) schedule(static)
+#pragma omp parallel for reduction(&& : finite) schedule(static) if (count > kParallelWork)
   for (int64_t i = 0; i < count; ++i) finite = finite && std::isfinite(values[i]);
   require(finite, std::string(name) + ": contains NaN or Inf; expected finite values");
 }
@@ -46,10 +51,11 @@ inline void check_labels_in_range(const char* name, const int64_t* labels, int64
 // Sums term(i) for i in [0, count) over threads with a static schedule and
 // adds the per-thread partials in thread order: bitwise reproducible for a
 // fixed thread count (a reduction clause combines in arrival order).
+// `work` is the total cost, to stay on one thread for small inputs.
 template <typename Term>
-double reproducible_sum(int64_t count, Term term) {
+double reproducible_sum(int64_t count, int64_t work, Term term) {
   std::vector<double> partial(omp_get_max_threads(), 0.0);
-#pragma omp parallel
+#pragma omp parallel if (work > kParallelWork)
   {
     double sum = 0;
 #pragma omp for schedule(static)

@@ -12,7 +12,7 @@ void contrastive_loss(const T* a, const T* b, const int64_t* similar, int64_t n,
   detail::check_finite("a", a, n * d);
   detail::check_finite("b", b, n * d);
   const T inv_n = T(1) / static_cast<T>(n);
-  const double loss_sum = detail::reproducible_sum(n, [&](int64_t i) {
+  const double loss_sum = detail::reproducible_sum(n, n * d, [&](int64_t i) {
     const T* a_row = a + i * d;
     const T* b_row = b + i * d;
     T squared_distance = 0;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "checks.h"
 #include "gemm_block.h"
 
 namespace faceops {
@@ -55,7 +56,7 @@ struct GramRows {
   GramRows(const T* x_, int64_t n_, int64_t d_)
       : x(x_), n(n_), d(d_), ld((n_ + 15) / 16 * 16 + 16), norms(n_), transposed(d_ * ld) {
     constexpr int64_t kBlock = 32;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * d > kParallelWork)
     for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
       for (int64_t i = i0; i < std::min(n, i0 + kBlock); ++i)
         norms[i] = dot_product(x + i * d, x + i * d, d);
@@ -148,7 +149,7 @@ class DistanceTile {
 template <typename T, typename BlockFn>
 void for_each_anchor_block(int64_t n, int64_t d, BlockFn block) {
   const int64_t blocks = (n + kTileRows - 1) / kTileRows;
-#pragma omp parallel
+#pragma omp parallel if (n * n * d > kParallelWork * 16)
   {
     DistanceTile<T> tile(d);
 #pragma omp for schedule(dynamic)
@@ -169,7 +170,7 @@ template <typename T, typename TileFn>
 void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
   const int64_t blocks = (n + kTileRows - 1) / kTileRows;
   const int64_t pairs = blocks * (blocks + 1) / 2;
-  const int threads = omp_get_max_threads();
+  const int threads = n * n * d > kParallelWork * 16 ? omp_get_max_threads() : 1;
   std::vector<T> dx_private(dx ? static_cast<size_t>(threads - 1) * n * d : 0, T(0));
   if (dx) std::fill(dx, dx + n * d, T(0));
 #pragma omp parallel num_threads(threads)
@@ -188,7 +189,7 @@ void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
     }
   }
   if (!dx) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (threads > 1 && n * d > kParallelWork)
   for (int64_t e = 0; e < n * d; ++e)
     for (int t = 1; t < threads; ++t) dx[e] += dx_private[static_cast<size_t>(t - 1) * n * d + e];
 }

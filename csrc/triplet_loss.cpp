@@ -65,7 +65,7 @@ AnchorPositives<T> find_positives(const detail::GramRows<T>& gram, const int64_t
   }
   positives.index.resize(positives.begin[n]);
   positives.distance.resize(positives.begin[n]);
-#pragma omp parallel
+#pragma omp parallel if (positives.begin[n] * gram.d > detail::kParallelWork)
   {
     std::vector<std::pair<T, int64_t>> sorted;
 #pragma omp for schedule(dynamic, 64)
@@ -329,7 +329,7 @@ void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative
   detail::check_finite("negative", negative, n * d);
   const T weight = T(1) / static_cast<T>(2 * n);
   const T scale = weight * distance_gradient_scale(T(0), true);
-  const double loss_sum = detail::reproducible_sum(n, [&](int64_t i) {
+  const double loss_sum = detail::reproducible_sum(n, n * d, [&](int64_t i) {
     const T *a = anchor + i * d, *p = positive + i * d, *q = negative + i * d;
     T dap = 0, dan = 0;
     for (int64_t e = 0; e < d; ++e) {

@@ -166,3 +166,25 @@ def test_results_are_bitwise_reproducible():
         first, second = op(), op()
         assert first[0] == second[0]
         np.testing.assert_array_equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_center_loss_gradient_forms(device):
+    """center_grad="rows" gives the dense gradient's non-zero rows; None gives none."""
+    rng = np.random.default_rng(23)
+    x, centers = rng.standard_normal((12, 5)), rng.standard_normal((50, 5))
+    labels = rng.choice([3, 17, 41, 8], 12)
+    args = [to_device(v, device) for v in (x, labels, centers)]
+    loss, dx, dense = faceops.center_loss(*args)
+    loss_rows, dx_rows, (classes, rows) = faceops.center_loss(*args, center_grad="rows")
+    loss_none, _, nothing = faceops.center_loss(*args, center_grad=None)
+    assert loss == pytest.approx(loss_rows, rel=1e-12) and loss == pytest.approx(loss_none, rel=1e-12) and nothing is None
+    np.testing.assert_array_equal(to_numpy(classes), [3, 8, 17, 41])
+    np.testing.assert_allclose(to_numpy(rows), to_numpy(dense)[[3, 8, 17, 41]], atol=1e-14)
+    np.testing.assert_allclose(to_numpy(dx_rows), to_numpy(dx), atol=1e-14)
+    with pytest.raises(ValueError, match="center_grad"):
+        faceops.center_loss(*args, center_grad="sparse")
+    bad = labels.copy()
+    bad[0] = 50
+    with pytest.raises(ValueError, match="labels.*0 <= label < 50"):
+        faceops.center_loss(args[0], to_device(bad, device), args[2], center_grad="rows")

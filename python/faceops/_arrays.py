@@ -85,6 +85,15 @@ def check_labels(name, labels, n, xp, num_classes=None):
     return labels
 
 
+def check_labels_in_range_cpu(name, labels, num_classes):
+    """The CPU core checks label ranges itself, but a caller that renumbers labels
+    first (center_loss's "rows" form) must check the original ones."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name}: label {bad} is out of range; expected 0 <= label < {num_classes}")
+
+
 def check_finite_on_gpu(name, array, xp):
     """The CPU core rejects NaN/Inf itself; on the GPU this check does it."""
     if xp is not np and not bool(xp.isfinite(array).all()):

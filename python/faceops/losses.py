@@ -25,7 +25,7 @@ class CenterLoss:
         self.alpha = alpha
 
     def __call__(self, x, labels):
-        loss, dx, _ = ops.center_loss(x, labels, self.centers)
+        loss, dx, _ = ops.center_loss(x, labels, self.centers, center_grad=None)
         if self.alpha is not None:
             ops.center_update(x, labels, self.centers, self.alpha)
         return loss, dx

@@ -17,25 +17,40 @@ def _call(kernel, device, dtype, *args, xp):
     kernel(np.dtype(dtype).name, device, *args, _arrays.current_stream(xp))
 
 
-def center_loss(x, labels, centers):
+def center_loss(x, labels, centers, center_grad="dense"):
     """Center loss (Wen et al., ECCV 2016, eq. 2): L = 1/(2N) sum_i ||x_i - c_{y_i}||^2.
 
-    x (N, D), labels (N,) in [0, C), centers (C, D).  Returns (loss, dx, dcenters);
-    dcenters is zero outside the rows of the classes in the batch (on the CPU it is
-    allocated lazily, so untouched rows cost no memory traffic).
+    x (N, D), labels (N,) in [0, C), centers (C, D).  Returns (loss, dx, dcenters) where
+    dcenters depends on `center_grad`:
+      "dense": a (C, D) array, zero outside the batch's classes (allocating and
+               zeroing it costs O(C D) in the array library, the kernel only O(N D));
+      "rows":  (classes, rows): the batch's distinct classes (K,) and their gradient
+               rows (K, D), so that time and memory are O(N D) whatever C;
+      None:    no center gradient (e.g. when the centers move by center_update).
     """
     device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
     n, d = _arrays.check_matrix("x", x)
     num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d)
     labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    if center_grad not in ("dense", "rows", None):
+        raise ValueError(f"center_grad: expected 'dense', 'rows' or None, got {center_grad!r}")
     _arrays.check_finite_on_gpu("x", x, xp)
+    classes = None
+    if center_grad == "rows":
+        # The same kernel on the batch's own classes: labels renumbered 0..K-1.
+        if xp is np:
+            _arrays.check_labels_in_range_cpu("labels", labels, num_classes)
+        classes, labels = xp.unique(labels, return_inverse=True)
+        labels = xp.ascontiguousarray(labels.reshape(-1).astype(xp.int64))
+        centers = xp.ascontiguousarray(centers[classes])
+        num_classes = len(classes)
     loss = _loss_buffer(xp, x.dtype)
     dx = xp.empty_like(x)
-    dcenters = xp.zeros(centers.shape, dtype=centers.dtype)
+    dcenters = None if center_grad is None else xp.zeros(centers.shape, dtype=centers.dtype)
     _call(_core.center_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels),
           _arrays.address(centers), n, d, num_classes, _arrays.address(loss), _arrays.address(dx),
           _arrays.address(dcenters), xp=xp)
-    return float(loss[0]), dx, dcenters
+    return float(loss[0]), dx, (classes, dcenters) if center_grad == "rows" else dcenters
 
 
 def center_update_direction(x, labels, centers):
