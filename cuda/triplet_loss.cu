@@ -17,7 +17,8 @@
 //            the distance tiles, split over several blocks for small batches.
 //  all       the same rounds; pass 2 sums the hinges, counts per positive its
 //            active negatives, and turns per (anchor, negative) the count of
-//            active positives into tile coefficients (rows and columns).
+//            active positives into tile coefficients (rows and columns).  All
+//            of it adds over negatives, so small batches split the tiles.
 //
 // Ties go to the lowest index (closer_candidate).  Losses are reduced in a
 // fixed order; dx is accumulated unscaled with atomics (its last bits may vary
@@ -438,29 +439,33 @@ __global__ void __launch_bounds__(kThreads)
 
 // ----------------------------------------------------------------- batch-all
 
+// Everything batch-all adds up is a sum over negatives, so block (anchor
+// block, split) serves every splits-th tile on its own: the splits' losses,
+// counts and gradients simply add.  Split 0 counts the triplets.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_all_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                             const int64_t* __restrict__ labels, int n, int64_t d, T margin,
-                            bool squared, T* dx, double* partial_loss, long long* partial_count) {
+                            bool squared, int splits, T* dx, double* partial_loss,
+                            long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ PositiveSlots<T> slots;
   __shared__ int active_negatives[kTileRows][kSlots];
   __shared__ BlockReduce reduce;
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
-  const int a0 = blockIdx.x * kTileRows, a = a0 + m;
+  const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits, a = a0 + m;
   const int64_t label = a < n ? labels[a] : 0;
 
   double loss = 0;
   long long triplets = 0;
   for (int first_rank = 0;; first_rank += kSlots) {
     collect_positives(x, norms, labels, n, d, squared, a0, first_rank, slots);
-    if (first_rank == 0 && lane == 0)
+    if (first_rank == 0 && lane == 0 && split == 0)
       triplets = static_cast<long long>(slots.positive_count[m]) * slots.negative_count[m];
     if (positives_left(slots, first_rank) <= 0) break;
 
     int active[kSlotsPerLane] = {};
-    for (int c0 = 0; c0 < n; c0 += kTileCols) {
+    for (int c0 = split * kTileCols; c0 < n; c0 += splits * kTileCols) {
       compute_distance_tile(x, norms, n, d, a0, c0, tile);
       take_square_roots(tile, squared);
       // Hinges and per-positive counts: this lane's slots against every column.
@@ -574,8 +579,12 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
   const int64_t blocks = (n + detail::kTileRows - 1) / detail::kTileRows;
 
   detail::DeviceArray<T> norms(n, stream);
-  detail::DeviceArray<double> partial_loss(blocks, stream);
-  detail::DeviceArray<long long> partial_count(blocks, stream);
+  // One partial loss per block: batch-all splits its anchor blocks, the others
+  // reduce their splits per anchor block.
+  const int64_t all_splits = mining == TripletMining::kAll ? detail::candidate_splits(n) : 1;
+  const int64_t partials = blocks * all_splits;
+  detail::DeviceArray<double> partial_loss(partials, stream);
+  detail::DeviceArray<long long> partial_count(partials, stream);
   detail::DeviceArray<T> inv_count(1, stream);
   if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
@@ -609,12 +618,12 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
                    far_distance.get(), far_index.get(), dx, partial_loss.get(),
                    partial_count.get());
   } else {
-    detail::launch("triplet_all_mine_kernel", detail::triplet_all_mine_kernel<T>, blocks, stream, x,
-                   norms.get(), labels, rows, d, margin, squared, dx, partial_loss.get(),
-                   partial_count.get());
+    detail::launch("triplet_all_mine_kernel", detail::triplet_all_mine_kernel<T>,
+                   blocks * all_splits, stream, x, norms.get(), labels, rows, d, margin, squared,
+                   static_cast<int>(all_splits), dx, partial_loss.get(), partial_count.get());
   }
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
-                 partial_loss.get(), partial_count.get(), blocks, 1.0, loss, inv_count.get());
+                 partial_loss.get(), partial_count.get(), partials, 1.0, loss, inv_count.get());
   if (dx)
     detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
                    detail::grid_for(n * d), stream, dx, n * d, inv_count.get());
