@@ -12,8 +12,9 @@ flags="-std=c++20 -O1 -g -fopenmp -DFACEOPS_CUDA_EMULATION"
 for f in "$root"/cuda/*.cu; do
   g++ $flags -x c++ -I"$root/cuda/emulation" -I"$root/csrc" -c "$f" -o "$build/cuda_$(basename "$f" .cu).o"
 done
-for f in center_loss contrastive_loss pair_loss triplet_loss; do
-  g++ $flags -I"$root/csrc" -c "$root/csrc/$f.cpp" -o "$build/cpu_$f.o"
+for f in "$root"/csrc/*.cpp; do  # the CPU kernels: the library's sources less its front ends
+  case $(basename "$f") in bindings.cpp | without_cuda.cpp) continue ;; esac
+  g++ $flags -I"$root/csrc" -c "$f" -o "$build/cpu_$(basename "$f" .cpp).o"
 done
 g++ $flags -I"$root/cuda/emulation" -I"$root/csrc" "$root/cuda/emulation/check_kernels.cpp" \
   "$build"/*.o -o "$build/check_kernels"
