@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "faceops/hostdevice.h"
 #include "gemm_block.h"
 
 namespace faceops {
@@ -28,23 +29,6 @@ inline T dot_product(const T* a, const T* b, int64_t d) {
   T sum = 0;
   for (int64_t k = 0; k < d; ++k) sum += a[k] * b[k];
   return sum;
-}
-
-// Squared distance from the Gram form, evaluated the same way in the tiles and
-// in the direct look-ups (positive pairs), so that mining compares consistent
-// values.  The Gram form loses relative precision for near-duplicate rows
-// (cancellation in ||a||^2 + ||b||^2 - 2ab), which 1/d in the non-squared
-// gradients would amplify: below kRefine of the norms it is recomputed from
-// the differences.
-template <typename T>
-inline T refined_squared_distance(T norm_i, T norm_j, T dot, const T* x_i, const T* x_j,
-                                  int64_t d) {
-  constexpr T kRefine = T(1e-2);
-  const T s = norm_i + norm_j - T(2) * dot;
-  if (s > kRefine * (norm_i + norm_j)) return s;
-  T direct = 0;
-  for (int64_t k = 0; k < d; ++k) direct += (x_i[k] - x_j[k]) * (x_i[k] - x_j[k]);
-  return direct;
 }
 
 // The rows of x with what the tiles need, computed once per call: squared

@@ -65,21 +65,6 @@ __device__ __forceinline__ T multiply_add(T a, T b, T c) {
 #endif
 }
 
-// The rule of csrc/pairwise_tiles.h's refined_squared_distance (keep the two
-// in step): the Gram form, recomputed from the differences for rows closer
-// than kRefine of their norms, where its cancellation would show (and 1/d in
-// the non-squared gradients amplify it).
-template <typename T>
-__device__ T refined_squared_distance(T norm_i, T norm_j, T dot, const T* __restrict__ x_i,
-                                      const T* __restrict__ x_j, int64_t d) {
-  constexpr T kRefine = T(1e-2);
-  const T s = multiply_add(T(-2), dot, norm_i + norm_j);
-  if (s > kRefine * (norm_i + norm_j)) return s;
-  T direct = T(0);
-  for (int64_t k = 0; k < d; ++k) direct = multiply_add(x_i[k] - x_j[k], x_i[k] - x_j[k], direct);
-  return direct;
-}
-
 // The squared distance of rows i and j, bit for bit what compute_distance_tile
 // gives for them (the same fused products in the same order): for the few
 // pairs known in advance, without a tile.
