@@ -1,4 +1,4 @@
-"""The `faceops` command: `faceops train`, `faceops selfcheck`, `faceops caffe`."""
+"""The `faceops` command: `faceops train`, `faceops export`, `faceops selfcheck`, `faceops caffe`."""
 
 import sys
 
@@ -6,8 +6,12 @@ USAGE = """usage: faceops COMMAND [options]
 
 commands:
   train      train a face embedding with faceops losses, evaluate it, export ONNX
+             (without --data: a built-in synthetic identity set, about a minute)
+  export     write the ONNX model of a trained run directory
   selfcheck  run every op on a tiny batch and check its gradient
   caffe      install or uninstall the faceops layers in a Caffe source tree
+
+`faceops COMMAND --help` lists a command's options.
 """
 
 
@@ -21,12 +25,16 @@ def main(argv=None):
         from faceops import train
 
         return train.main(rest)
+    if command == "export":
+        from faceops import export
+
+        return export.main(rest)
     if command == "selfcheck":
         from faceops import selfcheck
 
         return selfcheck.main()
     if command == "caffe":
-        from faceops.caffe.install import main as caffe_main
+        from faceops.caffe.__main__ import main as caffe_main
 
         return caffe_main(rest)
     print(f"faceops: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

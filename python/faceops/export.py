@@ -1,7 +1,9 @@
 """ONNX export of the trained embedding network (descriptor in, L2-normalised
 embedding out), built with the `onnx` package and checked by onnx.checker."""
 
+import argparse
 import json
+import os
 
 import numpy as np
 
@@ -69,3 +71,44 @@ def to_onnx(net, path, preprocessing):
 
 def _to_numpy(a):
     return a if isinstance(a, np.ndarray) else a.get()
+
+
+NETWORK_PARAMETERS = ("W1", "b1", "W2", "b2", "A", "B", "b")
+
+
+def export_run(run_dir, output=None):
+    """Writes the ONNX model of a `faceops train` run directory from its
+    config.json and checkpoint.npz (the last completed epoch)."""
+    from faceops.model import EmbeddingNet
+
+    config_path, checkpoint_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "checkpoint.npz")
+    for path in (config_path, checkpoint_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: is {run_dir!r} the --run-dir of a `faceops train` run?")
+    with open(config_path) as f:
+        config = json.load(f)
+    with np.load(checkpoint_path) as state:
+        params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state.files}
+        net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
+    return to_onnx(net, output or os.path.join(run_dir, "model.onnx"), preprocessing_of(config))
+
+
+def preprocessing_of(config):
+    """What a caller must do to an image before the graph: the metadata's `preprocessing`."""
+    return {"descriptor": config["descriptor"], "image_size": config["image_size"], "crop": config["crop"],
+            "grey": True, "pixel_scale": "1/255",
+            "steps": "grey, centre crop keeping `crop` of each side, resize to image_size (INTER_AREA), "
+                     "scale to [0, 1], then faceops.model.describe(images, descriptor)"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="faceops export", description="Export a trained run's embedding network to ONNX.")
+    parser.add_argument("run_dir", help="the --run-dir of a `faceops train` run (holds config.json and checkpoint.npz)")
+    parser.add_argument("--output", "-o", help="ONNX file to write (default: RUN_DIR/model.onnx)")
+    args = parser.parse_args(argv)
+    try:
+        path = export_run(args.run_dir, args.output)
+    except (FileNotFoundError, KeyError) as error:
+        raise SystemExit(f"faceops export: {error}")
+    print(f"wrote {path}")
+    return 0

@@ -96,6 +96,15 @@ class EmbeddingNet:
             self.params = {"A": glorot(features, rank), "B": xp.zeros((rank, features), xp.float32),
                            "b": xp.zeros(features, xp.float32)}
 
+    @classmethod
+    def from_arrays(cls, mean, std, params, xp=np):
+        """The network of a checkpoint: descriptor statistics and parameter arrays."""
+        net = cls.__new__(cls)
+        net.xp = xp
+        net.mean, net.std = xp.asarray(mean, xp.float32), xp.asarray(std, xp.float32)
+        net.params = {name: xp.asarray(value, xp.float32) for name, value in params.items()}
+        return net
+
     def forward(self, features):
         """Returns the normalised embeddings and what backward needs."""
         xp, p = self.xp, self.params

@@ -16,6 +16,7 @@ import faceops
 from faceops import data, evaluate, export, model
 
 LOSS_NAMES = ("softmax", "center", "triplet", "pair", "contrastive")
+AUGMENTATIONS = {"full": {}, "photometric": {"max_shift": 0.0, "max_angle": 0.0, "occlusion": 0.0}, "none": None}
 
 
 def expand_names(spec):
@@ -68,7 +69,9 @@ def build_parser():
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="full",
+                   help="full: flips, brightness/contrast, shifts, rotations, occlusion patches; "
+                        "photometric: flips and brightness/contrast only (raw pixels of unaligned faces); none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--run-dir", default="runs/latest")
@@ -120,6 +123,7 @@ class Trainer:
         self.pair = faceops.PairLoss(config.theta) if "pair" in self.weights else None
         self.velocity = {name: xp.zeros_like(value) for name, value in self.parameters().items()}
         self.epoch = 0
+        self.history = []  # per epoch: mean loss, learning rate
 
     def parameters(self):
         params = dict(self.net.params)
@@ -181,7 +185,9 @@ class Trainer:
         state.update({f"velocity_{k}": _np(v) for k, v in self.velocity.items()})
         if self.center:
             state["centers"] = _np(self.center.centers)
+        state["net_mean"], state["net_std"] = _np(self.net.mean), _np(self.net.std)
         state["epoch"] = np.asarray(self.epoch)
+        state["history"] = np.asarray(json.dumps(self.history))
         state["rng"] = np.asarray(json.dumps(self.rng.bit_generator.state))
         return state
 
@@ -195,6 +201,7 @@ class Trainer:
         if self.center:
             self.center.centers[...] = xp.asarray(state["centers"])
         self.epoch = int(state["epoch"])
+        self.history = json.loads(str(state["history"]))
         self.rng.bit_generator.state = json.loads(str(state["rng"]))
 
 
@@ -286,12 +293,13 @@ def _run(config, log):
     sampler = data.PKSampler(train_set.labels, config.identities_per_batch, config.images_per_identity)
     if sampler.batches_per_epoch() == 0:
         raise SystemExit("too few identities for one P x K batch: lower --identities-per-batch")
-    history = []
     while trainer.epoch < config.epochs:
         lr = learning_rate(config, trainer.epoch)
         losses, seen, epoch_start = [], 0, time.time()
         for b, rows in enumerate(sampler.epoch(trainer.rng)):
-            images = train_set.images[rows] if config.no_augment else data.augment(train_set.images[rows], trainer.rng)
+            images = train_set.images[rows]
+            if config.augment != "none":
+                images = data.augment(images, trainer.rng, **AUGMENTATIONS[config.augment])
             z, cache = trainer.net.forward(model.describe(images, config.descriptor))
             labels = xp.asarray(train_set.labels[rows])
             loss, dz, head_grads = trainer.loss_and_grad(z, labels)
@@ -306,7 +314,7 @@ def _run(config, log):
                       f"loss {loss:.4f} lr {lr:.4f} {rate:.0f} img/s", end="", flush=True)
         trainer.epoch += 1
         rate = seen / max(time.time() - epoch_start, 1e-9)
-        history.append({"epoch": trainer.epoch, "loss": float(np.mean(losses)), "lr": lr})
+        trainer.history.append({"epoch": trainer.epoch, "loss": float(np.mean(losses)), "lr": lr})
         log(("\r" if sys.stdout.isatty() else "") +
             f"epoch {trainer.epoch}/{config.epochs}: loss {np.mean(losses):.4f}, lr {lr:.4f}, {rate:.0f} images/s")
         save_checkpoint(checkpoint, trainer.state())
@@ -315,10 +323,8 @@ def _run(config, log):
     log(f"trained ({config.loss}): {trained.summary()}")
     evaluate.save_roc_png(os.path.join(config.run_dir, "roc.png"),
                           {f"{config.descriptor} descriptor": baseline_roc, f"trained: {config.loss}": trained_roc})
-    preprocessing = {"descriptor": config.descriptor, "image_size": config.image_size, "crop": config.crop,
-                     "grey": True, "pixel_scale": "1/255"}
-    onnx_path = export.to_onnx(trainer.net, os.path.join(config.run_dir, "model.onnx"), preprocessing)
-    metrics = {"descriptor": vars(baseline), "trained": vars(trained), "history": history,
+    onnx_path = export.to_onnx(trainer.net, os.path.join(config.run_dir, "model.onnx"), export.preprocessing_of(vars(config)))
+    metrics = {"descriptor": vars(baseline), "trained": vars(trained), "history": trainer.history,
                "seconds": time.time() - started}
     with open(os.path.join(config.run_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, default=float)
@@ -327,13 +333,34 @@ def _run(config, log):
     return baseline, trained
 
 
+def check_arguments(config):
+    """Raises ValueError naming the first option out of range."""
+    parse_loss(config.loss)
+    for name in ("epochs", "image_size", "identities_per_batch", "rank"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(config, name)}")
+    if config.images_per_identity < 2:
+        raise ValueError("--images-per-identity: expected at least 2, so that every anchor has a positive")
+    if config.image_size < 16:
+        raise ValueError(f"--image-size: expected at least 16 pixels, got {config.image_size}")
+    if not 0 < config.crop <= 1:
+        raise ValueError(f"--crop: expected a fraction in (0, 1], got {config.crop}")
+    if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
+        raise ValueError("--lr must be > 0, --weight-decay >= 0 and --momentum in [0, 1)")
+    if config.eval_pairs and not os.path.isfile(config.eval_pairs):
+        raise ValueError(f"--eval-pairs: {config.eval_pairs!r} is not a file")
+    if config.eval_pairs and config.eval_identities:
+        raise ValueError("--eval-pairs and --eval-identities choose different protocols: give one")
+
+
 def main(argv=None):
     config = build_parser().parse_args(argv)
     try:
-        parse_loss(config.loss)
-    except ValueError as error:
-        raise SystemExit(str(error))
-    run(config)
+        check_arguments(config)
+        run(config)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"faceops train: {error}")
+    return 0
 
 
 def _np(a):

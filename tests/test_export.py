@@ -1,0 +1,65 @@
+"""ONNX export: onnx.checker, the metadata, and the round trip through OpenCV DNN
+against the NumPy forward pass; `faceops export` on a run directory."""
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from faceops import cli, export, model
+
+# float32 through two matrix products and a normalisation: OpenCV DNN and NumPy sum in
+# different orders, so the embeddings (unit length) agree to about 1e-6, not bitwise.
+TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_onnx_round_trip_through_opencv_dnn(tmp_path, hidden):
+    rng = np.random.default_rng(3)
+    features = rng.random((9, 30)).astype(np.float32)
+    net = model.EmbeddingNet(features.mean(0), features.std(0) + 0.1, hidden, 8, rng)
+    net.params = {k: v + 0.05 * rng.standard_normal(v.shape).astype(np.float32) for k, v in net.params.items()}
+    path = export.to_onnx(net, str(tmp_path / "m.onnx"), {"descriptor": "lbp"})
+    loaded = onnx.load(path)
+    onnx.checker.check_model(loaded)
+    metadata = {p.key: p.value for p in loaded.metadata_props}
+    assert json.loads(metadata["preprocessing"]) == {"descriptor": "lbp"}
+    assert metadata["input"].startswith("descriptor") and metadata["output"].startswith("embedding")
+    assert [i.name for i in loaded.graph.input] == ["descriptor"] and [o.name for o in loaded.graph.output] == ["embedding"]
+    dnn = cv2.dnn.readNetFromONNX(path)
+    dnn.setInput(features)
+    np.testing.assert_allclose(dnn.forward(), net.forward(features)[0], atol=TOLERANCE)
+
+
+def _fake_run(run_dir, rng):
+    """A run directory as `faceops train` leaves it: config.json and checkpoint.npz."""
+    net = model.EmbeddingNet(np.zeros(20), np.full(20, 0.3), 0, 5, rng)
+    net.params["B"] += 0.1 * rng.standard_normal(net.params["B"].shape).astype(np.float32)
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"descriptor": "pixels", "image_size": 64, "crop": 0.5}))
+    state = {f"param_{k}": v for k, v in net.params.items()}
+    state.update(param_Wc=np.zeros((5, 3), np.float32), net_mean=net.mean, net_std=net.std, epoch=np.asarray(1))
+    np.savez(run_dir / "checkpoint.npz", **state)
+    return net
+
+
+def test_export_command_writes_the_checkpoints_network(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    net = _fake_run(tmp_path / "run", rng)
+    output = tmp_path / "out.onnx"
+    assert cli.main(["export", str(tmp_path / "run"), "-o", str(output)]) == 0
+    assert str(output) in capsys.readouterr().out
+    loaded = onnx.load(str(output))
+    preprocessing = json.loads({p.key: p.value for p in loaded.metadata_props}["preprocessing"])
+    assert preprocessing["descriptor"] == "pixels" and preprocessing["crop"] == 0.5
+    features = rng.random((4, 20)).astype(np.float32)
+    dnn = cv2.dnn.readNetFromONNX(str(output))
+    dnn.setInput(features)
+    np.testing.assert_allclose(dnn.forward(), net.forward(features)[0], atol=TOLERANCE)
+
+
+def test_export_command_names_a_missing_run(tmp_path):
+    with pytest.raises(SystemExit, match="checkpoint.npz not found|config.json not found"):
+        cli.main(["export", str(tmp_path)])
