@@ -62,7 +62,7 @@ def build_parser():
     p.add_argument("--margin", type=float, default=0.2, help="triplet margin (contrastive: 1.0 is used)")
     p.add_argument("--center-alpha", type=float, default=0.5, help="center update rate (Wen et al. eq. 4)")
     p.add_argument("--theta", type=float, default=1.0, help="initial pair-loss threshold")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, help="default: 15 with --data, 60 on the built-in synthetic set")
     p.add_argument("--identities-per-batch", "-P", type=int, default=16)
     p.add_argument("--images-per-identity", "-K", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.5)
@@ -262,7 +262,9 @@ def _run(config, log):
         config.data = root
         config.train_identities = config.train_identities or "id_000-id_039"
         config.eval_identities = config.eval_identities or "id_040-id_059"
+        config.epochs = config.epochs or 60
         log(f"no --data: drew 60 synthetic identities x 8 images into {root}; training on 40, verifying all pairs of the other 20")
+    config.epochs = config.epochs or 15
     with open(os.path.join(config.run_dir, "config.json"), "w") as f:
         json.dump(vars(config), f, indent=2, sort_keys=True)
     xp = np
@@ -337,7 +339,7 @@ def check_arguments(config):
     """Raises ValueError naming the first option out of range."""
     parse_loss(config.loss)
     for name in ("epochs", "image_size", "identities_per_batch", "rank"):
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(config, name)}")
     if config.images_per_identity < 2:
         raise ValueError("--images-per-identity: expected at least 2, so that every anchor has a positive")
