@@ -27,6 +27,8 @@ def test_resume_equals_uninterrupted(tmp_path, synthetic_root):
     args = ["--data", synthetic_root, "--train-identities", "id_000-id_009", "--eval-identities", "id_010-id_013",
             "--image-size", "48", "-P", "4", "--loss", "triplet+0.01*center+0.1*softmax", "--epochs", "3"]
     _train(tmp_path / "straight", *args)
+    # A 1-epoch run leaves exactly the checkpoint of a 3-epoch run stopped after its
+    # first epoch: the cosine learning rate of epoch 0 does not depend on --epochs.
     _train(tmp_path / "split", *args[:-1], "1")
     _train(tmp_path / "split", *args, "--resume")
     with np.load(tmp_path / "straight" / "checkpoint.npz") as a, np.load(tmp_path / "split" / "checkpoint.npz") as b:
