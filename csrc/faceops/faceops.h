@@ -6,6 +6,7 @@
 
 #include "faceops/center_loss.h"
 #include "faceops/contrastive_loss.h"
+#include "faceops/margin_softmax.h"
 #include "faceops/pair_loss.h"
 #include "faceops/triplet_loss.h"
 

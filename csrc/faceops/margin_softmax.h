@@ -1,0 +1,157 @@
+// Combined margin softmax (insightface's combined margin: Deng, Guo, Xue,
+// Zafeiriou, "ArcFace", CVPR 2019, sec. 2.3 and eq. 4).  With x̂_i = x_i/||x_i||
+// and ŵ_j = w_j/||w_j|| (each norm floored at kNormFloor, as F.normalize does),
+// c_ij = x̂_i . ŵ_j = cos(theta_ij), and
+//
+//   logit_ij = s * c_ij                                  for j != y_i
+//   logit_iy = s * psi(c_iy)
+//   L = 1/N sum_i [ log sum_j exp(logit_ij) - logit_iy ]   (mean cross-entropy)
+//
+// psi(c) = cos(m1 theta + m2) - m3 while m1 theta + m2 <= pi.  Past pi cos is
+// no longer decreasing in theta; we continue it as SphereFace does (Liu et
+// al., CVPR 2017, eq. 7) with k = floor((m1 theta + m2) / pi):
+//   psi = (-1)^k cos(m1 theta + m2) - 2k - m3,
+// which is continuous and strictly decreasing on [0, pi] for every m1 > 0,
+// m2 >= 0.  (insightface instead jumps to c - m2 sin(m2) past theta = pi - m2,
+// a discontinuous fallback; the two agree wherever m1 theta + m2 <= pi.)
+// m1 = 1, m2 = 0.5, m3 = 0: ArcFace.  m1 = 1, m2 = 0, m3 = 0.35: CosFace /
+// AM-softmax (psi(c) = c - m3 exactly, no arccos).  m1 = 4: SphereFace.
+//
+// Gradients are exact: dpsi/dc = (-1)^k m1 sin(m1 theta + m2) / sin(theta),
+// with sin(theta) floored at kSinFloor (it is 0 only at c = +-1 exactly,
+// where the derivative is infinite for m2 > 0).
+//
+// Shapes: x (n, d), labels (n,) in [0, num_classes), weight (num_classes, d).
+#pragma once
+
+#include <cstdint>
+
+#include "faceops/hostdevice.h"
+
+namespace faceops {
+
+constexpr double kNormFloor = 1e-12;
+constexpr double kSinFloor = 1e-6;
+
+namespace detail {
+template <typename T>
+FACEOPS_HD T margin_cos(T v) {
+#if defined(__CUDA_ARCH__)
+  return ::cos(v);
+#else
+  return std::cos(v);
+#endif
+}
+template <typename T>
+FACEOPS_HD T margin_sin(T v) {
+#if defined(__CUDA_ARCH__)
+  return ::sin(v);
+#else
+  return std::sin(v);
+#endif
+}
+template <typename T>
+FACEOPS_HD T margin_acos(T v) {
+#if defined(__CUDA_ARCH__)
+  return ::acos(v);
+#else
+  return std::acos(v);
+#endif
+}
+template <typename T>
+FACEOPS_HD T margin_floor(T v) {
+#if defined(__CUDA_ARCH__)
+  return ::floor(v);
+#else
+  return std::floor(v);
+#endif
+}
+}  // namespace detail
+
+// psi(c) of the target class, and dpsi/dc in *derivative.  c is clamped to
+// [-1, 1] first (cosines of normalised rows can exceed 1 by round-off).
+template <typename T>
+FACEOPS_HD T margin_target_cosine(T c, T m1, T m2, T m3, T* derivative) {
+  if (m1 == T(1) && m2 == T(0)) {
+    *derivative = T(1);
+    return c - m3;
+  }
+  const T clamped = c > T(1) ? T(1) : (c < T(-1) ? T(-1) : c);
+  const T theta = detail::margin_acos(clamped);
+  const T angle = m1 * theta + m2;
+  const T k = detail::margin_floor(angle / T(3.14159265358979323846));
+  const T sign = (static_cast<int64_t>(k) % 2 == 0) ? T(1) : T(-1);
+  const T sin_squared = T(1) - clamped * clamped;
+  const T sin_theta = distance_from_squared(sin_squared, false);
+  const T sin_floored = sin_theta > T(kSinFloor) ? sin_theta : T(kSinFloor);
+  *derivative = sign * m1 * detail::margin_sin(angle) / sin_floored;
+  return sign * detail::margin_cos(angle) - T(2) * k - m3;
+}
+
+// One row's gradient through x̂ = x / max(||x||, kNormFloor), given x̂, the
+// unfloored norm and dL/dx̂: (g - x̂ (x̂ . g)) / ||x||, or g / kNormFloor
+// where the floor applies (as autograd of F.normalize gives).
+template <typename T>
+FACEOPS_HD void normalized_row_gradient(const T* normalized, T norm, const T* d_normalized,
+                                        int64_t d, T* d_row) {
+  if (norm <= T(kNormFloor)) {
+    for (int64_t k = 0; k < d; ++k) d_row[k] = d_normalized[k] / T(kNormFloor);
+    return;
+  }
+  T projection = T(0);
+  for (int64_t k = 0; k < d; ++k) projection += normalized[k] * d_normalized[k];
+  for (int64_t k = 0; k < d; ++k) d_row[k] = (d_normalized[k] - normalized[k] * projection) / norm;
+}
+
+namespace cpu {
+// out = rows of x (n, d) over max(||x_i||, kNormFloor); norms (n,) gets the
+// unfloored norms when non-null.  out may alias x.
+template <typename T>
+void normalize_rows(const T* x, int64_t n, int64_t d, T* out, T* norms);
+// d_x from normalize_rows' output, its norms and d_out (normalized_row_gradient).
+template <typename T>
+void normalize_rows_backward(const T* normalized, const T* norms, const T* d_out, int64_t n,
+                             int64_t d, T* d_x);
+// Writes the mean cross-entropy to *loss; dx (n, d) and dweight
+// (num_classes, d) are overwritten when non-null.  Never holds more than one
+// block of logits per thread: the logits are computed in class blocks twice
+// (log-sum-exp, then gradients), so memory is O(n d) plus O(threads * block).
+template <typename T>
+void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,
+                         int64_t num_classes, T scale, T m1, T m2, T m3, T* loss, T* dx,
+                         T* dweight);
+// The margin alone, on an (n, num_classes) matrix of cosines (the legacy
+// Caffe layers that put it between a normalised InnerProduct and
+// SoftmaxWithLoss): out = cosine except out[i, labels[i]] = psi(cosine[i, labels[i]]).
+// out may alias cosine.
+template <typename T>
+void target_margin_forward(const T* cosine, const int64_t* labels, int64_t n,
+                           int64_t num_classes, T m1, T m2, T m3, T* out);
+// d_cosine = d_out, except d_cosine[i, labels[i]] = d_out[i, labels[i]] *
+// dpsi/dc at cosine[i, labels[i]].  d_cosine may alias d_out.
+template <typename T>
+void target_margin_backward(const T* cosine, const int64_t* labels, const T* d_out, int64_t n,
+                            int64_t num_classes, T m1, T m2, T m3, T* d_cosine);
+}  // namespace cpu
+
+namespace cuda {
+// Same contracts as faceops::cpu; device pointers (`loss` too), queued on
+// `stream` (a cudaStream_t).
+template <typename T>
+void normalize_rows(const T* x, int64_t n, int64_t d, T* out, T* norms, void* stream);
+template <typename T>
+void normalize_rows_backward(const T* normalized, const T* norms, const T* d_out, int64_t n,
+                             int64_t d, T* d_x, void* stream);
+template <typename T>
+void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,
+                         int64_t num_classes, T scale, T m1, T m2, T m3, T* loss, T* dx,
+                         T* dweight, void* stream);
+template <typename T>
+void target_margin_forward(const T* cosine, const int64_t* labels, int64_t n,
+                           int64_t num_classes, T m1, T m2, T m3, T* out, void* stream);
+template <typename T>
+void target_margin_backward(const T* cosine, const int64_t* labels, const T* d_out, int64_t n,
+                            int64_t num_classes, T m1, T m2, T m3, T* d_cosine, void* stream);
+}  // namespace cuda
+
+}  // namespace faceops
