@@ -103,6 +103,44 @@ PYBIND11_MODULE(_core, m) {
                    as_pointer<T>(loss), as_pointer<T>(da), as_pointer<T>(db));
     });
   });
+  m.def("margin_softmax_loss",
+        [](const std::string& dtype, const std::string& device, uintptr_t x, uintptr_t labels,
+           uintptr_t weight, int64_t n, int64_t d, int64_t num_classes, double scale, double m1,
+           double m2, double m3, uintptr_t loss, uintptr_t dx, uintptr_t dweight,
+           uintptr_t stream) {
+          dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+            using T = decltype(zero);
+            FACEOPS_CALL(on_cuda, margin_softmax_loss<T>, reinterpret_cast<void*>(stream),
+                         as_pointer<const T>(x), as_pointer<const int64_t>(labels),
+                         as_pointer<const T>(weight), n, d, num_classes, static_cast<T>(scale),
+                         static_cast<T>(m1), static_cast<T>(m2), static_cast<T>(m3),
+                         as_pointer<T>(loss), as_pointer<T>(dx), as_pointer<T>(dweight));
+          });
+        });
+  m.def("target_margin_forward",
+        [](const std::string& dtype, const std::string& device, uintptr_t cosine,
+           uintptr_t labels, int64_t n, int64_t num_classes, double m1, double m2, double m3,
+           uintptr_t out, uintptr_t stream) {
+          dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+            using T = decltype(zero);
+            FACEOPS_CALL(on_cuda, target_margin_forward<T>, reinterpret_cast<void*>(stream),
+                         as_pointer<const T>(cosine), as_pointer<const int64_t>(labels), n,
+                         num_classes, static_cast<T>(m1), static_cast<T>(m2),
+                         static_cast<T>(m3), as_pointer<T>(out));
+          });
+        });
+  m.def("target_margin_backward",
+        [](const std::string& dtype, const std::string& device, uintptr_t cosine,
+           uintptr_t labels, uintptr_t d_out, int64_t n, int64_t num_classes, double m1,
+           double m2, double m3, uintptr_t d_cosine, uintptr_t stream) {
+          dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+            using T = decltype(zero);
+            FACEOPS_CALL(on_cuda, target_margin_backward<T>, reinterpret_cast<void*>(stream),
+                         as_pointer<const T>(cosine), as_pointer<const int64_t>(labels),
+                         as_pointer<const T>(d_out), n, num_classes, static_cast<T>(m1),
+                         static_cast<T>(m2), static_cast<T>(m3), as_pointer<T>(d_cosine));
+          });
+        });
   m.def("pair_loss", [](const std::string& dtype, const std::string& device, uintptr_t x,
                         uintptr_t labels, int64_t n, int64_t d, double theta, uintptr_t loss,
                         uintptr_t dx, uintptr_t dtheta, uintptr_t stream) {

@@ -5,12 +5,14 @@ current stream).  See README.md for the definitions and the Caffe layers.
 """
 
 from faceops import _core
-from faceops.losses import CenterLoss, ContrastiveLoss, PairLoss, TripletLoss
+from faceops.losses import CenterLoss, ContrastiveLoss, MarginSoftmaxLoss, PairLoss, TripletLoss
 from faceops.ops import (
+    MARGINS,
     center_loss,
     center_update,
     center_update_direction,
     contrastive_loss,
+    margin_softmax_loss,
     pair_loss,
     triplet_loss,
     triplet_loss_explicit,
@@ -25,8 +27,10 @@ def cuda_available():
 
 
 __all__ = [
+    "MARGINS",
     "CenterLoss",
     "ContrastiveLoss",
+    "MarginSoftmaxLoss",
     "PairLoss",
     "TripletLoss",
     "center_loss",
@@ -34,6 +38,7 @@ __all__ = [
     "center_update_direction",
     "contrastive_loss",
     "cuda_available",
+    "margin_softmax_loss",
     "pair_loss",
     "triplet_loss",
     "triplet_loss_explicit",

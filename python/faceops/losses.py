@@ -64,3 +64,35 @@ class ContrastiveLoss:
 
     def __call__(self, a, b, similar):
         return ops.contrastive_loss(a, b, similar, self.margin, self.legacy)
+
+
+class MarginSoftmaxLoss:
+    """Owns the class weights (num_classes, dim) of a combined-margin softmax; ``margin`` is a
+    name of ``faceops.MARGINS`` ("arcface", "cosface", ...) or (m1, m2, m3).  Each call returns
+    (loss, dx) and stores ``grad_weight``: the dense (C, D) gradient, or with sample_rate < 1
+    Partial FC's (classes, rows).  Sampling draws from a generator seeded by ``seed``.
+
+    ``xp`` is numpy or cupy: it decides where the weights live.  The default weights are
+    N(0, 0.01) as in insightface.
+    """
+
+    def __init__(self, num_classes, dim, s=64.0, margin="arcface", sample_rate=1.0, dtype=np.float32, xp=np,
+                 weight=None, seed=0):
+        if isinstance(margin, str):
+            if margin not in ops.MARGINS:
+                raise ValueError(f"margin: expected one of {sorted(ops.MARGINS)} or (m1, m2, m3), got {margin!r}")
+            margin = ops.MARGINS[margin]
+        self.m1, self.m2, self.m3 = (float(m) for m in margin)
+        if weight is None:
+            weight = (xp.random.default_rng(seed).standard_normal((num_classes, dim)) * 0.01).astype(dtype)
+        elif tuple(weight.shape) != (num_classes, dim):
+            raise ValueError(f"weight: expected shape ({num_classes}, {dim}), got {tuple(weight.shape)}")
+        self.weight = weight
+        self.s, self.sample_rate = float(s), float(sample_rate)
+        self.rng = xp.random.default_rng(seed)
+        self.grad_weight = None
+
+    def __call__(self, x, labels):
+        loss, dx, self.grad_weight = ops.margin_softmax_loss(
+            x, labels, self.weight, self.s, self.m1, self.m2, self.m3, self.sample_rate, self.rng)
+        return loss, dx

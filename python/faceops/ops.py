@@ -155,6 +155,78 @@ def contrastive_loss(a, b, similar, margin=1.0, legacy=False):
     return float(loss[0]), da, db
 
 
+# (m1, m2, m3) of the combined margin psi(c) = cos(m1 theta + m2) - m3.
+MARGINS = {
+    "arcface": (1.0, 0.5, 0.0),  # Deng et al., CVPR 2019
+    "cosface": (1.0, 0.0, 0.35),  # Wang et al., CVPR 2018 (AM-softmax)
+    "sphereface": (4.0, 0.0, 0.0),  # Liu et al., CVPR 2017, with its monotonic extension
+    "combined": (1.0, 0.3, 0.2),  # insightface's combined margin
+    "normface": (1.0, 0.0, 0.0),  # normalised softmax, no margin (Wang et al., 2017)
+}
+
+
+def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sample_rate=1.0, rng=None,
+                        weight_grad=True):
+    """Combined-margin softmax (ArcFace/CosFace/SphereFace, insightface's form): cosines between
+    the L2-normalised rows of x (N, D) and of weight (C, D), target logit s * psi(cos) with
+    psi = cos(m1 theta + m2) - m3 (continued monotonically past m1 theta + m2 = pi, see
+    csrc/faceops/margin_softmax.h), other logits s * cos; the loss is the mean cross-entropy.
+    Logits are computed in class blocks and never held as an N x C matrix.
+
+    sample_rate < 1 is Partial FC's class-centre sampling (An et al., 2022): the softmax runs over
+    the batch's classes plus a uniform random subset of the others, max(#positives,
+    round(sample_rate * C)) classes in all, drawn with ``rng`` (a Generator of x's array library,
+    or a seed).  Returns (loss, dx, dweight): dweight is the dense (C, D) gradient when
+    sample_rate == 1, else (classes, rows), the sampled class indices (K,) sorted and their
+    gradient rows (K, D) (other rows' gradient is zero); None when ``weight_grad`` is False.
+    """
+    device, xp = _arrays.device_of(x=x, labels=labels, weight=weight)
+    n, d = _arrays.check_matrix("x", x)
+    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    s = _finite("s", s)
+    if s <= 0:
+        raise ValueError(f"s: expected a scale > 0, got {s}")
+    m1, m2, m3 = _finite("m1", m1), _finite("m2", m2), _finite("m3", m3)
+    if m1 <= 0:
+        raise ValueError(f"m1: expected a multiplicative margin > 0, got {m1}")
+    sample_rate = _finite("sample_rate", sample_rate)
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate: expected 0 < sample_rate <= 1, got {sample_rate}")
+    _arrays.check_finite_on_gpu("x", x, xp)
+    _arrays.check_finite_on_gpu("weight", weight, xp)
+    classes = None
+    if sample_rate < 1:
+        if xp is np:
+            _arrays.check_labels_in_range_cpu("labels", labels, num_classes)
+        classes = _sample_classes(labels, num_classes, sample_rate, rng, xp)
+        labels = xp.ascontiguousarray(xp.searchsorted(classes, labels).astype(xp.int64))
+        weight = xp.ascontiguousarray(weight[classes])
+        num_classes = len(classes)
+    loss = _loss_buffer(xp, x.dtype)
+    dx = xp.empty_like(x)
+    dweight = xp.empty_like(weight) if weight_grad else None
+    _call(_core.margin_softmax_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels),
+          _arrays.address(weight), n, d, num_classes, s, m1, m2, m3, _arrays.address(loss),
+          _arrays.address(dx), _arrays.address(dweight), xp=xp)
+    if classes is not None and weight_grad:
+        dweight = (classes, dweight)
+    return float(loss[0]), dx, dweight
+
+
+def _sample_classes(labels, num_classes, sample_rate, rng, xp):
+    """Partial FC's sample: every positive class, then the others in random order, up to
+    max(#positives, round(sample_rate * C)) classes; returned sorted, as int64."""
+    if rng is None or isinstance(rng, (int, np.integer)):
+        rng = xp.random.default_rng(rng)
+    positives = xp.unique(labels)
+    count = max(len(positives), int(round(sample_rate * num_classes)))
+    scores = rng.random(num_classes)
+    scores[positives] = 2.0  # above every uniform draw: positives are always kept
+    chosen = xp.argpartition(-scores, count - 1)[:count]
+    return xp.sort(chosen).astype(xp.int64)
+
+
 def _finite(name, value):
     value = float(value)
     if not np.isfinite(value):

@@ -142,3 +142,48 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
             dn[i] = 2 * (anchor[i] - negative[i])
     scale = 1.0 / (2 * n)
     return loss * scale, da * scale, dp * scale, dn * scale
+
+
+def _normalize(rows):
+    norms = np.sqrt(np.sum(rows**2, axis=1))
+    return rows / np.maximum(norms, 1e-12)[:, None], norms
+
+
+def _normalize_backward(normalized, norms, grad):
+    projected = (grad - normalized * np.sum(normalized * grad, axis=1, keepdims=True)) / np.maximum(norms, 1e-12)[:, None]
+    return np.where((norms > 1e-12)[:, None], projected, grad / 1e-12)
+
+
+def margin_target(c, m1, m2, m3):
+    """psi(c) and dpsi/dc of csrc/faceops/margin_softmax.h, elementwise."""
+    c = np.clip(np.asarray(c, dtype=np.float64), -1.0, 1.0)
+    if m1 == 1.0 and m2 == 0.0:
+        return c - m3, np.ones_like(c)
+    theta = np.arccos(c)
+    angle = m1 * theta + m2
+    k = np.floor(angle / np.pi)
+    sign = np.where(k % 2 == 0, 1.0, -1.0)
+    sin_theta = np.maximum(np.sqrt(1.0 - c * c), 1e-6)
+    return sign * np.cos(angle) - 2.0 * k - m3, sign * m1 * np.sin(angle) / sin_theta
+
+
+def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0):
+    """The combined-margin softmax with a dense N x C logit matrix."""
+    n = x.shape[0]
+    rows = np.arange(n)
+    x_hat, x_norm = _normalize(x)
+    w_hat, w_norm = _normalize(weight)
+    cosine = x_hat @ w_hat.T
+    psi, dpsi = margin_target(cosine[rows, labels], m1, m2, m3)
+    logits = s * cosine
+    logits[rows, labels] = s * psi
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum_exp = np.log(np.exp(shifted).sum(axis=1)) + logits.max(axis=1)
+    loss = float(np.mean(log_sum_exp - logits[rows, labels]))
+    grad = np.exp(logits - log_sum_exp[:, None])
+    grad[rows, labels] -= 1.0
+    grad *= s / n
+    grad[rows, labels] *= dpsi
+    dx = _normalize_backward(x_hat, x_norm, grad @ w_hat)
+    dweight = _normalize_backward(w_hat, w_norm, grad.T @ x_hat)
+    return loss, dx, dweight
