@@ -89,3 +89,22 @@ def test_synthetic_identities_are_reproducible(tmp_path):
     faces_a, faces_b = data.load_identity_folder(a, 32), data.load_identity_folder(b, 32)
     np.testing.assert_array_equal(faces_a.images, faces_b.images)
     assert faces_a.names == ["id_000", "id_001"]
+
+
+def test_max_images_keeps_each_identitys_first_images(synthetic_root, tmp_path):
+    full = data.load_identity_folder(synthetic_root, size=32)
+    shallow = data.load_identity_folder(synthetic_root, size=32, max_images=2)
+    assert shallow.names == full.names and np.bincount(shallow.labels).tolist() == [2, 2, 2]
+    assert [os.path.basename(p) for p in shallow.paths] == ["00.png", "01.png"] * 3  # sorted file order
+    np.testing.assert_array_equal(shallow.images, full.images[np.isin([os.path.basename(p) for p in full.paths],
+                                                                      ["00.png", "01.png"])])
+    # Unreadable files do not count: the first two *readable* images are kept.
+    root = tmp_path / "people" / "carol"
+    root.mkdir(parents=True)
+    (root / "0.jpg").write_bytes(b"not an image")
+    for k in (1, 2, 3):
+        shutil.copyfile(os.path.join(synthetic_root, "id_000", f"{k - 1:02d}.png"), root / f"{k}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        carol = data.load_identity_folder(str(tmp_path / "people"), size=32, max_images=2)
+    assert [os.path.basename(p) for p in carol.paths] == ["1.png", "2.png"]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from faceops import cli, data, train
+from faceops import cli, data, model, train
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 ORL = os.path.join(SHARED, "orl_faces")
@@ -53,6 +53,62 @@ def test_every_loss_trains_on_a_tiny_set(tmp_path, synthetic_root, loss):
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
 
 
+@pytest.mark.parametrize("loss", ["arcface", "cosface", "sphereface", "combined", "normface", "arcface+0.01*center"])
+def test_margin_softmax_losses_train_their_class_weights(tmp_path, synthetic_root, loss):
+    _train(tmp_path, "--data", synthetic_root, "--train-identities", "id_000-id_009", "--eval-identities",
+           "id_010-id_013", "--image-size", "48", "-P", "4", "--loss", loss, "--lr", "0.05", "--epochs", "2")
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    initial = train.Trainer(train.build_parser().parse_args(["--loss", loss, "--image-size", "48"]),
+                            data.load_identity_folder(synthetic_root, 48, identities=[f"id_{k:03d}" for k in range(10)]),
+                            np)
+    with np.load(tmp_path / "checkpoint.npz") as state:
+        assert state["param_Wm"].shape == initial.class_weight.shape == (10, 3776)
+        assert np.all(np.any(state["param_Wm"] != initial.class_weight, axis=1))  # every class's weight moved
+        assert np.any(state["velocity_Wm"] != 0)
+
+
+def test_margin_overrides_reach_the_loss():
+    config = train.build_parser().parse_args(["--loss", "arcface", "--m2", "0.3", "--m3", "0.1"])
+    train.resolve_defaults(config)
+    assert train.margins_of(config) == (1.0, 0.3, 0.1) and config.scale == 64.0
+    config = train.build_parser().parse_args(["--loss", "0.5*sphereface+center", "--scale", "30"])
+    train.check_arguments(config)
+    assert train.margins_of(config) == (4.0, 0.0, 0.0) and config.scale == 30.0
+
+
+def test_partial_fc_moves_only_the_sampled_class_weights(tmp_path, synthetic_root):
+    config = train.build_parser().parse_args(["--loss", "cosface", "--sample-rate", "0.3", "-P", "2", "-K", "2",
+                                              "--image-size", "48"])
+    faces = data.load_identity_folder(synthetic_root, 48, identities=[f"id_{k:03d}" for k in range(10)])
+    trainer = train.Trainer(config, faces, np)
+    before = trainer.class_weight.copy()
+    rows = np.concatenate([np.flatnonzero(faces.labels == 0)[:2], np.flatnonzero(faces.labels == 5)[:2]])
+    z, cache = trainer.net.forward(model.describe(faces.images[rows], "lbp"))
+    _, dz, head_grads = trainer.loss_and_grad(z, faces.labels[rows])
+    classes, grad_rows = head_grads["Wm"]
+    assert len(classes) == 3 and {0, 5} <= set(classes.tolist())  # round(0.3 * 10) classes, positives always in
+    grads = trainer.net.backward(dz, cache)
+    grads.update(head_grads)
+    trainer.step(grads, 0.1)
+    moved = np.flatnonzero(np.any(trainer.class_weight != before, axis=1))
+    np.testing.assert_array_equal(moved, classes)
+    np.testing.assert_array_equal(np.flatnonzero(np.any(trainer.velocity["Wm"] != 0, axis=1)), classes)
+    np.testing.assert_allclose(trainer.class_weight[classes], before[classes] - 0.1 * grad_rows, rtol=1e-6)
+
+
+def test_partial_fc_run_resumes_bitwise(tmp_path, synthetic_root):
+    args = ["--data", synthetic_root, "--train-identities", "id_000-id_009", "--eval-identities", "id_010-id_013",
+            "--image-size", "48", "-P", "4", "--loss", "arcface", "--sample-rate", "0.5", "--lr", "0.05", "--epochs", "2"]
+    _train(tmp_path / "straight", *args)
+    _train(tmp_path / "split", *args[:-1], "1")
+    _train(tmp_path / "split", *args, "--resume")
+    with np.load(tmp_path / "straight" / "checkpoint.npz") as a, np.load(tmp_path / "split" / "checkpoint.npz") as b:
+        assert "param_Wm" in a.files and set(a.files) == set(b.files)
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 @needs_orl
 def test_short_training_on_orl_lowers_the_loss_and_raises_accuracy(tmp_path):
     baseline, trained = _train(
@@ -74,11 +130,31 @@ def test_short_training_on_orl_lowers_the_loss_and_raises_accuracy(tmp_path):
         (["--crop", "1.5"], "--crop: expected a fraction"),
         (["--data", "/nonexistent/faces"], "is not a directory"),
         (["--eval-pairs", "/nonexistent/pairs.txt"], "--eval-pairs: '/nonexistent/pairs.txt' is not a file"),
+        (["--loss", "arcface+cosface"], "--loss: at most one margin-softmax term"),
+        (["--loss", "arcface", "--scale", "0"], "--scale: expected a positive number"),
+        (["--loss", "arcface", "--sample-rate", "1.5"], "--sample-rate: expected a fraction in (0, 1]"),
+        (["--loss", "arcface", "--m1", "0"], "--m1: expected a positive number"),
+        (["--loss", "arcface", "--m2", "-0.1"], "--m2: expected a non-negative angle"),
+        (["--loss", "triplet", "--m3", "0.2"], "--m3: applies to the margin-softmax losses"),
+        (["--sample-rate", "0.5"], "--sample-rate: applies to the margin-softmax losses"),
+        (["--method", "sst", "--loss", "triplet"], "--method sst: --loss must be one margin-softmax term"),
+        (["--method", "sst", "--loss", "arcface+0.01*center"], "--method sst: --loss must be one margin-softmax term"),
+        (["--method", "sst", "-K", "4"], "--images-per-identity must be 2"),
+        (["--method", "sst", "--sample-rate", "0.5"], "--sample-rate: class-centre sampling has no place"),
+        (["--method", "sst", "--ema", "1"], "--ema: expected a moving-average rate in [0, 1)"),
+        (["--method", "sst", "--queue-size", "-1"], "--queue-size: expected a non-negative integer"),
+        (["--ema", "0.99"], "--ema: an option of --method sst"),
+        (["--loss", "arcface", "--queue-size", "64"], "--queue-size: an option of --method sst"),
+        (["--method", "siamese"], "invalid choice"),
+        (["--max-images-per-identity", "1"], "--max-images-per-identity: expected at least 2"),
     ],
 )
-def test_bad_command_lines_exit_with_a_message(tmp_path, argv, message):
+def test_bad_command_lines_exit_with_a_message(tmp_path, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--run-dir", str(tmp_path), *argv])
+    if message == "invalid choice":  # argparse's own: usage and the message on stderr, exit status 2
+        assert exit_info.value.code == 2 and "--method: invalid choice: 'siamese'" in capsys.readouterr().err
+        return
     assert message in str(exit_info.value.code) and str(exit_info.value.code).startswith("faceops train:")
 
 
@@ -91,5 +167,6 @@ def test_unknown_command_and_help(capsys):
 
 def test_name_ranges_and_loss_terms():
     assert train.parse_loss("softmax+0.008*center") == {"softmax": 1.0, "center": 0.008}
+    assert train.parse_loss("arcface+0.01*center") == {"arcface": 1.0, "center": 0.01}
     assert train.expand_names("s1-s3,x") == ["s1", "s2", "s3", "x"]
     assert train.expand_names("id_08-id_10") == ["id_08", "id_09", "id_10"]

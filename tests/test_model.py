@@ -72,3 +72,13 @@ def test_network_rebuilt_from_its_arrays_computes_the_same():
     net = model.EmbeddingNet(np.zeros(12), np.ones(12), 6, 3, rng)
     copy = model.EmbeddingNet.from_arrays(net.mean, net.std, net.params)
     np.testing.assert_array_equal(copy.forward(features)[0], net.forward(features)[0])
+
+
+def test_network_copy_is_independent_and_keeps_dtypes():
+    net = model.EmbeddingNet(np.zeros(12), np.ones(12), 0, 3, np.random.default_rng(5))
+    net.params["A"] = net.params["A"].astype(np.float64)
+    copy = net.copy()
+    assert copy.output_dim == net.output_dim == 12 and copy.params["A"].dtype == np.float64
+    copy.params["B"] += 1.0  # the SST gallery must not move its probe
+    assert not np.any(net.params["B"])
+    assert model.EmbeddingNet(np.zeros(12), np.ones(12), 6, 3, np.random.default_rng(5)).output_dim == 3

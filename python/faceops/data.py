@@ -43,10 +43,11 @@ def read_image(path, size, crop):
     return prepare(image, size, crop)
 
 
-def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1):
+def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1, max_images=None):
     """Reads ROOT/<identity>/<image> in sorted order.  Files OpenCV cannot read are
     skipped with one warning naming them; identities with fewer than min_images
-    readable images are left out.  `identities` restricts to those folder names."""
+    readable images are left out.  `identities` restricts to those folder names;
+    `max_images` keeps only each identity's first readable images (shallow data)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data root {root!r} is not a directory")
     folders = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
@@ -63,6 +64,8 @@ def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1)
             path = os.path.join(root, folder, name)
             if not os.path.isfile(path):
                 continue
+            if max_images is not None and len(loaded) >= max_images:
+                break
             image = read_image(path, size, crop)
             if image is None:
                 unreadable.append(path)

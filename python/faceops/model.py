@@ -105,6 +105,17 @@ class EmbeddingNet:
         net.params = {name: xp.asarray(value, xp.float32) for name, value in params.items()}
         return net
 
+    def copy(self):
+        """An independent network with the same statistics and a copy of the parameters (same dtypes)."""
+        net = EmbeddingNet.__new__(EmbeddingNet)
+        net.xp, net.mean, net.std = self.xp, self.mean.copy(), self.std.copy()
+        net.params = {name: value.copy() for name, value in self.params.items()}
+        return net
+
+    @property
+    def output_dim(self):
+        return int(self.params["W2"].shape[1]) if "W1" in self.params else int(self.mean.shape[0])
+
     def forward(self, features):
         """Returns the normalised embeddings and what backward needs."""
         xp, p = self.xp, self.params

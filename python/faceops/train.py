@@ -13,9 +13,12 @@ import time
 import numpy as np
 
 import faceops
-from faceops import data, evaluate, export, model
+from faceops import data, evaluate, export, model, sst
 
-LOSS_NAMES = ("softmax", "center", "triplet", "pair", "contrastive")
+# Combined-margin softmax losses (insightface; the margins are faceops.MARGINS).
+MARGIN_LOSSES = ("arcface", "cosface", "sphereface", "combined", "normface")
+LOSS_NAMES = ("softmax", "center", "triplet", "pair", "contrastive") + MARGIN_LOSSES
+METHODS = ("standard", "sst")
 AUGMENTATIONS = {"full": {}, "photometric": {"max_shift": 0.0, "max_angle": 0.0, "occlusion": 0.0}, "none": None}
 
 
@@ -41,7 +44,35 @@ def parse_loss(spec):
         if name not in LOSS_NAMES:
             raise ValueError(f"--loss: unknown term {name!r}; expected terms of {LOSS_NAMES}, e.g. softmax+0.008*center")
         weights[name] = float(weight) if weight else 1.0
+    if len(set(weights) & set(MARGIN_LOSSES)) > 1:
+        raise ValueError(f"--loss: at most one margin-softmax term ({', '.join(MARGIN_LOSSES)}), got {spec!r}")
     return weights
+
+
+def margin_term(weights):
+    """The margin-softmax term of parsed --loss weights, or None."""
+    return next((name for name in weights if name in MARGIN_LOSSES), None)
+
+
+def margins_of(config):
+    """(m1, m2, m3) of the run's margin-softmax term: faceops.MARGINS, then --m1/--m2/--m3."""
+    defaults = faceops.MARGINS[margin_term(parse_loss(config.loss))]
+    return tuple(float(d if given is None else given) for d, given in zip(defaults, (config.m1, config.m2, config.m3)))
+
+
+def resolve_defaults(config):
+    """Fills the options whose default depends on --method (idempotent)."""
+    sst_run = config.method == "sst"
+    if config.loss is None:
+        config.loss = "cosface" if sst_run else "triplet"
+    if config.images_per_identity is None:
+        config.images_per_identity = 2 if sst_run else 4
+    if config.scale is None and margin_term(parse_loss(config.loss)):
+        config.scale = 32.0 if sst_run else 64.0
+    if sst_run and config.ema is None:
+        config.ema = 0.999
+    if sst_run and config.queue_size is None:
+        config.queue_size = 512
 
 
 def build_parser():
@@ -57,14 +88,34 @@ def build_parser():
     p.add_argument("--hidden", type=int, default=0,
                    help="0 (default): the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units")
     p.add_argument("--rank", type=int, default=128, help="rank of the correction, or the MLP's embedding size")
-    p.add_argument("--loss", default="triplet", help="'+'-joined weighted terms of " + ", ".join(LOSS_NAMES))
+    p.add_argument("--loss", help="'+'-joined weighted terms of " + ", ".join(LOSS_NAMES) +
+                   " (default: triplet; with --method sst one margin-softmax term, default cosface)")
     p.add_argument("--mining", choices=sorted(faceops.ops.MINING_MODES), default="semihard")
     p.add_argument("--margin", type=float, default=0.2, help="triplet margin (contrastive: 1.0 is used)")
     p.add_argument("--center-alpha", type=float, default=0.5, help="center update rate (Wen et al. eq. 4)")
     p.add_argument("--theta", type=float, default=1.0, help="initial pair-loss threshold")
+    p.add_argument("--scale", type=float,
+                   help="margin softmax: the scale s of the logits (default 64, as insightface; 32 with --method sst, "
+                        "as FaceX-Zoo)")
+    for k, meaning in ((1, "multiplicative angular"), (2, "additive angular"), (3, "additive cosine")):
+        p.add_argument(f"--m{k}", type=float,
+                       help=f"margin softmax: the {meaning} margin m{k} of cos(m1 theta + m2) - m3 "
+                            f"(default: the loss's own, faceops.MARGINS)")
+    p.add_argument("--sample-rate", type=float, default=1.0,
+                   help="margin softmax: Partial FC class-centre sampling, the fraction of classes in each batch's "
+                        "softmax (the batch's own classes always; only their weights move)")
+    p.add_argument("--method", choices=METHODS, default="standard",
+                   help="standard: the losses on P x K batches; sst: Semi-Siamese Training for shallow data (Du et al. "
+                        "ECCV 2020): probe net, moving-average gallery net, prototype queue, two images per identity")
+    p.add_argument("--ema", type=float, help="sst: the gallery's moving-average rate alpha (default 0.999)")
+    p.add_argument("--queue-size", type=int,
+                   help="sst: how many gallery features of earlier batches are kept as negative prototypes (FIFO; "
+                        "default 512)")
     p.add_argument("--epochs", type=int, help="default: 15 with --data, 60 on the built-in synthetic set")
     p.add_argument("--identities-per-batch", "-P", type=int, default=16)
-    p.add_argument("--images-per-identity", "-K", type=int, default=4)
+    p.add_argument("--images-per-identity", "-K", type=int, help="default: 4; --method sst: 2 (the only value)")
+    p.add_argument("--max-images-per-identity", type=int,
+                   help="train on only the first N images (sorted file order) of each identity: shallow data")
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -102,10 +153,12 @@ def learning_rate(config, epoch):
 
 
 class Trainer:
-    """Owns the network, the loss state (centers, theta, classifier) and the
-    optimiser state; `state()`/`load_state()` are what a checkpoint holds."""
+    """Owns the network, the loss state (centers, theta, classifiers, SST's gallery
+    and queue) and the optimiser state; `state()`/`load_state()` are what a
+    checkpoint holds."""
 
     def __init__(self, config, train_set, xp):
+        resolve_defaults(config)
         self.config, self.xp = config, xp
         self.weights = parse_loss(config.loss)
         self.rng = np.random.default_rng(config.seed)
@@ -121,6 +174,15 @@ class Trainer:
         self.head = model.SoftmaxHead(dim, classes, self.rng, xp=xp) if "softmax" in self.weights else None
         self.center = faceops.CenterLoss(classes, dim, config.center_alpha, np.float32, xp) if "center" in self.weights else None
         self.pair = faceops.PairLoss(config.theta) if "pair" in self.weights else None
+        self.margin = margin_term(self.weights)
+        self.margins = margins_of(config) if self.margin else None
+        self.sst = None
+        self.class_weight = None
+        if config.method == "sst":
+            self.sst = sst.SemiSiamese(self.net, config.queue_size, config.ema, config.scale, self.margins, xp)
+        elif self.margin:
+            # Margin-softmax class weights (C, D), a parameter of the run; N(0, 0.01^2) as insightface.
+            self.class_weight = xp.asarray(self.rng.standard_normal((classes, dim)) * 0.01, xp.float32)
         self.velocity = {name: xp.zeros_like(value) for name, value in self.parameters().items()}
         self.epoch = 0
         self.history = []  # per epoch: mean loss, learning rate
@@ -131,6 +193,8 @@ class Trainer:
             params.update(self.head.params)
         if self.pair:
             params["theta"] = self.xp.asarray([self.pair.theta], self.xp.float32)
+        if self.class_weight is not None:
+            params["Wm"] = self.class_weight
         return params
 
     def loss_and_grad(self, z, labels):
@@ -142,6 +206,15 @@ class Trainer:
             loss, g, head_grads = self.head.loss_and_grads(z, labels)
             total, dz = total + w["softmax"] * loss, dz + w["softmax"] * g
             head_grads = {k: w["softmax"] * v for k, v in head_grads.items()}
+        if self.class_weight is not None:
+            m1, m2, m3 = self.margins
+            # The sample's seed comes from the run's generator, so a resumed run draws the same classes.
+            sampled = dict(sample_rate=c.sample_rate, rng=int(self.rng.integers(2**63))) if c.sample_rate < 1 else {}
+            loss, g, dweight = faceops.margin_softmax_loss(z, labels, self.class_weight, c.scale, m1, m2, m3, **sampled)
+            total, dz = total + w[self.margin] * loss, dz + w[self.margin] * g
+            # Partial FC: (sampled classes, their gradient rows); otherwise dense (C, D).
+            head_grads["Wm"] = (dweight[0], w[self.margin] * dweight[1]) if isinstance(dweight, tuple) \
+                else w[self.margin] * dweight
         if self.center:
             loss, g = self.center(z, labels)
             total, dz = total + w["center"] * loss, dz + w["center"] * g
@@ -169,10 +242,17 @@ class Trainer:
         return total, dz, head_grads
 
     def step(self, grads, lr):
-        """SGD with momentum and weight decay (not on biases, theta or classifier norms)."""
+        """SGD with momentum and weight decay (not on biases, theta or the classifiers,
+        whose rows are normalised).  A gradient given as (rows, values) moves only
+        those rows and their momentum (Partial FC's sampled class centres)."""
         c = self.config
         for name, value in self.parameters().items():
             grad = grads[name]
+            if isinstance(grad, tuple):
+                rows, grad = grad
+                self.velocity[name][rows] = c.momentum * self.velocity[name][rows] + grad
+                value[rows] -= lr * self.velocity[name][rows]
+                continue
             if name in ("W1", "W2", "A", "B"):
                 grad = grad + c.weight_decay * value
             self.velocity[name] = c.momentum * self.velocity[name] + grad
@@ -185,6 +265,8 @@ class Trainer:
         state.update({f"velocity_{k}": _np(v) for k, v in self.velocity.items()})
         if self.center:
             state["centers"] = _np(self.center.centers)
+        if self.sst:
+            state.update(self.sst.state())
         state["net_mean"], state["net_std"] = _np(self.net.mean), _np(self.net.std)
         state["epoch"] = np.asarray(self.epoch)
         state["history"] = np.asarray(json.dumps(self.history))
@@ -200,6 +282,8 @@ class Trainer:
             self.pair.theta = float(state["param_theta"][0])
         if self.center:
             self.center.centers[...] = xp.asarray(state["centers"])
+        if self.sst:
+            self.sst.load_state(state)
         self.epoch = int(state["epoch"])
         self.history = json.loads(str(state["history"]))
         self.rng.bit_generator.state = json.loads(str(state["rng"]))
@@ -265,6 +349,7 @@ def _run(config, log):
         config.epochs = config.epochs or 60
         log(f"no --data: drew 60 synthetic identities x 8 images into {root}; training on 40, verifying all pairs of the other 20")
     config.epochs = config.epochs or 15
+    resolve_defaults(config)
     with open(os.path.join(config.run_dir, "config.json"), "w") as f:
         json.dump(vars(config), f, indent=2, sort_keys=True)
     xp = np
@@ -274,9 +359,11 @@ def _run(config, log):
         import cupy as xp
 
     identities = expand_names(config.train_identities) if config.train_identities else None
-    train_set = data.load_identity_folder(config.data, config.image_size, config.crop, identities, min_images=2)
+    train_set = data.load_identity_folder(config.data, config.image_size, config.crop, identities, min_images=2,
+                                          max_images=config.max_images_per_identity)
     eval_a, eval_b, same = load_evaluation(config, train_set)
-    log(f"train: {len(train_set.labels)} images of {len(train_set.names)} identities; "
+    shallow = f" (at most {config.max_images_per_identity} each)" if config.max_images_per_identity else ""
+    log(f"train: {len(train_set.labels)} images of {len(train_set.names)} identities{shallow}; "
         f"verification: {len(same)} pairs ({int(same.sum())} genuine)")
 
     descriptor_a = model.describe(eval_a, config.descriptor)
@@ -302,12 +389,20 @@ def _run(config, log):
             images = train_set.images[rows]
             if config.augment != "none":
                 images = data.augment(images, trainer.rng, **AUGMENTATIONS[config.augment])
-            z, cache = trainer.net.forward(model.describe(images, config.descriptor))
-            labels = xp.asarray(train_set.labels[rows])
-            loss, dz, head_grads = trainer.loss_and_grad(z, labels)
-            grads = trainer.net.backward(dz, cache)
-            grads.update(head_grads)
-            trainer.step(grads, lr)
+            features = model.describe(images, config.descriptor)
+            if trainer.sst:
+                # P x 2 batches: rows 2i and 2i + 1 are the two images of identity i.
+                loss, grads = trainer.sst.loss_and_grads(trainer.net, features[0::2], features[1::2],
+                                                         train_set.labels[rows[0::2]])
+                trainer.step(grads, lr)
+                trainer.sst.update(trainer.net, trainer.rng)
+            else:
+                z, cache = trainer.net.forward(features)
+                labels = xp.asarray(train_set.labels[rows])
+                loss, dz, head_grads = trainer.loss_and_grad(z, labels)
+                grads = trainer.net.backward(dz, cache)
+                grads.update(head_grads)
+                trainer.step(grads, lr)
             losses.append(loss)
             seen += len(rows)
             if sys.stdout.isatty():
@@ -337,7 +432,44 @@ def _run(config, log):
 
 def check_arguments(config):
     """Raises ValueError naming the first option out of range."""
-    parse_loss(config.loss)
+    resolve_defaults(config)
+    weights = parse_loss(config.loss)
+    margin = margin_term(weights)
+    if config.method == "sst":
+        if set(weights) != {margin}:
+            raise ValueError(f"--method sst: --loss must be one margin-softmax term ({', '.join(MARGIN_LOSSES)}), "
+                             f"got {config.loss!r}")
+        if config.images_per_identity != 2:
+            raise ValueError(f"--method sst: batches hold two images per identity; --images-per-identity must be 2, "
+                             f"got {config.images_per_identity}")
+        if config.sample_rate != 1.0:
+            raise ValueError("--sample-rate: class-centre sampling has no place in --method sst (its prototypes are "
+                             "gallery features, not trained class weights)")
+        if not 0 <= config.ema < 1:
+            raise ValueError(f"--ema: expected a moving-average rate in [0, 1), got {config.ema}")
+        if config.queue_size < 0:
+            raise ValueError(f"--queue-size: expected a non-negative integer, got {config.queue_size}")
+    else:
+        for name in ("ema", "queue_size"):
+            if getattr(config, name) is not None:
+                raise ValueError(f"--{name.replace('_', '-')}: an option of --method sst")
+    if margin:
+        if not config.scale > 0:
+            raise ValueError(f"--scale: expected a positive number, got {config.scale}")
+        if not 0 < config.sample_rate <= 1:
+            raise ValueError(f"--sample-rate: expected a fraction in (0, 1], got {config.sample_rate}")
+        if config.m1 is not None and not config.m1 > 0:
+            raise ValueError(f"--m1: expected a positive number, got {config.m1}")
+        if config.m2 is not None and config.m2 < 0:
+            raise ValueError(f"--m2: expected a non-negative angle (radians), got {config.m2}")
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in ("scale", "m1", "m2", "m3") if getattr(config, n) is not None]
+        if given or config.sample_rate != 1.0:
+            raise ValueError(f"{(given or ['--sample-rate'])[0]}: applies to the margin-softmax losses "
+                             f"({', '.join(MARGIN_LOSSES)}), and --loss {config.loss!r} has none")
+    if config.max_images_per_identity is not None and config.max_images_per_identity < 2:
+        raise ValueError(f"--max-images-per-identity: expected at least 2 (training pairs an identity's images), "
+                         f"got {config.max_images_per_identity}")
     for name in ("epochs", "image_size", "identities_per_batch", "rank"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(config, name)}")
