@@ -187,9 +187,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     s = _finite("s", s)
     if s <= 0:
         raise ValueError(f"s: expected a scale > 0, got {s}")
-    m1, m2, m3 = _finite("m1", m1), _finite("m2", m2), _finite("m3", m3)
-    if m1 <= 0:
-        raise ValueError(f"m1: expected a multiplicative margin > 0, got {m1}")
+    m1, m2, m3 = _check_margin(m1, m2, m3)
     sample_rate = _finite("sample_rate", sample_rate)
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate: expected 0 < sample_rate <= 1, got {sample_rate}")
@@ -212,6 +210,42 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     if classes is not None and weight_grad:
         dweight = (classes, dweight)
     return float(loss[0]), dx, dweight
+
+
+def target_margin_forward(cosine, labels, m1=1.0, m2=0.5, m3=0.0):
+    """The margin alone on an (N, C) cosine matrix (the legacy Caffe layers' form): a copy with
+    entry (i, labels[i]) replaced by psi of it."""
+    device, xp, labels, n, num_classes, margin = _check_target_margin(cosine, labels, m1, m2, m3)
+    out = xp.empty_like(cosine)
+    _call(_core.target_margin_forward, device, cosine.dtype, _arrays.address(cosine), _arrays.address(labels), n,
+          num_classes, *margin, _arrays.address(out), xp=xp)
+    return out
+
+
+def target_margin_backward(cosine, labels, d_out, m1=1.0, m2=0.5, m3=0.0):
+    """d_cosine = d_out, with entry (i, labels[i]) multiplied by dpsi/dc at cosine."""
+    device, xp, labels, n, num_classes, margin = _check_target_margin(cosine, labels, m1, m2, m3, d_out)
+    d_cosine = xp.empty_like(cosine)
+    _call(_core.target_margin_backward, device, cosine.dtype, _arrays.address(cosine), _arrays.address(labels),
+          _arrays.address(d_out), n, num_classes, *margin, _arrays.address(d_cosine), xp=xp)
+    return d_cosine
+
+
+def _check_target_margin(cosine, labels, m1, m2, m3, d_out=None):
+    arrays = dict(cosine=cosine, labels=labels) if d_out is None else dict(cosine=cosine, labels=labels, d_out=d_out)
+    device, xp = _arrays.device_of(**arrays)
+    n, num_classes = _arrays.check_matrix("cosine", cosine)
+    if d_out is not None:
+        _arrays.check_matrix("d_out", d_out, dtype=cosine.dtype, rows=n, cols=num_classes)
+    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    return device, xp, labels, n, num_classes, _check_margin(m1, m2, m3)
+
+
+def _check_margin(m1, m2, m3):
+    m1, m2, m3 = _finite("m1", m1), _finite("m2", m2), _finite("m3", m3)
+    if m1 <= 0:
+        raise ValueError(f"m1: expected a multiplicative margin > 0, got {m1}")
+    return m1, m2, m3
 
 
 def _sample_classes(labels, num_classes, sample_rate, rng, xp):

@@ -1,0 +1,238 @@
+"""The combined-margin softmax (ArcFace, CosFace, SphereFace, combined) against
+finite differences of its own loss, the dense NumPy reference, the margin's
+closed forms, Partial FC sampling, bounded memory at C = 10^6, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import faceops
+from faceops import reference
+from testing import DEVICES, DTYPES, TOLERANCE, numerical_gradient, product, to_device, to_numpy
+
+MARGINS = sorted(faceops.MARGINS)
+
+
+def batch(seed, n=12, d=6, classes=5, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    weight = rng.standard_normal((classes, d)).astype(dtype)
+    labels = rng.integers(0, classes, n)
+    return x, labels, weight
+
+
+@pytest.mark.parametrize("device,margin", product(DEVICES, MARGINS))
+def test_gradients_match_finite_differences(device, margin):
+    x, labels, weight = batch(1)
+    m = faceops.MARGINS[margin]
+    labels_d = to_device(labels, device)
+
+    def loss_of(x_value, weight_value):
+        return faceops.margin_softmax_loss(to_device(x_value, device), labels_d, to_device(weight_value, device), 8.0, *m)[0]
+
+    loss, dx, dweight = faceops.margin_softmax_loss(to_device(x, device), labels_d, to_device(weight, device), 8.0, *m)
+    assert loss > 0
+    numeric_dx = numerical_gradient(lambda z: loss_of(z, weight), x.copy())
+    numeric_dweight = numerical_gradient(lambda w: loss_of(x, w), weight.copy())
+    # Central differences of a smooth loss: |analytic - numeric| <= 1e-6 of the gradient's scale.
+    np.testing.assert_allclose(to_numpy(dx), numeric_dx, rtol=0, atol=1e-6 * np.abs(numeric_dx).max())
+    np.testing.assert_allclose(to_numpy(dweight), numeric_dweight, rtol=0, atol=1e-6 * np.abs(numeric_dweight).max())
+
+
+@pytest.mark.parametrize("device,dtype,margin", product(DEVICES, DTYPES, MARGINS))
+def test_matches_dense_reference(device, dtype, margin):
+    # 300 classes and 70 rows: several class blocks and row tiles, a partial last block.
+    x, labels, weight = batch(2, n=70, d=33, classes=300)
+    m = faceops.MARGINS[margin]
+    expected = reference.margin_softmax_loss(x, labels, weight, 30.0, *m)
+    loss, dx, dweight = faceops.margin_softmax_loss(
+        to_device(x.astype(dtype), device), to_device(labels, device), to_device(weight.astype(dtype), device), 30.0, *m
+    )
+    # float32 kernels against the float64 reference, relative to each gradient's scale.
+    tol = TOLERANCE[dtype]
+    assert loss == pytest.approx(expected[0], rel=tol["rtol"])
+    for got, want in ((dx, expected[1]), (dweight, expected[2])):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=tol["rtol"] * np.abs(want).max())
+
+
+def test_margin_closed_forms_and_monotonic_extension():
+    theta = np.linspace(0.0, np.pi, 2001)
+    for m1, m2, m3 in faceops.MARGINS.values():
+        psi, dpsi = reference.margin_target(np.cos(theta), m1, m2, m3)
+        out = faceops.ops.target_margin_forward(np.cos(theta)[:, None].copy(), np.zeros(len(theta), np.int64), m1, m2, m3)
+        np.testing.assert_allclose(out[:, 0], psi, rtol=0, atol=1e-12)
+        inside = m1 * theta + m2 <= np.pi
+        np.testing.assert_allclose(psi[inside], np.cos(m1 * theta[inside] + m2) - m3, atol=1e-12)
+        # Continuous (steps no larger than the grid's slope allows) and strictly decreasing on [0, pi].
+        assert np.all(np.diff(psi) < 0)
+        assert np.max(np.abs(np.diff(psi))) < 2.5 * m1 * (theta[1] - theta[0])
+    # ArcFace past theta = pi - m2: SphereFace's continuation -cos(theta + m2) - 2, not insightface's jump.
+    psi, _ = reference.margin_target(np.cos(np.array([2.9])), 1.0, 0.5, 0.0)
+    assert psi[0] == pytest.approx(-np.cos(3.4) - 2.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_past_pi_minus_m2(device):
+    # ArcFace with every target at theta in (pi - m2, pi): the continued branch, k = 1.
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((3, 4))
+    labels = np.array([0, 1, 2, 0])
+    x = -weight[labels] + 0.1 * rng.standard_normal((4, 4))
+    cos_target = np.sum(x * weight[labels], 1) / np.linalg.norm(x, axis=1) / np.linalg.norm(weight[labels], axis=1)
+    assert np.all(np.arccos(cos_target) > np.pi - 0.5)
+    labels_d = to_device(labels, device)
+    _, dx, _ = faceops.margin_softmax_loss(to_device(x, device), labels_d, to_device(weight, device), 4.0, 1.0, 0.5, 0.0)
+    numeric = numerical_gradient(
+        lambda z: faceops.margin_softmax_loss(to_device(z, device), labels_d, to_device(weight, device), 4.0, 1.0, 0.5, 0.0)[0],
+        x.copy(),
+    )
+    np.testing.assert_allclose(to_numpy(dx), numeric, rtol=0, atol=1e-6 * np.abs(numeric).max())
+
+
+def test_target_margin_backward_is_the_derivative():
+    cosine = np.random.default_rng(5).uniform(-0.99, 0.99, (6, 4))
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    d_out = np.random.default_rng(6).standard_normal((6, 4))
+    for m1, m2, m3 in faceops.MARGINS.values():
+        d_cosine = faceops.ops.target_margin_backward(cosine, labels, d_out, m1, m2, m3)
+        step = 1e-6
+        bumped = [faceops.ops.target_margin_forward(cosine + sign * step, labels, m1, m2, m3) for sign in (1, -1)]
+        np.testing.assert_allclose(d_cosine, d_out * (bumped[0] - bumped[1]) / (2 * step), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_keeps_positives_and_matches_the_restricted_reference(device):
+    rng = np.random.default_rng(7)
+    x, labels, weight = batch(8, n=20, d=8, classes=200)
+    loss, dx, (classes, rows) = faceops.margin_softmax_loss(
+        to_device(x, device), to_device(labels, device), to_device(weight, device), 16.0, sample_rate=0.25, rng=3
+    )
+    classes = to_numpy(classes)
+    assert len(classes) == 50 and np.all(np.diff(classes) > 0)
+    assert set(labels) <= set(classes.tolist())
+    local = np.searchsorted(classes, labels)
+    expected = reference.margin_softmax_loss(x, local, weight[classes], 16.0, 1.0, 0.5, 0.0)
+    assert loss == pytest.approx(expected[0], rel=1e-12)
+    np.testing.assert_allclose(to_numpy(dx), expected[1], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(to_numpy(rows), expected[2], rtol=1e-10, atol=1e-14)
+    # The same seed draws the same classes; another draws others.
+    again = faceops.margin_softmax_loss(to_device(x, device), to_device(labels, device), to_device(weight, device),
+                                        16.0, sample_rate=0.25, rng=3)[2][0]
+    other = faceops.margin_softmax_loss(to_device(x, device), to_device(labels, device), to_device(weight, device),
+                                        16.0, sample_rate=0.25, rng=np.random.default_rng(4) if device == "cpu" else 4)[2][0]
+    assert np.array_equal(to_numpy(again), classes) and not np.array_equal(to_numpy(other), classes)
+    del rng
+
+
+def test_sampling_with_more_positives_than_the_rate_keeps_them_all():
+    x, labels, weight = batch(9, n=40, d=4, classes=50)
+    _, _, (classes, rows) = faceops.margin_softmax_loss(x, labels, weight, sample_rate=0.02, rng=0)
+    assert np.array_equal(classes, np.unique(labels)) and rows.shape == (len(classes), 4)
+
+
+_PEAK_MEMORY_SCRIPT = r"""
+import json, re
+import numpy as np, faceops
+
+def high_water_kb():  # this process's peak RSS (ru_maxrss would include the parent's from before exec)
+    return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+
+n, d, c = 64, 16, 1_000_000
+rng = np.random.default_rng(0)
+x = rng.standard_normal((n, d), dtype=np.float32)
+weight = rng.standard_normal((c, d), dtype=np.float32)  # no float64 temporary to raise the high-water mark
+labels = rng.integers(0, c, n)
+faceops.margin_softmax_loss(x, labels % 1000, weight[:1000].copy(), weight_grad=False)  # threads, libraries loaded
+before = high_water_kb()
+loss, dx, dweight = faceops.margin_softmax_loss(x, labels, weight)
+after = high_water_kb()
+print(json.dumps({"extra_kb": after - before, "loss": loss, "dweight_kb": dweight.nbytes // 1024}))
+"""
+
+
+def test_a_million_classes_in_bounded_memory():
+    # An N x C float32 logit matrix would be 64 x 10^6 x 4 B = 250 MB; the kernel holds one
+    # block per thread, so the peak grows by the (C, D) gradient (61 MB) and a few MB more.
+    result = json.loads(subprocess.run([sys.executable, "-c", _PEAK_MEMORY_SCRIPT], check=True,
+                                       capture_output=True, text=True).stdout)
+    assert np.isfinite(result["loss"]) and result["loss"] > 0
+    # The gradient itself shows in the peak: the measurement sees allocations of this size.
+    assert result["dweight_kb"] * 0.9 < result["extra_kb"] < result["dweight_kb"] + 40 * 1024, result
+
+
+def test_margin_softmax_loss_object_trains():
+    rng = np.random.default_rng(10)
+    centers = rng.standard_normal((6, 8))
+    labels = np.repeat(np.arange(6), 5)
+    x = (centers[labels] + 0.3 * rng.standard_normal((30, 8))).astype(np.float32)
+    loss_fn = faceops.MarginSoftmaxLoss(6, 8, s=16.0, margin="cosface", seed=1)
+    losses = []
+    for _ in range(30):
+        loss, dx = loss_fn(x, labels)
+        losses.append(loss)
+        loss_fn.weight -= 0.5 * loss_fn.grad_weight
+        assert dx.shape == x.shape and dx.dtype == np.float32
+    assert losses[-1] < 0.5 * losses[0]
+    sampled = faceops.MarginSoftmaxLoss(100, 8, margin=(1.0, 0.3, 0.2), sample_rate=0.1)
+    sampled(x, labels)
+    classes, rows = sampled.grad_weight
+    assert len(classes) == 10 and rows.shape == (10, 8)
+    with pytest.raises(ValueError, match="margin: expected one of"):
+        faceops.MarginSoftmaxLoss(6, 8, margin="arc")
+
+
+@pytest.mark.parametrize(
+    "change,error,message",
+    [
+        (dict(weight=np.zeros((5, 7))), ValueError, "weight: expected 6 columns"),
+        (dict(weight=np.zeros((5, 6), np.float32)), TypeError, "weight: expected dtype float64"),
+        (dict(labels=np.array([0, 1, 2, 3, 4, 5] * 2)), ValueError, "labels"),
+        (dict(labels=np.zeros(11, np.int64)), ValueError, r"labels: expected shape \(12,\)"),
+        (dict(s=0.0), ValueError, "s: expected a scale > 0"),
+        (dict(s=np.nan), ValueError, "s: expected a finite number"),
+        (dict(m1=0.0), ValueError, "m1: expected a multiplicative margin > 0"),
+        (dict(m2=np.inf), ValueError, "m2: expected a finite number"),
+        (dict(sample_rate=0.0), ValueError, "sample_rate: expected 0 < sample_rate <= 1"),
+        (dict(sample_rate=1.5), ValueError, "sample_rate"),
+        (dict(x=np.zeros((0, 6))), ValueError, "x: empty batch"),
+    ],
+)
+def test_bad_input(change, error, message):
+    x, labels, weight = batch(11)
+    args = dict(x=x, labels=labels, weight=weight)
+    args.update(change)
+    if "x" in change and len(change["x"]) == 0:
+        args["labels"] = np.zeros(0, np.int64)
+    with pytest.raises(error, match=message):
+        faceops.margin_softmax_loss(**args)
+
+
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_nan_is_rejected(where):
+    x, labels, weight = batch(12)
+    (x if where == "x" else weight)[1, 2] = np.nan
+    with pytest.raises(ValueError, match=f"{where}: contains NaN or Inf"):
+        faceops.margin_softmax_loss(x, labels, weight)
+    with pytest.raises(ValueError, match=f"{where}: contains NaN or Inf"):
+        faceops.margin_softmax_loss(x, labels, weight, sample_rate=0.5)
+
+
+def test_labels_out_of_range_are_rejected_with_sampling_too():
+    x, labels, weight = batch(13)
+    labels[3] = 5
+    for rate in (1.0, 0.5):
+        with pytest.raises(ValueError, match="labels: label 5 .*out of range"):
+            faceops.margin_softmax_loss(x, labels, weight, sample_rate=rate)
+
+
+def test_zero_rows_follow_normalize_semantics():
+    # F.normalize: x / max(||x||, 1e-12); a zero row has cosine 0 with every class.
+    x, labels, weight = batch(14)
+    x[0] = 0.0
+    loss, dx, _ = faceops.margin_softmax_loss(x, labels, weight, 8.0, *faceops.MARGINS["cosface"])
+    expected = reference.margin_softmax_loss(x, labels, weight, 8.0, *faceops.MARGINS["cosface"])
+    assert loss == pytest.approx(expected[0], rel=1e-12)
+    np.testing.assert_allclose(dx, expected[1], rtol=1e-10)
