@@ -40,6 +40,10 @@ def _cases():
     yield "pair_loss(theta=20)", x, lambda z: faceops.pair_loss(z, labels, 20.0)[:2]
     yield "center_loss", x, lambda z: faceops.center_loss(z, labels, centers)[:2]
     yield "contrastive_loss", x, lambda z: faceops.contrastive_loss(z, b, similar, 4.0)[:2]
+    weight = rng.standard_normal((5, 6))
+    for margin, (m1, m2, m3) in faceops.MARGINS.items():
+        yield (f"margin_softmax_loss({margin}, s=8)", x,
+               lambda z, m=(m1, m2, m3): faceops.margin_softmax_loss(z, labels, weight, 8.0, *m)[:2])
 
 
 def main():
