@@ -1,7 +1,8 @@
 // faceops::cuda (run by the CPU emulation of cuda_runtime.h in this folder)
 // against faceops::cpu, the ground truth, on random batches: every op, both
 // dtypes, every mining mode, squared or not, ties, several rounds of
-// positives, batches of one row.  Exit status 0 when all agree.
+// positives, batches of one row; the margin softmax under every margin.
+// Exit status 0 when all agree.
 #include <cuda_runtime.h>  // the emulation: allocation and launch counters
 
 #include <cmath>
@@ -153,6 +154,113 @@ void test_rowwise(int64_t n, int64_t d, std::mt19937& rng) {
   expect<T>("  dn", max_rel(h3, g3));
 }
 
+// Rows of x and their gradient through the normalisation; row 0 is zero
+// (the norm floor) when zero_row.
+template <typename T>
+void test_normalize(int64_t n, int64_t d, bool zero_row, std::mt19937& rng) {
+  auto x = randn<T>(n * d, rng), g = randn<T>(n * d, rng);
+  if (zero_row) std::fill(x.begin(), x.begin() + d, T(0));
+  std::vector<T> oc(n * d), og(n * d, 7), nc(n), ng(n, 7), dc(n * d), dg(n * d, 7);
+  faceops::cpu::normalize_rows<T>(x.data(), n, d, oc.data(), nc.data());
+  faceops::cuda::normalize_rows<T>(x.data(), n, d, og.data(), ng.data(), nullptr);
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "normalize_rows n=%ld d=%ld zero_row=%d", (long)n, (long)d,
+                int(zero_row));
+  expect<T>(buf, max_rel(og, oc));
+  expect<T>("  norms", max_rel(ng, nc));
+  faceops::cpu::normalize_rows_backward<T>(oc.data(), nc.data(), g.data(), n, d, dc.data());
+  faceops::cuda::normalize_rows_backward<T>(oc.data(), nc.data(), g.data(), n, d, dg.data(),
+                                            nullptr);
+  expect<T>("  backward", max_rel(dg, dc));
+  auto in_place = x;  // out may alias x
+  faceops::cuda::normalize_rows<T>(in_place.data(), n, d, in_place.data(), nullptr, nullptr);
+  expect<T>("  in place", max_rel(in_place, oc));
+}
+
+struct Margins {
+  const char* name;
+  double m1, m2, m3;
+};
+constexpr Margins kMargins[] = {{"arcface", 1, 0.5, 0},
+                                {"cosface", 1, 0, 0.35},
+                                {"sphereface", 4, 0, 0},
+                                {"combined", 1, 0.3, 0.2}};
+
+// Random rows and class weights; labels repeat (row 1 copies row 0's), and
+// every third row sits near the opposite of its class's weight (target angle
+// past pi - m2, and past pi / m1 for SphereFace).  every_margin = false: the
+// combined margin alone, with both gradients (the emulation is slow).
+template <typename T>
+void test_margin_softmax(int64_t n, int64_t d, int64_t classes, double scale, std::mt19937& rng,
+                         bool every_margin = true) {
+  auto x = randn<T>(n * d, rng), weight = randn<T>(classes * d, rng, 0.5);
+  std::vector<int64_t> labels(n);
+  for (auto& l : labels) l = rng() % classes;
+  if (n > 1) labels[1] = labels[0];
+  for (int64_t i = 2; i < n; i += 3) {
+    auto noise = randn<T>(d, rng, 0.15);
+    for (int64_t k = 0; k < d; ++k) x[i * d + k] = -weight[labels[i] * d + k] * T(2) + noise[k];
+  }
+  for (const Margins& m : kMargins) {
+    if (!every_margin && std::string(m.name) != "combined") continue;
+    const T s = T(scale), m1 = T(m.m1), m2 = T(m.m2), m3 = T(m.m3);
+    T lc = 0, lg = 0, l2 = 0;
+    std::vector<T> dxc(n * d), dwc(classes * d), dxg(n * d, 7), dwg(classes * d, 7),
+        dw2(classes * d, 7);
+    faceops::cpu::margin_softmax_loss<T>(x.data(), labels.data(), weight.data(), n, d, classes, s,
+                                         m1, m2, m3, &lc, dxc.data(), dwc.data());
+    faceops::cuda::margin_softmax_loss<T>(x.data(), labels.data(), weight.data(), n, d, classes, s,
+                                          m1, m2, m3, &lg, dxg.data(), dwg.data(), nullptr);
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "margin_softmax %s s=%g n=%ld d=%ld C=%ld loss %.6g/%.6g",
+                  m.name, scale, (long)n, (long)d, (long)classes, (double)lg, (double)lc);
+    expect<T>(buf, rel(lg, lc));
+    expect<T>("  dx", max_rel(dxg, dxc));
+    expect<T>("  dweight", max_rel(dwg, dwc));
+    if (!every_margin) continue;
+    faceops::cuda::margin_softmax_loss<T>(x.data(), labels.data(), weight.data(), n, d, classes, s,
+                                          m1, m2, m3, &l2, nullptr, dw2.data(), nullptr);
+    expect<T>("  loss and dweight without dx", std::max(rel(l2, lc), max_rel(dw2, dwc)));
+    faceops::cuda::margin_softmax_loss<T>(x.data(), labels.data(), weight.data(), n, d, classes, s,
+                                          m1, m2, m3, &l2, nullptr, nullptr, nullptr);
+    expect<T>("  loss alone", rel(l2, lc));
+  }
+}
+
+// Cosines uniform in [-1, 1], every third target near -1 (past pi - m2).
+template <typename T>
+void test_target_margin(int64_t n, int64_t classes, std::mt19937& rng) {
+  std::uniform_real_distribution<double> ud(-1, 1);
+  std::vector<T> cosine(n * classes), d_out = randn<T>(n * classes, rng);
+  for (auto& c : cosine) c = T(ud(rng));
+  std::vector<int64_t> labels(n);
+  for (auto& l : labels) l = rng() % classes;
+  for (int64_t i = 0; i < n; i += 3) cosine[i * classes + labels[i]] = T(-0.97 + 0.01 * (i % 5));
+  for (const Margins& m : kMargins) {
+    const T m1 = T(m.m1), m2 = T(m.m2), m3 = T(m.m3);
+    std::vector<T> oc(n * classes), og(n * classes, 7), dc(n * classes), dg(n * classes, 7);
+    faceops::cpu::target_margin_forward<T>(cosine.data(), labels.data(), n, classes, m1, m2, m3,
+                                           oc.data());
+    faceops::cuda::target_margin_forward<T>(cosine.data(), labels.data(), n, classes, m1, m2, m3,
+                                            og.data(), nullptr);
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "target_margin %s n=%ld C=%ld forward", m.name, (long)n,
+                  (long)classes);
+    expect<T>(buf, max_rel(og, oc));
+    faceops::cpu::target_margin_backward<T>(cosine.data(), labels.data(), d_out.data(), n, classes,
+                                            m1, m2, m3, dc.data());
+    faceops::cuda::target_margin_backward<T>(cosine.data(), labels.data(), d_out.data(), n, classes,
+                                             m1, m2, m3, dg.data(), nullptr);
+    expect<T>("  backward", max_rel(dg, dc));
+    auto out = cosine, grad = d_out;  // in place: out aliases cosine, d_cosine d_out
+    faceops::cuda::target_margin_forward<T>(out.data(), labels.data(), n, classes, m1, m2, m3,
+                                            out.data(), nullptr);
+    faceops::cuda::target_margin_backward<T>(cosine.data(), labels.data(), grad.data(), n, classes,
+                                             m1, m2, m3, grad.data(), nullptr);
+    expect<T>("  in place", std::max(max_rel(out, oc), max_rel(grad, dc)));
+  }
+}
+
 template <typename T>
 void run_all(std::mt19937& rng) {
   test_rowwise<T>(1, 1, rng);
@@ -174,6 +282,23 @@ void run_all(std::mt19937& rng) {
   test_center<T>(50, 3, 1000000, rng);   // labels spread over a large table
 }
 
+// On a generator of their own, so that the other checks keep their inputs.
+template <typename T>
+void run_margin_softmax(std::mt19937& rng) {
+  test_normalize<T>(1, 1, false, rng);
+  test_normalize<T>(37, 300, true, rng);
+  test_target_margin<T>(1, 1, rng);
+  test_target_margin<T>(29, 77, rng);
+  test_margin_softmax<T>(1, 5, 1, 30, rng);  // the only class is the target: loss 0
+  test_margin_softmax<T>(1, 33, 70, 30, rng);
+  test_margin_softmax<T>(7, 20, 1, 64, rng);
+  test_margin_softmax<T>(37, 50, 130, 30, rng);  // C, d, n off the tile sizes
+  test_margin_softmax<T>(70, 128, 64, 64, rng);
+  test_margin_softmax<T>(150, 17, 5, 30, rng);  // labels repeat: n >> C
+  if (sizeof(T) == 4)  // several tiles per split (the walk is the same for both dtypes)
+    test_margin_softmax<T>(1000, 9, 1300, 30, rng, false);
+}
+
 int main() {
   if (faceops::cuda_available() || !faceops::built_with_cuda()) {
     std::printf("FAIL cuda_available() must be false and built_with_cuda() true here\n");
@@ -182,6 +307,9 @@ int main() {
   std::mt19937 rng(1234);
   run_all<double>(rng);
   run_all<float>(rng);
+  std::mt19937 margin_rng(4321);
+  run_margin_softmax<double>(margin_rng);
+  run_margin_softmax<float>(margin_rng);
   std::printf("%d failures, %ld live allocations, %ld launches\n", failures, g_live_allocations,
               g_launches);
   return failures != 0 || g_live_allocations != 0;
