@@ -17,7 +17,7 @@ dir="${FACEOPS_CAFFE_DIR:-$HOME/.cache/faceops/caffe}"
 src="$dir/src"
 build="$dir/build"
 version="1.0.0+git20180821.99bd997-8"
-tests="center_loss_layer,triplet_loss_layer,pair_loss_layer"
+tests="center_loss_layer,triplet_loss_layer,pair_loss_layer,margin_softmax_loss_layer,target_margin_layer,normalize_layer"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -71,7 +71,7 @@ if ! make -C "$build" -j"${JOBS:-$(nproc)}" caffe pycaffe test.testbin >"$build/
   exit 1
 fi
 # Warnings in faceops code (Caffe's own are many and not ours).
-grep -E -A3 '(/src/caffe/faceops/|/include/faceops/|_loss_layer\.|faceops_bridge)[^ :]*:[0-9]+:[0-9]+: warning' \
+grep -E -A3 '(/src/caffe/faceops/|/include/faceops/|_loss_layer\.|target_margin_layer\.|normalize_layer\.|faceops_bridge)[^ :]*:[0-9]+:[0-9]+: warning' \
   "$build/make.log" || true
 
 # Caffe's CPU_ONLY build does not compile .cu files: compile the faceops ones
@@ -116,4 +116,4 @@ ccache --show-stats 2>/dev/null | grep -i -e "hits" -e "misses" | head -3 || tru
 echo "build_caffe: Caffe source tree: $src"
 echo "build_caffe: build tree:        $build"
 echo "build_caffe: pycaffe:           PYTHONPATH=$src/python (for /usr/bin/python3)"
-echo "build_caffe: gtests:            (cd $src && $build/test/test.testbin --gtest_filter='*CenterLoss*:*TripletLoss*:*PairLoss*')"
+echo "build_caffe: gtests:            (cd $src && $build/test/test.testbin --gtest_filter='*CenterLoss*:*TripletLoss*:*PairLoss*:*MarginSoftmaxLoss*:*TargetMargin*:*NormalizeLayer*')"

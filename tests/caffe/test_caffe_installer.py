@@ -55,10 +55,19 @@ def test_install_twice_changes_nothing_and_uninstall_restores(tree):
     proto = (tree / install.PROTO).read_text()
     assert "optional CenterLossParameter center_loss_param = 149;" in proto
     assert "optional PairLossParameter pair_loss_param = 151;" in proto
-    assert "message TripletLossParameter {" in proto
+    assert "optional MarginSoftmaxLossParameter margin_softmax_loss_param = 152;" in proto
+    assert "optional CombinedMarginParameter combined_margin_param = 153;" in proto
+    assert "optional CosinAddmParameter cosin_add_m_param = 154;" in proto
+    assert "optional LabelSpecificAddParameter label_specific_add_param = 155;" in proto
+    assert "optional NormalizeParameter normalize_param = 156;" in proto
+    assert "message TripletLossParameter {" in proto and "message NormalizeParameter {" in proto
     for path in ("include/caffe/layers/center_loss_layer.hpp", "src/caffe/layers/pair_loss_layer.cu",
                  "src/caffe/test/test_triplet_loss_layer.cpp", "include/faceops/center_loss.h",
-                 "src/caffe/faceops/center_loss.cpp"):
+                 "src/caffe/faceops/center_loss.cpp", "include/faceops/margin_softmax.h",
+                 "src/caffe/faceops/margin_softmax.cpp",
+                 "include/caffe/layers/margin_softmax_loss_layer.hpp",
+                 "src/caffe/layers/margin_softmax_loss_layer.cu", "src/caffe/layers/target_margin_layer.cpp",
+                 "src/caffe/layers/normalize_layer.cpp", "src/caffe/test/test_target_margin_layer.cpp"):
         assert (tree / path).is_file(), path
     assert not (tree / "src/caffe/faceops/bindings.cpp").exists()
 
@@ -76,14 +85,17 @@ def test_other_first_field_id_renumbers(tree):
     do_install(tree, first_field_id=300)
     proto = (tree / install.PROTO).read_text()
     assert "center_loss_param = 300;" in proto and "pair_loss_param = 302;" in proto
+    assert "normalize_param = 307;" in proto
     assert "= 149;" not in proto
 
 
-def test_existing_message_is_a_clear_error(tree):
+# caffe-face's CenterLoss; gehaocool's/xialuxi's CombinedMargin; happynear's or SSD's Normalize.
+@pytest.mark.parametrize("message", ["CenterLossParameter", "CombinedMarginParameter", "NormalizeParameter"])
+def test_existing_message_is_a_clear_error(tree, message):
     proto = tree / install.PROTO
-    proto.write_text(proto.read_text() + "message CenterLossParameter {\n  optional uint32 num_output = 1;\n}\n")
+    proto.write_text(proto.read_text() + f"message {message} {{\n  optional float m = 1;\n}}\n")
     before = snapshot(tree)
-    with pytest.raises(install.InstallError, match="already defines `message CenterLossParameter`"):
+    with pytest.raises(install.InstallError, match=f"already defines `message {message}`"):
         do_install(tree)
     assert snapshot(tree) == before
 
@@ -120,6 +132,7 @@ def test_protoc_accepts_the_patched_proto(tree, tmp_path):
     subprocess.run(["protoc", f"--proto_path={proto.parent}", f"--cpp_out={tmp_path}", proto.name], check=True)
     header = (tmp_path / "caffe.pb.h").read_text()
     assert "class CenterLossParameter" in header and "TripletLossParameter_Mining_SEMIHARD" in header
+    assert "class MarginSoftmaxLossParameter" in header and "class LabelSpecificAddParameter" in header
 
 
 def test_real_caffe_proto(caffe_dir, tmp_path):

@@ -26,6 +26,13 @@ LAYER_FIELDS = (
     ("CenterLossParameter", "center_loss_param"),
     ("TripletLossParameter", "triplet_loss_param"),
     ("PairLossParameter", "pair_loss_param"),
+    ("MarginSoftmaxLossParameter", "margin_softmax_loss_param"),
+    # The legacy margin layers' messages, under the forks' names (gehaocool,
+    # xialuxi, happynear): a fork tree that has them is refused.
+    ("CombinedMarginParameter", "combined_margin_param"),
+    ("CosinAddmParameter", "cosin_add_m_param"),
+    ("LabelSpecificAddParameter", "label_specific_add_param"),
+    ("NormalizeParameter", "normalize_param"),
 )
 DEFAULT_FIRST_FIELD_ID = 149  # BVLC/Debian Caffe: swish_param = 147, clip_param = 148
 PROTO = Path("src/caffe/proto/caffe.proto")
