@@ -11,7 +11,9 @@ param_str is a Python dict literal with the fields of the native layer's
 parameter message (caffe_layers/proto/faceops_layers.proto): CenterLoss
 ``num_output`` (required), ``axis`` (1), ``center_filler`` ('zero', the
 native default, or 'xavier'); TripletLoss ``margin`` (1.0), ``mining`` ('semihard', 'hard', 'all'),
-``squared`` (True); PairLoss ``theta`` (1.0).  They compute what the native
+``squared`` (True); PairLoss ``theta`` (1.0); MarginSoftmaxLoss ``num_output``
+(required), ``axis`` (1), ``s`` (64), ``m1`` (1), ``m2`` (0.5), ``m3`` (0),
+``weight_filler`` ('xavier', the native default, or 'gaussian': std 0.01).  They compute what the native
 layers compute, with the faceops ops (CPU, the NumPy arrays pycaffe exposes).
 Python layers are not loss layers to Caffe: give the top a loss_weight.  The
 labels take no gradient: their diff is set to zero when Caffe asks for it.
@@ -149,5 +151,46 @@ class PairLoss(caffe.Layer):
     def backward(self, top, propagate_down, bottom):
         _no_label_gradient(propagate_down, bottom)
         self.blobs[0].diff[0] += top[0].diff * self.dtheta
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * self.dx.reshape(bottom[0].diff.shape)
+
+
+class MarginSoftmaxLoss(caffe.Layer):
+    """The combined margin softmax (faceops.margin_softmax_loss: ArcFace by
+    default, CosFace with m2 = 0, m3 = 0.35, SphereFace with m1 = 4, m2 = 0);
+    blobs[0] is the class weight (num_output x D), whose diff accumulates
+    dL/dweight times the top diff (see the native MarginSoftmaxLossLayer)."""
+
+    def setup(self, bottom, top):
+        params = _params(self, {"axis": 1, "s": 64.0, "m1": 1.0, "m2": 0.5, "m3": 0.0,
+                                "weight_filler": "xavier"}, required=("num_output",))
+        self.axis = params["axis"] % len(bottom[0].shape)
+        self.margins = {name: float(params[name]) for name in ("s", "m1", "m2", "m3")}
+        dim = int(np.prod(bottom[0].shape[self.axis:]))
+        if len(self.blobs) == 0:
+            self.blobs.add_blob(params["num_output"], dim)
+            shape = self.blobs[0].data.shape
+            if params["weight_filler"] == "xavier":  # Caffe's XavierFiller, fan_in = dim
+                scale = np.sqrt(3.0 / dim)
+                self.blobs[0].data[...] = np.random.uniform(-scale, scale, shape)
+            elif params["weight_filler"] == "gaussian":
+                self.blobs[0].data[...] = np.random.normal(0.0, 0.01, shape)
+            else:
+                raise ValueError(f"MarginSoftmaxLoss: weight_filler must be 'xavier' or 'gaussian', "
+                                 f"got {params['weight_filler']!r}")
+
+    def reshape(self, bottom, top):
+        self.rows = int(np.prod(bottom[0].shape[:self.axis]))
+        top[0].reshape()
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.rows, -1)
+        labels = _labels(self, bottom[1], self.rows)
+        top[0].data[...], self.dx, self.dweight = faceops.margin_softmax_loss(
+            x, labels, self.blobs[0].data, **self.margins)
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(propagate_down, bottom)
+        self.blobs[0].diff[...] += top[0].diff * self.dweight
         if propagate_down[0]:
             bottom[0].diff[...] = top[0].diff * self.dx.reshape(bottom[0].diff.shape)
