@@ -6,9 +6,9 @@
 // shared memory, each thread a 2 x 4 micro-tile (about 30 KB for double).
 // The passes:
 //   1. x̂ and ŵ ((n + C) d scratch; 32 rows per block, 8 threads per row)
-//      and each row's target
-//      logit s psi(c_iy) and dpsi/dc (one dot product per row, used wherever
-//      the target entry appears, so every pass sees the same value);
+//      and each row's target logit s psi(c_iy) and dpsi/dc (one dot product
+//      per row, used wherever the target entry appears, so every pass sees
+//      the same value);
 //   2. log-sum-exp: grid (row blocks x class splits); thread (m, lane) keeps an
 //      online (max, sum) of row m over every 8th column of its split's tiles;
 //      lanes, then splits, are merged in a fixed order; loss = mean of lse_i
@@ -39,8 +39,9 @@ namespace faceops {
 namespace cuda {
 namespace detail {
 
-// Blocks a call aims for when it splits the class (or row) walk; and the most
-// scratch the per-split partial gradients of one matrix may take.
+// Blocks a call aims for when it splits the class (or row) walk: about one
+// wave on an H100 (132 SMs x 4 blocks of 256 threads at 64 registers); and
+// the most scratch the per-split partial gradients of one matrix may take.
 constexpr int64_t kSoftmaxTargetBlocks = 512;
 constexpr int64_t kMaxPartialBytes = int64_t(64) << 20;
 // Threads per tile row in the log-sum-exp pass.
