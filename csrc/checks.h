@@ -48,6 +48,16 @@ inline void check_labels_in_range(const char* name, const int64_t* labels, int64
   }
 }
 
+// The margin softmax's hyperparameters (csrc/faceops/margin_softmax.h).
+inline void check_margin(double scale, double m1, double m2, double m3) {
+  require(std::isfinite(scale) && scale > 0,
+          "s: expected a finite scale > 0, got " + std::to_string(scale));
+  require(std::isfinite(m1) && m1 > 0,
+          "m1: expected a finite multiplicative margin > 0, got " + std::to_string(m1));
+  require(std::isfinite(m2), "m2: expected a finite additive angular margin");
+  require(std::isfinite(m3), "m3: expected a finite additive cosine margin");
+}
+
 // Sums term(i) for i in [0, count) over threads with a static schedule and
 // adds the per-thread partials in thread order: bitwise reproducible for a
 // fixed thread count (a reduction clause combines in arrival order).

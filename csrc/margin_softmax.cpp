@@ -45,16 +45,6 @@ struct Margin {
   double scale, m1, m2, m3;
 };
 
-void check_margin(const Margin& margin) {
-  detail::require(std::isfinite(margin.scale) && margin.scale > 0,
-                  "s: expected a finite scale > 0, got " + std::to_string(margin.scale));
-  detail::require(std::isfinite(margin.m1) && margin.m1 > 0,
-                  "m1: expected a finite multiplicative margin > 0, got " +
-                      std::to_string(margin.m1));
-  detail::require(std::isfinite(margin.m2), "m2: expected a finite additive angular margin");
-  detail::require(std::isfinite(margin.m3), "m3: expected a finite additive cosine margin");
-}
-
 // Per-thread buffers for one class block: its normalised rows (count x d),
 // their transpose (d x kTileLd, the right operand of the cosine product),
 // norms, and the logit and gradient tiles.
@@ -143,7 +133,7 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
   const Margin margin{double(scale), double(m1), double(m2), double(m3)};
   detail::check_batch("x", n, d);
   detail::require(num_classes > 0, "weight: expected at least one class (C > 0)");
-  check_margin(margin);
+  detail::check_margin(margin.scale, margin.m1, margin.m2, margin.m3);
   detail::check_labels_in_range("labels", labels, n, num_classes);
   detail::check_finite("x", x, n * d);
   detail::check_finite("weight", weight, num_classes * d);
@@ -251,7 +241,7 @@ template <typename T>
 void target_margin_forward(const T* cosine, const int64_t* labels, int64_t n,
                            int64_t num_classes, T m1, T m2, T m3, T* out) {
   detail::check_batch("cosine", n, num_classes);
-  check_margin(Margin{1.0, double(m1), double(m2), double(m3)});
+  detail::check_margin(1.0, m1, m2, m3);
   detail::check_labels_in_range("labels", labels, n, num_classes);
   if (out != cosine) std::copy(cosine, cosine + n * num_classes, out);
   for (int64_t i = 0; i < n; ++i) {
@@ -265,7 +255,7 @@ template <typename T>
 void target_margin_backward(const T* cosine, const int64_t* labels, const T* d_out, int64_t n,
                             int64_t num_classes, T m1, T m2, T m3, T* d_cosine) {
   detail::check_batch("cosine", n, num_classes);
-  check_margin(Margin{1.0, double(m1), double(m2), double(m3)});
+  detail::check_margin(1.0, m1, m2, m3);
   detail::check_labels_in_range("labels", labels, n, num_classes);
   if (d_cosine != d_out) std::copy(d_out, d_out + n * num_classes, d_cosine);
   for (int64_t i = 0; i < n; ++i) {

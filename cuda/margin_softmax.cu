@@ -423,23 +423,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The CPU side's argument checks (csrc/margin_softmax.cpp), with its messages;
-// labels and NaN/Inf live on the device and are checked by python/faceops.
-inline void check_margins(double scale, double m1, double m2, double m3) {
-  faceops::detail::require(std::isfinite(scale) && scale > 0,
-                           "s: expected a finite scale > 0, got " + std::to_string(scale));
-  faceops::detail::require(
-      std::isfinite(m1) && m1 > 0,
-      "m1: expected a finite multiplicative margin > 0, got " + std::to_string(m1));
-  faceops::detail::require(std::isfinite(m2), "m2: expected a finite additive angular margin");
-  faceops::detail::require(std::isfinite(m3), "m3: expected a finite additive cosine margin");
-}
-
+// Labels and NaN/Inf live on the device and are checked by python/faceops.
 inline void check_margin_softmax_inputs(int64_t n, int64_t d, int64_t num_classes, double scale,
                                         double m1, double m2, double m3) {
   faceops::detail::check_batch("x", n, d);
   faceops::detail::require(num_classes > 0, "weight: expected at least one class (C > 0)");
-  check_margins(scale, m1, m2, m3);
+  faceops::detail::check_margin(scale, m1, m2, m3);
   check_rows_fit_int("x", n);
   check_rows_fit_int("weight", num_classes);
 }
@@ -553,7 +542,7 @@ template <typename T>
 void target_margin_forward(const T* cosine, const int64_t* labels, int64_t n, int64_t num_classes,
                            T m1, T m2, T m3, T* out, void* stream_handle) {
   faceops::detail::check_batch("cosine", n, num_classes);
-  detail::check_margins(1.0, m1, m2, m3);
+  faceops::detail::check_margin(1.0, m1, m2, m3);
   detail::NvtxRange range("faceops::target_margin_forward");
   detail::launch("target_margin_forward_kernel", detail::target_margin_forward_kernel<T>,
                  detail::grid_for(n * num_classes), detail::as_stream(stream_handle), cosine,
@@ -565,7 +554,7 @@ void target_margin_backward(const T* cosine, const int64_t* labels, const T* d_o
                             int64_t num_classes, T m1, T m2, T m3, T* d_cosine,
                             void* stream_handle) {
   faceops::detail::check_batch("cosine", n, num_classes);
-  detail::check_margins(1.0, m1, m2, m3);
+  faceops::detail::check_margin(1.0, m1, m2, m3);
   detail::NvtxRange range("faceops::target_margin_backward");
   detail::launch("target_margin_backward_kernel", detail::target_margin_backward_kernel<T>,
                  detail::grid_for(n * num_classes), detail::as_stream(stream_handle), cosine,
