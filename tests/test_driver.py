@@ -56,9 +56,11 @@ def test_every_loss_trains_on_a_tiny_set(tmp_path, synthetic_root, loss):
 @pytest.mark.parametrize("loss", ["arcface", "cosface", "sphereface", "combined", "normface", "arcface+0.01*center"])
 def test_margin_softmax_losses_train_their_class_weights(tmp_path, synthetic_root, loss):
     _train(tmp_path, "--data", synthetic_root, "--train-identities", "id_000-id_009", "--eval-identities",
-           "id_010-id_013", "--image-size", "48", "-P", "4", "--loss", loss, "--lr", "0.05", "--epochs", "2")
+           "id_010-id_013", "--image-size", "48", "-P", "4", "--loss", loss, "--lr", "0.05", "--epochs", "3")
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
-    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    assert len(history) == 3 and all(np.isfinite(h["loss"]) for h in history)
+    if loss != "sphereface":  # m1 = 4 without SphereFace's annealing (lambda) starts near s * 7 and needs longer
+        assert history[-1]["loss"] < history[0]["loss"]
     initial = train.Trainer(train.build_parser().parse_args(["--loss", loss, "--image-size", "48"]),
                             data.load_identity_folder(synthetic_root, 48, identities=[f"id_{k:03d}" for k in range(10)]),
                             np)
