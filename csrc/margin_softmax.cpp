@@ -143,16 +143,23 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
   for (int64_t i = 0; i < n; ++i) x_norm[i] = normalize_row(x + i * d, d, &x_hat[i * ldx]);
 
   const int64_t blocks = (num_classes + kClassBlock - 1) / kClassBlock;
-  const bool parallel = n * num_classes * d > detail::kParallelWork;
+  // One team for both passes: on a loaded machine each wake-up of the team can
+  // cost a scheduler tick, and beside a BLAS call whose threads still spin it
+  // costs more; below about 10^6 multiply-adds per pass one thread is faster.
+  const bool parallel = n * num_classes * d > (int64_t(1) << 24);
   const int threads = parallel ? omp_get_max_threads() : 1;
   auto block_classes = [&](int64_t b) { return std::min(kClassBlock, num_classes - b * kClassBlock); };
+  const bool backward = dx || dweight;
+  const T inv_n = T(1) / T(n);
 
-  // Pass 1: log-sum-exp of every row and its target logit.
   std::vector<RowLogSumExp> partial(threads, RowLogSumExp(n));
   std::vector<T> target_logit(n);
+  std::vector<double> log_sum_exp(n);
+  std::vector<std::vector<T>> dx_hat_partial(dx ? threads : 0);
 #pragma omp parallel num_threads(threads)
   {
     ClassBlock<T> block(d);
+    // Pass 1: log-sum-exp of every row and its target logit.
     RowLogSumExp& mine = partial[omp_get_thread_num()];
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -170,61 +177,58 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
         }
       }
     }
-  }
-  std::vector<double> log_sum_exp(n);
-  double loss_sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    double row_max = -std::numeric_limits<double>::infinity(), row_sum = 0;
-    for (const RowLogSumExp& p : partial) row_max = std::max(row_max, p.max[i]);
-    for (const RowLogSumExp& p : partial)
-      if (p.sum[i] > 0) row_sum += p.sum[i] * std::exp(p.max[i] - row_max);
-    log_sum_exp[i] = row_max + std::log(row_sum);
-    loss_sum += log_sum_exp[i] - double(target_logit[i]);
-  }
-  *loss = static_cast<T>(loss_sum / double(n));
-  if (!dx && !dweight) return;
-
-  // Pass 2: G = dL/dc per tile, recomputed from the logits;
-  // dx̂ += G ŵ (per-thread rows, added in thread order), dŵ_block = Gᵀ x̂.
-  std::vector<std::vector<T>> dx_hat_partial(dx ? threads : 0);
-#pragma omp parallel num_threads(threads)
-  {
-    ClassBlock<T> block(d);
-    std::vector<T> target_derivative(kRowBlock), dw_hat(kClassBlock * d);
-    std::vector<T>* dx_hat = nullptr;
-    if (dx) {
-      dx_hat = &dx_hat_partial[omp_get_thread_num()];
-      dx_hat->assign(n * d, T(0));
-    }
-    const T inv_n = T(1) / T(n);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      block.load(weight, b * kClassBlock, block_classes(b), d);
-      std::fill(dw_hat.begin(), dw_hat.end(), T(0));
-      for (int64_t i0 = 0; i0 < n; i0 += kRowBlock) {
-        const int64_t row_count = std::min(kRowBlock, n - i0);
-        block.logits(x_hat.data(), ldx, labels, i0, row_count, d, margin, nullptr,
-                     target_derivative.data());
-        for (int64_t r = 0; r < row_count; ++r) {
-          T* row = &block.tile[r * kTileLd];
-          const T lse = T(log_sum_exp[i0 + r]);
-          const int64_t target = labels[i0 + r] - block.c0;
-          for (int64_t j = 0; j < block.count; ++j) row[j] = std::exp(row[j] - lse) * inv_n * scale;
-          if (target >= 0 && target < block.count)
-            row[target] = (row[target] - inv_n * scale) * target_derivative[r];
-          for (int64_t j = 0; j < block.count; ++j) block.gradient_t[j * kRowBlock + r] = row[j];
-        }
-        if (dx)
-          detail::gemm_accumulate<T>(row_count, d, block.count, block.tile.data(), kTileLd,
-                                     block.rows.data(), block.ld, dx_hat->data() + i0 * d, d);
-        if (dweight)
-          detail::gemm_accumulate<T>(block.count, d, row_count, block.gradient_t.data(),
-                                     kRowBlock, x_hat.data() + i0 * ldx, ldx, dw_hat.data(), d);
+#pragma omp single
+    {
+      double loss_sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        double row_max = -std::numeric_limits<double>::infinity(), row_sum = 0;
+        for (const RowLogSumExp& p : partial) row_max = std::max(row_max, p.max[i]);
+        for (const RowLogSumExp& p : partial)
+          if (p.sum[i] > 0) row_sum += p.sum[i] * std::exp(p.max[i] - row_max);
+        log_sum_exp[i] = row_max + std::log(row_sum);
+        loss_sum += log_sum_exp[i] - double(target_logit[i]);
       }
-      if (dweight)
-        for (int64_t j = 0; j < block.count; ++j)
-          normalized_row_gradient(&block.rows[j * block.ld], block.norms[j], &dw_hat[j * d], d,
-                                  dweight + (block.c0 + j) * d);
+      *loss = static_cast<T>(loss_sum / double(n));
+    }
+    // Pass 2: G = dL/dc per tile, recomputed from the logits;
+    // dx̂ += G ŵ (per-thread rows, added in thread order), dŵ_block = Gᵀ x̂.
+    if (backward) {
+      std::vector<T> target_derivative(kRowBlock), dw_hat(dweight ? kClassBlock * d : 0);
+      std::vector<T>* dx_hat = nullptr;
+      if (dx) {
+        dx_hat = &dx_hat_partial[omp_get_thread_num()];
+        dx_hat->assign(n * d, T(0));
+      }
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < blocks; ++b) {
+        block.load(weight, b * kClassBlock, block_classes(b), d);
+        std::fill(dw_hat.begin(), dw_hat.end(), T(0));
+        for (int64_t i0 = 0; i0 < n; i0 += kRowBlock) {
+          const int64_t row_count = std::min(kRowBlock, n - i0);
+          block.logits(x_hat.data(), ldx, labels, i0, row_count, d, margin, nullptr,
+                       target_derivative.data());
+          for (int64_t r = 0; r < row_count; ++r) {
+            T* row = &block.tile[r * kTileLd];
+            const T lse = T(log_sum_exp[i0 + r]);
+            const int64_t target = labels[i0 + r] - block.c0;
+            for (int64_t j = 0; j < block.count; ++j)
+              row[j] = std::exp(row[j] - lse) * inv_n * scale;
+            if (target >= 0 && target < block.count)
+              row[target] = (row[target] - inv_n * scale) * target_derivative[r];
+            for (int64_t j = 0; j < block.count; ++j) block.gradient_t[j * kRowBlock + r] = row[j];
+          }
+          if (dx)
+            detail::gemm_accumulate<T>(row_count, d, block.count, block.tile.data(), kTileLd,
+                                       block.rows.data(), block.ld, dx_hat->data() + i0 * d, d);
+          if (dweight)
+            detail::gemm_accumulate<T>(block.count, d, row_count, block.gradient_t.data(),
+                                       kRowBlock, x_hat.data() + i0 * ldx, ldx, dw_hat.data(), d);
+        }
+        if (dweight)
+          for (int64_t j = 0; j < block.count; ++j)
+            normalized_row_gradient(&block.rows[j * block.ld], block.norms[j], &dw_hat[j * d], d,
+                                    dweight + (block.c0 + j) * d);
+      }
     }
   }
   if (!dx) return;
