@@ -63,8 +63,9 @@ struct ClassBlock {
     }
   }
 
-  // tile(r, j) = logit of row i0 + r and class c0 + j; *target_derivative
-  // (per row) gets dpsi/dc where the row's target lies in this block.
+  // tile(r, j) = logit of row i0 + r and class c0 + j; target_logit[i] and
+  // target_derivative[i] (dpsi/dc) are written for the rows whose target lies
+  // in this block.
   void logits(const T* x_hat, int64_t ldx, const int64_t* labels, int64_t i0, int64_t row_count,
               int64_t d, const Margin& margin, T* target_logit, T* target_derivative) {
     for (int64_t r = 0; r < row_count; ++r) std::fill_n(&tile[r * kTileLd], count, T(0));
@@ -81,9 +82,22 @@ struct ClassBlock {
       for (int64_t j = 0; j < count; ++j) row[j] *= scale;
       if (target >= 0 && target < count) {
         if (target_logit) target_logit[i0 + r] = row[target];
-        if (target_derivative) target_derivative[r] = derivative;
+        if (target_derivative) target_derivative[i0 + r] = derivative;
       }
     }
+  }
+
+  // The logits of this block are kept in `cache`, class-major: class c0 + j's
+  // logits of rows i0.. lie at cache[(c0 + j) * ld_cache + i0 ..].
+  void store_tile(T* cache, int64_t ld_cache, int64_t i0, int64_t row_count) const {
+    for (int64_t j = 0; j < count; ++j)
+      for (int64_t r = 0; r < row_count; ++r)
+        cache[(c0 + j) * ld_cache + i0 + r] = tile[r * kTileLd + j];
+  }
+  void load_tile(const T* cache, int64_t ld_cache, int64_t i0, int64_t row_count) {
+    for (int64_t j = 0; j < count; ++j)
+      for (int64_t r = 0; r < row_count; ++r)
+        tile[r * kTileLd + j] = cache[(c0 + j) * ld_cache + i0 + r];
   }
 
   std::vector<T> rows, transposed, norms, tile, gradient_t;
@@ -152,8 +166,13 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
   const bool backward = dx || dweight;
   const T inv_n = T(1) / T(n);
 
+  // With dweight wanted and n <= d, a block's 128 x n logits fit in its own
+  // 128 x d rows of dweight, which get their gradient only after pass 2 has
+  // read them back: pass 2 then skips recomputing the logits (3 products of
+  // n C d instead of 4) with no memory beyond the output.
+  T* cache = dweight && n <= d ? dweight : nullptr;
   std::vector<RowLogSumExp> partial(threads, RowLogSumExp(n));
-  std::vector<T> target_logit(n);
+  std::vector<T> target_logit(n), target_derivative(n);
   std::vector<double> log_sum_exp(n);
   std::vector<std::vector<T>> dx_hat_partial(dx ? threads : 0);
 #pragma omp parallel num_threads(threads)
@@ -167,7 +186,8 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
       for (int64_t i0 = 0; i0 < n; i0 += kRowBlock) {
         const int64_t row_count = std::min(kRowBlock, n - i0);
         block.logits(x_hat.data(), ldx, labels, i0, row_count, d, margin, target_logit.data(),
-                     nullptr);
+                     target_derivative.data());
+        if (cache) block.store_tile(cache, d, i0, row_count);
         for (int64_t r = 0; r < row_count; ++r) {
           const T* row = &block.tile[r * kTileLd];
           const T row_max = *std::max_element(row, row + block.count);
@@ -193,7 +213,7 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
     // Pass 2: G = dL/dc per tile, recomputed from the logits;
     // dx̂ += G ŵ (per-thread rows, added in thread order), dŵ_block = Gᵀ x̂.
     if (backward) {
-      std::vector<T> target_derivative(kRowBlock), dw_hat(dweight ? kClassBlock * d : 0);
+      std::vector<T> dw_hat(dweight ? kClassBlock * d : 0);
       std::vector<T>* dx_hat = nullptr;
       if (dx) {
         dx_hat = &dx_hat_partial[omp_get_thread_num()];
@@ -205,8 +225,10 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
         std::fill(dw_hat.begin(), dw_hat.end(), T(0));
         for (int64_t i0 = 0; i0 < n; i0 += kRowBlock) {
           const int64_t row_count = std::min(kRowBlock, n - i0);
-          block.logits(x_hat.data(), ldx, labels, i0, row_count, d, margin, nullptr,
-                       target_derivative.data());
+          if (cache)
+            block.load_tile(cache, d, i0, row_count);
+          else
+            block.logits(x_hat.data(), ldx, labels, i0, row_count, d, margin, nullptr, nullptr);
           for (int64_t r = 0; r < row_count; ++r) {
             T* row = &block.tile[r * kTileLd];
             const T lse = T(log_sum_exp[i0 + r]);
@@ -214,7 +236,7 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
             for (int64_t j = 0; j < block.count; ++j)
               row[j] = std::exp(row[j] - lse) * inv_n * scale;
             if (target >= 0 && target < block.count)
-              row[target] = (row[target] - inv_n * scale) * target_derivative[r];
+              row[target] = (row[target] - inv_n * scale) * target_derivative[i0 + r];
             for (int64_t j = 0; j < block.count; ++j) block.gradient_t[j * kRowBlock + r] = row[j];
           }
           if (dx)

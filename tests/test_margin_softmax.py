@@ -24,9 +24,14 @@ def batch(seed, n=12, d=6, classes=5, dtype=np.float64):
     return x, labels, weight
 
 
-@pytest.mark.parametrize("device,margin", product(DEVICES, MARGINS))
-def test_gradients_match_finite_differences(device, margin):
-    x, labels, weight = batch(1)
+# N > D recomputes the logits for the gradients; N <= D keeps them in dweight's rows.
+SHAPES = [(12, 6, 5), (5, 8, 5)]
+
+
+@pytest.mark.parametrize("device,margin,shape", product(DEVICES, MARGINS, SHAPES))
+def test_gradients_match_finite_differences(device, margin, shape):
+    n, d, classes = shape
+    x, labels, weight = batch(1, n, d, classes)
     m = faceops.MARGINS[margin]
     labels_d = to_device(labels, device)
 
@@ -42,10 +47,11 @@ def test_gradients_match_finite_differences(device, margin):
     np.testing.assert_allclose(to_numpy(dweight), numeric_dweight, rtol=0, atol=1e-6 * np.abs(numeric_dweight).max())
 
 
-@pytest.mark.parametrize("device,dtype,margin", product(DEVICES, DTYPES, MARGINS))
-def test_matches_dense_reference(device, dtype, margin):
-    # 300 classes and 70 rows: several class blocks and row tiles, a partial last block.
-    x, labels, weight = batch(2, n=70, d=33, classes=300)
+@pytest.mark.parametrize("device,dtype,margin,rows", product(DEVICES, DTYPES, MARGINS, [70, 20]))
+def test_matches_dense_reference(device, dtype, margin, rows):
+    # 300 classes: several class blocks, a partial last one; 70 rows: two row tiles, logits
+    # recomputed (N > D); 20 rows: logits kept in dweight (N <= D).
+    x, labels, weight = batch(2, n=rows, d=33, classes=300)
     m = faceops.MARGINS[margin]
     expected = reference.margin_softmax_loss(x, labels, weight, 30.0, *m)
     loss, dx, dweight = faceops.margin_softmax_loss(
@@ -90,6 +96,13 @@ def test_gradient_past_pi_minus_m2(device):
         x.copy(),
     )
     np.testing.assert_allclose(to_numpy(dx), numeric, rtol=0, atol=1e-6 * np.abs(numeric).max())
+
+
+def test_kept_and_recomputed_logits_give_the_same_dx():
+    x, labels, weight = batch(15, n=30, d=40, classes=700)
+    kept = faceops.margin_softmax_loss(x, labels, weight)
+    recomputed = faceops.margin_softmax_loss(x, labels, weight, weight_grad=False)
+    assert kept[0] == recomputed[0] and np.array_equal(kept[1], recomputed[1])
 
 
 def test_target_margin_backward_is_the_derivative():

@@ -113,9 +113,11 @@ template <typename T>
 void normalize_rows_backward(const T* normalized, const T* norms, const T* d_out, int64_t n,
                              int64_t d, T* d_x);
 // Writes the mean cross-entropy to *loss; dx (n, d) and dweight
-// (num_classes, d) are overwritten when non-null.  Never holds more than one
-// block of logits per thread: the logits are computed in class blocks twice
-// (log-sum-exp, then gradients), so memory is O(n d) plus O(threads * block).
+// (num_classes, d) are overwritten when non-null.  No n x C matrix: the
+// logits are computed in class blocks for a log-sum-exp pass, then either
+// recomputed for the gradients or, when dweight is wanted and n <= d, read
+// back from dweight's own rows, where the first pass left them.  Memory is
+// O(n d) plus O(threads * block) beyond the outputs.
 template <typename T>
 void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,
                          int64_t num_classes, T scale, T m1, T m2, T m3, T* loss, T* dx,
