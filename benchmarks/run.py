@@ -20,8 +20,8 @@ N = 256, D = 512, C in {1e4, 1e5, 1e6}: faceops against the NumPy reference,
 PyTorch autograd (F.normalize, matmul, the margin on the target logit,
 cross_entropy) and pytorch-metric-learning's ArcFaceLoss / CosFaceLoss,
 forward + backward including the class-weight gradient.  Its GFLOP/s count
-3 x 2 N C D (logits, dX, dW: the least a dense implementation does); faceops
-recomputes the logits in its backward, so it does 4 x 2 N C D.  A child whose
+3 x 2 N C D (logits, dX, dW: the least a dense implementation does), which
+faceops does where N <= D; for N > D it recomputes the logits, 4 x 2 N C D.  A child whose
 resident memory passes --mem-limit-gb (or that leaves the machine under 1.5 GB
 available) is killed and recorded as skipped, so that a peer's N x C matrices
 at C = 1e6 cannot take the shared machine down.
@@ -492,7 +492,7 @@ def markdown_table(results, peak):
         names = {"arcface": "ArcFace", "cosface": "CosFace", "arcface_pfc": "ArcFace, Partial FC r = 0.1"}
         lines += ["Margin softmax, s = 64 (ArcFace m2 = 0.5, CosFace m3 = 0.35), forward+backward with the class-weight "
                   "gradient; vs pml = faceops / pytorch-metric-learning (time, peak extra memory); of matmul peak "
-                  "counts 3 x 2 N C D (faceops does 4 x 2 N C D: it recomputes the logits in backward).", "",
+                  "counts 3 x 2 N C D (faceops does that much where N <= D; for N > D it recomputes the logits, 4 x 2 N C D).", "",
                   "| loss | N | D | C | faceops | NumPy ref. | PyTorch | pml | ratio | vs pml: time | vs pml: memory | of matmul peak |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in margin:
