@@ -109,22 +109,7 @@ __device__ void compute_cosine_tile(const T* __restrict__ xn, int n, const T* __
                                     CosineTile<T>& tile) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[kMicroRows][kMicroCols];
-  for (int r = 0; r < kMicroRows; ++r)
-    for (int c = 0; c < kMicroCols; ++c) acc[r][c] = T(0);
-  for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
-    stage_rows<T, kTileRows>(xn, n, d, r0, k0, tile.rows);
-    stage_rows<T, kTileCols>(wn, num_classes, d, c0, k0, tile.cols);
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < kTileDepth; ++k) {
-      T a[kMicroRows], b[kMicroCols];
-      for (int r = 0; r < kMicroRows; ++r) a[r] = tile.rows[k][kMicroRows * ty + r];
-      for (int c = 0; c < kMicroCols; ++c) b[c] = tile.cols[k][kMicroCols * tx + c];
-      for (int r = 0; r < kMicroRows; ++r)
-        for (int c = 0; c < kMicroCols; ++c) acc[r][c] = multiply_add(a[r], b[c], acc[r][c]);
-    }
-    __syncthreads();
-  }
+  tile_dot_products(xn, n, r0, wn, num_classes, c0, d, tile.rows, tile.cols, acc);
   for (int r = 0; r < kMicroRows; ++r)
     for (int c = 0; c < kMicroCols; ++c)
       tile.value[kMicroRows * ty + r][kMicroCols * tx + c] = acc[r][c];

@@ -103,6 +103,35 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ x, int n, int64
   }
 }
 
+// acc[r][c] = a[r0 + kMicroRows ty + r] . b[c0 + kMicroCols tx + c] for thread
+// (tx, ty) = (t % 16, t / 16), over all d features, staged kTileDepth at a
+// time in a_stage and b_stage (rows outside a or b count as zero).  Every
+// thread of the block must call it; it ends with a barrier.
+template <typename T, int PitchA, int PitchB>
+__device__ __forceinline__ void tile_dot_products(const T* __restrict__ a, int na, int r0,
+                                                  const T* __restrict__ b, int nb, int c0,
+                                                  int64_t d, T (*a_stage)[PitchA],
+                                                  T (*b_stage)[PitchB],
+                                                  T (&acc)[kMicroRows][kMicroCols]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  for (int r = 0; r < kMicroRows; ++r)
+    for (int c = 0; c < kMicroCols; ++c) acc[r][c] = T(0);
+  for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
+    stage_rows<T, kTileRows>(a, na, d, r0, k0, a_stage);
+    stage_rows<T, kTileCols>(b, nb, d, c0, k0, b_stage);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTileDepth; ++k) {
+      T a_k[kMicroRows], b_k[kMicroCols];
+      for (int r = 0; r < kMicroRows; ++r) a_k[r] = a_stage[k][kMicroRows * ty + r];
+      for (int c = 0; c < kMicroCols; ++c) b_k[c] = b_stage[k][kMicroCols * tx + c];
+      for (int r = 0; r < kMicroRows; ++r)
+        for (int c = 0; c < kMicroCols; ++c) acc[r][c] = multiply_add(a_k[r], b_k[c], acc[r][c]);
+    }
+    __syncthreads();
+  }
+}
+
 // tile.value = squared distances of anchors [a0, a0 + kTileRows) and
 // candidates [c0, c0 + kTileCols); 0 outside the batch (callers mask by index).
 // Every thread of the block must call it; it ends with a barrier.
@@ -111,22 +140,7 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
                                       int64_t d, int a0, int c0, DistanceTile<T>& tile) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[kMicroRows][kMicroCols];
-  for (int r = 0; r < kMicroRows; ++r)
-    for (int c = 0; c < kMicroCols; ++c) acc[r][c] = T(0);
-  for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
-    stage_rows<T, kTileRows>(x, n, d, a0, k0, tile.rows);
-    stage_rows<T, kTileCols>(x, n, d, c0, k0, tile.cols);
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < kTileDepth; ++k) {
-      T a[kMicroRows], b[kMicroCols];
-      for (int r = 0; r < kMicroRows; ++r) a[r] = tile.rows[k][kMicroRows * ty + r];
-      for (int c = 0; c < kMicroCols; ++c) b[c] = tile.cols[k][kMicroCols * tx + c];
-      for (int r = 0; r < kMicroRows; ++r)
-        for (int c = 0; c < kMicroCols; ++c) acc[r][c] = multiply_add(a[r], b[c], acc[r][c]);
-    }
-    __syncthreads();
-  }
+  tile_dot_products(x, n, a0, x, n, c0, d, tile.rows, tile.cols, acc);
   for (int r = 0; r < kMicroRows; ++r) {
     for (int c = 0; c < kMicroCols; ++c) {
       const int m = kMicroRows * ty + r, j = kMicroCols * tx + c;
