@@ -234,9 +234,8 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
             const T lse = T(log_sum_exp[i0 + r]);
             const int64_t target = labels[i0 + r] - block.c0;
             for (int64_t j = 0; j < block.count; ++j)
-              row[j] = std::exp(row[j] - lse) * inv_n * scale;
-            if (target >= 0 && target < block.count)
-              row[target] = (row[target] - inv_n * scale) * target_derivative[i0 + r];
+              row[j] = margin_softmax_cosine_gradient(row[j], lse, j == target,
+                                                      target_derivative[i0 + r], scale, inv_n);
             for (int64_t j = 0; j < block.count; ++j) block.gradient_t[j * kRowBlock + r] = row[j];
           }
           if (dx)

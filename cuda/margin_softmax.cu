@@ -135,12 +135,10 @@ __device__ void cosines_to_coefficients(RowTerms<T> rows, int n, int num_classes
     const int i = r0 + m, c = c0 + j;
     T g = T(0);
     if (i < n && c < num_classes) {
-      if (c == rows.labels[i]) {
-        g = (exp_of(rows.target_logit[i] - rows.lse[i]) - T(1)) * scale *
-            rows.target_derivative[i] * inv_n;
-      } else {
-        g = exp_of(scale * tile.value[m][j] - rows.lse[i]) * scale * inv_n;
-      }
+      const bool is_target = c == rows.labels[i];
+      const T logit = is_target ? rows.target_logit[i] : scale * tile.value[m][j];
+      g = margin_softmax_cosine_gradient(logit, rows.lse[i], is_target, rows.target_derivative[i],
+                                         scale, inv_n);
     }
     tile.value[m][j] = g;
   }

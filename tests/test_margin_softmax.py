@@ -249,3 +249,13 @@ def test_zero_rows_follow_normalize_semantics():
     expected = reference.margin_softmax_loss(x, labels, weight, 8.0, *faceops.MARGINS["cosface"])
     assert loss == pytest.approx(expected[0], rel=1e-12)
     np.testing.assert_allclose(dx, expected[1], rtol=1e-10)
+
+
+def test_target_margin_bad_input():
+    cosine = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="labels: label 3 .*out of range"):
+        faceops.ops.target_margin_forward(cosine, np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"d_out: expected 4 rows"):
+        faceops.ops.target_margin_backward(cosine, np.array([0, 1, 2, 0]), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="m1: expected a multiplicative margin > 0"):
+        faceops.ops.target_margin_forward(cosine, np.array([0, 1, 2, 0]), m1=-1.0)

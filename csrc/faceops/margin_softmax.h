@@ -88,6 +88,20 @@ FACEOPS_HD T margin_target_cosine(T c, T m1, T m2, T m3, T* derivative) {
   return sign * detail::margin_cos(angle) - T(2) * k - m3;
 }
 
+// dL/dc of one cosine, from its logit and its row's log-sum-exp:
+// (softmax - [j == y_i]) * s / n, times dpsi/dc for the target.
+template <typename T>
+FACEOPS_HD T margin_softmax_cosine_gradient(T logit, T log_sum_exp, bool is_target,
+                                            T target_derivative, T scale, T inv_n) {
+#if defined(__CUDA_ARCH__)
+  const T softmax = ::exp(logit - log_sum_exp);
+#else
+  const T softmax = std::exp(logit - log_sum_exp);
+#endif
+  return is_target ? (softmax - T(1)) * scale * target_derivative * inv_n
+                   : softmax * scale * inv_n;
+}
+
 // One row's gradient through x̂ = x / max(||x||, kNormFloor), given x̂, the
 // unfloored norm and dL/dx̂: (g - x̂ (x̂ . g)) / ||x||, or g / kNormFloor
 // where the floor applies (as autograd of F.normalize gives).
