@@ -79,9 +79,16 @@ class DistanceTile {
                        distance_.data(), kTileCols);
     for (int64_t r = 0; r < rows; ++r) {
       T* row = distance_.data() + r * kTileCols;
-      for (int64_t c = 0; c < cols; ++c)
-        row[c] = refined_squared_distance(norms[i0 + r], norms[j0 + c], row[c],
-                                          x + (i0 + r) * d_, x + (j0 + c) * d_, d_);
+      const T norm_i = norms[i0 + r];
+      // A vectorised pass, then the rare near-duplicates (refined_squared_distance's rule).
+      int near_duplicates = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        row[c] = gram_squared_distance(norm_i, norms[j0 + c], row[c]);
+        near_duplicates |= near_duplicate(norm_i, norms[j0 + c], row[c]);
+      }
+      for (int64_t c = 0; near_duplicates && c < cols; ++c)
+        if (near_duplicate(norm_i, norms[j0 + c], row[c]))
+          row[c] = direct_squared_distance(x + (i0 + r) * d_, x + (j0 + c) * d_, d_);
       if (i0 + r >= j0 && i0 + r < j0 + cols) row[i0 + r - j0] = T(0);
     }
   }

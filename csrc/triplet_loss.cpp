@@ -1,6 +1,8 @@
 #include "faceops/triplet_loss.h"
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
@@ -11,6 +13,8 @@
 namespace faceops {
 namespace cpu {
 namespace {
+
+using detail::kTileRows;  // the symmetric tiles are kTileRows x kTileRows
 
 // Every anchor's positives (rows with its label, itself excluded), sorted by
 // (distance, index): anchor a owns entries [begin[a], begin[a + 1]).  State is
@@ -23,19 +27,6 @@ struct AnchorPositives {
   std::vector<int64_t> negative_count;  // rows with another label, per anchor
 
   int64_t count(int64_t a) const { return begin[a + 1] - begin[a]; }
-  // Number of a's positives whose distance is < value (or <= value when `inclusive`):
-  // a branch-free count for the few positives of P x K batches, else a binary search.
-  int64_t rank(int64_t a, T value, bool inclusive) const {
-    const T* first = distance.data() + begin[a];
-    const T* last = distance.data() + begin[a + 1];
-    if (last - first <= 16) {
-      int64_t below = 0;
-      for (const T* p = first; p < last; ++p) below += inclusive ? *p <= value : *p < value;
-      return below;
-    }
-    return (inclusive ? std::upper_bound(first, last, value) : std::lower_bound(first, last, value)) -
-           first;
-  }
 };
 
 template <typename T>
@@ -87,27 +78,174 @@ AnchorPositives<T> find_positives(const detail::GramRows<T>& gram, const int64_t
   return positives;
 }
 
-// Calls visit(a, j, d_aj) for every anchor a with positives and every negative j
-// of it, j ascending for each anchor; anchors are split over threads by blocks,
-// so visit may update anchor a's state without synchronisation.
-template <typename T, typename Visit>
-void for_each_negative(const detail::GramRows<T>& gram, const int64_t* labels, bool squared,
-                       const AnchorPositives<T>& pos, Visit visit) {
-  const int64_t n = gram.n;
-  detail::for_each_anchor_block<T>(n, gram.d, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                                  int64_t rows) {
-    for (int64_t j0 = 0; j0 < n; j0 += detail::kTileCols) {
-      const int64_t cols = std::min(detail::kTileCols, n - j0);
-      tile.compute(gram, i0, rows, j0, cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t a = i0 + r;
-        if (pos.count(a) == 0) continue;
-        for (int64_t c = 0; c < cols; ++c)
-          if (labels[j0 + c] != labels[a])
-            visit(a, j0 + c, distance_from_squared(tile.distance(r, c), squared));
-      }
+
+// The SIMD loops of the miners run over rows of kTileRows distances.
+template <typename T>
+using Vector = typename detail::Simd<T>::Vector;
+template <typename T>
+constexpr int64_t kLanes = detail::Simd<T>::kLanes;
+static_assert(kTileRows % kLanes<double> == 0 && kTileRows % kLanes<float> == 0,
+              "a tile row is whole SIMD vectors");
+
+template <typename T>
+Vector<T> broadcast(T value) {
+  return Vector<T>{} + value;
+}
+
+// One kTileRows x kTileRows tile of anchor-to-negative distances and, for a
+// tile off the diagonal, its transpose (the same pairs with the columns as
+// anchors).  Entries that are not negatives (same label, beyond the batch)
+// are NaN: every comparison of the miners is false on them, so their SIMD
+// loops need no label mask.
+template <typename T>
+class NegativeTile {
+ public:
+  NegativeTile() : by_row_(kTileRows * kTileRows), by_column_(kTileRows * kTileRows) {}
+
+  void compute(detail::DistanceTile<T>& tile, const detail::GramRows<T>& gram,
+               const int64_t* labels, bool squared, int64_t i0, int64_t rows, int64_t j0,
+               int64_t cols) {
+    tile.compute(gram, i0, rows, j0, cols);
+    const T absent = std::numeric_limits<T>::quiet_NaN();
+    std::fill(by_row_.begin(), by_row_.end(), absent);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t label = labels[i0 + r];
+      T* out = by_row_.data() + r * kTileRows;
+      for (int64_t c = 0; c < cols; ++c)
+        out[c] = labels[j0 + c] != label ? distance_from_squared(tile.distance(r, c), squared)
+                                         : absent;
     }
-  });
+    if (i0 == j0) return;
+    for (int64_t r = 0; r < kTileRows; ++r)
+      for (int64_t c = 0; c < kTileRows; ++c)
+        by_column_[c * kTileRows + r] = by_row_[r * kTileRows + c];
+  }
+
+  // Distances from anchor i0 + r to rows j0, j0 + 1, ...
+  const T* row(int64_t r) const { return by_row_.data() + r * kTileRows; }
+  // Distances from anchor j0 + c to rows i0, i0 + 1, ... (off-diagonal tiles).
+  const T* column(int64_t c) const { return by_column_.data() + c * kTileRows; }
+
+ private:
+  std::vector<T> by_row_, by_column_;
+};
+
+// Calls tile_fn(negatives, i0, rows, j0, cols, own_state, own_dx) for every
+// symmetric tile (j0 >= i0), in parallel; own_state is the calling thread's
+// element of `states` (merged by the caller), own_dx as in
+// for_each_symmetric_tile.  Each pair of rows is computed once: half the
+// distance work of scanning every anchor's row.
+template <typename T, typename State, typename TileFn>
+void for_each_negative_tile(const detail::GramRows<T>& gram, const int64_t* labels, bool squared,
+                            std::vector<State>& states, T* dx, TileFn tile_fn) {
+  std::vector<NegativeTile<T>> negatives(states.size());
+  detail::for_each_symmetric_tile<T>(
+      gram.n, gram.d, dx,
+      [&](detail::DistanceTile<T>& tile, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+          T* own_dx) {
+        const int t = omp_get_thread_num();
+        negatives[t].compute(tile, gram, labels, squared, i0, rows, j0, cols);
+        tile_fn(tile, negatives[t], i0, rows, j0, cols, states[t], own_dx);
+      });
+}
+
+// Calls visit(anchor, distances, first, by_column) for every anchor of a
+// tile, with the tile's distances from it to rows first, first + 1, ...;
+// by_column: the anchor is one of the tile's columns.
+template <typename T, typename Visit>
+void for_each_tile_anchor(const NegativeTile<T>& negatives, int64_t i0, int64_t rows, int64_t j0,
+                          int64_t cols, Visit visit) {
+  for (int64_t r = 0; r < rows; ++r) visit(i0 + r, negatives.row(r), j0, false);
+  if (i0 != j0)
+    for (int64_t c = 0; c < cols; ++c) visit(j0 + c, negatives.column(c), i0, true);
+}
+
+// A negative chosen for an anchor (or an (anchor, positive) pair); index -1: none yet.
+template <typename T>
+struct Choice {
+  T distance;
+  int64_t index;
+
+  // Ties go to the lowest index, whatever order threads and tiles offer them in.
+  void offer_nearer(T candidate, int64_t candidate_index) {
+    if (index < 0 || closer_candidate(candidate, candidate_index, distance, index)) {
+      distance = candidate;
+      index = candidate_index;
+    }
+  }
+  void offer_farther(T candidate, int64_t candidate_index) {
+    if (index < 0 || candidate > distance || (candidate == distance && candidate_index < index)) {
+      distance = candidate;
+      index = candidate_index;
+    }
+  }
+};
+
+template <typename T>
+bool any_lane(decltype(Vector<T>{} < Vector<T>{}) mask) {
+  for (int lane = 0; lane < kLanes<T>; ++lane)
+    if (mask[lane]) return true;
+  return false;
+}
+
+// The least (kMin) or greatest lane, by halving.
+template <typename T, bool kMin>
+T extreme_lane(Vector<T> v) {
+  T lanes[kLanes<T>];
+  std::memcpy(lanes, &v, sizeof(lanes));
+  for (int width = kLanes<T> / 2; width > 0; width /= 2)
+    for (int lane = 0; lane < width; ++lane)
+      lanes[lane] = kMin ? std::min(lanes[lane], lanes[lane + width])
+                         : std::max(lanes[lane], lanes[lane + width]);
+  return lanes[0];
+}
+
+template <typename T>
+int64_t first_index_of(const T* distances, T value) {
+  int64_t c = 0;
+  while (distances[c] != value) ++c;
+  return c;
+}
+
+// Offers `choice` the nearest entry of a tile row above `threshold`.  A first
+// SIMD pass only looks for an entry that could win: once the choice is close,
+// nearly every row has none and costs no horizontal reduction.
+template <typename T>
+void offer_nearest_above(const T* distances, T threshold, int64_t first, Choice<T>& choice) {
+  const Vector<T> above = broadcast(threshold);
+  const Vector<T> bound =
+      broadcast(choice.index < 0 ? std::numeric_limits<T>::infinity() : choice.distance);
+  decltype(above < bound) could_win{};
+  for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
+    const Vector<T> v = detail::Simd<T>::load(distances + c);
+    could_win |= v > above && v <= bound;
+  }
+  if (!any_lane<T>(could_win)) return;
+  Vector<T> nearest = broadcast(std::numeric_limits<T>::infinity());
+  for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
+    const Vector<T> v = detail::Simd<T>::load(distances + c);
+    nearest = v > above && v < nearest ? v : nearest;
+  }
+  const T distance = extreme_lane<T, true>(nearest);
+  choice.offer_nearer(distance, first + first_index_of(distances, distance));
+}
+
+// The same for the farthest entry of a tile row (NaN entries are not offered).
+template <typename T>
+void offer_farthest(const T* distances, int64_t first, Choice<T>& choice) {
+  const Vector<T> bound =
+      broadcast(choice.index < 0 ? -std::numeric_limits<T>::infinity() : choice.distance);
+  decltype(bound < bound) could_win{};
+  for (int64_t c = 0; c < kTileRows; c += kLanes<T>)
+    could_win |= detail::Simd<T>::load(distances + c) >= bound;
+  if (!any_lane<T>(could_win)) return;
+  Vector<T> farthest = broadcast(-std::numeric_limits<T>::infinity());
+  for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
+    const Vector<T> v = detail::Simd<T>::load(distances + c);
+    farthest = v > farthest ? v : farthest;
+  }
+  const T distance = extreme_lane<T, false>(farthest);
+  choice.offer_farther(distance, first + first_index_of(distances, distance));
 }
 
 // dx_i += coef (x_i - x_j) and dx_j += coef (x_j - x_i): the gradient of
@@ -130,7 +268,7 @@ struct ActiveTriplet {
 
 template <typename T>
 void sparse_triplet_gradient(const T* x, int64_t d, bool squared,
-                          const std::vector<ActiveTriplet<T>>& active, T weight, T* dx) {
+                             const std::vector<ActiveTriplet<T>>& active, T weight, T* dx) {
   for (const ActiveTriplet<T>& t : active) {
     add_pair_gradient(x, d, t.anchor, t.positive,
                       weight * distance_gradient_scale(t.anchor_positive, squared), dx);
@@ -139,160 +277,179 @@ void sparse_triplet_gradient(const T* x, int64_t d, bool squared,
   }
 }
 
-// FaceNet semi-hard: per anchor, cand[t] holds the closest negative whose
-// distance lies in (d_t, d_{t+1}] for the sorted positives d_0 <= d_1 <= ...;
-// a suffix minimum then gives each positive its closest farther negative.
+// FaceNet semi-hard: per (anchor, positive) the nearest negative farther than
+// the positive, and per anchor the farthest negative (the fallback).
 template <typename T>
-T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin,
-           bool squared, const AnchorPositives<T>& pos, T* dx) {
-  const T* x = gram.x;
-  const int64_t n = gram.n, d = gram.d;
-  std::vector<T> cand_distance(pos.begin[n]);
-  std::vector<int64_t> cand_index(pos.begin[n], -1);
-  std::vector<T> far_distance(n);
-  std::vector<int64_t> far_index(n, -1);
-  for_each_negative(gram, labels, squared, pos, [&](int64_t a, int64_t j, T v) {
-    if (far_index[a] < 0 || v > far_distance[a]) {
-      far_distance[a] = v;
-      far_index[a] = j;
-    }
-    const int64_t below = pos.rank(a, v, false);
-    if (below == 0) return;
-    const int64_t slot = pos.begin[a] + below - 1;
-    if (cand_index[slot] < 0 || v < cand_distance[slot]) {
-      cand_distance[slot] = v;
-      cand_index[slot] = j;
-    }
+struct SemihardChoices {
+  explicit SemihardChoices(const AnchorPositives<T>& pos)
+      : nearest_farther(pos.index.size(), Choice<T>{0, -1}),
+        farthest(pos.negative_count.size(), Choice<T>{0, -1}) {}
+  std::vector<Choice<T>> nearest_farther, farthest;
+};
+
+template <typename T>
+T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
+           const AnchorPositives<T>& pos, T* dx) {
+  const int64_t n = gram.n;
+  std::vector<SemihardChoices<T>> threads(omp_get_max_threads(), SemihardChoices<T>(pos));
+  for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
+                            [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
+                                int64_t rows, int64_t j0, int64_t cols, SemihardChoices<T>& own, T*) {
+    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
+      if (pos.count(a) == 0) return;
+      for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s)
+        offer_nearest_above(row, pos.distance[s], first, own.nearest_farther[s]);
+      offer_farthest(row, first, own.farthest[a]);
+    });
   });
+  SemihardChoices<T>& merged = threads[0];
+  for (size_t t = 1; t < threads.size(); ++t) {
+    for (size_t s = 0; s < merged.nearest_farther.size(); ++s) {
+      const Choice<T>& other = threads[t].nearest_farther[s];
+      if (other.index >= 0) merged.nearest_farther[s].offer_nearer(other.distance, other.index);
+    }
+    for (int64_t a = 0; a < n; ++a) {
+      const Choice<T>& other = threads[t].farthest[a];
+      if (other.index >= 0) merged.farthest[a].offer_farther(other.distance, other.index);
+    }
+  }
   double loss_sum = 0;
   int64_t pair_count = 0;
   std::vector<ActiveTriplet<T>> active;
   for (int64_t a = 0; a < n; ++a) {
     if (pos.negative_count[a] == 0) continue;
-    T best_distance = 0;
-    int64_t best_index = -1;
-    for (int64_t s = pos.begin[a + 1] - 1; s >= pos.begin[a]; --s) {
-      if (cand_index[s] >= 0 &&
-          (best_index < 0 ||
-           closer_candidate(cand_distance[s], cand_index[s], best_distance, best_index))) {
-        best_distance = cand_distance[s];
-        best_index = cand_index[s];
-      }
-      const bool semihard_found = best_index >= 0;
-      const T an = semihard_found ? best_distance : far_distance[a];
-      const int64_t negative = semihard_found ? best_index : far_index[a];
-      const T hinge = triplet_hinge(pos.distance[s], an, margin);
+    for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
+      const Choice<T>& negative =
+          merged.nearest_farther[s].index >= 0 ? merged.nearest_farther[s] : merged.farthest[a];
+      const T hinge = triplet_hinge(pos.distance[s], negative.distance, margin);
       loss_sum += hinge;
       ++pair_count;
-      if (hinge > T(0)) active.push_back({a, pos.index[s], negative, pos.distance[s], an});
+      if (hinge > T(0))
+        active.push_back({a, pos.index[s], negative.index, pos.distance[s], negative.distance});
     }
   }
   if (pair_count == 0) return T(0);
-  if (dx) sparse_triplet_gradient(x, d, squared, active, T(1) / static_cast<T>(pair_count), dx);
+  if (dx) sparse_triplet_gradient(gram.x, gram.d, squared, active, T(1) / static_cast<T>(pair_count), dx);
   return static_cast<T>(loss_sum / static_cast<double>(pair_count));
 }
 
-// Batch-hard: the farthest positive and the closest negative of each anchor.
+// Batch-hard: the farthest positive and the nearest negative of each anchor.
 template <typename T>
-T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin,
-             bool squared, const AnchorPositives<T>& pos, T* dx) {
-  const T* x = gram.x;
-  const int64_t n = gram.n, d = gram.d;
-  std::vector<T> near_distance(n);
-  std::vector<int64_t> near_index(n, -1);
-  for_each_negative(gram, labels, squared, pos, [&](int64_t a, int64_t j, T v) {
-    if (near_index[a] < 0 || v < near_distance[a]) {
-      near_distance[a] = v;
-      near_index[a] = j;
-    }
+T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
+             const AnchorPositives<T>& pos, T* dx) {
+  const int64_t n = gram.n;
+  std::vector<std::vector<Choice<T>>> threads(omp_get_max_threads(),
+                                              std::vector<Choice<T>>(n, Choice<T>{0, -1}));
+  for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
+                            [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
+                                int64_t rows, int64_t j0, int64_t cols, std::vector<Choice<T>>& nearest, T*) {
+    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
+      if (pos.count(a) > 0)
+        offer_nearest_above(row, -std::numeric_limits<T>::infinity(), first, nearest[a]);
+    });
   });
+  std::vector<Choice<T>>& nearest = threads[0];
+  for (size_t t = 1; t < threads.size(); ++t)
+    for (int64_t a = 0; a < n; ++a)
+      if (threads[t][a].index >= 0) nearest[a].offer_nearer(threads[t][a].distance, threads[t][a].index);
   double loss_sum = 0;
   int64_t anchor_count = 0;
   std::vector<ActiveTriplet<T>> active;
   for (int64_t a = 0; a < n; ++a) {
-    if (pos.count(a) == 0 || near_index[a] < 0) continue;
+    if (pos.count(a) == 0 || nearest[a].index < 0) continue;
     // Sorted by (distance, index): the first entry at the largest distance.
     int64_t far = pos.begin[a + 1] - 1;
     while (far > pos.begin[a] && pos.distance[far - 1] == pos.distance[far]) --far;
-    const T hinge = triplet_hinge(pos.distance[far], near_distance[a], margin);
+    const T hinge = triplet_hinge(pos.distance[far], nearest[a].distance, margin);
     loss_sum += hinge;
     ++anchor_count;
     if (hinge > T(0))
-      active.push_back({a, pos.index[far], near_index[a], pos.distance[far], near_distance[a]});
+      active.push_back({a, pos.index[far], nearest[a].index, pos.distance[far], nearest[a].distance});
   }
   if (anchor_count == 0) return T(0);
-  if (dx) sparse_triplet_gradient(x, d, squared, active, T(1) / static_cast<T>(anchor_count), dx);
+  if (dx) sparse_triplet_gradient(gram.x, gram.d, squared, active, T(1) / static_cast<T>(anchor_count), dx);
   return static_cast<T>(loss_sum / static_cast<double>(anchor_count));
 }
 
-// Batch-all.  For an anchor with sorted positives d_0 <= ... and a negative at
-// distance v, the active positives are those with d_t > v - margin: a suffix
-// found by binary search.  Pass 1 sums the hinges and counts, per positive,
-// its active negatives; pass 2 recomputes the tiles for the negatives' dense
-// gradient.  O(N^2 log K) beyond the distances.
+// Batch-all, one pass over the symmetric tiles.  A triplet (a, p, n) is
+// active when d_ap - d_an + margin > 0.  Per anchor row of a tile, each of
+// its positives adds its active hinges to the anchor's loss and counts its
+// active negatives (the weight of its own gradient term); each negative
+// counts the positives it is active with, and the tile's negative
+// coefficients (anchor i's count plus anchor j's, the loss being symmetric in
+// the pair's gradient) go through the dense tile gradient.
 template <typename T>
-T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin,
-            bool squared, const AnchorPositives<T>& pos, T* dx) {
+struct BatchAllSums {
+  BatchAllSums(int64_t anchors, int64_t positives)
+      : anchor_loss(anchors), active_negatives(positives), row_counts(kTileRows * kTileRows),
+        column_counts(kTileRows * kTileRows) {}
+  // Per anchor and per positive, kept in SIMD lanes (summed once, at the end).
+  std::vector<Vector<T>> anchor_loss, active_negatives;
+  std::vector<T> row_counts, column_counts;  // per tile: active positives per (anchor, negative)
+};
+
+template <typename T>
+T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
+            const AnchorPositives<T>& pos, T* dx) {
   const T* x = gram.x;
   const int64_t n = gram.n, d = gram.d;
-  const int64_t total_positives = pos.begin[n];
-  std::vector<double> suffix_sum(total_positives + n);  // anchor a: [begin[a] + a, begin[a+1] + a]
-  std::vector<int64_t> first_active(total_positives + n, 0);
   double triplet_count = 0;
-  for (int64_t a = 0; a < n; ++a) {
-    const int64_t base = pos.begin[a] + a;
-    suffix_sum[base + pos.count(a)] = 0;
-    for (int64_t t = pos.count(a) - 1; t >= 0; --t)
-      suffix_sum[base + t] = suffix_sum[base + t + 1] + pos.distance[pos.begin[a] + t];
+  for (int64_t a = 0; a < n; ++a)
     triplet_count += static_cast<double>(pos.count(a)) * static_cast<double>(pos.negative_count[a]);
-  }
   if (triplet_count == 0) return T(0);
-  std::vector<double> anchor_loss(n, 0.0);
-  for_each_negative(gram, labels, squared, pos, [&](int64_t a, int64_t, T v) {
-    const int64_t count = pos.count(a), base = pos.begin[a] + a;
-    const T threshold = v - margin;
-    const int64_t s = pos.rank(a, threshold, true);
-    anchor_loss[a] += suffix_sum[base + s] - static_cast<double>(count - s) * threshold;
-    ++first_active[base + s];
-  });
-  const double loss_sum = std::accumulate(anchor_loss.begin(), anchor_loss.end(), 0.0);
-  if (!dx) return static_cast<T>(loss_sum / triplet_count);
-
   const T weight = static_cast<T>(1.0 / triplet_count);
-  // The negatives' coefficients are symmetric: C_ij sums anchor i's and anchor j's terms.
-  detail::for_each_symmetric_tile<T>(n, d, dx, [&](detail::DistanceTile<T>& tile, int64_t i0,
-                                                   int64_t rows, int64_t j0, int64_t cols,
-                                                   T* own_dx) {
-    tile.compute(gram, i0, rows, j0, cols);
-    T* coef = tile.coefficients();
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = i0 + r;
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t j = j0 + c;
-        T value = 0;
-        if (labels[i] != labels[j]) {
-          const T v = distance_from_squared(tile.distance(r, c), squared);
-          const int64_t active_for_i = pos.count(i) - pos.rank(i, v - margin, true);
-          const int64_t active_for_j = pos.count(j) - pos.rank(j, v - margin, true);
-          value = -weight * static_cast<T>(active_for_i + active_for_j) *
-                  distance_gradient_scale(v, squared);
+  std::vector<BatchAllSums<T>> threads(omp_get_max_threads(), BatchAllSums<T>(n, pos.begin[n]));
+  for_each_negative_tile<T>(gram, labels, squared, threads, dx,
+                            [&](detail::DistanceTile<T>& tile, const NegativeTile<T>& negatives,
+                                int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+                                BatchAllSums<T>& own, T* own_dx) {
+    T* counts = own.row_counts.data();
+    std::fill(own.row_counts.begin(), own.row_counts.end(), T(0));
+    std::fill(own.column_counts.begin(), own.column_counts.end(), T(0));
+    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t, bool by_column) {
+      T* negative_counts = by_column ? own.column_counts.data() + (a - j0) * kTileRows
+                                     : own.row_counts.data() + (a - i0) * kTileRows;
+      for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
+        const Vector<T> anchor_positive = broadcast(pos.distance[s]);
+        Vector<T> hinges{}, actives{};
+        for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
+          const Vector<T> hinge = (anchor_positive - detail::Simd<T>::load(row + c)) + margin;
+          const Vector<T> active = hinge > T(0) ? broadcast(T(1)) : Vector<T>{};
+          hinges += hinge > T(0) ? hinge : Vector<T>{};
+          actives += active;
+          detail::Simd<T>::add_to(negative_counts + c, active);
         }
-        coef[r * detail::kTileCols + c] = value;
+        own.anchor_loss[a] += hinges;
+        own.active_negatives[s] += actives;
       }
-    }
+    });
+    if (!own_dx) return;
+    const T* column_counts = i0 == j0 ? counts : own.column_counts.data();
+    T* coef = tile.coefficients();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const T active = counts[r * kTileRows + c] + column_counts[c * kTileRows + r];
+        coef[r * detail::kTileCols + c] =
+            active > T(0) ? -weight * active * distance_gradient_scale(negatives.row(r)[c], squared)
+                          : T(0);
+      }
     tile.accumulate_gradient(x, i0, rows, j0, cols, own_dx, i0 != j0);
   });
-  for (int64_t a = 0; a < n; ++a) {
-    int64_t active_negatives = 0;
-    for (int64_t t = 0; t < pos.count(a); ++t) {
-      active_negatives += first_active[pos.begin[a] + a + t];
-      const T dap = pos.distance[pos.begin[a] + t];
-      add_pair_gradient(x, d, a, pos.index[pos.begin[a] + t],
+  double loss_sum = 0;
+  for (const BatchAllSums<T>& own : threads)
+    for (const Vector<T>& lanes : own.anchor_loss)
+      for (int lane = 0; lane < kLanes<T>; ++lane) loss_sum += lanes[lane];
+  if (!dx) return static_cast<T>(loss_sum / triplet_count);
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
+      double active_negatives = 0;
+      for (const BatchAllSums<T>& own : threads)
+        for (int lane = 0; lane < kLanes<T>; ++lane) active_negatives += own.active_negatives[s][lane];
+      add_pair_gradient(x, d, a, pos.index[s],
                         weight * static_cast<T>(active_negatives) *
-                            distance_gradient_scale(dap, squared),
+                            distance_gradient_scale(pos.distance[s], squared),
                         dx);
     }
-  }
   return static_cast<T>(loss_sum / triplet_count);
 }
 

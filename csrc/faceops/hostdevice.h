@@ -37,23 +37,36 @@ FACEOPS_HD T distance_gradient_scale(T distance, bool squared) {
 // Squared distance of rows x_i, x_j from the Gram form ||x_i||^2 + ||x_j||^2 -
 // 2 x_i.x_j, as the CPU and CUDA distance tiles compute it.  The Gram form
 // cancels for near-duplicate rows, and 1/d in the non-squared gradients would
-// amplify that: below kRefine of the norms it is recomputed from the differences.
+// amplify that: below 1e-2 of the norms it is recomputed from the differences.
+template <typename T>
+FACEOPS_HD T gram_squared_distance(T norm_i, T norm_j, T dot) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(T(-2), dot, norm_i + norm_j);
+#else
+  return norm_i + norm_j - T(2) * dot;
+#endif
+}
+
+template <typename T>
+FACEOPS_HD bool near_duplicate(T norm_i, T norm_j, T gram_squared) {
+  return !(gram_squared > T(1e-2) * (norm_i + norm_j));
+}
+
+template <typename T>
+FACEOPS_HD T direct_squared_distance(const T* x_i, const T* x_j, int64_t d) {
+  T sum = T(0);
+  for (int64_t k = 0; k < d; ++k) {
+    const T difference = x_i[k] - x_j[k];
+    sum += difference * difference;
+  }
+  return sum;
+}
+
 template <typename T>
 FACEOPS_HD T refined_squared_distance(T norm_i, T norm_j, T dot, const T* x_i, const T* x_j,
                                       int64_t d) {
-  constexpr T kRefine = T(1e-2);
-#if defined(__CUDA_ARCH__)
-  const T s = ::fma(T(-2), dot, norm_i + norm_j);
-#else
-  const T s = norm_i + norm_j - T(2) * dot;
-#endif
-  if (s > kRefine * (norm_i + norm_j)) return s;
-  T direct = T(0);
-  for (int64_t k = 0; k < d; ++k) {
-    const T difference = x_i[k] - x_j[k];
-    direct += difference * difference;
-  }
-  return direct;
+  const T s = gram_squared_distance(norm_i, norm_j, dot);
+  return near_duplicate(norm_i, norm_j, s) ? direct_squared_distance(x_i, x_j, d) : s;
 }
 
 }  // namespace faceops
