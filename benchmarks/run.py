@@ -9,14 +9,15 @@ them and with GLIBC_TUNABLES=glibc.malloc.mmap_max=0 (memory kept in the
 allocator, which spares page faults); the faster counts.  OpenMP workers spin
 (OMP_WAIT_POLICY=active) for every implementation.  Implementations
 alternate size by size, and each time is the median of repeated runs after a
-warm-up.  Peers: the NumPy reference (faceops.reference), PyTorch autograd
+warm-up.  Peers: vectorised NumPy (numpy_peers.py: a dense distance matrix
+and masks; faceops.reference where that is already vectorised), PyTorch autograd
 written the idiomatic way, pytorch-metric-learning where it has the loss; the
 ones not installed are skipped (pip install .[bench]).  Writes results.json,
 a markdown table (ratio = faceops / fastest peer; < 1 is faster) and a log-log
 plot when matplotlib is present.
 
 The margin softmax (ArcFace, CosFace, ArcFace with Partial FC sampling) runs at
-N = 256, D = 512, C in {1e4, 1e5, 1e6}: faceops against the NumPy reference,
+N = 256, D = 512, C in {1e4, 1e5, 1e6}: faceops against the NumPy reference (dense),
 PyTorch autograd (F.normalize, matmul, the margin on the target logit,
 cross_entropy) and pytorch-metric-learning's ArcFaceLoss / CosFaceLoss,
 forward + backward including the class-weight gradient.  Its GFLOP/s count
@@ -39,6 +40,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy_peers  # noqa: E402
 
 MMAP_OFF = "glibc.malloc.mmap_max=0"
 
@@ -73,7 +77,7 @@ def make_inputs(op, n, d, classes=None, seed=0):
 
 # --------------------------------------------------------------------------- implementations
 def module_impl(module, op):
-    """faceops and its NumPy reference share their signatures."""
+    """faceops, its NumPy reference and numpy_peers share their signatures."""
     return {
         "pair": lambda i: module.pair_loss(i["x"], i["labels"], 1.0),
         "triplet_semihard": lambda i: module.triplet_loss(i["x"], i["labels"], 0.2, "semihard"),
@@ -97,6 +101,9 @@ def faceops_impl(op):
 
 
 def numpy_impl(op):
+    """Vectorised NumPy: numpy_peers for the pairwise losses (a dense distance
+    matrix), faceops.reference where it is already vectorised (center loss,
+    margin softmax)."""
     from faceops import reference
 
     if op in MARGIN_OPS:
@@ -104,7 +111,9 @@ def numpy_impl(op):
         if margin.pop("sample_rate") != 1.0:  # the reference does not sample
             return None
         return lambda i: reference.margin_softmax_loss(i["x"], i["labels"], i["weight"], s=SCALE, **margin)
-    return module_impl(reference, op)
+    if op == "center":
+        return module_impl(reference, op)
+    return module_impl(numpy_peers, op)
 
 
 def torch_margin_softmax(x, labels, weight, s, m1, m2, m3, sample_rate=1.0, generator=None):
@@ -479,7 +488,7 @@ def markdown_table(results, peak):
     pairwise = [r for r in results if r["op"] not in MARGIN_OPS]
     margin = [r for r in results if r["op"] in MARGIN_OPS]
     if pairwise:
-        lines += ["| op | N | D | C | faceops | NumPy ref. | PyTorch | pml | ratio | of matmul peak |",
+        lines += ["| op | N | D | C | faceops | NumPy | PyTorch | pml | ratio | of matmul peak |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in pairwise:
             cells = [_cell(row["impl"].get(impl)) for impl in IMPLEMENTATIONS]
@@ -493,7 +502,7 @@ def markdown_table(results, peak):
         lines += ["Margin softmax, s = 64 (ArcFace m2 = 0.5, CosFace m3 = 0.35), forward+backward with the class-weight "
                   "gradient; vs pml = faceops / pytorch-metric-learning (time, peak extra memory); of matmul peak "
                   "counts 3 x 2 N C D (faceops does that much where N <= D; for N > D it recomputes the logits, 4 x 2 N C D).", "",
-                  "| loss | N | D | C | faceops | NumPy ref. | PyTorch | pml | ratio | vs pml: time | vs pml: memory | of matmul peak |",
+                  "| loss | N | D | C | faceops | NumPy | PyTorch | pml | ratio | vs pml: time | vs pml: memory | of matmul peak |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in margin:
             cells = [_cell(row["impl"].get(impl)) for impl in IMPLEMENTATIONS]
