@@ -5,12 +5,15 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+
+#include "simd.h"
 
 namespace faceops {
 namespace detail {
@@ -32,9 +35,11 @@ inline void check_batch(const char* name, int64_t n, int64_t d) {
 
 template <typename T>
 void check_finite(const char* name, const T* values, int64_t count) {
+  const int64_t chunks = (count + kParallelWork - 1) / kParallelWork;
   bool finite = true;
-#pragma omp parallel for reduction(&& : finite) schedule(static) if (count > kParallelWork)
-  for (int64_t i = 0; i < count; ++i) finite = finite && std::isfinite(values[i]);
+#pragma omp parallel for reduction(&& : finite) schedule(static) if (chunks > 4)
+  for (int64_t c = 0; c < chunks; ++c)
+    finite = finite && all_finite(values + c * kParallelWork, std::min(kParallelWork, count - c * kParallelWork));
   require(finite, std::string(name) + ": contains NaN or Inf; expected finite values");
 }
 

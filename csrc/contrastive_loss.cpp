@@ -15,8 +15,7 @@ void contrastive_loss(const T* a, const T* b, const int64_t* similar, int64_t n,
   const double loss_sum = detail::reproducible_sum(n, n * d, [&](int64_t i) {
     const T* a_row = a + i * d;
     const T* b_row = b + i * d;
-    T squared_distance = 0;
-    for (int64_t k = 0; k < d; ++k) squared_distance += (a_row[k] - b_row[k]) * (a_row[k] - b_row[k]);
+    const T squared_distance = detail::squared_difference(a_row, b_row, d);
     T dterm = 0;
     const T term = contrastive_term(squared_distance, similar[i] != 0, margin, legacy, &dterm);
     // d(1/(2N) term)/da_i = dterm/d(d^2) * 2 (a_i - b_i) / (2N).

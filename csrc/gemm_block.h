@@ -5,27 +5,11 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
+
+#include "simd.h"
 
 namespace faceops {
 namespace detail {
-
-template <typename T>
-struct Simd {
-  static constexpr int kLanes = 64 / sizeof(T);  // one 512-bit register
-  typedef T Vector __attribute__((vector_size(64)));
-  static Vector load(const T* p) {
-    Vector v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static void add_to(T* p, Vector v) {
-    Vector old;
-    std::memcpy(&old, p, sizeof(old));
-    old += v;
-    std::memcpy(p, &old, sizeof(old));
-  }
-};
 
 // C[0:kRows, 0:2*kLanes] += A[0:kRows, 0:depth] * B[0:depth, 0:2*kLanes].
 template <typename T, int kRows>

@@ -27,9 +27,7 @@ inline int64_t padded_ld(int64_t d) { return d % 64 == 0 ? d + 16 : d; }
 
 template <typename T>
 T row_norm(const T* row, int64_t d) {
-  T sum = 0;
-  for (int64_t k = 0; k < d; ++k) sum += row[k] * row[k];
-  return std::sqrt(sum);
+  return std::sqrt(detail::dot(row, row, d));
 }
 
 // out row = row / max(norm, kNormFloor); returns the unfloored norm.

@@ -24,13 +24,6 @@ namespace detail {
 constexpr int64_t kTileRows = 64;
 constexpr int64_t kTileCols = 256;
 
-template <typename T>
-inline T dot_product(const T* a, const T* b, int64_t d) {
-  T sum = 0;
-  for (int64_t k = 0; k < d; ++k) sum += a[k] * b[k];
-  return sum;
-}
-
 // The rows of x with what the tiles need, computed once per call: squared
 // norms and a transposed copy (the tiles' right-hand GEMM operand, so no tile
 // packs its columns; its leading dimension is padded off powers of two, which
@@ -43,7 +36,7 @@ struct GramRows {
 #pragma omp parallel for schedule(static) if (n * d > kParallelWork)
     for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
       for (int64_t i = i0; i < std::min(n, i0 + kBlock); ++i)
-        norms[i] = dot_product(x + i * d, x + i * d, d);
+        norms[i] = dot(x + i * d, x + i * d, d);
       for (int64_t k0 = 0; k0 < d; k0 += kBlock)
         for (int64_t k = k0; k < std::min(d, k0 + kBlock); ++k)
           for (int64_t i = i0; i < std::min(n, i0 + kBlock); ++i) transposed[k * ld + i] = x[i * d + k];
@@ -52,7 +45,7 @@ struct GramRows {
 
   T squared_distance(int64_t i, int64_t j) const {
     if (i == j) return T(0);
-    return refined_squared_distance(norms[i], norms[j], dot_product(x + i * d, x + j * d, d),
+    return refined_squared_distance(norms[i], norms[j], dot(x + i * d, x + j * d, d),
                                     x + i * d, x + j * d, d);
   }
 

@@ -488,11 +488,7 @@ void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative
   const T scale = weight * distance_gradient_scale(T(0), true);
   const double loss_sum = detail::reproducible_sum(n, n * d, [&](int64_t i) {
     const T *a = anchor + i * d, *p = positive + i * d, *q = negative + i * d;
-    T dap = 0, dan = 0;
-    for (int64_t e = 0; e < d; ++e) {
-      dap += (a[e] - p[e]) * (a[e] - p[e]);
-      dan += (a[e] - q[e]) * (a[e] - q[e]);
-    }
+    const T dap = detail::squared_difference(a, p, d), dan = detail::squared_difference(a, q, d);
     const T hinge = triplet_hinge(dap, dan, margin);
     const T g = hinge > T(0) ? scale : T(0);
     for (int64_t e = 0; e < d; ++e) {

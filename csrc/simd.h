@@ -1,0 +1,89 @@
+// SIMD vectors through GCC/Clang vector extensions (one 512-bit register:
+// AVX-512, or pairs of AVX2/SSE registers where the target has no AVX-512),
+// and the reductions of the CPU kernels over rows: several accumulators in
+// lanes, summed at the end, so that they vectorise without -ffast-math.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace faceops {
+namespace detail {
+
+template <typename T>
+struct Simd {
+  static constexpr int kLanes = 64 / sizeof(T);  // one 512-bit register
+  typedef T Vector __attribute__((vector_size(64)));
+  static Vector load(const T* p) {
+    Vector v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void add_to(T* p, Vector v) {
+    Vector old;
+    std::memcpy(&old, p, sizeof(old));
+    old += v;
+    std::memcpy(p, &old, sizeof(old));
+  }
+};
+
+template <typename T>
+T sum_lanes(typename Simd<T>::Vector v) {
+  T lanes[Simd<T>::kLanes];
+  std::memcpy(lanes, &v, sizeof(lanes));
+  for (int width = Simd<T>::kLanes / 2; width > 0; width /= 2)
+    for (int lane = 0; lane < width; ++lane) lanes[lane] += lanes[lane + width];
+  return lanes[0];
+}
+
+// sum_k f(a[k], b[k]) for f(u, v) = u * v or (u - v)^2, two vectors at a time.
+template <typename T, bool kDifference>
+T sum_of_products(const T* a, const T* b, int64_t d) {
+  using S = Simd<T>;
+  typename S::Vector sum0{}, sum1{};
+  int64_t k = 0;
+  for (; k + 2 * S::kLanes <= d; k += 2 * S::kLanes) {
+    typename S::Vector u0 = S::load(a + k), u1 = S::load(a + k + S::kLanes);
+    typename S::Vector v0 = S::load(b + k), v1 = S::load(b + k + S::kLanes);
+    if (kDifference) {
+      u0 -= v0;
+      u1 -= v1;
+      v0 = u0;
+      v1 = u1;
+    }
+    sum0 += u0 * v0;
+    sum1 += u1 * v1;
+  }
+  T sum = sum_lanes<T>(sum0 + sum1);
+  for (; k < d; ++k) sum += kDifference ? (a[k] - b[k]) * (a[k] - b[k]) : a[k] * b[k];
+  return sum;
+}
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t d) {
+  return sum_of_products<T, false>(a, b, d);
+}
+
+template <typename T>
+T squared_difference(const T* a, const T* b, int64_t d) {
+  return sum_of_products<T, true>(a, b, d);
+}
+
+// No NaN or Inf among `count` values: an exponent field of all ones, tested
+// on the bits (an integer OR reduction, which vectorises).
+template <typename T>
+bool all_finite(const T* values, int64_t count) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr Bits kExponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+  Bits non_finite = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    Bits bits;
+    std::memcpy(&bits, values + i, sizeof(bits));
+    non_finite |= Bits((bits & kExponent) == kExponent);
+  }
+  return non_finite == 0;
+}
+
+}  // namespace detail
+}  // namespace faceops
