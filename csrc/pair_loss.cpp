@@ -24,16 +24,24 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
     double tile_loss = 0, tile_dsquared = 0;
     bool any_active = false;
     for (int64_t r = 0; r < rows; ++r) {
+      const int64_t label = labels[i0 + r];
+      const T* distances = tile.distance_row(r);
+      T* coef_row = coef + r * detail::kTileCols;
+      T row_loss = 0, row_dsquared = 0, row_active = 0;
+#pragma omp simd reduction(+ : row_loss, row_dsquared, row_active)
       for (int64_t c = 0; c < cols; ++c) {
         T dterm = 0;
-        if (i0 + r != j0 + c) {
-          tile_loss += pair_term(tile.distance(r, c), labels[i0 + r] == labels[j0 + c], theta, &dterm);
-          tile_dsquared += dterm;
-        }
+        const T term = pair_term(distances[c], labels[j0 + c] == label, theta, &dterm);
+        const bool other = i0 + r != j0 + c;
+        row_loss += other ? term : T(0);
+        row_dsquared += other ? dterm : T(0);
+        row_active += other && dterm != T(0) ? T(1) : T(0);
         // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
-        coef[r * detail::kTileCols + c] = T(4) * dterm * inv_pairs;
-        any_active = any_active || dterm != T(0);
+        coef_row[c] = other ? T(4) * dterm * inv_pairs : T(0);
       }
+      tile_loss += row_loss;
+      tile_dsquared += row_dsquared;
+      any_active = any_active || row_active > T(0);
     }
     // An off-diagonal tile stands for its mirror image too.
     const double copies = i0 == j0 ? 1.0 : 2.0;

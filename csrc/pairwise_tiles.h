@@ -87,6 +87,7 @@ class DistanceTile {
   }
 
   T distance(int64_t r, int64_t c) const { return distance_[r * kTileCols + c]; }
+  const T* distance_row(int64_t r) const { return distance_.data() + r * kTileCols; }
   T* coefficients() { return coefficient_.data(); }
 
   // dx rows [i0, i0 + rows) += rowsum(C) * x_i - C * X_J, C = coefficients();
