@@ -67,7 +67,7 @@ class DistanceTile {
   void compute(const GramRows<T>& g, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
     const T* x = g.x;
     const T* norms = g.norms.data();
-    std::fill(distance_.begin(), distance_.end(), T(0));
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(distance_.data() + r * kTileCols, cols, T(0));
     gemm_accumulate<T>(rows, cols, d_, x + i0 * d_, d_, g.transposed.data() + j0, g.ld,
                        distance_.data(), kTileCols);
     for (int64_t r = 0; r < rows; ++r) {

@@ -181,11 +181,15 @@ struct Choice {
   }
 };
 
+// Whether any lane of a comparison's result is set (an OR of its 64-bit words,
+// which GCC folds in vector registers; a per-lane test it would not).
 template <typename T>
 bool any_lane(decltype(Vector<T>{} < Vector<T>{}) mask) {
-  for (int lane = 0; lane < kLanes<T>; ++lane)
-    if (mask[lane]) return true;
-  return false;
+  uint64_t words[sizeof(mask) / sizeof(uint64_t)];
+  std::memcpy(words, &mask, sizeof(words));
+  uint64_t any = 0;
+  for (const uint64_t word : words) any |= word;
+  return any != 0;
 }
 
 // The least (kMin) or greatest lane, by halving.
