@@ -53,6 +53,9 @@ MARGIN_OPS = {
     "arcface_pfc": dict(m1=1.0, m2=0.5, m3=0.0, sample_rate=0.1),  # Partial FC, An et al. 2022
 }
 SCALE = 64.0
+PAIRWISE_OPS = ("pair", "triplet_semihard", "triplet_hard", "triplet_all", "contrastive")
+# The streaming size: faceops alone (a dense peer's N x N float32 distance matrix is 17 GB).
+STREAMING_N = 65_536
 
 
 # --------------------------------------------------------------------------- inputs
@@ -303,8 +306,11 @@ def measure(impl, op, n, d, classes, repeats, budget_s):
     start = time.perf_counter()
     fn(inputs)  # warm-up
     warm_up = time.perf_counter() - start
-    # Slow cases (a peer's seconds-long step at C = 1e6): fewer repeats, never under 3.
+    # Slow cases (a peer's seconds-long step at C = 1e6): fewer repeats, never under 3;
+    # sub-millisecond ones: more, up to 50 within half a second, so that a
+    # scheduler hiccup on a shared machine does not move the median.
     repeats = max(min(repeats, 3), min(repeats, int(budget_s / max(warm_up, 1e-9))))
+    repeats = max(repeats, min(50, int(0.5 / max(warm_up, 1e-9))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -408,10 +414,12 @@ def main():
         return
 
     sizes = [(256, 128), (1024, 128)] if args.quick else [(256, 128), (1024, 128), (4096, 128), (4096, 512)]
+    if not args.quick:
+        sizes.append((STREAMING_N, 128))
     center_classes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     if args.classes:
         center_classes = [int(float(c)) for c in args.classes.split(",")]
-    cases = [(op, n, d, None) for op in ("pair", "triplet_semihard", "triplet_hard", "triplet_all", "contrastive") for n, d in sizes]
+    cases = [(op, n, d, None) for op in PAIRWISE_OPS for n, d in sizes if op != "contrastive" or n < STREAMING_N]
     cases += [("center", 1024, 512, c) for c in center_classes]
     cases += [(op, 256, 512, c) for c in center_classes for op in MARGIN_OPS]
     patterns = [p.strip() for p in args.ops.split(",") if p.strip()]
@@ -427,7 +435,7 @@ def main():
     results = []
     for op, n, d, classes in cases:
         row = {"op": op, "n": n, "d": d, "classes": classes, "impl": {}, "load_average": os.getloadavg()[0]}
-        for impl in IMPLEMENTATIONS:
+        for impl in IMPLEMENTATIONS if n < STREAMING_N else ["faceops"]:
             measure_once = lambda mmap_off: child(impl, op, n, d, classes, args.repeats, mmap_off,  # noqa: E731
                                                   args.timeout, mem_limit_gb, args.budget_s)
             runs = [measure_once(False)]
@@ -479,7 +487,10 @@ def format_row(row):
 def _cell(v):
     if not v:
         return "—"
-    return f"{v['ms']:.1f} ({v['peak_extra_mb']:.0f})" if "ms" in v else f"skipped: {v['skipped']}"
+    if "ms" not in v:
+        return f"skipped: {v['skipped']}"
+    ms = v["ms"]
+    return (f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}") + f" ({v['peak_extra_mb']:.0f})"
 
 
 def markdown_table(results, peak):
@@ -496,6 +507,9 @@ def markdown_table(results, peak):
             frac = f"{row['fraction_of_matmul_peak']:.0%}" if "fraction_of_matmul_peak" in row else "—"
             classes = f"{row['classes']:.0e}" if row["classes"] else ""
             lines.append(f"| {row['op']} | {row['n']} | {row['d']} | {classes} | " + " | ".join(cells) + f" | {ratio} | {frac} |")
+        if any(row["n"] >= STREAMING_N for row in pairwise):
+            lines += ["", f"N = {STREAMING_N:,} is faceops alone: a dense peer's N x N float32 distance matrix is "
+                      f"{STREAMING_N**2 * 4 / 2**30:.0f} GiB by itself."]
         lines.append("")
     if margin:
         names = {"arcface": "ArcFace", "cosface": "CosFace", "arcface_pfc": "ArcFace, Partial FC r = 0.1"}
