@@ -11,12 +11,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "checks.h"
 #include "faceops/hostdevice.h"
 #include "gemm_block.h"
+#include "scratch.h"
 
 namespace faceops {
 namespace detail {
@@ -31,7 +33,9 @@ constexpr int64_t kTileCols = 256;
 template <typename T>
 struct GramRows {
   GramRows(const T* x_, int64_t n_, int64_t d_)
-      : x(x_), n(n_), d(d_), ld((n_ + 15) / 16 * 16 + 16), norms(n_), transposed(d_ * ld) {
+      : x(x_), n(n_), d(d_), ld((n_ + 15) / 16 * 16 + 16),
+        norms(thread_scratch<T, kGramNorms>(n_)),
+        transposed(thread_scratch<T, kGramTransposed>(d_ * ld)) {
     constexpr int64_t kBlock = 32;
 #pragma omp parallel for schedule(static) if (n * d > kParallelWork)
     for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
@@ -51,7 +55,8 @@ struct GramRows {
 
   const T* x;
   int64_t n, d, ld;
-  std::vector<T> norms, transposed;
+  T* norms;
+  T* transposed;
 };
 
 // Per-thread buffers: one distance tile and one coefficient tile (and its transpose).
@@ -59,19 +64,20 @@ template <typename T>
 class DistanceTile {
  public:
   explicit DistanceTile(int64_t d)
-      : d_(d), distance_(kTileRows * kTileCols),
-        coefficient_(kTileRows * kTileCols),
-        coefficient_t_(kTileCols * kTileRows), column_sum_(kTileCols) {}
+      : d_(d), distance_(thread_scratch<T, kDistanceTile>(kTileRows * kTileCols)),
+        coefficient_(thread_scratch<T, kCoefficientTile>(kTileRows * kTileCols)),
+        coefficient_t_(thread_scratch<T, kCoefficientTileTransposed>(kTileCols * kTileRows)),
+        column_sum_(thread_scratch<T, kColumnSums>(kTileCols)) {}
 
   // distance(r, c) = squared distance of rows i0 + r and j0 + c.
   void compute(const GramRows<T>& g, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
     const T* x = g.x;
-    const T* norms = g.norms.data();
-    for (int64_t r = 0; r < rows; ++r) std::fill_n(distance_.data() + r * kTileCols, cols, T(0));
-    gemm_accumulate<T>(rows, cols, d_, x + i0 * d_, d_, g.transposed.data() + j0, g.ld,
-                       distance_.data(), kTileCols);
+    const T* norms = g.norms;
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(distance_ + r * kTileCols, cols, T(0));
+    gemm_accumulate<T>(rows, cols, d_, x + i0 * d_, d_, g.transposed + j0, g.ld,
+                       distance_, kTileCols);
     for (int64_t r = 0; r < rows; ++r) {
-      T* row = distance_.data() + r * kTileCols;
+      T* row = distance_ + r * kTileCols;
       const T norm_i = norms[i0 + r];
       // A vectorised pass, then the rare near-duplicates (refined_squared_distance's rule).
       int near_duplicates = 0;
@@ -87,18 +93,18 @@ class DistanceTile {
   }
 
   T distance(int64_t r, int64_t c) const { return distance_[r * kTileCols + c]; }
-  const T* distance_row(int64_t r) const { return distance_.data() + r * kTileCols; }
-  T* coefficients() { return coefficient_.data(); }
+  const T* distance_row(int64_t r) const { return distance_ + r * kTileCols; }
+  T* coefficients() { return coefficient_; }
 
   // dx rows [i0, i0 + rows) += rowsum(C) * x_i - C * X_J, C = coefficients();
   // with `columns_too`, also dx rows [j0, j0 + cols) += colsum(C) * x_j - C^T * X_I
   // (a tile of a symmetric loss standing for its mirror tile as well).
   void accumulate_gradient(const T* x, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* dx,
                            bool columns_too = false) {
-    T* coef = coefficient_.data();
-    T* coef_t = coefficient_t_.data();
+    T* coef = coefficient_;
+    T* coef_t = coefficient_t_;
     if (columns_too) {
-      std::fill(column_sum_.begin(), column_sum_.begin() + cols, T(0));
+      std::fill_n(column_sum_, cols, T(0));
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) {
           column_sum_[c] += coef[r * kTileCols + c];
@@ -126,23 +132,26 @@ class DistanceTile {
   }
 
   int64_t d_;
-  std::vector<T> distance_, coefficient_, coefficient_t_, column_sum_;
+  T* distance_;  // the calling thread's scratch (scratch.h)
+  T* coefficient_;
+  T* coefficient_t_;
+  T* column_sum_;
 };
 
-// Calls block(tile, i0, rows) for every block of anchors, in parallel; each
-// call owns rows [i0, i0 + rows) and a thread-private tile.
-template <typename T, typename BlockFn>
-void for_each_anchor_block(int64_t n, int64_t d, BlockFn block) {
-  const int64_t blocks = (n + kTileRows - 1) / kTileRows;
-#pragma omp parallel if (n * n * d > kParallelWork * 16)
-  {
-    DistanceTile<T> tile(d);
-#pragma omp for schedule(dynamic)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i0 = b * kTileRows;
-      block(tile, i0, std::min(kTileRows, n - i0));
-    }
-  }
+// The upper triangle of a blocks x blocks grid in row-major order: row bi
+// starts at pair bi * blocks - bi (bi - 1) / 2; a pair's row is the root of
+// that quadratic, corrected for rounding.
+inline int64_t upper_triangle_row_start(int64_t bi, int64_t blocks) {
+  return bi * blocks - bi * (bi - 1) / 2;
+}
+
+inline int64_t upper_triangle_row(int64_t pair, int64_t blocks) {
+  const double b = 2.0 * static_cast<double>(blocks) + 1.0;
+  int64_t bi = static_cast<int64_t>((b - std::sqrt(b * b - 8.0 * static_cast<double>(pair))) / 2);
+  bi = std::max<int64_t>(0, std::min(bi, blocks - 1));
+  while (bi > 0 && upper_triangle_row_start(bi, blocks) > pair) --bi;
+  while (bi + 1 < blocks && upper_triangle_row_start(bi + 1, blocks) <= pair) ++bi;
+  return bi;
 }
 
 // For losses whose gradient coefficients are symmetric (C_ij = C_ji): calls
@@ -150,25 +159,26 @@ void for_each_anchor_block(int64_t n, int64_t d, BlockFn block) {
 // block pair with j0 >= i0, in parallel; dx_private is the calling thread's own
 // (n, d) gradient buffer, summed into dx at the end in thread order; the
 // static schedule makes the result bitwise reproducible for a fixed thread
-// count.  Half the distance work of for_each_anchor_block.
+// count.  Each block pair is computed once: half the distance work of
+// scanning every anchor's row.
 template <typename T, typename TileFn>
 void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
   const int64_t blocks = (n + kTileRows - 1) / kTileRows;
   const int64_t pairs = blocks * (blocks + 1) / 2;
   const int threads = n * n * d > kParallelWork * 16 ? omp_get_max_threads() : 1;
-  std::vector<T> dx_private(dx ? static_cast<size_t>(threads - 1) * n * d : 0, T(0));
+  const size_t private_size = dx ? static_cast<size_t>(threads - 1) * n * d : 0;
+  T* dx_private = thread_scratch<T, kPrivateGradients>(private_size);
+  std::fill_n(dx_private, private_size, T(0));
   if (dx) std::fill(dx, dx + n * d, T(0));
 #pragma omp parallel num_threads(threads)
   {
     DistanceTile<T> tile(d);
     const int t = omp_get_thread_num();
-    T* own_dx = !dx ? nullptr : t == 0 ? dx : dx_private.data() + static_cast<size_t>(t - 1) * n * d;
+    T* own_dx = !dx ? nullptr : t == 0 ? dx : dx_private + static_cast<size_t>(t - 1) * n * d;
 #pragma omp for schedule(static)
     for (int64_t pair = 0; pair < pairs; ++pair) {
-      // Row-major order of the upper triangle: pair -> (bi, bj), bj >= bi.
-      int64_t bi = 0, first = 0;
-      while (first + blocks - bi <= pair) first += blocks - bi++;
-      const int64_t bj = bi + (pair - first);
+      const int64_t bi = upper_triangle_row(pair, blocks);
+      const int64_t bj = bi + (pair - upper_triangle_row_start(bi, blocks));
       const int64_t i0 = bi * kTileRows, j0 = bj * kTileRows;
       tile_fn(tile, i0, std::min(kTileRows, n - i0), j0, std::min(kTileRows, n - j0), own_dx);
     }

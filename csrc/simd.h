@@ -29,12 +29,34 @@ struct Simd {
 };
 
 template <typename T>
-T sum_lanes(typename Simd<T>::Vector v) {
+typename Simd<T>::Vector broadcast(T value) {
+  return typename Simd<T>::Vector{} + value;
+}
+
+// Folds the lanes of v by halving, combine(a, b) being +, min or max.
+template <typename T, typename Combine>
+T fold_lanes(typename Simd<T>::Vector v, Combine combine) {
   T lanes[Simd<T>::kLanes];
   std::memcpy(lanes, &v, sizeof(lanes));
   for (int width = Simd<T>::kLanes / 2; width > 0; width /= 2)
-    for (int lane = 0; lane < width; ++lane) lanes[lane] += lanes[lane + width];
+    for (int lane = 0; lane < width; ++lane) lanes[lane] = combine(lanes[lane], lanes[lane + width]);
   return lanes[0];
+}
+
+template <typename T>
+T sum_lanes(typename Simd<T>::Vector v) {
+  return fold_lanes<T>(v, [](T a, T b) { return a + b; });
+}
+
+// Whether any lane of a comparison's result is set: an OR of its 64-bit
+// words, which GCC folds in vector registers (a per-lane test it does not).
+template <typename Mask>
+bool any_lane(Mask mask) {
+  uint64_t words[sizeof(Mask) / sizeof(uint64_t)];
+  std::memcpy(words, &mask, sizeof(words));
+  uint64_t any = 0;
+  for (const uint64_t word : words) any |= word;
+  return any != 0;
 }
 
 // sum_k f(a[k], b[k]) for f(u, v) = u * v or (u - v)^2, two vectors at a time.

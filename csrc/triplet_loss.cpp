@@ -14,6 +14,7 @@ namespace faceops {
 namespace cpu {
 namespace {
 
+using detail::broadcast;
 using detail::kTileRows;  // the symmetric tiles are kTileRows x kTileRows
 
 // Every anchor's positives (rows with its label, itself excluded), sorted by
@@ -87,11 +88,6 @@ constexpr int64_t kLanes = detail::Simd<T>::kLanes;
 static_assert(kTileRows % kLanes<double> == 0 && kTileRows % kLanes<float> == 0,
               "a tile row is whole SIMD vectors");
 
-template <typename T>
-Vector<T> broadcast(T value) {
-  return Vector<T>{} + value;
-}
-
 // One kTileRows x kTileRows tile of anchor-to-negative distances and, for a
 // tile off the diagonal, its transpose (the same pairs with the columns as
 // anchors).  Entries that are not negatives (same label, beyond the batch)
@@ -100,17 +96,19 @@ Vector<T> broadcast(T value) {
 template <typename T>
 class NegativeTile {
  public:
-  NegativeTile() : by_row_(kTileRows * kTileRows), by_column_(kTileRows * kTileRows) {}
+  NegativeTile()
+      : by_row_(detail::thread_scratch<T, detail::kNegativeTileByRow>(kTileRows * kTileRows)),
+        by_column_(detail::thread_scratch<T, detail::kNegativeTileByColumn>(kTileRows * kTileRows)) {}
 
   void compute(detail::DistanceTile<T>& tile, const detail::GramRows<T>& gram,
                const int64_t* labels, bool squared, int64_t i0, int64_t rows, int64_t j0,
                int64_t cols) {
     tile.compute(gram, i0, rows, j0, cols);
     const T absent = std::numeric_limits<T>::quiet_NaN();
-    std::fill(by_row_.begin(), by_row_.end(), absent);
+    std::fill_n(by_row_, kTileRows * kTileRows, absent);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t label = labels[i0 + r];
-      T* out = by_row_.data() + r * kTileRows;
+      T* out = by_row_ + r * kTileRows;
       for (int64_t c = 0; c < cols; ++c)
         out[c] = labels[j0 + c] != label ? distance_from_squared(tile.distance(r, c), squared)
                                          : absent;
@@ -122,30 +120,30 @@ class NegativeTile {
   }
 
   // Distances from anchor i0 + r to rows j0, j0 + 1, ...
-  const T* row(int64_t r) const { return by_row_.data() + r * kTileRows; }
+  const T* row(int64_t r) const { return by_row_ + r * kTileRows; }
   // Distances from anchor j0 + c to rows i0, i0 + 1, ... (off-diagonal tiles).
-  const T* column(int64_t c) const { return by_column_.data() + c * kTileRows; }
+  const T* column(int64_t c) const { return by_column_ + c * kTileRows; }
 
  private:
-  std::vector<T> by_row_, by_column_;
+  T* by_row_;  // the calling thread's scratch (scratch.h)
+  T* by_column_;
 };
 
-// Calls tile_fn(negatives, i0, rows, j0, cols, own_state, own_dx) for every
-// symmetric tile (j0 >= i0), in parallel; own_state is the calling thread's
+// Calls tile_fn(tile, negatives, i0, rows, j0, cols, own_state, own_dx) for
+// every symmetric tile (j0 >= i0), in parallel; own_state is the calling thread's
 // element of `states` (merged by the caller), own_dx as in
 // for_each_symmetric_tile.  Each pair of rows is computed once: half the
 // distance work of scanning every anchor's row.
 template <typename T, typename State, typename TileFn>
 void for_each_negative_tile(const detail::GramRows<T>& gram, const int64_t* labels, bool squared,
                             std::vector<State>& states, T* dx, TileFn tile_fn) {
-  std::vector<NegativeTile<T>> negatives(states.size());
   detail::for_each_symmetric_tile<T>(
       gram.n, gram.d, dx,
       [&](detail::DistanceTile<T>& tile, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
           T* own_dx) {
-        const int t = omp_get_thread_num();
-        negatives[t].compute(tile, gram, labels, squared, i0, rows, j0, cols);
-        tile_fn(tile, negatives[t], i0, rows, j0, cols, states[t], own_dx);
+        NegativeTile<T> negatives;  // this thread's scratch
+        negatives.compute(tile, gram, labels, squared, i0, rows, j0, cols);
+        tile_fn(tile, negatives, i0, rows, j0, cols, states[omp_get_thread_num()], own_dx);
       });
 }
 
@@ -181,29 +179,6 @@ struct Choice {
   }
 };
 
-// Whether any lane of a comparison's result is set (an OR of its 64-bit words,
-// which GCC folds in vector registers; a per-lane test it would not).
-template <typename T>
-bool any_lane(decltype(Vector<T>{} < Vector<T>{}) mask) {
-  uint64_t words[sizeof(mask) / sizeof(uint64_t)];
-  std::memcpy(words, &mask, sizeof(words));
-  uint64_t any = 0;
-  for (const uint64_t word : words) any |= word;
-  return any != 0;
-}
-
-// The least (kMin) or greatest lane, by halving.
-template <typename T, bool kMin>
-T extreme_lane(Vector<T> v) {
-  T lanes[kLanes<T>];
-  std::memcpy(lanes, &v, sizeof(lanes));
-  for (int width = kLanes<T> / 2; width > 0; width /= 2)
-    for (int lane = 0; lane < width; ++lane)
-      lanes[lane] = kMin ? std::min(lanes[lane], lanes[lane + width])
-                         : std::max(lanes[lane], lanes[lane + width]);
-  return lanes[0];
-}
-
 template <typename T>
 int64_t first_index_of(const T* distances, T value) {
   int64_t c = 0;
@@ -224,13 +199,13 @@ void offer_nearest_above(const T* distances, T threshold, int64_t first, Choice<
     const Vector<T> v = detail::Simd<T>::load(distances + c);
     could_win |= v > above && v <= bound;
   }
-  if (!any_lane<T>(could_win)) return;
+  if (!detail::any_lane(could_win)) return;
   Vector<T> nearest = broadcast(std::numeric_limits<T>::infinity());
   for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
     const Vector<T> v = detail::Simd<T>::load(distances + c);
     nearest = v > above && v < nearest ? v : nearest;
   }
-  const T distance = extreme_lane<T, true>(nearest);
+  const T distance = detail::fold_lanes<T>(nearest, [](T a, T b) { return std::min(a, b); });
   choice.offer_nearer(distance, first + first_index_of(distances, distance));
 }
 
@@ -242,13 +217,13 @@ void offer_farthest(const T* distances, int64_t first, Choice<T>& choice) {
   decltype(bound < bound) could_win{};
   for (int64_t c = 0; c < kTileRows; c += kLanes<T>)
     could_win |= detail::Simd<T>::load(distances + c) >= bound;
-  if (!any_lane<T>(could_win)) return;
+  if (!detail::any_lane(could_win)) return;
   Vector<T> farthest = broadcast(-std::numeric_limits<T>::infinity());
   for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
     const Vector<T> v = detail::Simd<T>::load(distances + c);
     farthest = v > farthest ? v : farthest;
   }
-  const T distance = extreme_lane<T, false>(farthest);
+  const T distance = detail::fold_lanes<T>(farthest, [](T a, T b) { return std::max(a, b); });
   choice.offer_farther(distance, first + first_index_of(distances, distance));
 }
 
