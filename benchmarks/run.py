@@ -543,8 +543,12 @@ def plot(results, path):
     if not panels:
         return
     colors = dict(zip(IMPLEMENTATIONS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))  # one per impl, every panel
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
-    for ax, (op, axis) in zip(axes[0], panels):
+    columns = min(3, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (op, axis) in zip(axes.flat, panels):
         for impl in IMPLEMENTATIONS:
             points = [(r[axis], r["impl"][impl]["ms"]) for r in results
                       if r["op"] == op and (axis == "classes" or r["d"] == 128) and "ms" in r["impl"].get(impl, {})]
