@@ -8,6 +8,13 @@
 #include <cstring>
 #include <type_traits>
 
+// The kernels pass these 512-bit vectors between inline functions; built
+// without AVX-512 (Caffe's flags, the emulation check) GCC notes, at the first
+// such call of each file, an ABI difference that no call here crosses.  The
+// note is switched off for the rest of the file: only faceops' own kernel
+// sources include this header.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace faceops {
 namespace detail {
 

@@ -7,7 +7,7 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
-flags="-std=c++20 -O1 -g -fopenmp -Wno-psabi -DFACEOPS_CUDA_EMULATION"
+flags="-std=c++20 -O1 -g -fopenmp -DFACEOPS_CUDA_EMULATION"
 [ "${1:-}" = "--tsan" ] && flags="$flags -fsanitize=thread"
 for f in "$root"/cuda/*.cu; do
   g++ $flags -x c++ -I"$root/cuda/emulation" -I"$root/csrc" -c "$f" -o "$build/cuda_$(basename "$f" .cu).o"
