@@ -26,7 +26,7 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t label = labels[i0 + r];
       const T* distances = tile.distance_row(r);
-      T* coef_row = coef + r * detail::kTileCols;
+      T* coef_row = coef + r * detail::kTileRows;
       T row_loss = 0, row_dsquared = 0, row_active = 0;
 #pragma omp simd reduction(+ : row_loss, row_dsquared, row_active)
       for (int64_t c = 0; c < cols; ++c) {

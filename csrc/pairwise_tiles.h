@@ -1,7 +1,7 @@
 // Streaming engine of the pairwise losses on the CPU.  Squared distances are
 // computed tile by tile as ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j (clamped at 0,
-// the diagonal exactly 0); no N x N matrix is ever held: each thread owns a
-// block of kTileRows anchors and one kTileRows x kTileCols tile.
+// the diagonal exactly 0); no N x N matrix is ever held: each thread works
+// on one kTileRows x kTileRows tile of a block pair at a time.
 //
 // Gradients of a loss that depends on the distances go through a coefficient
 // tile: with dx_i = sum_j C_ij (x_i - x_j), a tile adds
@@ -24,7 +24,6 @@ namespace faceops {
 namespace detail {
 
 constexpr int64_t kTileRows = 64;
-constexpr int64_t kTileCols = 256;
 
 // The rows of x with what the tiles need, computed once per call: squared
 // norms and a transposed copy (the tiles' right-hand GEMM operand, so no tile
@@ -64,20 +63,20 @@ template <typename T>
 class DistanceTile {
  public:
   explicit DistanceTile(int64_t d)
-      : d_(d), distance_(thread_scratch<T, kDistanceTile>(kTileRows * kTileCols)),
-        coefficient_(thread_scratch<T, kCoefficientTile>(kTileRows * kTileCols)),
-        coefficient_t_(thread_scratch<T, kCoefficientTileTransposed>(kTileCols * kTileRows)),
-        column_sum_(thread_scratch<T, kColumnSums>(kTileCols)) {}
+      : d_(d), distance_(thread_scratch<T, kDistanceTile>(kTileRows * kTileRows)),
+        coefficient_(thread_scratch<T, kCoefficientTile>(kTileRows * kTileRows)),
+        coefficient_t_(thread_scratch<T, kCoefficientTileTransposed>(kTileRows * kTileRows)),
+        column_sum_(thread_scratch<T, kColumnSums>(kTileRows)) {}
 
-  // distance(r, c) = squared distance of rows i0 + r and j0 + c.
+  // distance_row(r)[c] = squared distance of rows i0 + r and j0 + c.
   void compute(const GramRows<T>& g, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
     const T* x = g.x;
     const T* norms = g.norms;
-    for (int64_t r = 0; r < rows; ++r) std::fill_n(distance_ + r * kTileCols, cols, T(0));
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(distance_ + r * kTileRows, cols, T(0));
     gemm_accumulate<T>(rows, cols, d_, x + i0 * d_, d_, g.transposed + j0, g.ld,
-                       distance_, kTileCols);
+                       distance_, kTileRows);
     for (int64_t r = 0; r < rows; ++r) {
-      T* row = distance_ + r * kTileCols;
+      T* row = distance_ + r * kTileRows;
       const T norm_i = norms[i0 + r];
       // A vectorised pass, then the rare near-duplicates (refined_squared_distance's rule).
       int near_duplicates = 0;
@@ -92,8 +91,7 @@ class DistanceTile {
     }
   }
 
-  T distance(int64_t r, int64_t c) const { return distance_[r * kTileCols + c]; }
-  const T* distance_row(int64_t r) const { return distance_ + r * kTileCols; }
+  const T* distance_row(int64_t r) const { return distance_ + r * kTileRows; }
   T* coefficients() { return coefficient_; }
 
   // dx rows [i0, i0 + rows) += rowsum(C) * x_i - C * X_J, C = coefficients();
@@ -107,19 +105,19 @@ class DistanceTile {
       std::fill_n(column_sum_, cols, T(0));
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) {
-          column_sum_[c] += coef[r * kTileCols + c];
-          coef_t[c * kTileRows + r] = -coef[r * kTileCols + c];
+          column_sum_[c] += coef[r * kTileRows + c];
+          coef_t[c * kTileRows + r] = -coef[r * kTileRows + c];
         }
     }
     for (int64_t r = 0; r < rows; ++r) {
       T row_sum = 0;
       for (int64_t c = 0; c < cols; ++c) {
-        row_sum += coef[r * kTileCols + c];
-        coef[r * kTileCols + c] = -coef[r * kTileCols + c];
+        row_sum += coef[r * kTileRows + c];
+        coef[r * kTileRows + c] = -coef[r * kTileRows + c];
       }
       add_scaled_row(row_sum, x + (i0 + r) * d_, dx + (i0 + r) * d_);
     }
-    gemm_accumulate<T>(rows, d_, cols, coef, kTileCols, x + j0 * d_, d_, dx + i0 * d_, d_);
+    gemm_accumulate<T>(rows, d_, cols, coef, kTileRows, x + j0 * d_, d_, dx + i0 * d_, d_);
     if (!columns_too) return;
     for (int64_t c = 0; c < cols; ++c)
       add_scaled_row(column_sum_[c], x + (j0 + c) * d_, dx + (j0 + c) * d_);

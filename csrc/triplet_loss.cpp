@@ -110,7 +110,7 @@ class NegativeTile {
       const int64_t label = labels[i0 + r];
       T* out = by_row_ + r * kTileRows;
       for (int64_t c = 0; c < cols; ++c)
-        out[c] = labels[j0 + c] != label ? distance_from_squared(tile.distance(r, c), squared)
+        out[c] = labels[j0 + c] != label ? distance_from_squared(tile.distance_row(r)[c], squared)
                                          : absent;
     }
     if (i0 == j0) return;
@@ -408,7 +408,7 @@ T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bo
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) {
         const T active = counts[r * kTileRows + c] + column_counts[c * kTileRows + r];
-        coef[r * detail::kTileCols + c] =
+        coef[r * kTileRows + c] =
             active > T(0) ? -weight * active * distance_gradient_scale(negatives.row(r)[c], squared)
                           : T(0);
       }
