@@ -1,0 +1,86 @@
+"""Hyperparameter checks shared by every front (NumPy/CuPy ops, loss objects,
+faceops.torch): real numbers only, checked after the cast to the op's dtype,
+booleans only for flags, and every message names the argument.
+
+A "real number" is a Python int or float, a NumPy integer or floating scalar,
+or a 0-d NumPy array of such a dtype.  Strings, None, complex numbers, bools and
+arrays of any other shape are refused: ``margin='0.3'`` is a mistake, not a
+margin.
+"""
+
+import numbers
+
+import numpy as np
+
+
+def real(name, value, dtype=np.float64, *, low=None, high=None, low_open=False, high_open=False):
+    """``value`` as a Python float, after checking that it is a real number that
+    stays finite in ``dtype`` (1e39 is finite in float64 but inf in float32) and
+    lies in [low, high] (``low_open``/``high_open`` exclude the bound)."""
+    number = _as_real(name, value)
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore"):
+        cast = dtype.type(number)
+    if not np.isfinite(cast):
+        kind = "NaN" if np.isnan(number) else f"{number!r}, which is not finite in {dtype.name}"
+        raise ValueError(f"{name}: expected a finite number, got {kind}")
+    cast = float(cast)
+    if low is not None and (cast < low or (low_open and cast == low)):
+        raise ValueError(f"{name}: expected {_range(low, high, low_open, high_open)}, got {number!r}")
+    if high is not None and (cast > high or (high_open and cast == high)):
+        raise ValueError(f"{name}: expected {_range(low, high, low_open, high_open)}, got {number!r}")
+    return cast
+
+
+def integer(name, value, *, low=None):
+    """``value`` as a Python int (Python or NumPy integer, not bool), at least ``low``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {_describe(value)}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value}")
+    return value
+
+
+def flag(name, value):
+    """``value`` as a bool: only True/False (Python or NumPy bools) are flags; 'false' is not."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {_describe(value)}")
+    return bool(value)
+
+
+def choice(name, value, options):
+    """``value`` when it is one of ``options`` (strings), else a ValueError listing them."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {sorted(options)}, got {_describe(value)}")
+    return value
+
+
+def _as_real(name, value):
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0:
+            raise TypeError(f"{name}: expected a real number, got an array of shape {value.shape}")
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a real number, got the bool {value!r}")
+    if isinstance(value, (numbers.Integral, np.integer)):
+        return float(value) if abs(int(value)) < 2**1023 else float("inf")
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
+
+
+def _describe(value):
+    if value is None:
+        return "None"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _range(low, high, low_open, high_open):
+    if high is None:
+        return f"a number {'>' if low_open else '>='} {low}"
+    if low is None:
+        return f"a number {'<' if high_open else '<='} {high}"
+    return f"{low} {'<' if low_open else '<='} value {'<' if high_open else '<='} {high}"
