@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from faceops import data
+from faceops.driver import data
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from faceops import cli, data, model, train
+from faceops import cli
+from faceops.driver import data, model, train
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 ORL = os.path.join(SHARED, "orl_faces")

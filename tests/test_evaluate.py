@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from faceops import evaluate
+from faceops.driver import evaluate
 
 
 def test_ten_fold_protocol_known_answer():

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from faceops import cli, export, model
+from faceops import cli
+from faceops.driver import export, model
 
 # float32 through two matrix products and a normalisation: OpenCV DNN and NumPy sum in
 # different orders, so the embeddings (unit length) agree to about 1e-6, not bitwise.

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from faceops import model
+from faceops.driver import model
 from faceops.selfcheck import numerical_gradient
 
 

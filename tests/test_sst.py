@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from faceops import data, model, reference, sst, train
+from faceops import reference
+from faceops.driver import data, model, sst, train
 from faceops.selfcheck import numerical_gradient
 
 

@@ -22,11 +22,11 @@ def main(argv=None):
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
-        from faceops import train
+        from faceops.driver import train
 
         return train.main(rest)
     if command == "export":
-        from faceops import export
+        from faceops.driver import export
 
         return export.main(rest)
     if command == "selfcheck":

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import faceops
-from faceops import data, evaluate, export, model, sst
+from faceops.driver import data, evaluate, export, model, sst
 
 # Combined-margin softmax losses (insightface; the margins are faceops.MARGINS).
 MARGIN_LOSSES = ("arcface", "cosface", "sphereface", "combined", "normface")

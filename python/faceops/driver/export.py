@@ -79,7 +79,7 @@ NETWORK_PARAMETERS = ("W1", "b1", "W2", "b2", "A", "B", "b")
 def export_run(run_dir, output=None):
     """Writes the ONNX model of a `faceops train` run directory from its
     config.json and checkpoint.npz (the last completed epoch)."""
-    from faceops.model import EmbeddingNet
+    from faceops.driver.model import EmbeddingNet
 
     config_path, checkpoint_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "checkpoint.npz")
     for path in (config_path, checkpoint_path):
@@ -98,7 +98,7 @@ def preprocessing_of(config):
     return {"descriptor": config["descriptor"], "image_size": config["image_size"], "crop": config["crop"],
             "grey": True, "pixel_scale": "1/255",
             "steps": "grey, centre crop keeping `crop` of each side, resize to image_size (INTER_AREA), "
-                     "scale to [0, 1], then faceops.model.describe(images, descriptor)"}
+                     "scale to [0, 1], then faceops.driver.model.describe(images, descriptor)"}
 
 
 def main(argv=None):
