@@ -2,7 +2,8 @@
 
 import os
 import shutil
-import warnings
+
+import cv2
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ def synthetic_root(tmp_path_factory):
     return data.write_synthetic_identities(str(tmp_path_factory.mktemp("faces")), identities=3, images_per_identity=3, size=48)
 
 
-def test_reader_skips_corrupt_files_with_one_warning(synthetic_root, tmp_path):
+def test_reader_lists_corrupt_and_truncated_files(synthetic_root, tmp_path):
     root = tmp_path / "people"
     for person in ("alice", "bob"):
         (root / person).mkdir(parents=True)
@@ -23,14 +24,27 @@ def test_reader_skips_corrupt_files_with_one_warning(synthetic_root, tmp_path):
             shutil.copyfile(os.path.join(synthetic_root, "id_000", f"{k:02d}.png"), root / person / f"{k}.png")
     (root / "alice" / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     (root / "bob" / "empty.pgm").write_bytes(b"")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        faces = data.load_identity_folder(str(root), size=32)
-    assert len(caught) == 1
-    message = str(caught[0].message)
-    assert "broken.jpg" in message and "empty.pgm" in message and "2 unreadable" in message
+    # A real JPEG cut short: OpenCV's imread decodes such a file partly (the rest grey).
+    face = (data.draw_synthetic_face(np.random.default_rng(1), np.random.default_rng(2), 96) * 255).astype(np.uint8)
+    jpeg = cv2.imencode(".jpg", face)[1].tobytes()
+    (root / "bob" / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    png = cv2.imencode(".png", face)[1].tobytes()
+    (root / "bob" / "cut.png").write_bytes(png[:-20])
+    faces = data.load_identity_folder(str(root), size=32)
+    skipped = dict(faces.skipped)
+    assert set(skipped) == {str(root / "alice" / "broken.jpg"), str(root / "bob" / "empty.pgm"),
+                            str(root / "bob" / "cut.jpg"), str(root / "bob" / "cut.png")}
+    assert skipped[str(root / "bob" / "cut.jpg")].startswith("truncated JPEG")
+    assert skipped[str(root / "bob" / "cut.png")].startswith("truncated PNG")
+    assert skipped[str(root / "bob" / "empty.pgm")] == "empty file"
     assert faces.images.shape == (6, 32, 32) and faces.names == ["alice", "bob"]
     np.testing.assert_array_equal(faces.labels, [0, 0, 0, 1, 1, 1])
+    line = data.describe_skipped(faces.skipped)
+    assert line.startswith("skipped 4 image file(s): ") and "cut.jpg (truncated JPEG" in line
+    # Complete files pass; an end-of-image marker before the last scan (an EXIF thumbnail's) does not count.
+    assert data.truncation(jpeg) is None and data.truncation(png) is None
+    assert data.truncation(jpeg[:2] + b"\xff\xd9" + jpeg[2:]) is None
+    assert data.truncation(jpeg[:2] + b"\xff\xd9" + jpeg[2:-2]) is not None
 
 
 def test_reader_errors_name_the_problem(synthetic_root, tmp_path):
@@ -104,7 +118,5 @@ def test_max_images_keeps_each_identitys_first_images(synthetic_root, tmp_path):
     (root / "0.jpg").write_bytes(b"not an image")
     for k in (1, 2, 3):
         shutil.copyfile(os.path.join(synthetic_root, "id_000", f"{k - 1:02d}.png"), root / f"{k}.png")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        carol = data.load_identity_folder(str(tmp_path / "people"), size=32, max_images=2)
+    carol = data.load_identity_folder(str(tmp_path / "people"), size=32, max_images=2)
     assert [os.path.basename(p) for p in carol.paths] == ["1.png", "2.png"]

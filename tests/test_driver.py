@@ -4,15 +4,18 @@ a short training run on real faces (ORL), and clear errors for bad command lines
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
 from faceops import cli
 from faceops.driver import data, model, train
 
-SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+SHARED = os.environ.get("FACEOPS_SHARED_DATA") or os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 ORL = os.path.join(SHARED, "orl_faces")
-needs_orl = pytest.mark.skipif(not os.path.isdir(ORL), reason=f"shared data not found at {ORL} (../shared beside the repo)")
+needs_orl = pytest.mark.skipif(not os.path.isdir(ORL),
+                               reason=f"shared data not found at {ORL} (../shared beside the repo, or FACEOPS_SHARED_DATA)")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def synthetic_root(tmp_path_factory):
 
 
 def _train(run_dir, *extra):
-    return train.run(train.build_parser().parse_args(["--run-dir", str(run_dir), *extra]))
+    return train.run(*train.configure(["--run-dir", str(run_dir), *extra]))
 
 
 def test_resume_equals_uninterrupted(tmp_path, synthetic_root):
@@ -45,30 +48,50 @@ def test_resume_equals_uninterrupted(tmp_path, synthetic_root):
     assert not [f for f in run_files if f.startswith(".checkpoint-")]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("loss", ["pair", "contrastive", "triplet", "softmax+0.008*center"])
-def test_every_loss_trains_on_a_tiny_set(tmp_path, synthetic_root, loss):
-    mining = ["--mining", "all"] if loss == "triplet" else []
-    _train(tmp_path, "--data", synthetic_root, "--train-identities", "id_000-id_009", "--eval-identities",
-           "id_010-id_013", "--image-size", "48", "-P", "4", "--loss", loss, "--epochs", "2", *mining)
-    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
-    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+TINY = ["--train-identities", "id_000-id_009", "--eval-identities", "id_010-id_013", "--image-size", "48", "-P", "4"]
+MARGIN_LOSSES = ["arcface", "cosface", "sphereface", "combined", "normface", "arcface+0.01*center"]
 
 
-@pytest.mark.parametrize("loss", ["arcface", "cosface", "sphereface", "combined", "normface", "arcface+0.01*center"])
-def test_margin_softmax_losses_train_their_class_weights(tmp_path, synthetic_root, loss):
-    _train(tmp_path, "--data", synthetic_root, "--train-identities", "id_000-id_009", "--eval-identities",
-           "id_010-id_013", "--image-size", "48", "-P", "4", "--loss", loss, "--lr", "0.05", "--epochs", "3")
-    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+@pytest.mark.parametrize("loss", ["pair", "contrastive", "triplet", "softmax+0.008*center", "triplet+0.1*pair",
+                                  *MARGIN_LOSSES, "sst"])
+def test_every_learned_parameter_moves_and_is_checkpointed(tmp_path, synthetic_root, loss):
+    """Every parameter the optimiser owns (the network's, the softmax head's, the pair
+    loss's theta, the margin-softmax class weights), the centres and SST's gallery move
+    in training, and the checkpoint holds each of them as the run left it."""
+    method = ["--method", "sst", "--max-images-per-identity", "2"] if loss == "sst" else ["--loss", loss]
+    extra = ["--mining", "all"] if "triplet" in loss else ["--lr", "0.05"] if loss in MARGIN_LOSSES else []
+    argv = ["--data", synthetic_root, *TINY, *method, *extra, "--epochs", "3"]
+    _train(tmp_path / "run", *argv)
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert len(history) == 3 and all(np.isfinite(h["loss"]) for h in history)
-    if loss != "sphereface":  # m1 = 4 without SphereFace's annealing (lambda) starts near s * 7 and needs longer
+    if loss in MARGIN_LOSSES and loss != "sphereface":  # m1 = 4 without SphereFace's annealing needs longer
         assert history[-1]["loss"] < history[0]["loss"]
-    initial = train.Trainer(train.build_parser().parse_args(["--loss", loss, "--image-size", "48"]),
-                            data.load_identity_folder(synthetic_root, 48, identities=[f"id_{k:03d}" for k in range(10)]),
-                            np)
-    with np.load(tmp_path / "checkpoint.npz") as state:
-        assert state["param_Wm"].shape == initial.class_weight.shape == (10, 3776)
-        assert np.all(np.any(state["param_Wm"] != initial.class_weight, axis=1))  # every class's weight moved
-        assert np.any(state["velocity_Wm"] != 0)
+    # The same run's state before its first step: same configuration, data and seed.
+    config, _ = train.configure(["--run-dir", str(tmp_path / "unused"), *argv])
+    train_set = train.load_faces(config, synthetic_root, synthetic_root)[0]
+    initial = train.Trainer(config, train_set, np)
+    with np.load(tmp_path / "run" / "checkpoint.npz") as state:
+        assert {k[len("param_"):] for k in state.files if k.startswith("param_")} == set(initial.parameters())
+        for name, value in initial.parameters().items():
+            assert np.any(state[f"param_{name}"] != value), f"{name} never moved"
+            assert np.any(state[f"velocity_{name}"] != 0), f"{name} has no momentum"
+        if initial.pair:
+            assert float(state["param_theta"][0]) != 1.0
+        if initial.class_weight is not None:
+            assert state["param_Wm"].shape == (10, 3776)
+            assert np.all(np.any(state["param_Wm"] != initial.class_weight, axis=1))  # every class's weight moved
+        if initial.center:
+            assert np.any(state["centers"] != initial.center.centers)
+        if initial.sst:
+            for name, value in initial.sst.gallery.params.items():
+                assert np.any(state[f"gallery_{name}"] != value), f"gallery {name} never moved"
+        # The checkpoint's network is the network the run verified and exported.
+        trained = train.Trainer(config, train_set, np)
+        trained.load_state(dict(state))
+    features = model.describe(train_set.images[:5], "lbp")
+    dnn = cv2.dnn.readNetFromONNX(str(tmp_path / "run" / "model.onnx"))
+    dnn.setInput(features)
+    np.testing.assert_allclose(dnn.forward(), trained.net.forward(features)[0], atol=1e-5)
 
 
 def test_margin_overrides_reach_the_loss():
@@ -150,6 +173,10 @@ def test_short_training_on_orl_lowers_the_loss_and_raises_accuracy(tmp_path):
         (["--loss", "arcface", "--queue-size", "64"], "--queue-size: an option of --method sst"),
         (["--method", "siamese"], "invalid choice"),
         (["--max-images-per-identity", "1"], "--max-images-per-identity: expected at least 2"),
+        (["--lr", "nan"], "--lr: expected a finite number, got NaN"),
+        (["--loss", "arcface", "--m3", "inf"], "--m3: expected a finite number"),
+        (["--data", "/tmp", "--holdout", "1"], "--holdout: expected a fraction in [0, 1)"),
+        (["--holdout", "0.2"], "--holdout: applies to --data"),
     ],
 )
 def test_bad_command_lines_exit_with_a_message(tmp_path, argv, message, capsys):

@@ -71,6 +71,6 @@ def test_roc_and_png(tmp_path):
     np.testing.assert_array_equal(far, [0, 0, 0.5, 0.5, 1])
     np.testing.assert_array_equal(tar, [0, 0.5, 0.5, 1, 1])
     path = str(tmp_path / "roc.png")
-    evaluate.save_roc_png(path, {"model": (far, tar)})
+    evaluate.save_roc_png(path, {"model": (far, tar)}, impostors=2)
     image = cv2.imread(path)
     assert image is not None and image.shape == (480, 480, 3)

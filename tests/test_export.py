@@ -34,33 +34,54 @@ def test_onnx_round_trip_through_opencv_dnn(tmp_path, hidden):
     np.testing.assert_allclose(dnn.forward(), net.forward(features)[0], atol=TOLERANCE)
 
 
-def _fake_run(run_dir, rng):
-    """A run directory as `faceops train` leaves it: config.json and checkpoint.npz."""
-    net = model.EmbeddingNet(np.zeros(20), np.full(20, 0.3), 0, 5, rng)
+def _fake_run(run_dir, rng, stored_config=True):
+    """A run directory as `faceops train` leaves it: config.json and checkpoint.npz
+    (which holds the run's configuration too), a 32 x 32 pixel descriptor network."""
+    net = model.EmbeddingNet(np.zeros(1024), np.full(1024, 0.3), 0, 5, rng)
     net.params["B"] += 0.1 * rng.standard_normal(net.params["B"].shape).astype(np.float32)
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({"descriptor": "pixels", "image_size": 64, "crop": 0.5}))
+    config = {"descriptor": "pixels", "image_size": 64, "crop": 0.5}
+    (run_dir / "config.json").write_text(json.dumps(config))
     state = {f"param_{k}": v for k, v in net.params.items()}
     state.update(param_Wc=np.zeros((5, 3), np.float32), net_mean=net.mean, net_std=net.std, epoch=np.asarray(1))
+    if stored_config:
+        state["config"] = np.asarray(json.dumps(config))
     np.savez(run_dir / "checkpoint.npz", **state)
     return net
 
 
-def test_export_command_writes_the_checkpoints_network(tmp_path, capsys):
+@pytest.mark.parametrize("stored_config", [True, False])
+def test_export_command_writes_the_checkpoints_network(tmp_path, capsys, stored_config):
     rng = np.random.default_rng(6)
-    net = _fake_run(tmp_path / "run", rng)
+    net = _fake_run(tmp_path / "run", rng, stored_config)
     output = tmp_path / "out.onnx"
     assert cli.main(["export", str(tmp_path / "run"), "-o", str(output)]) == 0
     assert str(output) in capsys.readouterr().out
     loaded = onnx.load(str(output))
     preprocessing = json.loads({p.key: p.value for p in loaded.metadata_props}["preprocessing"])
     assert preprocessing["descriptor"] == "pixels" and preprocessing["crop"] == 0.5
-    features = rng.random((4, 20)).astype(np.float32)
+    features = rng.random((4, 1024)).astype(np.float32)
     dnn = cv2.dnn.readNetFromONNX(str(output))
     dnn.setInput(features)
     np.testing.assert_allclose(dnn.forward(), net.forward(features)[0], atol=TOLERANCE)
 
 
+def test_export_refuses_metadata_that_disagrees_with_the_model(tmp_path):
+    _fake_run(tmp_path / "run", np.random.default_rng(7))
+    # config.json rewritten after training (what a failed run did before faceops 0.2): crop 1.0.
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"descriptor": "pixels", "image_size": 64, "crop": 1.0}))
+    with pytest.raises(SystemExit, match=r"disagrees with the checkpoint.*crop 1.0 \(checkpoint: 0.5\)"):
+        cli.main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "out.onnx")])
+    # A descriptor whose size does not fit the network.
+    (tmp_path / "run" / "config.json").unlink()
+    state = dict(np.load(tmp_path / "run" / "checkpoint.npz"))
+    state["config"] = np.asarray(json.dumps({"descriptor": "lbp", "image_size": 64, "crop": 0.5}))
+    np.savez(tmp_path / "run" / "checkpoint.npz", **state)
+    with pytest.raises(SystemExit, match="takes 1024 descriptor values, but the 'lbp' descriptor"):
+        cli.main(["export", str(tmp_path / "run")])
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "run" / "model.onnx").exists()
+
+
 def test_export_command_names_a_missing_run(tmp_path):
-    with pytest.raises(SystemExit, match="checkpoint.npz not found|config.json not found"):
+    with pytest.raises(SystemExit, match="checkpoint.npz not found"):
         cli.main(["export", str(tmp_path)])

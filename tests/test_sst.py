@@ -131,7 +131,7 @@ def synthetic_root(tmp_path_factory):
 
 
 def _train(run_dir, *extra):
-    return train.run(train.build_parser().parse_args(["--run-dir", str(run_dir), *extra]))
+    return train.run(*train.configure(["--run-dir", str(run_dir), *extra]))
 
 
 def test_sst_run_resumes_bitwise_and_checkpoints_its_state(tmp_path, synthetic_root):

@@ -3,8 +3,7 @@ the layout of LFW, CASIA-WebFace and ORL), augmentation, a P x K batch sampler, 
 synthetic identity set drawn with OpenCV for the built-in default run."""
 
 import os
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -12,12 +11,14 @@ import numpy as np
 
 @dataclass
 class FaceSet:
-    """Images (N, H, W) float32 in [0, 1], grey; labels (N,) int64 in [0, len(names))."""
+    """Images (N, H, W) float32 in [0, 1], grey; labels (N,) int64 in [0, len(names));
+    `skipped`: (path, why) of each file that was left out."""
 
     images: np.ndarray
     labels: np.ndarray
     names: list
     paths: list
+    skipped: list = field(default_factory=list)
 
 
 def prepare(image, size, crop):
@@ -31,32 +32,66 @@ def prepare(image, size, crop):
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
+def truncation(encoded):
+    """Why the bytes of an image file are cut short, or None.  OpenCV decodes a
+    truncated JPEG partly (the rest grey) and only libjpeg's own line on stderr says
+    so: a complete JPEG ends its last scan (SOS marker FF DA) with an end-of-image
+    marker (FF D9), and in the entropy-coded data FF is always followed by 00 or a
+    restart marker, so neither appears by chance.  A PNG ends with its IEND chunk."""
+    if encoded[:2] == b"\xff\xd8" and encoded.rfind(b"\xff\xd9") < encoded.rfind(b"\xff\xda"):
+        return "truncated JPEG (no end-of-image marker after the last scan)"
+    if encoded[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in encoded[-12:]:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
 def read_image(path, size, crop):
-    """The prepared image, or None when OpenCV cannot decode the file."""
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    """(the prepared image, None), or (None, why it cannot be used): an empty,
+    truncated or undecodable file."""
+    with open(path, "rb") as f:
+        encoded = f.read()
+    if not encoded:
+        return None, "empty file"
+    cut = truncation(encoded)
+    if cut:
+        return None, cut
+    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        return None
+        return None, "OpenCV cannot decode it"
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
     if image.dtype != np.uint8:
         image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    return prepare(image, size, crop)
+    return prepare(image, size, crop), None
+
+
+def describe_skipped(skipped):
+    """One line naming every skipped file and why, or "" when none was."""
+    if not skipped:
+        return ""
+    return f"skipped {len(skipped)} image file(s): " + "; ".join(f"{path} ({why})" for path, why in skipped)
+
+
+def identity_folders(root):
+    """The identity folders of ROOT/<identity>/<image>, sorted by name."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data root {root!r} is not a directory")
+    return sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
 
 
 def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1, max_images=None):
-    """Reads ROOT/<identity>/<image> in sorted order.  Files OpenCV cannot read are
-    skipped with one warning naming them; identities with fewer than min_images
+    """Reads ROOT/<identity>/<image> in sorted order.  Files that are empty,
+    truncated or that OpenCV cannot decode are left out and listed, with the
+    reason, in the result's `skipped`; identities with fewer than min_images
     readable images are left out.  `identities` restricts to those folder names;
     `max_images` keeps only each identity's first readable images (shallow data)."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"data root {root!r} is not a directory")
-    folders = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+    folders = identity_folders(root)
     if identities is not None:
         missing = sorted(set(identities) - set(folders))
         if missing:
             raise FileNotFoundError(f"identities not found under {root!r}: {missing[:5]}")
         folders = [f for f in folders if f in set(identities)]
-    images, labels, names, paths, unreadable = [], [], [], [], []
+    images, labels, names, paths, skipped = [], [], [], [], []
     for folder in folders:
         files = sorted(os.listdir(os.path.join(root, folder)))
         loaded = []
@@ -66,9 +101,9 @@ def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1,
                 continue
             if max_images is not None and len(loaded) >= max_images:
                 break
-            image = read_image(path, size, crop)
+            image, why = read_image(path, size, crop)
             if image is None:
-                unreadable.append(path)
+                skipped.append((path, why))
             else:
                 loaded.append((image, path))
         if len(loaded) < min_images:
@@ -78,11 +113,10 @@ def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1,
             labels.append(len(names))
             paths.append(path)
         names.append(folder)
-    if unreadable:
-        warnings.warn(f"skipped {len(unreadable)} unreadable image file(s): {', '.join(unreadable)}", stacklevel=2)
     if not images:
-        raise ValueError(f"no readable images under {root!r} (expected ROOT/<identity>/<image>)")
-    return FaceSet(np.stack(images), np.asarray(labels, np.int64), names, paths)
+        raise ValueError(f"no readable images under {root!r} (expected ROOT/<identity>/<image>)"
+                         + (f"; {describe_skipped(skipped)}" if skipped else ""))
+    return FaceSet(np.stack(images), np.asarray(labels, np.int64), names, paths, skipped)
 
 
 def augment(images, rng, max_shift=0.06, max_angle=8.0, occlusion=0.25):

@@ -1,9 +1,13 @@
 """Face verification as insightface and facenet report it: cosine similarity of
 L2-normalised embeddings, 10-fold cross-validated accuracy (the threshold chosen on
-the other nine folds), TAR at a fixed FAR, and the ROC curve."""
+the other nine folds), TAR at a fixed FAR, and the ROC curve; and `faceops eval`,
+which measures a trained run or an exported ONNX model on an LFW-format pairs file."""
 
+import argparse
+import json
 import os
-from dataclasses import dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -61,10 +65,21 @@ class Verification:
     thresholds: list
     tar_at_far: dict = field(default_factory=dict)
     auc: float = 0.0
+    genuine: int = 0
+    impostors: int = 0
 
     def summary(self):
-        tars = ", ".join(f"TAR@FAR={far:g}: {tar:.4f}" for far, tar in self.tar_at_far.items())
-        return f"accuracy {self.accuracy:.4f} +- {self.accuracy_std:.4f} (10-fold), {tars}, AUC {self.auc:.4f}"
+        """One line; a TAR at a FAR below one impostor pair (1 / impostors) is the TAR at
+        zero false accepts, and says so."""
+        tars = []
+        for far, tar in self.tar_at_far.items():
+            below = f" (FAR {far:g} < 1/{self.impostors} impostor pairs: TAR at zero false accepts)" \
+                if far * self.impostors < 1 else ""
+            tars.append(f"TAR@FAR={far:g} {tar:.4f}{below}")
+        return f"accuracy {self.accuracy:.4f} +- {self.accuracy_std:.4f} (10-fold), {', '.join(tars)}, AUC {self.auc:.4f}"
+
+    def as_dict(self):
+        return asdict(self)
 
 
 def ten_fold_accuracy(similarity, same, folds=10):
@@ -108,36 +123,183 @@ def verify(embeddings_a, embeddings_b, same, fars=(1e-3, 1e-2)):
     similarity = np.sum(embeddings_a * embeddings_b, axis=1)
     mean, std, folds, thresholds = ten_fold_accuracy(similarity, same)
     far, tar = roc(similarity, same)
-    auc = float(np.trapezoid(tar, far)) if hasattr(np, "trapezoid") else float(np.trapz(tar, far))
-    return Verification(mean, std, folds, thresholds, {f: tar_at_far(similarity, same, f) for f in fars}, auc), (far, tar)
+    auc = float(_trapezoid(tar, far))
+    tars = {f: tar_at_far(similarity, same, f) for f in fars}
+    return Verification(mean, std, folds, thresholds, tars, auc, int(np.sum(same)), int(np.sum(~np.asarray(same)))), \
+        (far, tar)
 
 
-def save_roc_png(path, curves, size=480):
-    """Draws ROC curves (label -> (far, tar)) on a log-FAR axis with OpenCV."""
-    margin = 60
+ROC_DECADES = (-4, -3, -2, -1, 0)  # the log-FAR axis of the ROC plot
+BELOW_ONE_IMPOSTOR = (235, 235, 235)  # the plot's shading where FAR < 1 / impostors
+
+
+def roc_legend(curves):
+    """The ROC plot's legend: each curve's label with its AUC."""
+    return [f"{label} (AUC {float(_trapezoid(tar, far)):.3f})" for label, (far, tar) in curves.items()]
+
+
+def roc_pixel(far, tar, size=480):
+    """Pixel (x, y) of (FAR, TAR) in the ROC plot; FAR below 1e-4 sits on the left edge."""
+    x0, y0, x1, y1 = 60, size - 60, size - 20, 20
+    lf = np.log10(np.clip(far, 10.0 ** ROC_DECADES[0], 1.0))
+    return (x0 + (lf - ROC_DECADES[0]) / (ROC_DECADES[-1] - ROC_DECADES[0]) * (x1 - x0)), (y0 - tar * (y0 - y1))
+
+
+def save_roc_png(path, curves, impostors, size=480):
+    """Draws ROC curves (label -> (far, tar)) on a log-FAR axis with OpenCV: a grid, the
+    AUC of each curve in the legend, and the FARs below one impostor pair (1 /
+    impostors, where a curve only says the TAR at zero false accepts) shaded."""
     canvas = np.full((size, size, 3), 255, np.uint8)
-    x0, y0, x1, y1 = margin, size - margin, size - 20, 20
+    x0, y0, x1, y1 = 60, size - 60, size - 20, 20
+    one_pair = 1.0 / impostors
+    if one_pair > 10.0 ** ROC_DECADES[0]:
+        px = int(roc_pixel(one_pair, 0, size)[0])
+        cv2.rectangle(canvas, (x0, y1), (px, y0), BELOW_ONE_IMPOSTOR, -1)
+        cv2.putText(canvas, f"FAR < 1/{impostors}", (x0 + 4, y0 - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (90, 90, 90), 1)
+    grey = (200, 200, 200)
+    for d in ROC_DECADES:
+        px = int(roc_pixel(10.0**d, 0, size)[0])
+        cv2.line(canvas, (px, y1), (px, y0), grey, 1)
+        cv2.line(canvas, (px, y0), (px, y0 + 5), (0, 0, 0), 1)
+        cv2.putText(canvas, f"1e{d}", (px - 14, y0 + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    for t in np.linspace(0, 1, 11):
+        py = int(roc_pixel(1.0, t, size)[1])
+        cv2.line(canvas, (x0, py), (x1, py), grey, 1)
+        if round(t * 10) % 5 == 0:
+            cv2.putText(canvas, f"{t:.1f}", (x0 - 30, py + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     cv2.rectangle(canvas, (x0, y1), (x1, y0), (0, 0, 0), 1)
-    decades = [-4, -3, -2, -1, 0]
-
-    def to_px(far, tar):
-        lf = np.log10(np.clip(far, 1e-4, 1.0))
-        return (x0 + (lf - decades[0]) / (decades[-1] - decades[0]) * (x1 - x0)), (y0 - tar * (y0 - y1))
-
-    for d in decades:
-        px, _ = to_px(10.0**d, 0)
-        cv2.line(canvas, (int(px), y0), (int(px), y0 + 5), (0, 0, 0), 1)
-        cv2.putText(canvas, f"1e{d}", (int(px) - 14, y0 + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    for t in (0.0, 0.5, 1.0):
-        _, py = to_px(1.0, t)
-        cv2.putText(canvas, f"{t:.1f}", (x0 - 30, int(py) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     cv2.putText(canvas, "false accept rate", (size // 2 - 60, size - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     cv2.putText(canvas, "TAR", (10, size // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     colours = [(200, 80, 0), (0, 0, 200), (0, 150, 0), (120, 0, 120)]
-    for k, (label, (far, tar)) in enumerate(curves.items()):
-        px, py = to_px(np.asarray(far), np.asarray(tar))
+    for k, ((far, tar), label) in enumerate(zip(curves.values(), roc_legend(curves))):
+        px, py = roc_pixel(np.asarray(far), np.asarray(tar), size)
         points = np.stack([px, py], axis=1).astype(np.int32)
-        cv2.polylines(canvas, [points], False, colours[k % len(colours)], 2)
-        cv2.putText(canvas, label, (x0 + 10, y1 + 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colours[k % len(colours)], 1)
+        colour = colours[k % len(colours)]
+        cv2.polylines(canvas, [points], False, colour, 2)
+        cv2.putText(canvas, label, (x0 + 10, y1 + 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
     if not cv2.imwrite(path, canvas):
         raise OSError(f"could not write {path}")
+
+
+def _trapezoid(y, x):
+    return np.trapezoid(y, x) if hasattr(np, "trapezoid") else np.trapz(y, x)
+
+
+def read_pair_images(root, pairs_path, size, crop):
+    """(images_a, images_b, same) of an LFW-format pairs file over ROOT/<name>/<name>_NNNN.jpg;
+    a pair whose image is missing, truncated or undecodable is an error naming it."""
+    from faceops.driver import data
+
+    pairs = read_lfw_pairs(pairs_path)
+    cache = {}
+
+    def image(name, index):
+        path = lfw_image_path(root, name, index)
+        if path not in cache:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{pairs_path} names {path}, which does not exist")
+            cache[path], why = data.read_image(path, size, crop)
+            if why:
+                raise ValueError(f"{pairs_path} names {path}, which cannot be used: {why}")
+        return cache[path]
+
+    a = np.stack([image(n1, i1) for n1, i1, _, _, _ in pairs])
+    b = np.stack([image(n2, i2) for _, _, n2, i2, _ in pairs])
+    return a, b, np.array([p[4] for p in pairs])
+
+
+def describe_pairs(pairs_path, root, same):
+    """What a pairs-file figure was measured on, for the output."""
+    return (f"on the {len(same)} pairs of {pairs_path} ({int(np.sum(same))} genuine, "
+            f"{int(np.sum(~np.asarray(same)))} impostor; images under {root})")
+
+
+def _onnx_embedder(path):
+    """(embed(descriptors) -> embeddings, preprocessing) of a `faceops export` model,
+    run by OpenCV DNN."""
+    import onnx
+
+    try:
+        metadata = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        dnn = cv2.dnn.readNetFromONNX(path)
+    except Exception as error:  # protobuf's DecodeError, cv2.error: the file is no model
+        raise ValueError(f"{path}: not an ONNX model ({type(error).__name__})") from None
+    if "preprocessing" not in metadata:
+        raise ValueError(f"{path}: no `preprocessing` in the model's metadata: not a model written by faceops export")
+
+    def embed(descriptors, batch=1024):
+        out = []
+        for i in range(0, len(descriptors), batch):
+            dnn.setInput(np.ascontiguousarray(descriptors[i : i + batch], np.float32))
+            out.append(dnn.forward().copy())
+        return np.concatenate(out)
+
+    return embed, json.loads(metadata["preprocessing"])
+
+
+def evaluate_model(model_path, root, pairs_path, output):
+    """`faceops eval`: the descriptor alone and the model on the pairs; prints both,
+    writes OUTPUT/metrics.json and OUTPUT/roc.png.  Returns (descriptor, model) metrics."""
+    from faceops.driver import export, model
+
+    if os.path.isdir(model_path):
+        net, config = export.load_run(model_path)
+        embed, preprocessing = net.embed, export.preprocessing_of(config)
+        label = f"run {model_path}"
+    elif os.path.isfile(model_path):
+        embed, preprocessing = _onnx_embedder(model_path)
+        label = f"ONNX model {model_path}"
+    else:
+        raise FileNotFoundError(f"{model_path!r} is neither a run directory nor an ONNX file")
+    descriptor = preprocessing["descriptor"]
+    images_a, images_b, same = read_pair_images(root, pairs_path, preprocessing["image_size"], preprocessing["crop"])
+    measured_on = describe_pairs(pairs_path, root, same)
+    descriptors_a, descriptors_b = model.describe(images_a, descriptor), model.describe(images_b, descriptor)
+    baseline, baseline_roc = verify(descriptors_a, descriptors_b, same)
+    trained, trained_roc = verify(embed(descriptors_a), embed(descriptors_b), same)
+    print(f"{descriptor} descriptor alone, {measured_on}: {baseline.summary()}")
+    print(f"{label}, {measured_on}: {trained.summary()}")
+    os.makedirs(output, exist_ok=True)
+    save_roc_png(os.path.join(output, "roc.png"), {f"{descriptor} descriptor": baseline_roc, "model": trained_roc},
+                 trained.impostors)
+    with open(os.path.join(output, "metrics.json"), "w") as f:
+        json.dump({"measured_on": measured_on, "model": model_path, "preprocessing": preprocessing,
+                   "descriptor": baseline.as_dict(), "trained": trained.as_dict()}, f, indent=2, default=float)
+    print(f"wrote {os.path.join(output, 'metrics.json')} and {os.path.join(output, 'roc.png')}")
+    return baseline, trained
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="faceops eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Face verification of a trained run or of an exported ONNX model on an LFW-format pairs file "
+                    "(pairs.txt, pairsDevTest.txt): 10-fold accuracy, TAR@FAR 1e-3 and 1e-2, AUC and the ROC plot, "
+                    "for the model and for its descriptor alone, as `faceops train` reports them.")
+    parser.add_argument("model", metavar="RUN_DIR_OR_MODEL.onnx",
+                        help="the run directory of `faceops train` (its checkpoint) or a model written by "
+                             "`faceops export`; the preprocessing (descriptor, image size, crop) comes from it")
+    parser.add_argument("--root", required=True, help="image folder the pairs file names: ROOT/<name>/<name>_NNNN.jpg")
+    parser.add_argument("--pairs", required=True, help="LFW-format pairs file: a count line, then `name i j` "
+                                                       "(genuine) and `name1 i name2 j` (impostor) lines")
+    parser.add_argument("--output", "-o",
+                        help="folder for metrics.json and roc.png (default: RUN_DIR/eval-<pairs file name>, or "
+                             "<model name>-eval-<pairs file name> beside the ONNX file)")
+    args = parser.parse_args(argv)
+    pairs_name = os.path.splitext(os.path.basename(args.pairs))[0]
+    output = args.output
+    if output is None:
+        output = os.path.join(args.model, f"eval-{pairs_name}") if os.path.isdir(args.model) else \
+            f"{os.path.splitext(args.model)[0]}-eval-{pairs_name}"
+    try:
+        if not os.path.isfile(args.pairs):
+            raise FileNotFoundError(f"--pairs: {args.pairs!r} is not a file")
+        if not os.path.isdir(args.root):
+            raise FileNotFoundError(f"--root: {args.root!r} is not a directory")
+        evaluate_model(args.model, args.root, args.pairs, output)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"faceops eval: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("faceops eval: interrupted", file=sys.stderr)
+        return 130
+    return 0

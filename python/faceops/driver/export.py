@@ -74,22 +74,46 @@ def _to_numpy(a):
 
 
 NETWORK_PARAMETERS = ("W1", "b1", "W2", "b2", "A", "B", "b")
+PREPROCESSING_OPTIONS = ("descriptor", "image_size", "crop")
+
+
+def load_run(run_dir):
+    """(network, configuration) of a `faceops train` run directory, from its
+    checkpoint.npz (the last completed epoch).  The configuration is the one the
+    checkpoint was trained with (stored in it); a config.json that disagrees with it
+    on the preprocessing is an error, never a model with the wrong metadata."""
+    from faceops.driver.model import EmbeddingNet, describe
+
+    config_path, checkpoint_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "checkpoint.npz")
+    if not os.path.isfile(checkpoint_path):
+        raise FileNotFoundError(f"{checkpoint_path} not found: is {run_dir!r} the run directory of a `faceops train` "
+                                f"run that finished at least one epoch?")
+    with np.load(checkpoint_path) as state:
+        stored = json.loads(str(state["config"])) if "config" in state.files else None
+        params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state.files}
+        net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
+    written = None
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            written = json.load(f)
+    if stored is None and written is None:
+        raise FileNotFoundError(f"{config_path} not found, and {checkpoint_path} does not hold its configuration")
+    config = stored or written
+    if stored and written:
+        differ = [f"{name} {written.get(name)!r} (checkpoint: {stored[name]!r})" for name in PREPROCESSING_OPTIONS
+                  if written.get(name) != stored[name]]
+        if differ:
+            raise ValueError(f"{config_path} disagrees with the checkpoint it sits beside: {', '.join(differ)}")
+    probe = describe(np.zeros((1, config["image_size"], config["image_size"]), np.float32), config["descriptor"])
+    if probe.shape[1] != net.mean.shape[0]:
+        raise ValueError(f"{checkpoint_path}: the network takes {net.mean.shape[0]} descriptor values, but the "
+                         f"{config['descriptor']!r} descriptor at image size {config['image_size']} has {probe.shape[1]}")
+    return net, config
 
 
 def export_run(run_dir, output=None):
-    """Writes the ONNX model of a `faceops train` run directory from its
-    config.json and checkpoint.npz (the last completed epoch)."""
-    from faceops.driver.model import EmbeddingNet
-
-    config_path, checkpoint_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "checkpoint.npz")
-    for path in (config_path, checkpoint_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: is {run_dir!r} the --run-dir of a `faceops train` run?")
-    with open(config_path) as f:
-        config = json.load(f)
-    with np.load(checkpoint_path) as state:
-        params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state.files}
-        net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
+    """Writes the ONNX model of a `faceops train` run directory (see load_run)."""
+    net, config = load_run(run_dir)
     return to_onnx(net, output or os.path.join(run_dir, "model.onnx"), preprocessing_of(config))
 
 
@@ -102,13 +126,15 @@ def preprocessing_of(config):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="faceops export", description="Export a trained run's embedding network to ONNX.")
-    parser.add_argument("run_dir", help="the --run-dir of a `faceops train` run (holds config.json and checkpoint.npz)")
+    parser = argparse.ArgumentParser(prog="faceops export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Export a trained run's embedding network (its last checkpoint) to "
+                                                 "ONNX; the preprocessing it was trained with goes into the metadata.")
+    parser.add_argument("run_dir", help="the run directory of a `faceops train` run (holds checkpoint.npz)")
     parser.add_argument("--output", "-o", help="ONNX file to write (default: RUN_DIR/model.onnx)")
     args = parser.parse_args(argv)
     try:
         path = export_run(args.run_dir, args.output)
-    except (FileNotFoundError, KeyError) as error:
+    except (FileNotFoundError, KeyError, ValueError) as error:
         raise SystemExit(f"faceops export: {error}")
     print(f"wrote {path}")
     return 0

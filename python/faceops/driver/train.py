@@ -1,19 +1,22 @@
-"""The training driver: trains the embedding network on a folder of face images
-with faceops losses, evaluates face verification before and after, checkpoints
-atomically, and exports the model to ONNX.  `faceops train --help` lists the options."""
+"""`faceops train`: trains the embedding network on a folder of face images with
+faceops losses, verifies it before and after on held-out faces, checkpoints every
+epoch, and exports the model to ONNX.  `faceops train --help` lists the options."""
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 
 import faceops
-from faceops.driver import data, evaluate, export, model, sst
+from faceops import _params
+from faceops.driver import data, evaluate, export, model, rundir, sst
 
 # Combined-margin softmax losses (insightface; the margins are faceops.MARGINS).
 MARGIN_LOSSES = ("arcface", "cosface", "sphereface", "combined", "normface")
@@ -75,81 +78,234 @@ def resolve_defaults(config):
         config.queue_size = 512
 
 
+# Measured on this project's 2-core machine (docs/driver.md says how): the built-in default run.
+DEFAULT_RUN_TIME = "about 15 s on 2 CPU cores"
+DESCRIPTION = f"""Train a face embedding with faceops losses on a folder of face images,
+verify it before and after training, and export it to ONNX.
+
+Without --data, the run draws a built-in synthetic identity set (60 identities x 8
+images, with OpenCV), trains on 40 of them for 60 epochs and verifies all pairs of
+the other 20 ({DEFAULT_RUN_TIME}).  With --data alone, the last --holdout of the
+identities (sorted by name) are held out of training and verified on.
+
+A run writes its directory only once training starts: config.json, log.txt and
+checkpoint.npz (after every epoch), then metrics.json, roc.png and model.onnx.
+Without --run-dir that is a new runs/YYYYmmdd-HHMMSS/, and runs/latest links to it.
+A directory holding a run is continued with --resume (the run's own configuration)
+or replaced with --overwrite, never reused otherwise."""
+
+# Options of the invocation, not of the run: never stored, never compared on --resume.
+INVOCATION_OPTIONS = ("run_dir", "resume", "overwrite")
+# What --resume may change: the length of the run, and where it computes.
+RESUME_OVERRIDES = ("epochs", "device")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, except where there is none to show (the help says
+    in words what happens) or the option is a flag."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="faceops train", description=__doc__)
-    p.add_argument("--data", help="ROOT/<identity>/<image> training folder (default: a synthetic set drawn with OpenCV)")
-    p.add_argument("--train-identities", help="restrict training to these identity folders, e.g. s1-s30")
-    p.add_argument("--eval-root", help="images for evaluation (default: --data)")
-    p.add_argument("--eval-pairs", help="LFW pairs*.txt protocol over --eval-root; without it, all pairs of --eval-identities")
-    p.add_argument("--eval-identities", help="identity folders of --eval-root for the all-pairs protocol, e.g. s31-s40")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--crop", type=float, default=1.0, help="centre crop, fraction of each side kept (LFW deep-funneled: 0.5)")
-    p.add_argument("--descriptor", choices=model.DESCRIPTORS, default="lbp")
-    p.add_argument("--hidden", type=int, default=0,
-                   help="0 (default): the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units")
-    p.add_argument("--rank", type=int, default=128, help="rank of the correction, or the MLP's embedding size")
-    p.add_argument("--loss", help="'+'-joined weighted terms of " + ", ".join(LOSS_NAMES) +
-                   " (default: triplet; with --method sst one margin-softmax term, default cosface)")
-    p.add_argument("--mining", choices=sorted(faceops.ops.MINING_MODES), default="semihard")
-    p.add_argument("--margin", type=float, default=0.2, help="triplet margin (contrastive: 1.0 is used)")
-    p.add_argument("--center-alpha", type=float, default=0.5, help="center update rate (Wen et al. eq. 4)")
-    p.add_argument("--theta", type=float, default=1.0, help="initial pair-loss threshold")
-    p.add_argument("--scale", type=float,
-                   help="margin softmax: the scale s of the logits (default 64, as insightface; 32 with --method sst, "
-                        "as FaceX-Zoo)")
+    p = argparse.ArgumentParser(prog="faceops train", description=DESCRIPTION, formatter_class=HelpFormatter)
+    data_options = p.add_argument_group("data and verification")
+    data_options.add_argument("--data", help="training images, ROOT/<identity>/<image> (LFW, CASIA-WebFace, ORL "
+                                             "layout); default: the built-in synthetic set")
+    data_options.add_argument("--train-identities",
+                              help="train on these identity folders only, e.g. s1-s30 (default: all but the "
+                                   "held-out ones); without --eval-*, the other identities are verified on")
+    data_options.add_argument("--holdout", type=float,
+                              help="with --data alone: the fraction of identities (the last by name) held out of "
+                                   "training and verified on (default 0.2; 0 verifies on the training images)")
+    data_options.add_argument("--eval-root", help="images to verify on (default: --data)")
+    data_options.add_argument("--eval-pairs",
+                              help="LFW-format pairs file (pairs.txt, pairsDevTest.txt) over --eval-root; without "
+                                   "it, all pairs of --eval-identities")
+    data_options.add_argument("--eval-identities",
+                              help="identity folders of --eval-root to verify on, all pairs, e.g. s31-s40 (default: "
+                                   "those not trained on)")
+    data_options.add_argument("--image-size", type=int, default=64, help="side of the square grey image, pixels")
+    data_options.add_argument("--crop", type=float, default=1.0,
+                              help="centre crop, the fraction of each side kept (LFW deep-funneled: 0.5)")
+    data_options.add_argument("--max-images-per-identity", type=int,
+                              help="train on only the first N images (sorted file order) of each identity, "
+                                   "shallow data (default: all)")
+    data_options.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="full",
+                              help="full: flips, brightness/contrast, shifts, rotations, occlusion patches; "
+                                   "photometric: flips and brightness/contrast only (raw pixels of unaligned faces); "
+                                   "none")
+    net = p.add_argument_group("model")
+    net.add_argument("--descriptor", choices=model.DESCRIPTORS, default="lbp",
+                     help="the fixed face descriptor the network starts from: uniform LBP histograms or raw pixels")
+    net.add_argument("--hidden", type=int, default=0,
+                     help="0: the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units")
+    net.add_argument("--rank", type=int, default=128, help="rank of the correction, or the MLP's embedding size")
+    losses = p.add_argument_group("losses")
+    losses.add_argument("--loss", help="'+'-joined weighted terms of " + ", ".join(LOSS_NAMES) +
+                        ", e.g. softmax+0.008*center (default: triplet; with --method sst one margin-softmax term, "
+                        "default cosface)")
+    losses.add_argument("--mining", choices=sorted(faceops.ops.MINING_MODES), default="semihard",
+                        help="triplet mining within each P x K batch")
+    losses.add_argument("--margin", type=float, default=0.2, help="triplet margin (contrastive uses 1.0)")
+    losses.add_argument("--center-alpha", type=float, default=0.5, help="center update rate (Wen et al. 2016, eq. 4)")
+    losses.add_argument("--theta", type=float, default=1.0,
+                        help="initial threshold of the pair loss (learned with the network)")
+    losses.add_argument("--scale", type=float,
+                        help="margin softmax: the scale s of the logits (default 64, as insightface; 32 with "
+                             "--method sst, as FaceX-Zoo)")
     for k, meaning in ((1, "multiplicative angular"), (2, "additive angular"), (3, "additive cosine")):
-        p.add_argument(f"--m{k}", type=float,
-                       help=f"margin softmax: the {meaning} margin m{k} of cos(m1 theta + m2) - m3 "
-                            f"(default: the loss's own, faceops.MARGINS)")
-    p.add_argument("--sample-rate", type=float, default=1.0,
-                   help="margin softmax: Partial FC class-centre sampling, the fraction of classes in each batch's "
-                        "softmax (the batch's own classes always; only their weights move)")
-    p.add_argument("--method", choices=METHODS, default="standard",
-                   help="standard: the losses on P x K batches; sst: Semi-Siamese Training for shallow data (Du et al. "
-                        "ECCV 2020): probe net, moving-average gallery net, prototype queue, two images per identity")
-    p.add_argument("--ema", type=float, help="sst: the gallery's moving-average rate alpha (default 0.999)")
-    p.add_argument("--queue-size", type=int,
-                   help="sst: how many gallery features of earlier batches are kept as negative prototypes (FIFO; "
-                        "default 512)")
-    p.add_argument("--epochs", type=int, help="default: 15 with --data, 60 on the built-in synthetic set")
-    p.add_argument("--identities-per-batch", "-P", type=int, default=16)
-    p.add_argument("--images-per-identity", "-K", type=int, help="default: 4; --method sst: 2 (the only value)")
-    p.add_argument("--max-images-per-identity", type=int,
-                   help="train on only the first N images (sorted file order) of each identity: shallow data")
-    p.add_argument("--lr", type=float, default=0.5)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
-    p.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="full",
-                   help="full: flips, brightness/contrast, shifts, rotations, occlusion patches; "
-                        "photometric: flips and brightness/contrast only (raw pixels of unaligned faces); none")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--run-dir", default="runs/latest")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.npz")
+        losses.add_argument(f"--m{k}", type=float,
+                            help=f"margin softmax: the {meaning} margin m{k} of cos(m1 theta + m2) - m3 "
+                                 f"(default: the loss's own, faceops.MARGINS)")
+    losses.add_argument("--sample-rate", type=float, default=1.0,
+                        help="margin softmax: Partial FC class-centre sampling, the fraction of classes in each "
+                             "batch's softmax (the batch's own classes always; only their weights move)")
+    method = p.add_argument_group("training")
+    method.add_argument("--method", choices=METHODS, default="standard",
+                        help="standard: the losses on P x K batches; sst: Semi-Siamese Training for shallow data "
+                             "(Du et al. ECCV 2020): probe net, moving-average gallery net, prototype queue, two "
+                             "images per identity")
+    method.add_argument("--ema", type=float, help="sst: the gallery's moving-average rate alpha (default 0.999)")
+    method.add_argument("--queue-size", type=int,
+                        help="sst: how many gallery features of earlier batches are kept as negative prototypes "
+                             "(FIFO; default 512)")
+    method.add_argument("--epochs", type=int, help="default: 15 with --data, 60 on the built-in synthetic set; "
+                                                   "with --resume, a larger value extends the run")
+    method.add_argument("--identities-per-batch", "-P", type=int, default=16, help="identities in each batch")
+    method.add_argument("--images-per-identity", "-K", type=int,
+                        help="images of each identity in each batch (default 4; --method sst: 2, the only value)")
+    method.add_argument("--lr", type=float, default=0.5, help="learning rate of SGD at the first epoch")
+    method.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    method.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay of the network's weights")
+    method.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                        help="learning-rate schedule over the epochs (step: x0.1 at each third)")
+    method.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation")
+    method.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the network and the losses on the GPU (CuPy)")
+    run = p.add_argument_group("run directory")
+    run.add_argument("--run-dir", help="where the run writes (default: a new runs/YYYYmmdd-HHMMSS, linked from "
+                                       "runs/latest; with --resume: runs/latest)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --run-dir from its checkpoint, with the run's own configuration "
+                          "(only --epochs and --device may change)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run that --run-dir holds")
     return p
 
 
-class Log:
-    """Prints and appends to RUN_DIR/log.txt."""
+def options_given(argv):
+    """The options present on the command line argv, with their parsed values."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
 
-    def __init__(self, path):
+
+def run_configuration(config):
+    """What config.json and the checkpoint store: every option of the run, paths
+    absolute (a resume may start elsewhere), the invocation's own options left out."""
+    stored = {k: v for k, v in vars(config).items() if k not in INVOCATION_OPTIONS}
+    for name in ("data", "eval_root", "eval_pairs"):
+        if stored[name] is not None:
+            stored[name] = os.path.abspath(stored[name])
+    stored["faceops_version"] = faceops.__version__
+    return stored
+
+
+def _comparable(name, value):
+    if value is None:
+        return None
+    if name in ("data", "eval_root", "eval_pairs"):
+        return os.path.abspath(value)
+    if name == "loss":
+        return parse_loss(value)
+    if name in ("train_identities", "eval_identities"):
+        return expand_names(value)
+    return value
+
+
+def _option(name):
+    return "--" + name.replace("_", "-")
+
+
+def resume_configuration(config, given):
+    """The configuration of the run in config.run_dir (default runs/latest), with the
+    overrides of RESUME_OVERRIDES taken from the command line.  Raises ValueError
+    naming every other option the command line gives a different value.  Returns
+    (configuration, [notes on the overrides])."""
+    run_dir = config.run_dir or rundir.LATEST
+    if os.path.islink(run_dir):  # runs/latest: name the run itself, which a later run will not move
+        run_dir = os.path.join(os.path.dirname(run_dir), os.readlink(run_dir))
+    checkpoint = os.path.join(run_dir, rundir.CHECKPOINT)
+    if not os.path.isfile(checkpoint):
+        if os.path.isdir(run_dir) and rundir.holds_run(run_dir):
+            raise ValueError(f"--resume: {run_dir} holds no checkpoint yet (its run stopped before its first epoch "
+                             f"ended); start it again with --run-dir {run_dir} --overwrite")
+        raise ValueError(f"--resume: no run to continue at {run_dir} (no {rundir.CHECKPOINT})")
+    with np.load(checkpoint) as state:
+        stored = json.loads(str(state["config"])) if "config" in state.files else None
+    if stored is None:  # a checkpoint of faceops 0.1.0 without its configuration
+        with open(os.path.join(run_dir, "config.json")) as f:
+            stored = json.load(f)
+    resumed = build_parser().parse_args([])
+    for name in vars(resumed):
+        if name in stored and name not in INVOCATION_OPTIONS:
+            setattr(resumed, name, stored[name])
+    resumed.run_dir, resumed.resume, resumed.overwrite = run_dir, True, False
+    if given.get("overwrite"):
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one")
+    conflicts, notes = [], []
+    for name, value in given.items():
+        if name in INVOCATION_OPTIONS:
+            continue
+        if name in RESUME_OVERRIDES:
+            if value != getattr(resumed, name):
+                notes.append(f"{_option(name)} {value} (the run had {getattr(resumed, name)})")
+                setattr(resumed, name, value)
+        elif _comparable(name, value) != _comparable(name, stored.get(name)):
+            was = stored.get(name)
+            conflicts.append(f"{_option(name)} {value} (the run: {'the built-in synthetic set' if name == 'data' and was is None else was})")
+    if conflicts:
+        raise ValueError(f"--resume continues the run in {run_dir} with its own configuration, and these options "
+                         f"differ from it: {'; '.join(conflicts)}.  Leave them out, or start a new run (without "
+                         f"--resume).  Only {', '.join(map(_option, RESUME_OVERRIDES))} may change on --resume")
+    return resumed, notes
+
+
+class Log:
+    """Prints each line and keeps it for RUN_DIR/log.txt: held in memory until the run
+    directory is claimed (`attach`), appended to the file from then on."""
+
+    def __init__(self):
+        self.pending, self.file = [], None
+
+    def attach(self, path):
         self.file = open(path, "a")
+        self.file.writelines(line + "\n" for line in self.pending)
+        self.file.flush()
+        self.pending = []
 
     def close(self):
-        self.file.close()
+        if self.file:
+            self.file.close()
 
-    def __call__(self, message, end="\n"):
-        print(message, end=end, flush=True)
-        if end == "\n":
+    def __call__(self, message):
+        print(message, flush=True)
+        if self.file:
             self.file.write(message + "\n")
             self.file.flush()
+        else:
+            self.pending.append(message)
 
 
 def learning_rate(config, epoch):
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + np.cos(np.pi * epoch / config.epochs))
     return config.lr * 0.1 ** (epoch // max(1, config.epochs // 3))
+
 
 
 class Trainer:
@@ -174,6 +330,8 @@ class Trainer:
         self.head = model.SoftmaxHead(dim, classes, self.rng, xp=xp) if "softmax" in self.weights else None
         self.center = faceops.CenterLoss(classes, dim, config.center_alpha, np.float32, xp) if "center" in self.weights else None
         self.pair = faceops.PairLoss(config.theta) if "pair" in self.weights else None
+        # The pair loss's learned threshold: one array that the optimiser moves in place.
+        self.theta = xp.asarray([config.theta], xp.float32) if self.pair else None
         self.margin = margin_term(self.weights)
         self.margins = margins_of(config) if self.margin else None
         self.sst = None
@@ -192,7 +350,7 @@ class Trainer:
         if self.head:
             params.update(self.head.params)
         if self.pair:
-            params["theta"] = self.xp.asarray([self.pair.theta], self.xp.float32)
+            params["theta"] = self.theta
         if self.class_weight is not None:
             params["Wm"] = self.class_weight
         return params
@@ -222,6 +380,7 @@ class Trainer:
             loss, g = faceops.triplet_loss(z, labels, c.margin, c.mining)
             total, dz = total + w["triplet"] * loss, dz + w["triplet"] * g
         if self.pair:
+            self.pair.theta = float(self.theta[0])
             loss, g = self.pair(z, labels)
             total, dz = total + w["pair"] * loss, dz + w["pair"] * g
             head_grads["theta"] = xp.asarray([w["pair"] * self.pair.grad_theta], xp.float32)
@@ -257,8 +416,6 @@ class Trainer:
                 grad = grad + c.weight_decay * value
             self.velocity[name] = c.momentum * self.velocity[name] + grad
             value -= lr * self.velocity[name]
-        if self.pair:
-            self.pair.theta = float(self.parameters()["theta"][0])
 
     def state(self):
         state = {f"param_{k}": _np(v) for k, v in self.parameters().items()}
@@ -271,15 +428,29 @@ class Trainer:
         state["epoch"] = np.asarray(self.epoch)
         state["history"] = np.asarray(json.dumps(self.history))
         state["rng"] = np.asarray(json.dumps(self.rng.bit_generator.state))
+        state["config"] = np.asarray(json.dumps(run_configuration(self.config), sort_keys=True))
         return state
 
     def load_state(self, state):
+        """Restores a checkpoint; an array it lacks or holds in another shape (the
+        data changed since the run started, say) is an error naming it."""
         xp = self.xp
+        arrays = {f"param_{k}": v for k, v in self.parameters().items()}
+        arrays.update({f"velocity_{k}": v for k, v in self.velocity.items()})
+        if self.center:
+            arrays["centers"] = self.center.centers
+        if self.sst:
+            arrays.update({f"gallery_{k}": v for k, v in self.sst.gallery.params.items()})
+        for key, value in arrays.items():
+            if key not in state:
+                raise ValueError(f"the checkpoint has no {key}: it was written by a run with other options")
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise ValueError(f"the checkpoint's {key} has shape {tuple(state[key].shape)}, this run's "
+                                 f"{tuple(value.shape)}: the training data (its identities) changed since the run "
+                                 f"started")
         for name, value in self.parameters().items():
             value[...] = xp.asarray(state[f"param_{name}"])
             self.velocity[name] = xp.asarray(state[f"velocity_{name}"])
-        if self.pair:
-            self.pair.theta = float(state["param_theta"][0])
         if self.center:
             self.center.centers[...] = xp.asarray(state["centers"])
         if self.sst:
@@ -289,103 +460,219 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(str(state["rng"]))
 
 
-def save_checkpoint(path, state):
-    """Writes to a temporary file in the same folder, then renames it over the old
-    checkpoint: a crash mid-write never leaves a truncated checkpoint."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **state)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+SYNTHETIC = dict(identities=60, images_per_identity=8, train="id_000-id_039", eval="id_040-id_059", epochs=60)
+SYNTHETIC_NAME = "the built-in synthetic set"
 
 
-def load_evaluation(config, train_set):
-    """Returns (images_a, images_b, same) of the verification protocol."""
+def split_identities(config, root):
+    """(training identities, verification identities) of root, each None for all.
+    Without --eval-pairs on --data itself, verification uses the identities not
+    trained on: the last --holdout (default 0.2) by name, or those outside
+    --train-identities, or training uses those outside --eval-identities."""
+    train = expand_names(config.train_identities) if config.train_identities else None
+    held = expand_names(config.eval_identities) if config.eval_identities else None
+    if config.eval_pairs or (config.eval_root and os.path.realpath(config.eval_root) != os.path.realpath(root)):
+        return train, held
+    folders = data.identity_folders(root)
+    if train is None and held is None:
+        fraction = 0.2 if config.holdout is None else config.holdout
+        if fraction == 0:
+            return None, None
+        count = math.ceil(fraction * len(folders))
+        if count >= len(folders):
+            raise ValueError(f"--holdout {fraction}: holds out all {len(folders)} identities of {root}")
+        return folders[: len(folders) - count], folders[len(folders) - count :]
+    if train is None:
+        return [f for f in folders if f not in set(held)], held
+    if held is None:
+        held = [f for f in folders if f not in set(train)]
+        if not held:
+            raise ValueError(f"--train-identities covers every identity of {root}, leaving none to verify on: "
+                             f"give --eval-identities, --eval-pairs or --eval-root")
+    return train, held
+
+
+def load_faces(config, root, root_name):
+    """(training set, (images_a, images_b, same), what the verification is measured on,
+    [(path, why) of every skipped file])."""
+    train_names, eval_names = split_identities(config, root)
+    train_set = data.load_identity_folder(root, config.image_size, config.crop, train_names, min_images=2,
+                                          max_images=config.max_images_per_identity)
+    skipped = list(train_set.skipped)
+    eval_root = config.eval_root or root
+    eval_name = root_name if eval_root == root else eval_root
     if config.eval_pairs:
-        root = config.eval_root or config.data
-        pairs = evaluate.read_lfw_pairs(config.eval_pairs)
-        cache = {}
-
-        def image(name, index):
-            path = evaluate.lfw_image_path(root, name, index)
-            if path not in cache:
-                cache[path] = data.read_image(path, config.image_size, config.crop)
-                if cache[path] is None:
-                    raise FileNotFoundError(f"--eval-pairs names {path}, which cannot be read")
-            return cache[path]
-
-        a = np.stack([image(n1, i1) for n1, i1, _, _, _ in pairs])
-        b = np.stack([image(n2, i2) for _, _, n2, i2, _ in pairs])
-        return a, b, np.array([p[4] for p in pairs])
-    identities = expand_names(config.eval_identities) if config.eval_identities else None
-    eval_set = data.load_identity_folder(config.eval_root or config.data, config.image_size, config.crop, identities)
+        a, b, same = evaluate.read_pair_images(eval_root, config.eval_pairs, config.image_size, config.crop)
+        measured_on = evaluate.describe_pairs(config.eval_pairs, eval_name, same)
+        if os.path.realpath(eval_root) == os.path.realpath(root):
+            names = {n for p in evaluate.read_lfw_pairs(config.eval_pairs) for n in (p[0], p[2])}
+            trained_on = len(names & set(train_set.names))
+            if trained_on:
+                measured_on += f", {trained_on} of their {len(names)} identities trained on"
+        return train_set, (a, b, same), measured_on, skipped
+    eval_set = data.load_identity_folder(eval_root, config.image_size, config.crop, eval_names)
+    skipped += [s for s in eval_set.skipped if s not in skipped]
     i, j, same = evaluate.all_pairs(eval_set.labels)
-    return eval_set.images[i], eval_set.images[j], same
+    counts = f"all {len(same)} pairs ({int(same.sum())} genuine)"
+    trained_on = len(set(eval_set.names) & set(train_set.names)) if eval_root == root else 0
+    if trained_on == 0:
+        measured_on = f"on {counts} of the {len(eval_set.names)} identities of {eval_name} held out from training"
+    elif trained_on == len(eval_set.names):
+        measured_on = f"on the training images: {counts} of the {trained_on} training identities of {eval_name}"
+    else:
+        measured_on = (f"on {counts} of {len(eval_set.names)} identities of {eval_name}, {trained_on} of them "
+                       f"trained on")
+    return train_set, (eval_set.images[i], eval_set.images[j], same), measured_on, skipped
 
 
-def run(config):
-    os.makedirs(config.run_dir, exist_ok=True)
-    log = Log(os.path.join(config.run_dir, "log.txt"))
+def method_label(config):
+    """What the trained model was trained with, for the output."""
+    if config.method == "sst":
+        return f"Semi-Siamese Training, {config.loss} over gallery prototypes"
+    return config.loss
+
+
+class Progress:
+    """Per batch on a terminal (tqdm: images/s, loss, time left of the epoch and of the
+    run); nothing per batch otherwise, where the per-epoch lines are the record."""
+
+    def __init__(self, epochs, batches, enabled):
+        self.epochs, self.batches, self.enabled = epochs, batches, enabled
+        self.epoch_seconds = []
+        self.bar = None
+
+    def start(self, epoch):
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
+                            dynamic_ncols=True)
+
+    def update(self, epoch, loss, images_per_second, elapsed):
+        if self.bar:
+            epoch_left = elapsed / max(self.bar.n + 1, 1) * (self.batches - self.bar.n - 1)
+            per_epoch = np.mean(self.epoch_seconds) if self.epoch_seconds else elapsed + epoch_left
+            run_left = epoch_left + per_epoch * (self.epochs - epoch - 1)
+            self.bar.set_postfix_str(f"loss {loss:.4f}, {images_per_second:.0f} img/s, run {run_left:.0f} s left",
+                                     refresh=False)
+            self.bar.update(1)
+
+    def end(self, seconds):
+        self.epoch_seconds.append(seconds)
+        self.close()
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+            self.bar = None
+
+
+def run(config, notes=()):
+    """Trains, verifies and exports one run (config and notes from configure).
+    Returns the (descriptor, trained) verification metrics."""
+    log = Log()
+    status = types.SimpleNamespace(run_dir=None, claimed=False, epoch=0, progress=None)
     try:
-        return _run(config, log)
+        return _run(config, log, status, notes)
+    except KeyboardInterrupt:
+        if status.progress:
+            status.progress.close()
+        print(interrupted_message(config, status), file=sys.stderr, flush=True)
+        raise SystemExit(130)
     finally:
         log.close()
 
 
-def _run(config, log):
+def interrupted_message(config, status):
+    if not status.claimed:
+        return "faceops train: interrupted before training started; nothing was written"
+    checkpoint = os.path.join(status.run_dir, rundir.CHECKPOINT)
+    if not os.path.isfile(checkpoint):
+        return (f"faceops train: interrupted in epoch {status.epoch + 1}/{config.epochs}, before the first checkpoint; "
+                f"nothing to resume (start again with --run-dir {status.run_dir} --overwrite)")
+    with np.load(checkpoint) as state:
+        done = int(state["epoch"])
+    return (f"faceops train: interrupted in epoch {status.epoch + 1}/{config.epochs}; the last checkpoint is "
+            f"{checkpoint} (after epoch {done}); continue with: faceops train --run-dir {status.run_dir} --resume")
+
+
+def _run(config, log, status, notes=()):
     started = time.time()
-    if config.data is None:
-        root = os.path.join(config.run_dir, "synthetic_faces")
-        data.write_synthetic_identities(root, identities=60, images_per_identity=8, size=config.image_size, seed=config.seed)
-        config.data = root
-        config.train_identities = config.train_identities or "id_000-id_039"
-        config.eval_identities = config.eval_identities or "id_040-id_059"
-        config.epochs = config.epochs or 60
-        log(f"no --data: drew 60 synthetic identities x 8 images into {root}; training on 40, verifying all pairs of the other 20")
-    config.epochs = config.epochs or 15
-    resolve_defaults(config)
-    with open(os.path.join(config.run_dir, "config.json"), "w") as f:
-        json.dump(vars(config), f, indent=2, sort_keys=True)
+    with tempfile.TemporaryDirectory(prefix="faceops-synthetic-") as scratch:
+        if config.data is None:
+            root, root_name = scratch, SYNTHETIC_NAME
+            data.write_synthetic_identities(root, SYNTHETIC["identities"], SYNTHETIC["images_per_identity"],
+                                            size=config.image_size, seed=config.seed)
+            config.train_identities = config.train_identities or SYNTHETIC["train"]
+            config.eval_identities = config.eval_identities or SYNTHETIC["eval"]
+            config.epochs = config.epochs or SYNTHETIC["epochs"]
+            log(f"no --data: drew {SYNTHETIC_NAME} ({SYNTHETIC['identities']} identities x "
+                f"{SYNTHETIC['images_per_identity']} images); training on {SYNTHETIC['train']}, verifying on "
+                f"{SYNTHETIC['eval']}")
+        else:
+            root, root_name = config.data, config.data
+        config.epochs = config.epochs or 15
+        resolve_defaults(config)
+        train_set, (eval_a, eval_b, same), measured_on, skipped = load_faces(config, root, root_name)
+    if skipped:
+        log(data.describe_skipped(skipped))
     xp = np
     if config.device == "cuda":
         if not faceops.cuda_available():
-            raise SystemExit("--device cuda: faceops has no CUDA device here (faceops.cuda_available() is False)")
+            raise ValueError("--device cuda: faceops has no CUDA device here (faceops.cuda_available() is False)")
         import cupy as xp
 
-    identities = expand_names(config.train_identities) if config.train_identities else None
-    train_set = data.load_identity_folder(config.data, config.image_size, config.crop, identities, min_images=2,
-                                          max_images=config.max_images_per_identity)
-    eval_a, eval_b, same = load_evaluation(config, train_set)
     shallow = f" (at most {config.max_images_per_identity} each)" if config.max_images_per_identity else ""
     log(f"train: {len(train_set.labels)} images of {len(train_set.names)} identities{shallow}; "
-        f"verification: {len(same)} pairs ({int(same.sum())} genuine)")
-
+        f"verification {measured_on}")
+    genuine, impostors = int(np.sum(same)), int(np.sum(~same))
+    if min(genuine, impostors) < 10:
+        raise ValueError(f"verification {measured_on}: 10-fold verification needs at least 10 genuine and 10 impostor "
+                         f"pairs; verify on more faces (--holdout, --eval-identities, --eval-pairs)")
     descriptor_a = model.describe(eval_a, config.descriptor)
     descriptor_b = model.describe(eval_b, config.descriptor)
     baseline, baseline_roc = evaluate.verify(descriptor_a, descriptor_b, same)
-    log(f"untrained ({config.descriptor} descriptor alone): {baseline.summary()}")
+    log(f"untrained ({config.descriptor} descriptor alone), {measured_on}: {baseline.summary()}")
 
     trainer = Trainer(config, train_set, xp)
-    checkpoint = os.path.join(config.run_dir, "checkpoint.npz")
-    if config.resume:
-        if not os.path.exists(checkpoint):
-            raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
-        with np.load(checkpoint) as state:
-            trainer.load_state(dict(state))
-        log(f"resumed from {checkpoint} after epoch {trainer.epoch}")
     sampler = data.PKSampler(train_set.labels, config.identities_per_batch, config.images_per_identity)
     if sampler.batches_per_epoch() == 0:
-        raise SystemExit("too few identities for one P x K batch: lower --identities-per-batch")
+        raise ValueError("too few identities for one P x K batch: lower --identities-per-batch")
+    if config.resume:
+        checkpoint = os.path.join(config.run_dir, rundir.CHECKPOINT)
+        with np.load(checkpoint) as state:
+            trainer.load_state(dict(state))
+        if config.epochs < trainer.epoch:
+            raise ValueError(f"--epochs {config.epochs}: the run in {config.run_dir} has already trained "
+                             f"{trainer.epoch} epochs")
+        status.run_dir = config.run_dir
+    else:
+        status.run_dir = config.run_dir or rundir.fresh_run_dir()
+        rundir.check_new_run_dir(status.run_dir, config.overwrite)
+
+    # Training starts: from here on the run directory is written.
+    removed = rundir.claim(status.run_dir, replace=config.overwrite and not config.resume)
+    status.claimed = True
+    if not config.resume or notes:
+        with open(os.path.join(status.run_dir, "config.json"), "w") as f:
+            json.dump(run_configuration(config), f, indent=2, sort_keys=True)
+    log.attach(os.path.join(status.run_dir, "log.txt"))
+    if removed:
+        log(f"removed {len(removed)} temporary checkpoint file(s) of an interrupted write: {', '.join(removed)}")
+    if config.resume:
+        log(f"resumed {status.run_dir} after epoch {trainer.epoch} of {config.epochs}"
+            + (f"; overriding {', '.join(notes)}" if notes else ""))
+    if config.run_dir is None and rundir.link_latest(status.run_dir):
+        log(f"run directory {status.run_dir} ({rundir.LATEST} links to it)")
+
+    checkpoint = os.path.join(status.run_dir, rundir.CHECKPOINT)
+    status.progress = Progress(config.epochs, sampler.batches_per_epoch(), sys.stdout.isatty())
     while trainer.epoch < config.epochs:
+        status.epoch = trainer.epoch
         lr = learning_rate(config, trainer.epoch)
         losses, seen, epoch_start = [], 0, time.time()
-        for b, rows in enumerate(sampler.epoch(trainer.rng)):
+        status.progress.start(trainer.epoch)
+        for rows in sampler.epoch(trainer.rng):
             images = train_set.images[rows]
             if config.augment != "none":
                 images = data.augment(images, trainer.rng, **AUGMENTATIONS[config.augment])
@@ -405,33 +692,52 @@ def _run(config, log):
                 trainer.step(grads, lr)
             losses.append(loss)
             seen += len(rows)
-            if sys.stdout.isatty():
-                rate = seen / max(time.time() - epoch_start, 1e-9)
-                print(f"\repoch {trainer.epoch + 1}/{config.epochs} batch {b + 1}/{sampler.batches_per_epoch()} "
-                      f"loss {loss:.4f} lr {lr:.4f} {rate:.0f} img/s", end="", flush=True)
+            elapsed = time.time() - epoch_start
+            status.progress.update(trainer.epoch, loss, seen / max(elapsed, 1e-9), elapsed)
+        seconds = time.time() - epoch_start
+        status.progress.end(seconds)
         trainer.epoch += 1
-        rate = seen / max(time.time() - epoch_start, 1e-9)
         trainer.history.append({"epoch": trainer.epoch, "loss": float(np.mean(losses)), "lr": lr})
-        log(("\r" if sys.stdout.isatty() else "") +
-            f"epoch {trainer.epoch}/{config.epochs}: loss {np.mean(losses):.4f}, lr {lr:.4f}, {rate:.0f} images/s")
-        save_checkpoint(checkpoint, trainer.state())
+        rundir.save_checkpoint(checkpoint, trainer.state())
+        log(f"epoch {trainer.epoch}/{config.epochs}: training loss {np.mean(losses):.4f} (mean over the epoch's "
+            f"batches), lr {lr:.4f}, {seen / max(seconds, 1e-9):.0f} images/s")
 
     trained, trained_roc = evaluate.verify(trainer.net.embed(descriptor_a), trainer.net.embed(descriptor_b), same)
-    log(f"trained ({config.loss}): {trained.summary()}")
-    evaluate.save_roc_png(os.path.join(config.run_dir, "roc.png"),
-                          {f"{config.descriptor} descriptor": baseline_roc, f"trained: {config.loss}": trained_roc})
-    onnx_path = export.to_onnx(trainer.net, os.path.join(config.run_dir, "model.onnx"), export.preprocessing_of(vars(config)))
-    metrics = {"descriptor": vars(baseline), "trained": vars(trained), "history": trainer.history,
-               "seconds": time.time() - started}
-    with open(os.path.join(config.run_dir, "metrics.json"), "w") as f:
+    log(f"trained ({method_label(config)}), {measured_on}: {trained.summary()}")
+    evaluate.save_roc_png(os.path.join(status.run_dir, "roc.png"),
+                          {f"{config.descriptor} descriptor": baseline_roc, f"trained: {method_label(config)}": trained_roc},
+                          trained.impostors)
+    onnx_path = export.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
+                               export.preprocessing_of(vars(config)))
+    metrics = {"measured_on": measured_on, "descriptor": baseline.as_dict(), "trained": trained.as_dict(),
+               "history": trainer.history, "seconds": time.time() - started}
+    with open(os.path.join(status.run_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, default=float)
-    log(f"run directory {config.run_dir}: config.json, log.txt, metrics.json, roc.png, {os.path.basename(onnx_path)}, "
-        f"checkpoint.npz ({time.time() - started:.0f} s)")
+    log(f"run directory {status.run_dir}: config.json, log.txt, checkpoint.npz, metrics.json, roc.png, "
+        f"{os.path.basename(onnx_path)} ({time.time() - started:.0f} s)")
     return baseline, trained
+
+
+FLOAT_OPTIONS = ("crop", "holdout", "margin", "center_alpha", "theta", "scale", "m1", "m2", "m3", "sample_rate", "ema",
+                 "lr", "momentum", "weight_decay")
 
 
 def check_arguments(config):
     """Raises ValueError naming the first option out of range."""
+    for name in FLOAT_OPTIONS:
+        if getattr(config, name) is not None:
+            _params.real(_option(name), getattr(config, name))  # NaN and inf name the option
+    if config.overwrite and not config.run_dir:
+        raise ValueError("--overwrite replaces the run in --run-dir: give --run-dir (without it, every run gets a "
+                         "new directory)")
+    if config.holdout is not None:
+        if not 0 <= config.holdout < 1:
+            raise ValueError(f"--holdout: expected a fraction in [0, 1), got {config.holdout}")
+        if config.train_identities or config.eval_root or config.eval_pairs or config.eval_identities:
+            raise ValueError("--holdout: only with --data alone (--train-identities, --eval-root, --eval-pairs "
+                             "and --eval-identities choose the verification faces themselves)")
+        if config.data is None:
+            raise ValueError("--holdout: applies to --data (the built-in synthetic set has its own split)")
     resolve_defaults(config)
     weights = parse_loss(config.loss)
     margin = margin_term(weights)
@@ -487,13 +793,27 @@ def check_arguments(config):
         raise ValueError("--eval-pairs and --eval-identities choose different protocols: give one")
 
 
-def main(argv=None):
+def configure(argv):
+    """(configuration, notes on the options a --resume overrides) of a command line."""
     config = build_parser().parse_args(argv)
+    notes = []
+    if config.resume:
+        config, notes = resume_configuration(config, options_given(argv))
+    check_arguments(config)
+    if not config.resume and config.run_dir:
+        rundir.check_new_run_dir(config.run_dir, config.overwrite)
+    return config, notes
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        check_arguments(config)
-        run(config)
+        run(*configure(argv))
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"faceops train: {error}")
+    except KeyboardInterrupt:  # while reading the command line's run; run() reports its own
+        print("faceops train: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,0 +1,101 @@
+"""Run directories of `faceops train`: which directory a run writes, what it
+refuses to reuse, the checkpoint (written to a temporary file and renamed), and
+the temporary files an interrupted write leaves behind.
+
+Without --run-dir each run gets a new directory runs/YYYYmmdd-HHMMSS and
+runs/latest becomes a symbolic link to it once it starts training.  A directory
+that holds a run is only continued (--resume) or replaced (--overwrite), never
+written over by a new run."""
+
+import glob
+import os
+import tempfile
+import time
+
+import numpy as np
+
+RUNS = "runs"
+LATEST = os.path.join(RUNS, "latest")
+RUN_FILES = ("config.json", "log.txt", "checkpoint.npz", "metrics.json", "roc.png", "model.onnx")
+CHECKPOINT = "checkpoint.npz"
+TEMPORARY_PATTERN = ".checkpoint-*.npz"
+
+
+def holds_run(path):
+    """The run files in `path` (empty when it holds no run)."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
+
+
+def fresh_run_dir(runs=RUNS):
+    """A new name runs/YYYYmmdd-HHMMSS (with -2, -3, ... when taken); not created yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, k = os.path.join(runs, stamp), 1
+    while os.path.exists(path):
+        k += 1
+        path = os.path.join(runs, f"{stamp}-{k}")
+    return path
+
+
+def check_new_run_dir(path, overwrite):
+    """Raises ValueError when a new run may not write `path`."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise ValueError(f"--run-dir: {path!r} exists and is not a directory")
+    files = holds_run(path)
+    if files and not overwrite:
+        raise ValueError(f"--run-dir: {path} holds a run ({', '.join(files)}); continue it with --resume, replace it "
+                         f"with --overwrite, or give another --run-dir")
+    if not files and os.listdir(path):
+        raise ValueError(f"--run-dir: {path} is not empty and holds no faceops run; give a new or empty directory")
+
+
+def claim(path, replace):
+    """Makes `path` the run's directory once training starts: creates it, or with
+    `replace` removes the earlier run's files; removes temporary checkpoints of an
+    interrupted write.  Returns the names of the temporary files removed."""
+    os.makedirs(path, exist_ok=True)
+    if replace:
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(path, name)):
+                os.unlink(os.path.join(path, name))
+    return remove_temporaries(path)
+
+
+def remove_temporaries(path):
+    """Removes `.checkpoint-*.npz` files (a write killed before its rename); returns their names."""
+    removed = []
+    for temporary in sorted(glob.glob(os.path.join(glob.escape(path), TEMPORARY_PATTERN))):
+        os.unlink(temporary)
+        removed.append(os.path.basename(temporary))
+    return removed
+
+
+def link_latest(path, runs=RUNS):
+    """Points runs/latest at `path` when `path` is a directory directly under runs/
+    (replacing an earlier link, never a real directory).  Returns whether it did."""
+    latest = os.path.join(runs, "latest")
+    if os.path.dirname(os.path.normpath(path)) != os.path.normpath(runs) or os.path.basename(path) == "latest":
+        return False
+    if os.path.exists(latest) and not os.path.islink(latest):
+        return False
+    temporary = f"{latest}.{os.getpid()}"
+    os.symlink(os.path.basename(os.path.normpath(path)), temporary)
+    os.replace(temporary, latest)
+    return True
+
+
+def save_checkpoint(path, state):
+    """Writes to a temporary file in the same folder, then renames it over the old
+    checkpoint: a crash mid-write never leaves a truncated checkpoint."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **state)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

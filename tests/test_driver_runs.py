@@ -1,0 +1,437 @@
+"""The driver's failure modes (issue 11, items 9-14) and its command line (issue 16):
+a resume takes its configuration from the run and refuses what it cannot honour, a
+failed or new run never damages a good one, truncated images are skipped and named
+once, verification is held out and labelled, a SIGKILL in the checkpoint write and
+a Ctrl-C (real subprocesses) leave a run that resumes, and `faceops eval`."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from faceops import cli
+from faceops.driver import data, evaluate, train
+
+SHARED = os.environ.get("FACEOPS_SHARED_DATA") or os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+LFW = os.path.join(SHARED, "lfw")
+needs_lfw = pytest.mark.skipif(not os.path.isdir(os.path.join(LFW, "devtest")),
+                               reason=f"shared data not found at {LFW} (../shared beside the repo, or FACEOPS_SHARED_DATA)")
+TINY = ["--train-identities", "id_000-id_009", "--eval-identities", "id_010-id_013", "--image-size", "48", "-P", "4"]
+SUBPROCESS_SECONDS = 120  # bound of every subprocess below (each takes a few seconds)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    return data.write_synthetic_identities(str(tmp_path_factory.mktemp("faces")), identities=14, images_per_identity=5,
+                                           size=48)
+
+
+def _train(*argv):
+    return train.run(*train.configure(list(argv)))
+
+
+def _read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def _files(run_dir):
+    """{name: bytes} of a run directory, to show it untouched."""
+    return {name: _read(os.path.join(run_dir, name), "rb") for name in sorted(os.listdir(run_dir))}
+
+
+# --- item 9: resume -------------------------------------------------------------------------------------------------
+
+def test_resume_takes_the_runs_configuration_and_names_what_it_overrides(tmp_path, synthetic_root, capsys):
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY, "--crop", "0.8", "--loss", "pair", "--lr", "0.2",
+           "--epochs", "1")
+    written = json.loads(_read(os.path.join(run_dir, "config.json")))
+    capsys.readouterr()
+    # Only the run directory and the new length: data, crop, loss and lr come from the run.
+    config, notes = train.configure(["--run-dir", run_dir, "--resume", "--epochs", "2"])
+    assert (config.data, config.crop, config.loss, config.lr) == (synthetic_root, 0.8, "pair", 0.2)
+    assert notes == ["--epochs 2 (the run had 1)"]
+    train.run(config, notes)
+    out = capsys.readouterr().out
+    assert f"resumed {run_dir} after epoch 1 of 2; overriding --epochs 2 (the run had 1)" in out
+    rewritten = json.loads(_read(os.path.join(run_dir, "config.json")))
+    assert rewritten == {**written, "epochs": 2}
+    assert len(json.loads(_read(os.path.join(run_dir, "metrics.json")))["history"]) == 2
+    # Repeating the run's own options is not a change (paths compare absolute, loss terms as terms).
+    relative = os.path.relpath(synthetic_root)
+    config, notes = train.configure(["--run-dir", run_dir, "--resume", "--data", relative, "--loss", "1*pair",
+                                     "--crop", "0.8"])
+    assert notes == [] and config.epochs == 2
+
+
+def test_resume_refuses_every_option_the_checkpoint_cannot_honour(tmp_path, synthetic_root):
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY, "--epochs", "2")
+    before = _files(run_dir)
+    other = data.write_synthetic_identities(str(tmp_path / "other"), identities=12, images_per_identity=3, size=48)
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["train", "--run-dir", run_dir, "--resume", "--data", other, "--rank", "64", "--lr", "0.01",
+                  "--loss", "cosface", "--hidden", "32"])
+    message = str(refused.value.code)
+    assert message.startswith(f"faceops train: --resume continues the run in {run_dir} with its own configuration")
+    for expected in (f"--data {other} (the run: {synthetic_root})", "--rank 64 (the run: 128)",
+                     "--lr 0.01 (the run: 0.5)", "--loss cosface (the run: triplet)", "--hidden 32 (the run: 0)"):
+        assert expected in message
+    with pytest.raises(SystemExit, match="--epochs 1: the run in .* has already trained 2 epochs"):
+        cli.main(["train", "--run-dir", run_dir, "--resume", "--epochs", "1"])
+    with pytest.raises(SystemExit, match="--resume continues a run and --overwrite replaces it"):
+        cli.main(["train", "--run-dir", run_dir, "--resume", "--overwrite"])
+    with pytest.raises(SystemExit, match="no run to continue at"):
+        cli.main(["train", "--run-dir", str(tmp_path / "nothing"), "--resume"])
+    assert _files(run_dir) == before
+
+
+def test_resume_on_changed_data_names_the_array_instead_of_broadcasting(tmp_path):
+    root = data.write_synthetic_identities(str(tmp_path / "faces"), identities=10, images_per_identity=5, size=48)
+    run_dir = str(tmp_path / "run")
+    # --data alone: 8 identities trained on (the margin softmax's class weights: 8 rows), 2 held out.
+    _train("--run-dir", run_dir, "--data", root, "--image-size", "48", "-P", "4", "--loss", "cosface", "--epochs", "1")
+    before = _files(run_dir)
+    extra = data.write_synthetic_identities(str(tmp_path / "more"), identities=12, images_per_identity=3, size=48)
+    for name in ("id_010", "id_011"):
+        os.rename(os.path.join(extra, name), os.path.join(root, name))  # now 12: 9 trained on, 3 held out
+    with pytest.raises(SystemExit, match=r"the checkpoint's param_Wm has shape \(8, 3776\), this run's \(9, 3776\): "
+                                         r"the training data \(its identities\) changed"):
+        cli.main(["train", "--run-dir", run_dir, "--resume", "--epochs", "2"])
+    assert _files(run_dir) == before
+
+
+# --- item 10: a new or failed run never damages a good one ----------------------------------------------------------
+
+def test_a_new_run_never_reuses_a_run_directory_unless_told(tmp_path, synthetic_root):
+    run_dir = str(tmp_path / "good")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY, "--crop", "0.5", "--epochs", "1")
+    good = _files(run_dir)
+    with pytest.raises(SystemExit, match=f"--run-dir: {run_dir} holds a run .*--resume.*--overwrite"):
+        cli.main(["train", "--run-dir", run_dir, "--data", synthetic_root, *TINY, "--epochs", "1"])
+    # A run that fails after reading its data (no P x K batch of 11 identities fits) writes nothing either.
+    with pytest.raises(SystemExit, match="identities_per_batch: 11 exceeds the 10 identities"):
+        cli.main(["train", "--run-dir", run_dir, "--overwrite", "--data", synthetic_root, *TINY[:-2], "-P", "11",
+                  "--epochs", "1"])
+    assert _files(run_dir) == good
+    with pytest.raises(SystemExit, match="identities_per_batch: 11 exceeds"):
+        cli.main(["train", "--run-dir", str(tmp_path / "new"), "--data", synthetic_root, *TINY[:-2], "-P", "11"])
+    assert not os.path.exists(tmp_path / "new")
+    with pytest.raises(SystemExit, match="--overwrite replaces the run in --run-dir: give --run-dir"):
+        cli.main(["train", "--overwrite", "--data", synthetic_root, *TINY])
+    with pytest.raises(SystemExit, match="is not empty and holds no faceops run"):
+        cli.main(["train", "--run-dir", str(tmp_path), "--data", synthetic_root, *TINY, "--epochs", "1"])
+    # The good run's export carries the crop it was trained with.
+    assert cli.main(["export", run_dir, "-o", str(tmp_path / "good.onnx")]) == 0
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "good.onnx")).metadata_props}
+    assert json.loads(metadata["preprocessing"])["crop"] == 0.5
+    # --overwrite replaces it: the new run's files, no trace of the old log.
+    _train("--run-dir", run_dir, "--overwrite", "--data", synthetic_root, *TINY, "--epochs", "1")
+    assert json.loads(_read(os.path.join(run_dir, "config.json")))["crop"] == 1.0
+    assert _read(os.path.join(run_dir, "log.txt")).count("untrained") == 1
+
+
+def test_without_run_dir_each_run_gets_its_own_directory_and_latest_links_it(tmp_path, synthetic_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _train("--data", synthetic_root, *TINY, "--epochs", "1")
+    _train("--data", synthetic_root, *TINY, "--epochs", "1", "--seed", "1")
+    runs = sorted(d for d in os.listdir("runs") if d != "latest")
+    assert len(runs) == 2 and all(os.path.isfile(os.path.join("runs", d, "checkpoint.npz")) for d in runs)
+    assert os.path.islink("runs/latest") and os.readlink("runs/latest") == runs[1]
+    assert json.loads(_read("runs/latest/config.json"))["seed"] == 1
+    # --resume without --run-dir continues runs/latest, and names the run itself.
+    config, _ = train.configure(["--resume", "--epochs", "2"])
+    assert config.run_dir == os.path.join("runs", runs[1]) and config.seed == 1
+
+
+# --- items 11 and 12: truncated images, held-out verification, every figure labelled ---------------------------------
+
+def test_truncated_images_are_skipped_and_named_once(tmp_path, synthetic_root, capfd):
+    root = tmp_path / "faces"
+    for k in range(12):
+        os.makedirs(root / f"p{k:02d}")
+        for j in range(4):
+            face = data.draw_synthetic_face(np.random.default_rng(k), np.random.default_rng([k, j]), 64)
+            cv2.imwrite(str(root / f"p{k:02d}" / f"{j}.jpg"), (face * 255).astype(np.uint8))
+    cut = root / "p03" / "1.jpg"
+    jpeg = cut.read_bytes()
+    cut.write_bytes(jpeg[: len(jpeg) // 2])  # OpenCV's imread would decode the top half and grey the rest
+    capfd.readouterr()
+    _train("--run-dir", str(tmp_path / "run"), "--data", str(root), "--image-size", "48", "-P", "4", "--epochs", "1")
+    out, err = capfd.readouterr()
+    skipped = [line for line in out.splitlines() if "skipped" in line]
+    assert skipped == [f"skipped 1 image file(s): {cut} (truncated JPEG (no end-of-image marker after the last scan))"]
+    assert err == ""  # no Python warning with its source line, no libjpeg message
+    assert _read(tmp_path / "run" / "log.txt").count("skipped 1 image file") == 1
+
+
+def test_data_alone_holds_out_identities_and_labels_every_figure(tmp_path, synthetic_root, capsys):
+    _train("--run-dir", str(tmp_path / "held"), "--data", synthetic_root, "--image-size", "48", "-P", "4",
+           "--epochs", "1")
+    out = capsys.readouterr().out
+    # 14 identities: the last ceil(0.2 * 14) = 3 by name are held out.
+    assert "train: 55 images of 11 identities" in out
+    held = f"on all 105 pairs (30 genuine) of the 3 identities of {synthetic_root} held out from training"
+    assert f"untrained (lbp descriptor alone), {held}: accuracy" in out
+    assert f"trained (triplet), {held}: accuracy" in out
+    assert "training loss" in out and "(mean over the epoch's batches)" in out
+    metrics = json.loads(_read(tmp_path / "held" / "metrics.json"))
+    assert metrics["measured_on"] == held and metrics["trained"]["impostors"] == 75
+    assert train.split_identities(train.configure(["--data", synthetic_root])[0], synthetic_root)[1] == \
+        ["id_011", "id_012", "id_013"]
+    _train("--run-dir", str(tmp_path / "same"), "--data", synthetic_root, "--image-size", "48", "-P", "4",
+           "--holdout", "0", "--epochs", "1")
+    out = capsys.readouterr().out
+    assert f"trained (triplet), on the training images: all 2415 pairs (140 genuine) of the 14 training identities " \
+           f"of {synthetic_root}" in out
+    # --train-identities alone verifies on the other identities.
+    config, _ = train.configure(["--data", synthetic_root, "--train-identities", "id_000-id_010"])
+    assert train.split_identities(config, synthetic_root) == ([f"id_{k:03d}" for k in range(11)],
+                                                             ["id_011", "id_012", "id_013"])
+    with pytest.raises(SystemExit, match="--holdout: only with --data alone"):
+        cli.main(["train", "--data", synthetic_root, "--holdout", "0.3", "--eval-identities", "id_013"])
+
+
+def test_tar_below_one_impostor_pair_says_zero_false_accepts_and_the_roc_shows_it(tmp_path):
+    rng = np.random.default_rng(0)
+    same = np.arange(600) < 100  # 100 genuine, 500 impostor pairs
+    similarity = np.where(same, rng.normal(0.6, 0.2, 600), rng.normal(0.2, 0.2, 600))
+    embeddings_a = np.stack([similarity, np.sqrt(1 - np.clip(similarity, -1, 1) ** 2)], axis=1)
+    embeddings_b = np.tile([1.0, 0.0], (600, 1))
+    metrics, (far, tar) = evaluate.verify(embeddings_a, embeddings_b, same)
+    assert (metrics.genuine, metrics.impostors) == (100, 500)
+    summary = metrics.summary()
+    assert "TAR@FAR=0.001 " in summary and "(FAR 0.001 < 1/500 impostor pairs: TAR at zero false accepts)" in summary
+    assert "TAR@FAR=0.01 " in summary and "FAR 0.01 <" not in summary
+    assert metrics.tar_at_far[1e-3] == evaluate.tar_at_far(similarity, same, 0.0)
+    curves = {"model": (far, tar)}
+    assert evaluate.roc_legend(curves) == [f"model (AUC {metrics.auc:.3f})"]
+    path = str(tmp_path / "roc.png")
+    evaluate.save_roc_png(path, curves, metrics.impostors)
+    image = cv2.imread(path)
+    inside = evaluate.roc_pixel(10**-3.5, 0.65)  # FAR < 1/500: shaded (off the grid lines, no curve there)
+    outside = evaluate.roc_pixel(5e-3, 0.65)
+    assert tuple(image[int(inside[1]), int(inside[0])]) == evaluate.BELOW_ONE_IMPOSTOR
+    assert tuple(image[int(outside[1]), int(outside[0]) + 3]) == (255, 255, 255)
+    grid_x = int(evaluate.roc_pixel(1e-2, 0.5)[0])
+    assert tuple(image[int(evaluate.roc_pixel(1e-2, 0.97)[1]), grid_x]) == (200, 200, 200)  # the grid
+
+
+# --- items 13 and 14: a SIGKILL in the checkpoint write, Ctrl-C (real subprocesses) ----------------------------------
+
+def _start(run_dir, root, epochs=40):
+    """`python -m faceops train` in a subprocess; rank 128 makes a 7.8 MB checkpoint, whose write takes long
+    enough to be hit."""
+    command = [sys.executable, "-m", "faceops", "train", "--run-dir", str(run_dir), "--data", root, *TINY,
+               "--epochs", str(epochs)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, process, seconds=SUBPROCESS_SECONDS, pause=0.0005):
+    deadline = time.time() + seconds
+    while not condition():
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            out, err = process.communicate(timeout=30)
+            pytest.fail(f"the run ended or timed out first (rc {process.returncode}):\n{out}\n{err}")
+        time.sleep(pause)
+
+
+def test_a_kill_during_the_checkpoint_write_leaves_a_run_that_resumes_and_is_cleaned(tmp_path, synthetic_root):
+    for attempt in range(8):
+        run_dir = tmp_path / f"run{attempt}"
+        process = _start(run_dir, synthetic_root)
+        try:
+            checkpoint = run_dir / "checkpoint.npz"
+            _wait_for(checkpoint.exists, process)  # the first checkpoint is complete; kill inside a later write
+            _wait_for(lambda: glob.glob(str(run_dir / ".checkpoint-*.npz")), process)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.communicate(timeout=30)
+        orphans = glob.glob(str(run_dir / ".checkpoint-*.npz"))
+        if orphans:
+            break
+    assert orphans, "no SIGKILL landed inside a checkpoint write in 8 attempts"
+    with np.load(checkpoint) as state:  # the renamed checkpoint is whole
+        epoch = int(state["epoch"])
+    assert epoch >= 1
+    resume = subprocess.run([sys.executable, "-m", "faceops", "train", "--run-dir", str(run_dir), "--resume",
+                             "--epochs", str(epoch + 1)], capture_output=True, text=True, timeout=SUBPROCESS_SECONDS)
+    assert resume.returncode == 0, resume.stderr
+    assert f"removed 1 temporary checkpoint file(s) of an interrupted write: {os.path.basename(orphans[0])}" \
+        in resume.stdout
+    assert f"resumed {run_dir} after epoch {epoch} of {epoch + 1}" in resume.stdout
+    assert not glob.glob(str(run_dir / ".checkpoint-*.npz"))
+    assert len(json.loads(_read(run_dir / "metrics.json"))["history"]) == epoch + 1
+
+
+def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_the_resume_command(tmp_path, synthetic_root):
+    run_dir = tmp_path / "run"
+    process = _start(run_dir, synthetic_root)
+    try:
+        _wait_for((run_dir / "checkpoint.npz").exists, process, pause=0.01)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=SUBPROCESS_SECONDS)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err
+    [line] = err.splitlines()
+    with np.load(run_dir / "checkpoint.npz") as state:
+        epoch = int(state["epoch"])
+    assert line.startswith(f"faceops train: interrupted in epoch {epoch + 1}/40; the last checkpoint is "
+                           f"{run_dir / 'checkpoint.npz'} (after epoch {epoch}); continue with: ")
+    command = line.split("continue with: ")[1]
+    assert command == f"faceops train --run-dir {run_dir} --resume"
+    assert not glob.glob(str(run_dir / ".checkpoint-*.npz"))  # a write that Ctrl-C stopped removes its file
+    resume = subprocess.run([sys.executable, "-m", "faceops", *command.split()[1:], "--epochs", str(epoch + 1)],
+                            capture_output=True, text=True, timeout=SUBPROCESS_SECONDS)
+    assert resume.returncode == 0, resume.stderr
+    assert len(json.loads(_read(run_dir / "metrics.json"))["history"]) == epoch + 1
+
+
+# --- issue 16: a command line that explains itself -------------------------------------------------------------------
+
+def test_version_and_help_explain_every_option(capsys):
+    import faceops
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"faceops {faceops.__version__}"
+    parser = train.build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{action.option_strings[0]} has no help text"
+            if action.default not in (None, False):
+                assert f"(default: {action.default})" in " ".join(action.help.split()) or \
+                    f"(default: {action.default})" in " ".join(text.split()), action.option_strings[0]
+    assert train.DEFAULT_RUN_TIME in " ".join(text.split())
+    for written in ("config.json", "log.txt", "checkpoint.npz", "metrics.json", "roc.png", "model.onnx", "runs/latest"):
+        assert written in text
+    assert cli.main([]) == 0
+    usage = capsys.readouterr().out
+    assert train.DEFAULT_RUN_TIME in usage and "eval" in usage
+
+
+def test_progress_lines_are_plain_without_a_terminal(tmp_path, synthetic_root):
+    result = subprocess.run([sys.executable, "-m", "faceops", "train", "--run-dir", str(tmp_path / "run"), "--data",
+                             synthetic_root, *TINY, "--epochs", "2"], capture_output=True, text=True,
+                            timeout=SUBPROCESS_SECONDS)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout and result.stderr == ""
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert all("images/s" in line and "training loss" in line for line in epochs)
+
+
+def test_progress_bar_on_a_terminal(tmp_path, synthetic_root):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty has 0 x 0 cells
+    process = subprocess.Popen([sys.executable, "-m", "faceops", "train", "--run-dir", str(tmp_path / "run"),
+                                "--data", synthetic_root, *TINY, "--epochs", "2"], stdout=follower,
+                               stderr=follower, close_fds=True)
+    os.close(follower)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the run ended
+                break
+            if not chunk:
+                break
+            output += chunk
+        process.wait(timeout=SUBPROCESS_SECONDS)
+    finally:
+        process.kill()
+        os.close(leader)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text
+    assert "epoch 1/2:" in text and "batch" in text and "img/s" in text and "s left" in text and "\r" in text
+
+
+# --- faceops eval ----------------------------------------------------------------------------------------------------
+
+def _lfw_format(root, source, identities):
+    """source's images as ROOT/<name>/<name>_NNNN.jpg (LFW's layout) and a pairs file over them."""
+    lines = []
+    for k, name in enumerate(identities):
+        os.makedirs(os.path.join(root, name))
+        for j, file in enumerate(sorted(os.listdir(os.path.join(source, name)))):
+            image = cv2.imread(os.path.join(source, name, file))
+            cv2.imwrite(os.path.join(root, name, f"{name}_{j + 1:04d}.jpg"), image)
+        lines += [f"{name}\t1\t{j}" for j in (2, 3, 4)]
+        lines += [f"{name}\t{j}\t{identities[(k + 1) % len(identities)]}\t{j}" for j in (1, 2, 3)]
+    pairs = os.path.join(root, "pairs.txt")
+    with open(pairs, "w") as f:
+        f.write("\n".join([f"1\t{len(lines)}", *lines]) + "\n")
+    return pairs
+
+
+def test_eval_of_a_run_and_of_its_onnx_model_reproduces_the_training_runs_figures(tmp_path, synthetic_root, capsys):
+    root = str(tmp_path / "lfw_like")
+    pairs = _lfw_format(root, synthetic_root, [f"id_{k:03d}" for k in range(10, 14)])
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, "--train-identities", "id_000-id_009", "--eval-root", root,
+           "--eval-pairs", pairs, "--image-size", "48", "-P", "4", "--crop", "0.8", "--epochs", "2")
+    trained = json.loads(_read(os.path.join(run_dir, "metrics.json")))
+    capsys.readouterr()
+    assert cli.main(["eval", run_dir, "--root", root, "--pairs", pairs]) == 0
+    out = capsys.readouterr().out
+    measured_on = f"on the 24 pairs of {pairs} (12 genuine, 12 impostor; images under {root})"
+    assert f"run {run_dir}, {measured_on}: accuracy" in out and f"lbp descriptor alone, {measured_on}" in out
+    evaluated = json.loads(_read(os.path.join(run_dir, "eval-pairs", "metrics.json")))
+    assert evaluated["measured_on"] == trained["measured_on"] == measured_on
+    assert evaluated["trained"] == trained["trained"] and evaluated["descriptor"] == trained["descriptor"]
+    assert evaluated["preprocessing"]["crop"] == 0.8
+    assert cv2.imread(os.path.join(run_dir, "eval-pairs", "roc.png")) is not None
+    # The exported model, run by OpenCV DNN: the same figures up to float32 summation order.
+    onnx_out = str(tmp_path / "onnx_eval")
+    assert cli.main(["eval", os.path.join(run_dir, "model.onnx"), "--root", root, "--pairs", pairs,
+                     "-o", onnx_out]) == 0
+    from_onnx = json.loads(_read(os.path.join(onnx_out, "metrics.json")))
+    assert from_onnx["trained"]["auc"] == pytest.approx(trained["trained"]["auc"], abs=1e-3)
+    assert from_onnx["trained"]["accuracy"] == pytest.approx(trained["trained"]["accuracy"], abs=0.05)
+    # A truncated image in the pairs is an error naming it; so is a model that is no model.
+    cut = os.path.join(root, "id_010", "id_010_0002.jpg")
+    with open(cut, "r+b") as f:
+        f.truncate(os.path.getsize(cut) // 2)
+    assert cli.main(["eval", run_dir, "--root", root, "--pairs", pairs]) == 1
+    assert f"names {cut}, which cannot be used: truncated JPEG" in capsys.readouterr().err
+    assert cli.main(["eval", pairs, "--root", root, "--pairs", pairs]) == 1
+    assert "not an ONNX model" in capsys.readouterr().err
+
+
+@needs_lfw
+def test_eval_on_lfw_devtest_pairs(tmp_path, synthetic_root, capsys):
+    run_dir = str(tmp_path / "run")
+    devtest, pairs = os.path.join(LFW, "devtest"), os.path.join(LFW, "pairsDevTest.txt")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY, "--crop", "0.5", "--epochs", "1")
+    capsys.readouterr()
+    assert cli.main(["eval", run_dir, "--root", devtest, "--pairs", pairs, "-o", str(tmp_path / "run_eval")]) == 0
+    assert cli.main(["eval", os.path.join(run_dir, "model.onnx"), "--root", devtest, "--pairs", pairs,
+                     "-o", str(tmp_path / "onnx_eval")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"on the 1000 pairs of {pairs} (500 genuine, 500 impostor; images under {devtest})") == 4
+    assert "(FAR 0.001 < 1/500 impostor pairs: TAR at zero false accepts)" in out
+    run_metrics = json.loads(_read(tmp_path / "run_eval" / "metrics.json"))
+    onnx_metrics = json.loads(_read(tmp_path / "onnx_eval" / "metrics.json"))
+    assert run_metrics["descriptor"] == onnx_metrics["descriptor"]  # the same images and descriptor
+    assert onnx_metrics["trained"]["auc"] == pytest.approx(run_metrics["trained"]["auc"], abs=1e-3)
+    assert 0.55 < run_metrics["descriptor"]["accuracy"] < 0.75  # LBP alone on LFW View 1 (0.683 at crop 0.5, 64 px)
