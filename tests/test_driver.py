@@ -15,7 +15,8 @@ SHARED = os.environ.get("FACEOPS_SHARED_DATA") or os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 ORL = os.path.join(SHARED, "orl_faces")
 needs_orl = pytest.mark.skipif(not os.path.isdir(ORL),
-                               reason=f"shared data not found at {ORL} (../shared beside the repo, or FACEOPS_SHARED_DATA)")
+                               reason=f"shared data not found at {ORL} (../shared beside the repo, or "
+                                      f"FACEOPS_SHARED_DATA)")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ SHARED = os.environ.get("FACEOPS_SHARED_DATA") or os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 LFW = os.path.join(SHARED, "lfw")
 needs_lfw = pytest.mark.skipif(not os.path.isdir(os.path.join(LFW, "devtest")),
-                               reason=f"shared data not found at {LFW} (../shared beside the repo, or FACEOPS_SHARED_DATA)")
+                               reason=f"shared data not found at {LFW} (../shared beside the repo, or "
+                                      f"FACEOPS_SHARED_DATA)")
 TINY = ["--train-identities", "id_000-id_009", "--eval-identities", "id_010-id_013", "--image-size", "48", "-P", "4"]
 SUBPROCESS_SECONDS = 120  # bound of every subprocess below (each takes a few seconds)
 
@@ -136,8 +137,10 @@ def test_a_new_run_never_reuses_a_run_directory_unless_told(tmp_path, synthetic_
 
     metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "good.onnx")).metadata_props}
     assert json.loads(metadata["preprocessing"])["crop"] == 0.5
-    # --overwrite replaces it: the new run's files, no trace of the old log.
+    # --overwrite replaces it: the new run's files, no trace of the old log or of the old run's evaluations.
+    os.makedirs(os.path.join(run_dir, "eval-pairs"))
     _train("--run-dir", run_dir, "--overwrite", "--data", synthetic_root, *TINY, "--epochs", "1")
+    assert not os.path.exists(os.path.join(run_dir, "eval-pairs"))
     assert json.loads(_read(os.path.join(run_dir, "config.json")))["crop"] == 1.0
     assert _read(os.path.join(run_dir, "log.txt")).count("untrained") == 1
 

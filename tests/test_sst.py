@@ -154,5 +154,6 @@ def test_sst_run_resumes_bitwise_and_checkpoints_its_state(tmp_path, synthetic_r
     split = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert straight["trained"] == split["trained"] and len(split["history"]) == 3
     assert all(np.isfinite(h["loss"]) for h in split["history"])
+    assert "trained (SST: cosface over gallery prototypes), on all" in (tmp_path / "straight" / "log.txt").read_text()
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert (config["loss"], config["images_per_identity"], config["scale"]) == ("cosface", 2, 32.0)

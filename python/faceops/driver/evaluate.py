@@ -155,7 +155,8 @@ def save_roc_png(path, curves, impostors, size=480):
     if one_pair > 10.0 ** ROC_DECADES[0]:
         px = int(roc_pixel(one_pair, 0, size)[0])
         cv2.rectangle(canvas, (x0, y1), (px, y0), BELOW_ONE_IMPOSTOR, -1)
-        cv2.putText(canvas, f"FAR < 1/{impostors}", (x0 + 4, y0 - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (90, 90, 90), 1)
+        cv2.putText(canvas, f"FAR < 1/{impostors}", (x0 + 4, int(roc_pixel(1.0, 0.75, size)[1])),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (90, 90, 90), 1)
     grey = (200, 200, 200)
     for d in ROC_DECADES:
         px = int(roc_pixel(10.0**d, 0, size)[0])

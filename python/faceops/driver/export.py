@@ -107,7 +107,8 @@ def load_run(run_dir):
     probe = describe(np.zeros((1, config["image_size"], config["image_size"]), np.float32), config["descriptor"])
     if probe.shape[1] != net.mean.shape[0]:
         raise ValueError(f"{checkpoint_path}: the network takes {net.mean.shape[0]} descriptor values, but the "
-                         f"{config['descriptor']!r} descriptor at image size {config['image_size']} has {probe.shape[1]}")
+                         f"{config['descriptor']!r} descriptor at image size {config['image_size']} has "
+                         f"{probe.shape[1]}")
     return net, config
 
 

@@ -9,6 +9,7 @@ written over by a new run."""
 
 import glob
 import os
+import shutil
 import tempfile
 import time
 
@@ -52,13 +53,16 @@ def check_new_run_dir(path, overwrite):
 
 def claim(path, replace):
     """Makes `path` the run's directory once training starts: creates it, or with
-    `replace` removes the earlier run's files; removes temporary checkpoints of an
-    interrupted write.  Returns the names of the temporary files removed."""
+    `replace` removes the earlier run's files (and its `faceops eval` results,
+    eval-*/); removes temporary checkpoints of an interrupted write.  Returns the
+    names of the temporary files removed."""
     os.makedirs(path, exist_ok=True)
     if replace:
         for name in RUN_FILES:
             if os.path.exists(os.path.join(path, name)):
                 os.unlink(os.path.join(path, name))
+        for evaluation in glob.glob(os.path.join(glob.escape(path), "eval-*", "")):
+            shutil.rmtree(evaluation)
     return remove_temporaries(path)
 
 

@@ -254,6 +254,9 @@ def resume_configuration(config, given):
     for name in vars(resumed):
         if name in stored and name not in INVOCATION_OPTIONS:
             setattr(resumed, name, stored[name])
+    if "holdout" not in stored and stored.get("data") and not any(
+            stored.get(k) for k in ("train_identities", "eval_root", "eval_pairs", "eval_identities")):
+        resumed.holdout = 0.0  # faceops 0.1.0 trained and verified on all identities of --data alone
     resumed.run_dir, resumed.resume, resumed.overwrite = run_dir, True, False
     if given.get("overwrite"):
         raise ValueError("--resume continues a run and --overwrite replaces it: give one")
@@ -265,9 +268,10 @@ def resume_configuration(config, given):
             if value != getattr(resumed, name):
                 notes.append(f"{_option(name)} {value} (the run had {getattr(resumed, name)})")
                 setattr(resumed, name, value)
-        elif _comparable(name, value) != _comparable(name, stored.get(name)):
-            was = stored.get(name)
-            conflicts.append(f"{_option(name)} {value} (the run: {'the built-in synthetic set' if name == 'data' and was is None else was})")
+        elif _comparable(name, value) != _comparable(name, getattr(resumed, name)):
+            was = getattr(resumed, name)
+            was = SYNTHETIC_NAME if name == "data" and was is None else was
+            conflicts.append(f"{_option(name)} {value} (the run: {was})")
     if conflicts:
         raise ValueError(f"--resume continues the run in {run_dir} with its own configuration, and these options "
                          f"differ from it: {'; '.join(conflicts)}.  Leave them out, or start a new run (without "
@@ -525,10 +529,10 @@ def load_faces(config, root, root_name):
     return train_set, (eval_set.images[i], eval_set.images[j], same), measured_on, skipped
 
 
-def method_label(config):
-    """What the trained model was trained with, for the output."""
+def method_label(config, short=False):
+    """What the trained model was trained with, for the output (short: the ROC legend)."""
     if config.method == "sst":
-        return f"Semi-Siamese Training, {config.loss} over gallery prototypes"
+        return f"SST, {config.loss}" if short else f"SST: {config.loss} over gallery prototypes"
     return config.loss
 
 
@@ -592,8 +596,10 @@ def interrupted_message(config, status):
                 f"nothing to resume (start again with --run-dir {status.run_dir} --overwrite)")
     with np.load(checkpoint) as state:
         done = int(state["epoch"])
-    return (f"faceops train: interrupted in epoch {status.epoch + 1}/{config.epochs}; the last checkpoint is "
-            f"{checkpoint} (after epoch {done}); continue with: faceops train --run-dir {status.run_dir} --resume")
+    where = f"in epoch {status.epoch + 1}/{config.epochs}" if status.epoch < config.epochs else \
+        "after the last epoch, before the metrics and the ONNX model were written"
+    return (f"faceops train: interrupted {where}; the last checkpoint is {checkpoint} (after epoch {done}); "
+            f"continue with: faceops train --run-dir {status.run_dir} --resume")
 
 
 def _run(config, log, status, notes=()):
@@ -702,10 +708,12 @@ def _run(config, log, status, notes=()):
         log(f"epoch {trainer.epoch}/{config.epochs}: training loss {np.mean(losses):.4f} (mean over the epoch's "
             f"batches), lr {lr:.4f}, {seen / max(seconds, 1e-9):.0f} images/s")
 
+    status.epoch = trainer.epoch
     trained, trained_roc = evaluate.verify(trainer.net.embed(descriptor_a), trainer.net.embed(descriptor_b), same)
     log(f"trained ({method_label(config)}), {measured_on}: {trained.summary()}")
     evaluate.save_roc_png(os.path.join(status.run_dir, "roc.png"),
-                          {f"{config.descriptor} descriptor": baseline_roc, f"trained: {method_label(config)}": trained_roc},
+                          {f"{config.descriptor} descriptor": baseline_roc,
+                           f"trained: {method_label(config, short=True)}": trained_roc},
                           trained.impostors)
     onnx_path = export.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
                                export.preprocessing_of(vars(config)))
