@@ -187,26 +187,29 @@ def _trapezoid(y, x):
 
 
 def read_pair_images(root, pairs_path, size, crop):
-    """(images_a, images_b, same) of an LFW-format pairs file over ROOT/<name>/<name>_NNNN.jpg;
-    a pair whose image is missing, truncated or undecodable is an error naming it."""
+    """(images, i, j, same) of an LFW-format pairs file over ROOT/<name>/<name>_NNNN.jpg:
+    each image once, pair k is (images[i[k]], images[j[k]]).  A pair whose image is
+    missing, truncated or undecodable is an error naming it."""
     from faceops.driver import data
 
     pairs = read_lfw_pairs(pairs_path)
-    cache = {}
+    row_of, images = {}, []
 
-    def image(name, index):
+    def row(name, index):
         path = lfw_image_path(root, name, index)
-        if path not in cache:
+        if path not in row_of:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{pairs_path} names {path}, which does not exist")
-            cache[path], why = data.read_image(path, size, crop)
+            image, why = data.read_image(path, size, crop)
             if why:
                 raise ValueError(f"{pairs_path} names {path}, which cannot be used: {why}")
-        return cache[path]
+            row_of[path] = len(images)
+            images.append(image)
+        return row_of[path]
 
-    a = np.stack([image(n1, i1) for n1, i1, _, _, _ in pairs])
-    b = np.stack([image(n2, i2) for _, _, n2, i2, _ in pairs])
-    return a, b, np.array([p[4] for p in pairs])
+    i = np.array([row(n1, i1) for n1, i1, _, _, _ in pairs])
+    j = np.array([row(n2, i2) for _, _, n2, i2, _ in pairs])
+    return np.stack(images), i, j, np.array([p[4] for p in pairs])
 
 
 def describe_pairs(pairs_path, root, same):
@@ -253,11 +256,12 @@ def evaluate_model(model_path, root, pairs_path, output):
     else:
         raise FileNotFoundError(f"{model_path!r} is neither a run directory nor an ONNX file")
     descriptor = preprocessing["descriptor"]
-    images_a, images_b, same = read_pair_images(root, pairs_path, preprocessing["image_size"], preprocessing["crop"])
+    images, i, j, same = read_pair_images(root, pairs_path, preprocessing["image_size"], preprocessing["crop"])
     measured_on = describe_pairs(pairs_path, root, same)
-    descriptors_a, descriptors_b = model.describe(images_a, descriptor), model.describe(images_b, descriptor)
-    baseline, baseline_roc = verify(descriptors_a, descriptors_b, same)
-    trained, trained_roc = verify(embed(descriptors_a), embed(descriptors_b), same)
+    descriptors = model.describe(images, descriptor)
+    embeddings = embed(descriptors)
+    baseline, baseline_roc = verify(descriptors[i], descriptors[j], same)
+    trained, trained_roc = verify(embeddings[i], embeddings[j], same)
     print(f"{descriptor} descriptor alone, {measured_on}: {baseline.summary()}")
     print(f"{label}, {measured_on}: {trained.summary()}")
     os.makedirs(output, exist_ok=True)

@@ -497,8 +497,9 @@ def split_identities(config, root):
 
 
 def load_faces(config, root, root_name):
-    """(training set, (images_a, images_b, same), what the verification is measured on,
-    [(path, why) of every skipped file])."""
+    """(training set, (images, i, j, same) of the verification pairs (pair k is images[i[k]]
+    and images[j[k]], each image once), what the verification is measured on, [(path, why)
+    of every skipped file])."""
     train_names, eval_names = split_identities(config, root)
     train_set = data.load_identity_folder(root, config.image_size, config.crop, train_names, min_images=2,
                                           max_images=config.max_images_per_identity)
@@ -506,14 +507,14 @@ def load_faces(config, root, root_name):
     eval_root = config.eval_root or root
     eval_name = root_name if eval_root == root else eval_root
     if config.eval_pairs:
-        a, b, same = evaluate.read_pair_images(eval_root, config.eval_pairs, config.image_size, config.crop)
+        images, i, j, same = evaluate.read_pair_images(eval_root, config.eval_pairs, config.image_size, config.crop)
         measured_on = evaluate.describe_pairs(config.eval_pairs, eval_name, same)
         if os.path.realpath(eval_root) == os.path.realpath(root):
             names = {n for p in evaluate.read_lfw_pairs(config.eval_pairs) for n in (p[0], p[2])}
             trained_on = len(names & set(train_set.names))
             if trained_on:
                 measured_on += f", {trained_on} of their {len(names)} identities trained on"
-        return train_set, (a, b, same), measured_on, skipped
+        return train_set, (images, i, j, same), measured_on, skipped
     eval_set = data.load_identity_folder(eval_root, config.image_size, config.crop, eval_names)
     skipped += [s for s in eval_set.skipped if s not in skipped]
     i, j, same = evaluate.all_pairs(eval_set.labels)
@@ -526,7 +527,7 @@ def load_faces(config, root, root_name):
     else:
         measured_on = (f"on {counts} of {len(eval_set.names)} identities of {eval_name}, {trained_on} of them "
                        f"trained on")
-    return train_set, (eval_set.images[i], eval_set.images[j], same), measured_on, skipped
+    return train_set, (eval_set.images, i, j, same), measured_on, skipped
 
 
 def method_label(config, short=False):
@@ -619,7 +620,7 @@ def _run(config, log, status, notes=()):
             root, root_name = config.data, config.data
         config.epochs = config.epochs or 15
         resolve_defaults(config)
-        train_set, (eval_a, eval_b, same), measured_on, skipped = load_faces(config, root, root_name)
+        train_set, (eval_images, eval_i, eval_j, same), measured_on, skipped = load_faces(config, root, root_name)
     if skipped:
         log(data.describe_skipped(skipped))
     xp = np
@@ -635,9 +636,9 @@ def _run(config, log, status, notes=()):
     if min(genuine, impostors) < 10:
         raise ValueError(f"verification {measured_on}: 10-fold verification needs at least 10 genuine and 10 impostor "
                          f"pairs; verify on more faces (--holdout, --eval-identities, --eval-pairs)")
-    descriptor_a = model.describe(eval_a, config.descriptor)
-    descriptor_b = model.describe(eval_b, config.descriptor)
-    baseline, baseline_roc = evaluate.verify(descriptor_a, descriptor_b, same)
+    # Each verification image is described and embedded once, then paired.
+    eval_descriptors = model.describe(eval_images, config.descriptor)
+    baseline, baseline_roc = evaluate.verify(eval_descriptors[eval_i], eval_descriptors[eval_j], same)
     log(f"untrained ({config.descriptor} descriptor alone), {measured_on}: {baseline.summary()}")
 
     trainer = Trainer(config, train_set, xp)
@@ -709,7 +710,8 @@ def _run(config, log, status, notes=()):
             f"batches), lr {lr:.4f}, {seen / max(seconds, 1e-9):.0f} images/s")
 
     status.epoch = trainer.epoch
-    trained, trained_roc = evaluate.verify(trainer.net.embed(descriptor_a), trainer.net.embed(descriptor_b), same)
+    embeddings = trainer.net.embed(eval_descriptors)
+    trained, trained_roc = evaluate.verify(embeddings[eval_i], embeddings[eval_j], same)
     log(f"trained ({method_label(config)}), {measured_on}: {trained.summary()}")
     evaluate.save_roc_png(os.path.join(status.run_dir, "roc.png"),
                           {f"{config.descriptor} descriptor": baseline_roc,
