@@ -158,6 +158,33 @@ def test_without_run_dir_each_run_gets_its_own_directory_and_latest_links_it(tmp
     assert config.run_dir == os.path.join("runs", runs[1]) and config.seed == 1
 
 
+def test_runs_starting_together_get_their_own_directories(tmp_path):
+    from faceops.driver import rundir
+
+    made = [rundir.make_fresh_run_dir(str(tmp_path / "runs")) for _ in range(3)]
+    assert len(set(made)) == 3 and all(os.path.isdir(d) for d in made)
+    assert rundir.link_latest(made[2], str(tmp_path / "runs")) and os.readlink(tmp_path / "runs" / "latest") == \
+        os.path.basename(made[2])
+
+
+def test_a_run_of_faceops_0_1_resumes_with_its_config_json(tmp_path, synthetic_root):
+    """0.1.0 checkpoints hold no configuration and its --data alone verified on the training identities."""
+    run_dir = str(tmp_path / "old")
+    _train("--run-dir", run_dir, "--data", synthetic_root, "--image-size", "48", "-P", "4", "--holdout", "0",
+           "--epochs", "1")
+    config = json.loads(_read(os.path.join(run_dir, "config.json")))
+    del config["holdout"], config["faceops_version"]
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    state = dict(np.load(os.path.join(run_dir, "checkpoint.npz")))
+    del state["config"]
+    np.savez(os.path.join(run_dir, "checkpoint.npz"), **state)
+    resumed, notes = train.configure(["--run-dir", run_dir, "--resume", "--epochs", "2"])
+    assert resumed.holdout == 0.0 and resumed.data == synthetic_root and notes == ["--epochs 2 (the run had 1)"]
+    train.run(resumed, notes)
+    assert len(json.loads(_read(os.path.join(run_dir, "metrics.json")))["history"]) == 2
+
+
 # --- items 11 and 12: truncated images, held-out verification, every figure labelled ---------------------------------
 
 def test_truncated_images_are_skipped_and_named_once(tmp_path, synthetic_root, capfd):

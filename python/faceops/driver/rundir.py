@@ -27,14 +27,19 @@ def holds_run(path):
     return [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
 
 
-def fresh_run_dir(runs=RUNS):
-    """A new name runs/YYYYmmdd-HHMMSS (with -2, -3, ... when taken); not created yet."""
+def make_fresh_run_dir(runs=RUNS):
+    """Creates and returns a new directory runs/YYYYmmdd-HHMMSS (-2, -3, ... when that
+    name is taken, also by a run starting at the same moment: mkdir decides)."""
+    os.makedirs(runs, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, k = os.path.join(runs, stamp), 1
-    while os.path.exists(path):
-        k += 1
-        path = os.path.join(runs, f"{stamp}-{k}")
-    return path
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            k += 1
+            path = os.path.join(runs, f"{stamp}-{k}")
 
 
 def check_new_run_dir(path, overwrite):

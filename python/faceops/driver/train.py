@@ -653,11 +653,13 @@ def _run(config, log, status, notes=()):
             raise ValueError(f"--epochs {config.epochs}: the run in {config.run_dir} has already trained "
                              f"{trainer.epoch} epochs")
         status.run_dir = config.run_dir
-    else:
-        status.run_dir = config.run_dir or rundir.fresh_run_dir()
+    elif config.run_dir:
+        status.run_dir = config.run_dir
         rundir.check_new_run_dir(status.run_dir, config.overwrite)
 
     # Training starts: from here on the run directory is written.
+    if status.run_dir is None:
+        status.run_dir = rundir.make_fresh_run_dir()
     removed = rundir.claim(status.run_dir, replace=config.overwrite and not config.resume)
     status.claimed = True
     if not config.resume or notes:
