@@ -349,9 +349,15 @@ def test_version_and_help_explain_every_option(capsys):
     assert train.DEFAULT_RUN_TIME in " ".join(text.split())
     for written in ("config.json", "log.txt", "checkpoint.npz", "metrics.json", "roc.png", "model.onnx", "runs/latest"):
         assert written in text
+    assert "(default: None)" not in text
     assert cli.main([]) == 0
     usage = capsys.readouterr().out
     assert train.DEFAULT_RUN_TIME in usage and "eval" in usage
+    for command in ("eval", "export"):
+        with pytest.raises(SystemExit) as done:
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and "--output" in out and "(default: None)" not in out
 
 
 def test_progress_lines_are_plain_without_a_terminal(tmp_path, synthetic_root):

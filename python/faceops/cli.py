@@ -1,6 +1,7 @@
 """The `faceops` command: `faceops train`, `faceops eval`, `faceops export`,
 `faceops selfcheck`, `faceops caffe`, `faceops --version`."""
 
+import argparse
 import sys
 
 USAGE = """usage: faceops [--version] COMMAND [options]
@@ -15,6 +16,16 @@ commands:
 
 `faceops COMMAND --help` lists a command's options.
 """
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every command's --help: each option's default shown, except where there is none
+    to show (the help says in words what happens) or the option is a flag."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _usage():

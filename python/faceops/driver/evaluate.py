@@ -275,8 +275,10 @@ def evaluate_model(model_path, root, pairs_path, output):
 
 
 def main(argv=None):
+    from faceops.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="faceops eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="faceops eval", formatter_class=HelpFormatter,
         description="Face verification of a trained run or of an exported ONNX model on an LFW-format pairs file "
                     "(pairs.txt, pairsDevTest.txt): 10-fold accuracy, TAR@FAR 1e-3 and 1e-2, AUC and the ROC plot, "
                     "for the model and for its descriptor alone, as `faceops train` reports them.")

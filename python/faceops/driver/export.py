@@ -127,7 +127,9 @@ def preprocessing_of(config):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="faceops export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    from faceops.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="faceops export", formatter_class=HelpFormatter,
                                      description="Export a trained run's embedding network (its last checkpoint) to "
                                                  "ONNX; the preprocessing it was trained with goes into the metadata.")
     parser.add_argument("run_dir", help="the run directory of a `faceops train` run (holds checkpoint.npz)")

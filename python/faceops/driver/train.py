@@ -16,6 +16,7 @@ import numpy as np
 
 import faceops
 from faceops import _params
+from faceops.cli import HelpFormatter
 from faceops.driver import data, evaluate, export, model, rundir, sst
 
 # Combined-margin softmax losses (insightface; the margins are faceops.MARGINS).
@@ -83,31 +84,21 @@ DEFAULT_RUN_TIME = "about 15 s on 2 CPU cores"
 DESCRIPTION = f"""Train a face embedding with faceops losses on a folder of face images,
 verify it before and after training, and export it to ONNX.
 
-Without --data, the run draws a built-in synthetic identity set (60 identities x 8
-images, with OpenCV), trains on 40 of them for 60 epochs and verifies all pairs of
-the other 20 ({DEFAULT_RUN_TIME}).  With --data alone, the last --holdout of the
-identities (sorted by name) are held out of training and verified on.
+Without --data, the run draws a built-in synthetic identity set (60 identities
+x 8 images, with OpenCV), trains on 40 of them for 60 epochs and verifies all
+pairs of the other 20: {DEFAULT_RUN_TIME}.  With --data alone, the last
+--holdout of the identities (by name) are held out of training and verified on.
 
 A run writes its directory only once training starts: config.json, log.txt and
 checkpoint.npz (after every epoch), then metrics.json, roc.png and model.onnx.
-Without --run-dir that is a new runs/YYYYmmdd-HHMMSS/, and runs/latest links to it.
-A directory holding a run is continued with --resume (the run's own configuration)
-or replaced with --overwrite, never reused otherwise."""
+Without --run-dir that is a new runs/YYYYmmdd-HHMMSS/, and runs/latest links to
+it.  A directory holding a run is continued with --resume (with the run's own
+configuration) or replaced with --overwrite, never reused otherwise."""
 
 # Options of the invocation, not of the run: never stored, never compared on --resume.
 INVOCATION_OPTIONS = ("run_dir", "resume", "overwrite")
 # What --resume may change: the length of the run, and where it computes.
 RESUME_OVERRIDES = ("epochs", "device")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default, except where there is none to show (the help says
-    in words what happens) or the option is a flag."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser():
