@@ -529,8 +529,9 @@ def method_label(config, short=False):
 
 
 class Progress:
-    """Per batch on a terminal (tqdm: images/s, loss, time left of the epoch and of the
-    run); nothing per batch otherwise, where the per-epoch lines are the record."""
+    """Per batch when stderr is a terminal (tqdm: images/s, loss, time left of the epoch
+    and of the run); nothing per batch otherwise, where the per-epoch lines on stdout are
+    the record."""
 
     def __init__(self, epochs, batches, enabled):
         self.epochs, self.batches, self.enabled = epochs, batches, enabled
@@ -542,7 +543,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, file=sys.stderr)
 
     def update(self, epoch, loss, images_per_second, elapsed):
         if self.bar:
@@ -666,7 +667,7 @@ def _run(config, log, status, notes=()):
         log(f"run directory {status.run_dir} ({rundir.LATEST} links to it)")
 
     checkpoint = os.path.join(status.run_dir, rundir.CHECKPOINT)
-    status.progress = Progress(config.epochs, sampler.batches_per_epoch(), sys.stdout.isatty())
+    status.progress = Progress(config.epochs, sampler.batches_per_epoch(), sys.stderr.isatty())
     while trainer.epoch < config.epochs:
         status.epoch = trainer.epoch
         lr = learning_rate(config, trainer.epoch)
