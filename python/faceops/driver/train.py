@@ -496,11 +496,12 @@ def load_faces(config, root, root_name):
                                           max_images=config.max_images_per_identity)
     skipped = list(train_set.skipped)
     eval_root = config.eval_root or root
-    eval_name = root_name if eval_root == root else eval_root
+    same_root = os.path.realpath(eval_root) == os.path.realpath(root)
+    eval_name = root_name if same_root else eval_root
     if config.eval_pairs:
         images, i, j, same = evaluate.read_pair_images(eval_root, config.eval_pairs, config.image_size, config.crop)
         measured_on = evaluate.describe_pairs(config.eval_pairs, eval_name, same)
-        if os.path.realpath(eval_root) == os.path.realpath(root):
+        if same_root:
             names = {n for p in evaluate.read_lfw_pairs(config.eval_pairs) for n in (p[0], p[2])}
             trained_on = len(names & set(train_set.names))
             if trained_on:
@@ -510,11 +511,12 @@ def load_faces(config, root, root_name):
     skipped += [s for s in eval_set.skipped if s not in skipped]
     i, j, same = evaluate.all_pairs(eval_set.labels)
     counts = f"all {len(same)} pairs ({int(same.sum())} genuine)"
-    trained_on = len(set(eval_set.names) & set(train_set.names)) if eval_root == root else 0
+    trained_on = len(set(eval_set.names) & set(train_set.names)) if same_root else 0
     if trained_on == 0:
         measured_on = f"on {counts} of the {len(eval_set.names)} identities of {eval_name} held out from training"
     elif trained_on == len(eval_set.names):
-        measured_on = f"on the training images: {counts} of the {trained_on} training identities of {eval_name}"
+        images = "the training identities" if config.max_images_per_identity else "the training images"
+        measured_on = f"on {images}: {counts} of the {trained_on} training identities of {eval_name}"
     else:
         measured_on = (f"on {counts} of {len(eval_set.names)} identities of {eval_name}, {trained_on} of them "
                        f"trained on")
