@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+import faceops
 from faceops import cli
 from faceops.driver import data, model, train
 
@@ -177,6 +178,8 @@ def test_short_training_on_orl_lowers_the_loss_and_raises_accuracy(tmp_path):
         (["--lr", "nan"], "--lr: expected a finite number, got NaN"),
         (["--loss", "arcface", "--m3", "inf"], "--m3: expected a finite number"),
         (["--data", "/tmp", "--holdout", "1"], "--holdout: expected a fraction in [0, 1)"),
+        pytest.param(["--device", "cuda"], "--device cuda: faceops has no CUDA device here",
+                     marks=pytest.mark.skipif(faceops.cuda_available(), reason="a CUDA device is present")),
         (["--holdout", "0.2"], "--holdout: applies to --data"),
     ],
 )

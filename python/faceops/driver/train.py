@@ -619,8 +619,6 @@ def _run(config, log, status, notes=()):
         log(data.describe_skipped(skipped))
     xp = np
     if config.device == "cuda":
-        if not faceops.cuda_available():
-            raise ValueError("--device cuda: faceops has no CUDA device here (faceops.cuda_available() is False)")
         import cupy as xp
 
     shallow = f" (at most {config.max_images_per_identity} each)" if config.max_images_per_identity else ""
@@ -733,6 +731,8 @@ def check_arguments(config):
     for name in FLOAT_OPTIONS:
         if getattr(config, name) is not None:
             _params.real(_option(name), getattr(config, name))  # NaN and inf name the option
+    if config.device == "cuda" and not faceops.cuda_available():
+        raise ValueError("--device cuda: faceops has no CUDA device here (faceops.cuda_available() is False)")
     if config.overwrite and not config.run_dir:
         raise ValueError("--overwrite replaces the run in --run-dir: give --run-dir (without it, every run gets a "
                          "new directory)")
