@@ -1,5 +1,7 @@
-"""`faceops train` end to end: resume equals an uninterrupted run, the run directory,
-a short training run on real faces (ORL), and clear errors for bad command lines."""
+"""`faceops train` end to end: resume equals an uninterrupted run, every learned
+parameter of every loss moves and is checkpointed, Partial FC, a short training run on
+real faces (ORL), and clear errors for bad command lines.  The run directory, resume
+policy and interrupts are in test_driver_runs.py."""
 
 import json
 import os
