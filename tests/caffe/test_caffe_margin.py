@@ -177,7 +177,7 @@ def test_normalize_parity(make_net, bp_norm):
 
 CHILD = """
 import caffe
-caffe.Net({path!r}, caffe.TRAIN)
+caffe.Net({path!r}, caffe.TRAIN).forward()
 """
 UNSUPPORTED = {
     "channel-scale-global": (
