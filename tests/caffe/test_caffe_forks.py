@@ -77,6 +77,14 @@ layer { name: "fc6_margin_scale" type: "Scale" bottom: "fc6_margin" top: "fc6_ma
 layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale" bottom: "label"
   top: "softmax_loss" loss_weight: 1 }
 """ + ACCURACY
+# gehaocool/CombinedMargin-caffe example.prototxt: AM-Softmax's stack with
+# CombinedMargin in place of LabelSpecificAdd.
+COMBINED_MARGIN = AM_SOFTMAX.replace(
+    """layer { name: "label_specific_margin" type: "LabelSpecificAdd" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" label_specific_add_param { bias: -0.35 } }""",
+    """layer { name: "combined_margin" type: "CombinedMargin" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" combined_margin_param { m1: 1 m2: 0 m3: 0.35 } }""")
+assert "CombinedMargin" in COMBINED_MARGIN
 # happynear/AMSoftmax prototxt/face_train_test_wo_fn.prototxt: Normalize with
 # the norms top and bp_norm, LabelSpecificAdd with two tops and bias
 # annealing, ChannelScale by the feature norms.
@@ -214,8 +222,8 @@ def _database(tmp_path, backend):
     return DATA_LAYER % {**dbs, "backend": backend.upper(), "batch": BATCH}
 
 
-@pytest.mark.parametrize("net, lr", [(AM_SOFTMAX, 0.01), (SPHEREFACE, 0.01)],
-                         ids=["AMSoftmax-face_train_test", "sphereface_model"])
+@pytest.mark.parametrize("net, lr", [(AM_SOFTMAX, 0.01), (SPHEREFACE, 0.01), (COMBINED_MARGIN, 0.01)],
+                         ids=["AMSoftmax-face_train_test", "sphereface_model", "CombinedMargin-example"])
 def test_fork_net_trains_on_image_data(tmp_path, net, lr):
     _assert_learns(_train(tmp_path, _image_data(tmp_path), net, lr))
 
