@@ -16,11 +16,12 @@ namespace caffe {
  * @brief The target margin alone, for the forks' prototxts that put it
  *        between a normalised InnerProduct (cosines) and Scale +
  *        SoftmaxWithLoss: each sample's target cosine becomes
- *        @f$ \psi(\cos\theta) = \cos(m_1 \theta + m_2) - m_3 @f$, the other
- *        cosines pass through.  Computed by the faceops core
- *        (faceops/margin_softmax.h, target_margin_forward/backward); the
- *        subclasses below only read their fork's parameters into
- *        @f$ (m_1, m_2, m_3) @f$.  MarginSoftmaxLoss does the whole loss in
+ *        @f$ \psi(\cos\theta) @f$, the other cosines pass through.  By
+ *        default (CombinedMargin) @f$ \psi = \cos(m_1 \theta + m_2) - m_3 @f$
+ *        computed by the faceops core (faceops/margin_softmax.h,
+ *        target_margin_forward/backward); CosinAddm and LabelSpecificAdd
+ *        override the margin hooks with their forks' own math
+ *        (faceops/fork_margins.h).  MarginSoftmaxLoss does the whole loss in
  *        one layer.
  *
  * @param bottom input Blob vector (length 2)
@@ -32,7 +33,7 @@ namespace caffe {
  * @param top output Blob vector (length 1)
  *   -# @f$ (N \times C \times \ldots) @f$, the shape of bottom[0]
  *      @f$ y_{ij} = \cos\theta_{ij} @f$ for @f$ j \ne y_i @f$,
- *      @f$ y_{i y_i} = \psi(\cos\theta_{i y_i}) @f$, where @f$ \psi @f$ is
+ *      @f$ y_{i y_i} = \psi(\cos\theta_{i y_i}) @f$, where (CombinedMargin) @f$ \psi @f$ is
  *      continued past @f$ m_1 \theta + m_2 = \pi @f$ as SphereFace does, so
  *      that it keeps decreasing (see faceops/margin_softmax.h); the cosine is
  *      clamped to [-1, 1] first when @f$ m_1 \ne 1 @f$ or @f$ m_2 \ne 0 @f$
