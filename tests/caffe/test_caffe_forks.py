@@ -4,7 +4,9 @@ layer types and fields (never the fork's file), trained by the real `caffe
 train` tool with a solver, reading ORL faces (../shared/data) through
 ImageData (a list file written here) or a Data layer over an LMDB or LevelDB
 written here by Caffe's convert_imageset.  Each run must stay finite and
-the loss must go down."""
+the loss must go down.  The `caffe` fixture (pycaffe of the same build, with
+the faceops layers) gates them: they skip, or fail under
+FACEOPS_REQUIRE_CAFFE=1, where that build is missing or stale."""
 
 import os
 import re
@@ -215,7 +217,8 @@ def _database(tmp_path, backend):
         run = subprocess.run([str(_tool("convert_imageset")), "--gray", f"--resize_height={HEIGHT}",
                               f"--resize_width={WIDTH}", "--shuffle", f"--backend={backend}",
                               f"{ORL}/", str(listing), str(dbs[phase])],
-                             env=dict(os.environ, GLOG_logtostderr="1"), capture_output=True,
+                             env=dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0"),
+                             capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-2000:]
         assert f"Processed {SUBJECTS * 10} files" in run.stderr, run.stderr[-2000:]
@@ -224,16 +227,16 @@ def _database(tmp_path, backend):
 
 @pytest.mark.parametrize("net, lr", [(AM_SOFTMAX, 0.01), (SPHEREFACE, 0.01), (COMBINED_MARGIN, 0.01)],
                          ids=["AMSoftmax-face_train_test", "sphereface_model", "CombinedMargin-example"])
-def test_fork_net_trains_on_image_data(tmp_path, net, lr):
+def test_fork_net_trains_on_image_data(caffe, tmp_path, net, lr):
     _assert_learns(_train(tmp_path, _image_data(tmp_path), net, lr))
 
 
 @pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
-def test_fork_net_trains_on_a_database(tmp_path, backend):
+def test_fork_net_trains_on_a_database(caffe, tmp_path, backend):
     _assert_learns(_train(tmp_path, _database(tmp_path, backend), AM_SOFTMAX_WO_FN, 0.01))
 
 
-def test_caffe_face_trains_on_image_data(tmp_path):
+def test_caffe_face_trains_on_image_data(caffe, tmp_path):
     _assert_learns(_train(tmp_path, _image_data(tmp_path), CAFFE_FACE + CENTER_LOSS, 0.01))
 
 
