@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds a real Caffe (Debian bullseye's caffe source package, CPU only) with
-# the faceops layers installed into it, pycaffe for Debian's /usr/bin/python3,
-# and the faceops layer gtests.  Idempotent: a second run reuses the source
+# the faceops layers installed into it: the `caffe` tool (build/tools/caffe,
+# for `caffe train`), convert_imageset, pycaffe for Debian's /usr/bin/python3
+# and the faceops layer gtests.  OpenCV, LMDB and LevelDB are on (Debian's
+# packages), so the ImageData and Data layers of the forks' prototxts work.  Idempotent: a second run reuses the source
 # tree, the build directory and ccache, and only recompiles what changed.
 #
 #   FACEOPS_CAFFE_DIR  where the source and build trees live
@@ -17,7 +19,9 @@ dir="${FACEOPS_CAFFE_DIR:-$HOME/.cache/faceops/caffe}"
 src="$dir/src"
 build="$dir/build"
 version="1.0.0+git20180821.99bd997-8"
-tests="center_loss_layer,triplet_loss_layer,pair_loss_layer,margin_softmax_loss_layer,target_margin_layer,normalize_layer"
+# The gtest filter for these tests (.ci/caffe_tests.sh uses it).
+FACEOPS_GTEST_FILTER="*CenterLoss*:*TripletLoss*:*PairLoss*:*MarginSoftmaxLoss*:*TargetMargin*:*NormalizeLayer*:*InnerProductNormalize*:*MarginInnerProduct*:*ChannelScale*"
+tests="center_loss_layer,triplet_loss_layer,pair_loss_layer,margin_softmax_loss_layer,target_margin_layer,normalize_layer,inner_product_normalize,margin_inner_product_layer,channel_scale_layer"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -25,7 +29,8 @@ sudo=""
 packages=(g++ make cmake dpkg-dev ccache protobuf-compiler libprotobuf-dev libgoogle-glog-dev
   libgflags-dev libhdf5-dev libblas-dev libboost-system-dev libboost-thread-dev
   libboost-filesystem-dev libboost-python-dev python3-dev python3-numpy python3-skimage
-  python3-protobuf python3-six python3-venv)
+  python3-protobuf python3-six python3-venv libopencv-dev liblmdb-dev libleveldb-dev
+  libsnappy-dev python3-lmdb)
 if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
   echo "build_caffe: build dependencies present"
 else
@@ -62,11 +67,12 @@ cmake -S "$src" -B "$build" \
   -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
   -DCPU_ONLY=ON -DBLAS=Generic -DUSE_OPENMP=ON \
   -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3 -DPYTHON_EXECUTABLE=/usr/bin/python3 \
-  -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=OFF -DBUILD_docs=OFF \
+  -DUSE_OPENCV=ON -DUSE_LEVELDB=ON -DUSE_LMDB=ON -DBUILD_docs=OFF \
   -DBUILD_only_tests="$tests" >"$build/cmake.log" 2>&1 || { cat "$build/cmake.log"; exit 1; }
 ccache -z >/dev/null
-echo "build_caffe: make caffe pycaffe test.testbin in $build (log: $build/make.log)"
-if ! make -C "$build" -j"${JOBS:-$(nproc)}" caffe pycaffe test.testbin >"$build/make.log" 2>&1; then
+echo "build_caffe: make caffe caffe.bin convert_imageset pycaffe test.testbin in $build (log: $build/make.log)"
+# caffe.bin is the `caffe` tool (build/tools/caffe); `caffe` alone is the library.
+if ! make -C "$build" -j"${JOBS:-$(nproc)}" caffe caffe.bin convert_imageset pycaffe test.testbin >"$build/make.log" 2>&1; then
   grep -B3 -A12 -e 'error' -e 'Error' "$build/make.log" | head -150
   exit 1
 fi
@@ -104,7 +110,8 @@ for wheel in pathlib.Path(sys.argv[1]).glob("*.whl"):
     includes+=(-I "$headers/include")
   fi
   mkdir -p "$build/cuda_check"
-  for cu in $(python3 -c 'import json, sys; print(" ".join(f for f in json.load(open(sys.argv[1]))["files"] if f.endswith(".cu")))' "$src/.faceops_caffe.json"); do
+  # The faceops files and Caffe's own files the installer patched (InnerProduct).
+  for cu in $(python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); print(" ".join(f for f in m["files"] + m.get("patched", []) if f.endswith(".cu")))' "$src/.faceops_caffe.json"); do
     ccache nvcc -std=c++17 -arch=sm_80 "${includes[@]}" -c "$src/$cu" -o "$build/cuda_check/$(basename "$cu" .cu).o" 2>&1 |
       grep -v -e 'pragma message' -e 'BOOST_' || true
     test -f "$build/cuda_check/$(basename "$cu" .cu).o"
@@ -115,5 +122,6 @@ fi
 ccache --show-stats 2>/dev/null | grep -i -e "hits" -e "misses" | head -3 || true  # this build only (zeroed above)
 echo "build_caffe: Caffe source tree: $src"
 echo "build_caffe: build tree:        $build"
+echo "build_caffe: caffe tool:       $build/tools/caffe"
 echo "build_caffe: pycaffe:           PYTHONPATH=$src/python (for /usr/bin/python3)"
-echo "build_caffe: gtests:            (cd $src && $build/test/test.testbin --gtest_filter='*CenterLoss*:*TripletLoss*:*PairLoss*:*MarginSoftmaxLoss*:*TargetMargin*:*NormalizeLayer*')"
+echo "build_caffe: gtests:            (cd $src && $build/test/test.testbin --gtest_filter='$FACEOPS_GTEST_FILTER')"

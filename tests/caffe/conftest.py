@@ -17,7 +17,7 @@ import pytest
 CAFFE_DIR = Path(os.environ.get("FACEOPS_CAFFE_DIR", Path.home() / ".cache/faceops/caffe"))
 PYCAFFE = CAFFE_DIR / "src/python"
 FACEOPS_LAYERS = {"CenterLoss", "TripletLoss", "PairLoss", "MarginSoftmaxLoss", "CombinedMargin",
-                  "CosinAddm", "LabelSpecificAdd", "Normalize"}
+                  "CosinAddm", "LabelSpecificAdd", "Normalize", "MarginInnerProduct", "ChannelScale"}
 
 
 def _built_for():
@@ -51,6 +51,13 @@ def _load_caffe():
 @pytest.fixture(scope="session")
 def caffe_dir():
     return CAFFE_DIR
+
+
+def require(reason):
+    """Skip, or with FACEOPS_REQUIRE_CAFFE=1 (CI) fail, saying why."""
+    if os.environ.get("FACEOPS_REQUIRE_CAFFE") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

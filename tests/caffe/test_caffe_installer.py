@@ -3,6 +3,7 @@ Caffe needed): idempotent, reversible, clear errors on conflicts; protoc (when
 present) accepts the patched proto."""
 
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -30,6 +31,32 @@ message LayerParameter {
 message ClipParameter {
   required float min = 1;
 }
+
+message InnerProductParameter {
+  optional uint32 num_output = 1;
+  optional bool transpose = 6 [default = false];
+%s}
+"""
+# The parts of Caffe's inner_product_layer.{cpp,cu} the installer patches.
+INNER_PRODUCT = """#include "caffe/layers/inner_product_layer.hpp"
+
+namespace caffe {
+
+template <typename Dtype>
+void InnerProductLayer<Dtype>::Forward_%(d)s(const vector<Blob<Dtype>*>& bottom,
+    const vector<Blob<Dtype>*>& top) {
+  const Dtype* weight = this->blobs_[0]->%(d)s_data();
+}
+
+template <typename Dtype>
+void InnerProductLayer<Dtype>::Backward_%(d)s(const vector<Blob<Dtype>*>& top,
+    const vector<bool>& propagate_down,
+    const vector<Blob<Dtype>*>& bottom) {
+  if (propagate_down[0]) {
+  }
+}
+
+}  // namespace caffe
 """
 
 
@@ -37,7 +64,10 @@ message ClipParameter {
 def tree(tmp_path):
     root = tmp_path / "caffe"
     (root / "src/caffe/proto").mkdir(parents=True)
-    (root / "src/caffe/proto/caffe.proto").write_text(PROTO % "")
+    (root / "src/caffe/proto/caffe.proto").write_text(PROTO % ("", ""))
+    (root / "src/caffe/layers").mkdir(parents=True)
+    for suffix, device in (("cpp", "cpu"), ("cu", "gpu")):
+        (root / f"src/caffe/layers/inner_product_layer.{suffix}").write_text(INNER_PRODUCT % {"d": device})
     return root
 
 
@@ -60,14 +90,26 @@ def test_install_twice_changes_nothing_and_uninstall_restores(tree):
     assert "optional CosinAddmParameter cosin_add_m_param = 154;" in proto
     assert "optional LabelSpecificAddParameter label_specific_add_param = 155;" in proto
     assert "optional NormalizeParameter normalize_param = 156;" in proto
+    assert "optional MarginInnerProductParameter margin_inner_product_param = 157;" in proto
+    assert "optional ChannelScaleParameter channel_scale_param = 158;" in proto
     assert "message TripletLossParameter {" in proto and "message NormalizeParameter {" in proto
+    inner_product = proto[proto.index("message InnerProductParameter"):]
+    assert "optional bool normalize = 7 [default = false];" in inner_product.split("}")[0]
+    for suffix, device in (("cpp", "cpu"), ("cu", "gpu")):
+        layer = (tree / f"src/caffe/layers/inner_product_layer.{suffix}").read_text()
+        forward = layer.index(f"Forward_{device}")
+        assert layer.index(f"FaceopsNormalizeWeight_{device}(") > forward
+        assert layer.index(f"FaceopsProjectWeightDiff_{device}(") > layer.index(f"Backward_{device}")
+        assert '#include "caffe/util/faceops_inner_product.hpp"' in layer
     for path in ("include/caffe/layers/center_loss_layer.hpp", "src/caffe/layers/pair_loss_layer.cu",
                  "src/caffe/test/test_triplet_loss_layer.cpp", "include/faceops/center_loss.h",
                  "src/caffe/faceops/center_loss.cpp", "include/faceops/margin_softmax.h",
                  "src/caffe/faceops/margin_softmax.cpp",
                  "include/caffe/layers/margin_softmax_loss_layer.hpp",
                  "src/caffe/layers/margin_softmax_loss_layer.cu", "src/caffe/layers/target_margin_layer.cpp",
-                 "src/caffe/layers/normalize_layer.cpp", "src/caffe/test/test_target_margin_layer.cpp"):
+                 "src/caffe/layers/normalize_layer.cpp", "src/caffe/test/test_target_margin_layer.cpp",
+                 "include/faceops/fork_margins.h", "src/caffe/util/faceops_inner_product.cu",
+                 "src/caffe/layers/margin_inner_product_layer.cpp", "src/caffe/layers/channel_scale_layer.cu"):
         assert (tree / path).is_file(), path
     assert not (tree / "src/caffe/faceops/bindings.cpp").exists()
 
@@ -101,12 +143,47 @@ def test_existing_message_is_a_clear_error(tree, message):
 
 
 def test_taken_field_id_is_a_clear_error(tree):
-    (tree / install.PROTO).write_text(PROTO % "  optional ClipParameter fork_param = 150;\n")
+    (tree / install.PROTO).write_text(PROTO % ("  optional ClipParameter fork_param = 150;\n", ""))
     before = snapshot(tree)
     with pytest.raises(install.InstallError, match=r"id 150 is taken by `fork_param`; pass --first-field-id 151"):
         do_install(tree)
     assert snapshot(tree) == before
     do_install(tree, first_field_id=151)
+
+
+def test_fork_inner_product_is_a_clear_error(tree):
+    """A fork's tree whose InnerProductParameter already has `normalize`."""
+    (tree / install.PROTO).write_text(PROTO % ("", "  optional bool normalize = 7;\n"))
+    before = snapshot(tree)
+    with pytest.raises(install.InstallError, match="InnerProductParameter already has `normalize = 7`"):
+        do_install(tree)
+    assert snapshot(tree) == before
+
+
+def test_unknown_inner_product_layer_is_a_clear_error(tree):
+    (tree / "src/caffe/layers/inner_product_layer.cu").write_text("// a fork's rewrite\n")
+    before = snapshot(tree)
+    with pytest.raises(install.InstallError, match="not Caffe's InnerProduct layer as faceops knows it"):
+        do_install(tree)
+    assert snapshot(tree) == before
+
+
+def test_installs_from_the_sources_a_package_ships(tree, tmp_path):
+    """An installed faceops (no checkout around it) finds the layer sources it ships in
+    faceops/caffe/sources (pyproject.toml's wheel.packages)."""
+    package = tmp_path / "site-packages/faceops/caffe"
+    package.mkdir(parents=True)
+    shutil.copy(REPO / "python/faceops/caffe/install.py", package / "install.py")
+    for tree_name in ("caffe_layers", "csrc", "cuda"):
+        shutil.copytree(REPO / tree_name, package / "sources" / tree_name)
+    run = subprocess.run([sys.executable, str(package / "install.py"), "install", "--caffe-root", str(tree)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert (tree / "include/faceops/fork_margins.h").is_file()
+    shutil.rmtree(package / "sources")
+    run = subprocess.run([sys.executable, str(package / "install.py"), "install", "--caffe-root", str(tree)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "holds no faceops layer sources" in run.stderr
 
 
 def test_foreign_layer_file_is_a_clear_error(tree):
@@ -143,6 +220,9 @@ def test_real_caffe_proto(caffe_dir, tmp_path):
     tree = tmp_path / "caffe"
     (tree / install.PROTO).parent.mkdir(parents=True)
     (tree / install.PROTO).write_text(install.unpatch_proto(real.read_text()))
+    for path in install.SOURCE_PATCHES:
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text(install.unpatch_proto((caffe_dir / "src" / path).read_text()))
     with pytest.raises(install.InstallError, match="id 147 is taken by `swish_param`; pass --first-field-id 149"):
         do_install(tree, first_field_id=147)
     do_install(tree)

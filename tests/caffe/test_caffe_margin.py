@@ -68,9 +68,51 @@ def test_margin_softmax_default_is_arcface_with_xavier_weight(make_net):
 LEGACY = {  # type: (parameter text, (m1, m2, m3))
     "CombinedMargin": ("combined_margin_param { m1: 1.2 m2: 0.3 m3: 0.2 }", (1.2, 0.3, 0.2)),
     "CombinedMargin-defaults": ("", (4.0, 0.5, 0.35)),
-    "CosinAddm": ("cosin_add_m_param { m: 0.5 }", (1.0, 0.5, 0.0)),
-    "LabelSpecificAdd": ("label_specific_add_param { bias: -0.35 }", (1.0, 0.0, 0.35)),
 }
+
+
+def cosin_addm_reference(c, m=0.5):
+    """xialuxi/arcface-caffe's CPU CosinAddm at the targets: (psi, dpsi/dc as it back-propagates)."""
+    c = np.minimum(c.astype(np.float64), 1.0)
+    fallback = c <= np.cos(np.pi - m)
+    sin = np.sqrt(np.maximum(1 - c * c, 0))
+    psi = np.where(fallback, c - m * np.sin(m), c * np.cos(m) - sin * np.sin(m))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dpsi = np.where(fallback | (sin == 0), 1.0, np.cos(m) + np.sin(m) * c / sin)
+    return psi, dpsi
+
+
+FORK_MARGINS = {  # type: (parameter text, target reference (psi, dpsi))
+    "CosinAddm": ("cosin_add_m_param { m: 0.5 }", cosin_addm_reference),
+    # happynear's: the bias is added only where cos > -bias.
+    "LabelSpecificAdd": ("label_specific_add_param { bias: -0.35 }",
+                         lambda c: (np.where(c > 0.35, c - 0.35, c), np.ones_like(c))),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FORK_MARGINS))
+def test_fork_margin_parity(make_net, kind):
+    param, reference = FORK_MARGINS[kind]
+    # Past both edges of CosinAddm: below cos(pi - m) and above 1 (a bottom
+    # that is not a true cosine).
+    cosine = np.random.default_rng(2).uniform(-0.95, 0.95, (N, CLASSES)).astype(np.float32)
+    rows = np.arange(N)
+    cosine[0, LABELS[0]], cosine[1, LABELS[1]] = 1.3, -0.93
+    net = make_net(input_layers("cosine", shapes={"cosine": (N, CLASSES)})
+                   + f'layer {{ name: "margin" type: "{kind}" bottom: "cosine" bottom: "label" '
+                   f'top: "margined" {param} }}\n')
+    net.blobs["cosine"].data[...] = cosine
+    net.blobs["label"].data[...] = LABELS
+    net.forward()
+    d_out = np.random.default_rng(3).standard_normal((N, CLASSES)).astype(np.float32)
+    net.backward(margined=d_out)
+
+    psi, dpsi = reference(cosine[rows, LABELS])
+    expected, expected_diff = cosine.astype(np.float64), d_out.astype(np.float64)
+    expected[rows, LABELS], expected_diff[rows, LABELS] = psi, d_out[rows, LABELS] * dpsi
+    np.testing.assert_allclose(net.blobs["margined"].data, expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(net.blobs["cosine"].diff, expected_diff, rtol=RTOL, atol=1e-5)
+    assert np.isfinite(net.blobs["cosine"].diff).all()
 
 
 @pytest.mark.parametrize("case", sorted(LEGACY))
@@ -135,13 +177,17 @@ def test_normalize_parity(make_net, bp_norm):
 
 CHILD = """
 import caffe
-caffe.Net({path!r}, caffe.TRAIN)
+caffe.Net({path!r}, caffe.TRAIN).forward()
 """
 UNSUPPORTED = {
-    "label-specific-add-annealing": (
-        'layer { name: "margin" type: "LabelSpecificAdd" bottom: "cosine" bottom: "label" top: "m" '
-        "label_specific_add_param { bias: -0.35 bias_base: 0 bias_gamma: 0.0001 bias_max: -0.35 } }",
-        "LabelSpecificAdd layer 'margin': label_specific_add_param.bias_base anneals the bias"),
+    "channel-scale-global": (
+        'layer { name: "scale" type: "ChannelScale" bottom: "cosine" bottom: "label" top: "s" '
+        "channel_scale_param { global_scale: true } }",
+        "ChannelScale layer 'scale': channel_scale_param.global_scale is not supported"),
+    "inner-product-normalize-transpose": (
+        'layer { name: "fc" type: "InnerProduct" bottom: "cosine" top: "f" '
+        "inner_product_param { num_output: 3 normalize: true transpose: true } }",
+        "InnerProduct layer 'fc': inner_product_param.normalize normalises weight rows"),
     "normalize-l1": (
         'layer { name: "norm" type: "Normalize" bottom: "cosine" top: "n" normalize_param { normalize_type: "L1" } }',
         "Normalize layer 'norm': normalize_param.normalize_type must be \"L2\""),
@@ -184,15 +230,15 @@ layer { name: "loss" type: "MarginSoftmaxLoss" bottom: "fc5" bottom: "label" top
   margin_softmax_loss_param { num_output: %d s: 30 m2: 0.3 weight_filler { type: "xavier" } } }
 """ % TRAIN_CLASSES
 # The forks' heads (happynear/AMSoftmax's face_train_test.prototxt,
-# xialuxi/arcface-caffe's cosin_add_m.prototxt) unchanged but for the forks'
-# `inner_product_param { normalize: true }`, an InnerProduct extension that
-# BVLC/Debian Caffe lacks (its cosines are then those of unnormalised class
-# weights).
+# xialuxi/arcface-caffe's cosin_add_m.prototxt), with the forks'
+# `inner_product_param { normalize: true }` that faceops' installer adds to
+# Caffe's InnerProduct.
 LEGACY_HEAD = """
 layer { name: "norm1" type: "Normalize" bottom: "fc5" top: "norm1" %s }
 layer { name: "fc6_l2" type: "InnerProduct" bottom: "norm1" top: "fc6"
   param { lr_mult: 1 }
-  inner_product_param { num_output: %d weight_filler { type: "xavier" } bias_term: false } }
+  inner_product_param { num_output: %d normalize: true weight_filler { type: "xavier" }
+    bias_term: false } }
 %s
 layer { name: "fc6_margin_scale" type: "Scale" bottom: "fc6_margin" top: "fc6_margin_scale"
   param { lr_mult: 0 decay_mult: 0 }

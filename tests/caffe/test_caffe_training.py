@@ -52,7 +52,6 @@ def test_caffe_face_center_loss_trains(caffe, tmp_path, center_loss):
     net_path, solver_path = tmp_path / "train.prototxt", tmp_path / "solver.prototxt"
     net_path.write_text(NET + center_loss)
     solver_path.write_text(SOLVER % net_path)
-    np.random.seed(1701)  # the Python layer's xavier filler
     solver = caffe.SGDSolver(str(solver_path))
     assert solver.net.params["center_loss"][0].data.shape == (10572, 8)
 
@@ -71,3 +70,22 @@ def test_caffe_face_center_loss_trains(caffe, tmp_path, center_loss):
     assert np.isfinite(center).all() and np.isfinite(softmax).all()
     assert center[-1] < 0.5 * center[0], center
     assert softmax[-1] < softmax[0], softmax
+
+
+@pytest.mark.parametrize("center_loss", [CAFFE_FACE_SNIPPET, PYTHON_LAYER], ids=["native", "python"])
+def test_random_seed_makes_the_centers_repeatable(caffe, tmp_path, center_loss):
+    """The solver's random_seed fixes the xavier-filled centers, for the Python layer
+    as for the native one (both draw from Caffe's generator)."""
+    net_path = tmp_path / "train.prototxt"
+    net_path.write_text(NET + center_loss)
+
+    def centers(seed, numpy_seed):
+        solver_path = tmp_path / f"solver_{seed}.prototxt"
+        solver_path.write_text((SOLVER % net_path).replace("random_seed: 1701", f"random_seed: {seed}"))
+        np.random.seed(numpy_seed)  # NumPy's generator must not matter
+        return caffe.SGDSolver(str(solver_path)).net.params["center_loss"][0].data.copy()
+
+    first = centers(7, numpy_seed=1)
+    np.testing.assert_array_equal(centers(7, numpy_seed=2), first)
+    assert not np.array_equal(centers(8, numpy_seed=1), first)
+    assert np.abs(first).max() <= np.sqrt(3.0 / 8) and np.abs(first).min() > 0  # xavier, fan_in 8

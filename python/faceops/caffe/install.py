@@ -33,7 +33,14 @@ LAYER_FIELDS = (
     ("CosinAddmParameter", "cosin_add_m_param"),
     ("LabelSpecificAddParameter", "label_specific_add_param"),
     ("NormalizeParameter", "normalize_param"),
+    ("MarginInnerProductParameter", "margin_inner_product_param"),  # wy1iu/sphereface
+    ("ChannelScaleParameter", "channel_scale_param"),  # happynear (AM-Softmax)
 )
+# Fields the forks add to Caffe's own messages: {message: [(field, declaration)]}.
+# InnerProductParameter.normalize: weight rows L2-normalised (every margin fork).
+MESSAGE_FIELDS = {
+    "InnerProductParameter": [("normalize", "optional bool normalize = 7 [default = false];")],
+}
 DEFAULT_FIRST_FIELD_ID = 149  # BVLC/Debian Caffe: swish_param = 147, clip_param = 148
 PROTO = Path("src/caffe/proto/caffe.proto")
 MANIFEST = Path(".faceops_caffe.json")
@@ -50,8 +57,17 @@ class InstallError(Exception):
     """A tree faceops cannot be installed into (or removed from) as asked."""
 
 
+# An installed faceops carries the sources it installs here, laid out as in the
+# checkout (caffe_layers/, csrc/, cuda/): see pyproject.toml's wheel.packages.
+PACKAGED_SOURCES = Path(__file__).resolve().parent / "sources"
+
+
 def default_faceops_root():
-    return Path(__file__).resolve().parents[3]
+    """The checkout this file is in, else the sources shipped inside the package."""
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "caffe_layers" / "src").is_dir():
+        return checkout
+    return PACKAGED_SOURCES
 
 
 def sources(faceops_root):
@@ -60,8 +76,8 @@ def sources(faceops_root):
     layers, core = root / "caffe_layers", root / "csrc"
     if not (layers / "src").is_dir() or not (core / "faceops").is_dir():
         raise InstallError(
-            f"{root} is not a faceops source checkout (no caffe_layers/src or csrc/faceops): "
-            "pass --faceops-root CHECKOUT (an installed faceops does not carry the C++ sources)"
+            f"{root} holds no faceops layer sources (no caffe_layers/src or csrc/faceops): "
+            "pass --faceops-root CHECKOUT, a faceops source checkout"
         )
     files = {}
     for tree in ("include", "src"):
@@ -95,6 +111,15 @@ def _message_body(text, name):
     raise InstallError(f"{PROTO}: `message {name}` has no closing brace")
 
 
+def _add_fields(text, message, fields):
+    """text with `fields` (declaration lines) in a marked block at the end of `message`."""
+    _, end = _message_body(text, message)
+    line_start = text.rfind("\n", 0, end) + 1
+    if text[line_start:end].strip():
+        raise InstallError(f"{PROTO}: the closing brace of {message} is not on its own line")
+    return f"{text[:line_start]}  {BEGIN}\n{fields}  {END}\n{text[line_start:]}"
+
+
 def unpatch_proto(text):
     return BLOCK.sub("", text)
 
@@ -119,17 +144,62 @@ def patch_proto(text, fragment, first_field_id):
                 f"{PROTO}: LayerParameter field id {number} is taken by `{taken[number]}`; "
                 f"pass --first-field-id {max(taken) + 1} (above every id in use)"
             )
-    line_start = text.rfind("\n", 0, end) + 1
-    if text[line_start:end].strip():
-        raise InstallError(f"{PROTO}: the closing brace of LayerParameter is not on its own line")
     fields = "".join(
         f"  optional {message} {field} = {number};\n"
         for (message, field), number in zip(LAYER_FIELDS, ids)
     )
-    text = f"{text[:line_start]}  {BEGIN}\n{fields}  {END}\n{text[line_start:]}"
+    text = _add_fields(text, "LayerParameter", fields)
+    for message, added in MESSAGE_FIELDS.items():
+        start, end = _message_body(text, message)
+        body = _strip_comments(text[start:end])
+        for field, declaration in added:
+            number = int(re.search(r"=\s*(\d+)", declaration).group(1))
+            for name, used in FIELD.findall(body):
+                if name == field or int(used) == number:
+                    raise InstallError(
+                        f"{PROTO}: {message} already has `{name} = {used}`, which faceops adds "
+                        f"as `{declaration}` (a fork's tree?)")
+        text = _add_fields(text, message, "".join(f"  {d}\n" for _, d in added))
     if not text.endswith("\n"):
         text += "\n"
     return f"{text}{BEGIN}\n\n{fragment.rstrip()}\n{END}\n"
+
+
+# Caffe's own InnerProduct learns `normalize: true` as the forks patch it: the
+# weight rows are normalised in place at each forward pass, and the weight's
+# diff loses its radial part (caffe/util/faceops_inner_product.hpp).
+# {file: device}: calls inserted at the start of Forward_<device> and the end
+# of Backward_<device>, between marker comments.
+SOURCE_PATCHES = {
+    Path("src/caffe/layers/inner_product_layer.cpp"): "cpu",
+    Path("src/caffe/layers/inner_product_layer.cu"): "gpu",
+}
+_INCLUDE = '#include "caffe/layers/inner_product_layer.hpp"\n'
+
+
+def patch_inner_product(text, device, name):
+    """Caffe's inner_product_layer.{cpp,cu} (unpatched) -> text with normalize support."""
+    def block(line):
+        return f"  {BEGIN}\n  {line}\n  {END}\n"
+
+    include = text.find(_INCLUDE)
+    forward = re.search(r"InnerProductLayer<Dtype>::Forward_%s\([^)]*\)\s*\{\n" % device, text)
+    backward = re.search(r"InnerProductLayer<Dtype>::Backward_%s\(" % device, text)
+    closing = text.find("\n}\n", backward.end()) + 1 if backward else 0
+    if include < 0 or not forward or closing <= 0:
+        raise InstallError(
+            f"{name}: not Caffe's InnerProduct layer as faceops knows it (no Forward_{device} / "
+            f"Backward_{device} / its include): cannot add inner_product_param.normalize")
+    include += len(_INCLUDE)
+    call = "FaceopsNormalizeWeight_%s" % device
+    forward_call = (f"if (this->layer_param_.inner_product_param().normalize()) "
+                    f"{call}(this->layer_param_, this->blobs_[0].get(), transpose_);")
+    backward_call = (f"if (this->layer_param_.inner_product_param().normalize() && "
+                     f"this->param_propagate_down_[0]) FaceopsProjectWeightDiff_{device}("
+                     f"this->blobs_[0].get());")
+    return (text[:include] + f"{BEGIN}\n#include \"caffe/util/faceops_inner_product.hpp\"\n{END}\n"
+            + text[include:forward.end()] + block(forward_call)
+            + text[forward.end():closing] + block(backward_call) + text[closing:])
 
 
 def _read_manifest(caffe_root):
@@ -159,9 +229,17 @@ def install(caffe_root, faceops_root=None, first_field_id=DEFAULT_FIRST_FIELD_ID
     old_proto = proto.read_text()
     new_proto = patch_proto(unpatch_proto(old_proto), fragment, first_field_id)
     changed = []
+    patched = {}
+    for path, device in SOURCE_PATCHES.items():
+        old = (caffe_root / path).read_text()
+        patched[path] = (old, patch_inner_product(unpatch_proto(old), device, path))
     if new_proto != old_proto:
         proto.write_text(new_proto)
         changed.append(PROTO)
+    for path, (old, new) in patched.items():
+        if new != old:
+            (caffe_root / path).write_text(new)
+            changed.append(path)
     for destination, source in files.items():
         target = caffe_root / destination
         if not target.exists() or target.read_bytes() != source.read_bytes():
@@ -171,7 +249,8 @@ def install(caffe_root, faceops_root=None, first_field_id=DEFAULT_FIRST_FIELD_ID
     for stale in sorted(owned - {str(d) for d in files}):
         (caffe_root / stale).unlink(missing_ok=True)
         changed.append(Path(stale))
-    manifest = {"first_field_id": first_field_id, "files": sorted(str(d) for d in files)}
+    manifest = {"first_field_id": first_field_id, "files": sorted(str(d) for d in files),
+                "patched": sorted(str(p) for p in SOURCE_PATCHES)}
     if _read_manifest(caffe_root) != manifest:
         (caffe_root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -194,6 +273,11 @@ def uninstall(caffe_root, log=print):
         text = proto.read_text()
         if unpatch_proto(text) != text:
             proto.write_text(unpatch_proto(text))
+            changed = True
+    for path in manifest.get("patched", []):
+        target = caffe_root / path
+        if target.is_file() and unpatch_proto(target.read_text()) != target.read_text():
+            target.write_text(unpatch_proto(target.read_text()))
             changed = True
     for destination in manifest["files"]:
         target = caffe_root / destination

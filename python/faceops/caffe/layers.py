@@ -15,11 +15,15 @@ native default, or 'xavier'); TripletLoss ``margin`` (1.0), ``mining`` ('semihar
 (required), ``axis`` (1), ``s`` (64), ``m1`` (1), ``m2`` (0.5), ``m3`` (0),
 ``weight_filler`` ('xavier', the native default, or 'gaussian': std 0.01).  They compute what the native
 layers compute, with the faceops ops (CPU, the NumPy arrays pycaffe exposes).
+The fillers are Caffe's own, drawn from Caffe's random generator: a solver's
+random_seed makes the initial centers and weights repeatable.
 Python layers are not loss layers to Caffe: give the top a loss_weight.  The
 labels take no gradient: their diff is set to zero when Caffe asks for it.
 """
 
 import ast
+import os
+import tempfile
 
 import caffe
 import numpy as np
@@ -37,6 +41,25 @@ def _params(layer, defaults, required=()):
         raise ValueError(f"{type(layer).__name__}: param_str {layer.param_str!r}: "
                          f"unknown {unknown}, missing {missing}; accepted: {sorted(defaults) + list(required)}")
     return {**defaults, **given}
+
+
+def _caffe_filled(shape, filler):
+    """An array of `shape` filled by Caffe's own filler (`filler`: the body of a
+    FillerParameter), drawn from Caffe's random generator, so that the solver's
+    random_seed (or caffe.set_random_seed) makes it repeatable, as for the native
+    layers.  (A one-layer DummyData net: pycaffe exposes no filler.)"""
+    dims = " ".join(f"dim: {d}" for d in shape)
+    text = (f'layer {{ name: "fill" type: "DummyData" top: "fill" dummy_data_param {{ '
+            f'shape {{ {dims} }} data_filler {{ {filler} }} }} }}')
+    handle, path = tempfile.mkstemp(suffix=".prototxt")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        net = caffe.Net(path, caffe.TEST)
+        net.forward()
+        return net.blobs["fill"].data.copy()
+    finally:
+        os.unlink(path)
 
 
 def _labels(layer, blob, rows):
@@ -71,8 +94,7 @@ class CenterLoss(caffe.Layer):
         if len(self.blobs) == 0:
             self.blobs.add_blob(params["num_output"], dim)
             if params["center_filler"] == "xavier":  # Caffe's XavierFiller, fan_in = dim
-                scale = np.sqrt(3.0 / dim)
-                self.blobs[0].data[...] = np.random.uniform(-scale, scale, self.blobs[0].data.shape)
+                self.blobs[0].data[...] = _caffe_filled(self.blobs[0].data.shape, 'type: "xavier"')
             elif params["center_filler"] == "zero":
                 self.blobs[0].data[...] = 0
             else:
@@ -171,10 +193,9 @@ class MarginSoftmaxLoss(caffe.Layer):
             self.blobs.add_blob(params["num_output"], dim)
             shape = self.blobs[0].data.shape
             if params["weight_filler"] == "xavier":  # Caffe's XavierFiller, fan_in = dim
-                scale = np.sqrt(3.0 / dim)
-                self.blobs[0].data[...] = np.random.uniform(-scale, scale, shape)
+                self.blobs[0].data[...] = _caffe_filled(shape, 'type: "xavier"')
             elif params["weight_filler"] == "gaussian":
-                self.blobs[0].data[...] = np.random.normal(0.0, 0.01, shape)
+                self.blobs[0].data[...] = _caffe_filled(shape, 'type: "gaussian" std: 0.01')
             else:
                 raise ValueError(f"MarginSoftmaxLoss: weight_filler must be 'xavier' or 'gaussian', "
                                  f"got {params['weight_filler']!r}")

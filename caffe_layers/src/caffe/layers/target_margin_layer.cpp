@@ -1,5 +1,6 @@
 #include <vector>
 
+#include "faceops/fork_margins.h"
 #include "faceops/margin_softmax.h"
 
 #include "caffe/layers/target_margin_layer.hpp"
@@ -45,12 +46,11 @@ void TargetMarginLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   }
   FaceopsLabels(this->layer_param_, *bottom[1], num_classes_, &labels_);
   if (in_place_) cosine_.CopyFrom(*bottom[0]);
-  FaceopsCall(this->layer_param_, [&] {
-    faceops::cpu::target_margin_forward<Dtype>(
-        Cosines(*bottom[0]).cpu_data(),
-        static_cast<const int64_t*>(labels_->cpu_data()), num_, num_classes_,
-        m1_, m2_, m3_, top[0]->mutable_cpu_data());
-  });
+  if (!in_place_) caffe_copy(top[0]->count(), bottom[0]->cpu_data(),
+      top[0]->mutable_cpu_data());
+  MarginForward_cpu(Cosines(*bottom[0]).cpu_data(),
+      static_cast<const int64_t*>(labels_->cpu_data()),
+      top[0]->mutable_cpu_data());
 }
 
 template <typename Dtype>
@@ -65,11 +65,26 @@ void TargetMarginLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
     if (!in_place_) bottom[0]->CopyFrom(*top[0], true);
     return;
   }
+  MarginBackward_cpu(Cosines(*bottom[0]).cpu_data(),
+      static_cast<const int64_t*>(labels_->cpu_data()), top[0]->cpu_diff(),
+      bottom[0]->mutable_cpu_diff());
+}
+
+template <typename Dtype>
+void TargetMarginLayer<Dtype>::MarginForward_cpu(const Dtype* cosine,
+    const int64_t* labels, Dtype* top) {
   FaceopsCall(this->layer_param_, [&] {
-    faceops::cpu::target_margin_backward<Dtype>(
-        Cosines(*bottom[0]).cpu_data(),
-        static_cast<const int64_t*>(labels_->cpu_data()), top[0]->cpu_diff(),
-        num_, num_classes_, m1_, m2_, m3_, bottom[0]->mutable_cpu_diff());
+    faceops::cpu::target_margin_forward<Dtype>(cosine, labels, num_,
+        num_classes_, m1_, m2_, m3_, top);
+  });
+}
+
+template <typename Dtype>
+void TargetMarginLayer<Dtype>::MarginBackward_cpu(const Dtype* cosine,
+    const int64_t* labels, const Dtype* top_diff, Dtype* bottom_diff) {
+  FaceopsCall(this->layer_param_, [&] {
+    faceops::cpu::target_margin_backward<Dtype>(cosine, labels, top_diff,
+        num_, num_classes_, m1_, m2_, m3_, bottom_diff);
   });
 }
 
@@ -92,23 +107,109 @@ void CosinAddmLayer<Dtype>::ReadMargins() {
   this->transform_test_ = param.transform_test();
 }
 
+// The fork's CPU code: only the target element changes, the derivative is
+// taken from the cosine before any clamping.
+template <typename Dtype>
+void CosinAddmLayer<Dtype>::MarginForward_cpu(const Dtype* cosine,
+    const int64_t* labels, Dtype* top) {
+  for (int i = 0; i < this->num_; ++i) {
+    const int target = i * this->num_classes_ + labels[i];
+    top[target] = faceops::fork::cosin_addm_forward(cosine[target], this->m2_);
+  }
+}
+
+template <typename Dtype>
+void CosinAddmLayer<Dtype>::MarginBackward_cpu(const Dtype* cosine,
+    const int64_t* labels, const Dtype* top_diff, Dtype* bottom_diff) {
+  const int count = this->num_ * this->num_classes_;
+  if (bottom_diff != top_diff) caffe_copy(count, top_diff, bottom_diff);
+  for (int i = 0; i < this->num_; ++i) {
+    const int target = i * this->num_classes_ + labels[i];
+    bottom_diff[target] = top_diff[target] *
+        faceops::fork::cosin_addm_derivative(cosine[target], this->m2_);
+  }
+}
+
 template <typename Dtype>
 void LabelSpecificAddLayer<Dtype>::ReadMargins() {
   const LabelSpecificAddParameter& param =
       this->layer_param_.label_specific_add_param();
-  CHECK(!param.has_bias_base()) << "LabelSpecificAdd layer '"
-      << this->layer_param_.name() << "': label_specific_add_param.bias_base "
-      << "anneals the bias (with bias_gamma, bias_power, bias_min, bias_max, "
-      << "iteration), which faceops does not support; give a fixed bias "
-      << "instead (e.g. bias: -0.35) and remove bias_base";
   this->m1_ = 1;
   this->m2_ = 0;
-  this->m3_ = -param.bias();
+  this->m3_ = 0;
   this->transform_test_ = param.transform_test();
+  bias_ = param.bias();
+  iteration_ = param.iteration();
+  if (param.has_bias_base()) {
+    CHECK_LE(param.bias_min(), param.bias_max()) << "LabelSpecificAdd layer '"
+        << this->layer_param_.name() << "': label_specific_add_param.bias_min ("
+        << param.bias_min() << ") must be <= bias_max (" << param.bias_max()
+        << ")";
+  }
+}
+
+template <typename Dtype>
+void LabelSpecificAddLayer<Dtype>::Reshape(const vector<Blob<Dtype>*>& bottom,
+    const vector<Blob<Dtype>*>& top) {
+  TargetMarginLayer<Dtype>::Reshape(bottom, top);
+  if (top.size() == 2) top[1]->Reshape(vector<int>(1, 1));
+}
+
+template <typename Dtype>
+void LabelSpecificAddLayer<Dtype>::UpdateBias(
+    const vector<Blob<Dtype>*>& top) {
+  const LabelSpecificAddParameter& param =
+      this->layer_param_.label_specific_add_param();
+  if (this->Applies() && param.has_bias_base()) {
+    bias_ = faceops::fork::annealed_bias<Dtype>(param.bias_base(),
+        param.bias_gamma(), param.bias_power(), param.bias_min(),
+        param.bias_max(), iteration_);
+    ++iteration_;
+  }
+  if (top.size() == 2) top[1]->mutable_cpu_data()[0] = bias_;
+}
+
+template <typename Dtype>
+void LabelSpecificAddLayer<Dtype>::Forward_cpu(
+    const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  UpdateBias(top);
+  TargetMarginLayer<Dtype>::Forward_cpu(bottom, top);
+}
+
+template <typename Dtype>
+void LabelSpecificAddLayer<Dtype>::MarginForward_cpu(const Dtype* cosine,
+    const int64_t* labels, Dtype* top) {
+  for (int i = 0; i < this->num_; ++i) {
+    const int target = i * this->num_classes_ + labels[i];
+    top[target] = faceops::fork::label_specific_add(cosine[target], bias_);
+  }
+}
+
+template <typename Dtype>
+void LabelSpecificAddLayer<Dtype>::MarginBackward_cpu(const Dtype* cosine,
+    const int64_t* labels, const Dtype* top_diff, Dtype* bottom_diff) {
+  if (bottom_diff != top_diff) {
+    caffe_copy(this->num_ * this->num_classes_, top_diff, bottom_diff);
+  }
 }
 
 #ifdef CPU_ONLY
 STUB_GPU(TargetMarginLayer);
+STUB_GPU_FORWARD(LabelSpecificAddLayer, Forward);
+// The margin hooks' GPU variants, called only from the stubbed GPU passes.
+#define FACEOPS_STUB_MARGIN_GPU(classname) \
+template <typename Dtype> \
+void classname<Dtype>::MarginForward_gpu(const Dtype* cosine, \
+    const int64_t* labels, Dtype* top) { NO_GPU; } \
+template <typename Dtype> \
+void classname<Dtype>::MarginBackward_gpu(const Dtype* cosine, \
+    const int64_t* labels, const Dtype* top_diff, Dtype* bottom_diff) { \
+  NO_GPU; \
+}
+FACEOPS_STUB_MARGIN_GPU(TargetMarginLayer)
+FACEOPS_STUB_MARGIN_GPU(CosinAddmLayer)
+FACEOPS_STUB_MARGIN_GPU(LabelSpecificAddLayer)
+#undef FACEOPS_STUB_MARGIN_GPU
 #endif
 
 INSTANTIATE_CLASS(TargetMarginLayer);

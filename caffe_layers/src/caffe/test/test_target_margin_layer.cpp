@@ -13,8 +13,8 @@
 
 namespace caffe {
 
-// CombinedMargin, CosinAddm and LabelSpecificAdd: the same adapter over
-// faceops' target_margin_forward/backward, with their forks' parameters.
+// CombinedMargin (faceops' target_margin_forward/backward), CosinAddm and
+// LabelSpecificAdd (their forks' own math, faceops/fork_margins.h).
 template <typename TypeParam>
 class TargetMarginLayerTest : public MultiDeviceTest<TypeParam> {
   typedef typename TypeParam::Dtype Dtype;
@@ -57,6 +57,20 @@ class TargetMarginLayerTest : public MultiDeviceTest<TypeParam> {
             j == label ? std::cos(m1 * std::acos(c) + m2) - m3 : c;
         EXPECT_NEAR(blob_top_->cpu_data()[i * 4 + j], expected, 1e-5)
             << "sample " << i << ", class " << j;
+      }
+    }
+  }
+
+  // The fork's LabelSpecificAdd: cos + bias at the targets where
+  // cos > -bias, the cosine elsewhere.
+  void CheckLabelSpecificAdd(double bias) {
+    for (int i = 0; i < 5; ++i) {
+      const int label = static_cast<int>(blob_bottom_label_->cpu_data()[i]);
+      for (int j = 0; j < 4; ++j) {
+        const double c = blob_bottom_cosine_->cpu_data()[i * 4 + j];
+        const double expected = j == label && c > -bias ? c + bias : c;
+        EXPECT_NEAR(blob_top_->cpu_data()[i * 4 + j], expected, 1e-6)
+            << "sample " << i << ", class " << j << ", bias " << bias;
       }
     }
   }
@@ -131,13 +145,71 @@ TYPED_TEST(TargetMarginLayerTest, TestCosinAddmGradient) {
   this->CheckGradient(&layer);
 }
 
+// xialuxi/arcface-caffe's CPU code past the edges: a target "cosine" above 1
+// is taken as 1 (top cos m) and passes its gradient with factor 1; at or
+// below cos(pi - m) the top is c - m sin m, gradient factor 1.  Finite.
+TYPED_TEST(TargetMarginLayerTest, TestCosinAddmEdgesAsFork) {
+  typedef typename TypeParam::Dtype Dtype;
+  const double m = 0.5;
+  this->layer_param_.mutable_cosin_add_m_param()->set_m(m);
+  Dtype* cosine = this->blob_bottom_cosine_->mutable_cpu_data();
+  cosine[0 * 4 + 0] = 1.2;    // sample 0, target 0: above 1
+  cosine[1 * 4 + 3] = -0.95;  // sample 1, target 3: below cos(pi - m)
+  cosine[2 * 4 + 1] = 1;      // sample 2, target 1: exactly 1
+  CosinAddmLayer<Dtype> layer(this->layer_param_);
+  layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+  const Dtype* top = this->blob_top_->cpu_data();
+  EXPECT_NEAR(top[0], std::cos(m), 1e-6);
+  EXPECT_NEAR(top[7], -0.95 - m * std::sin(m), 1e-6);
+  EXPECT_NEAR(top[9], std::cos(m), 1e-6);
+  caffe_set(20, Dtype(2), this->blob_top_->mutable_cpu_diff());
+  vector<bool> propagate_down(2, false);
+  propagate_down[0] = true;
+  layer.Backward(this->blob_top_vec_, propagate_down, this->blob_bottom_vec_);
+  const Dtype* diff = this->blob_bottom_cosine_->cpu_diff();
+  EXPECT_EQ(diff[0], Dtype(2));
+  EXPECT_EQ(diff[7], Dtype(2));
+  EXPECT_EQ(diff[9], Dtype(2));
+  // Sample 3's target (class 1) is in the main branch: the exact derivative.
+  const double c = cosine[3 * 4 + 1];
+  EXPECT_NEAR(diff[13], 2 * (std::cos(m) + std::sin(m) * c /
+      std::sqrt(1 - c * c)), 1e-4);
+}
+
 TYPED_TEST(TargetMarginLayerTest, TestLabelSpecificAddForward) {
   typedef typename TypeParam::Dtype Dtype;
   this->layer_param_.mutable_label_specific_add_param()->set_bias(-0.35);
   LabelSpecificAddLayer<Dtype> layer(this->layer_param_);
   layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
   layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
-  this->CheckForward(1, 0, 0.35);
+  this->CheckLabelSpecificAdd(-0.35);
+}
+
+// bias_base: the bias follows clamp(base + (1 + gamma t)^power - 1, min, max)
+// over the forward passes t = 0, 1, ...; the second top reports it.
+TYPED_TEST(TargetMarginLayerTest, TestLabelSpecificAddAnnealing) {
+  typedef typename TypeParam::Dtype Dtype;
+  LabelSpecificAddParameter* param =
+      this->layer_param_.mutable_label_specific_add_param();
+  param->set_bias_base(0.05);
+  param->set_bias_gamma(-0.1);
+  param->set_bias_power(2);
+  param->set_bias_min(-0.4);
+  param->set_bias_max(0);
+  param->set_iteration(1);
+  Blob<Dtype> bias_top;
+  this->blob_top_vec_.push_back(&bias_top);
+  LabelSpecificAddLayer<Dtype> layer(this->layer_param_);
+  layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  for (int t = 1; t < 9; ++t) {
+    layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+    const double expected = std::min(0.0, std::max(-0.4,
+        0.05 + std::pow(1 - 0.1 * t, 2) - 1));
+    EXPECT_NEAR(bias_top.cpu_data()[0], expected, 1e-6) << "t = " << t;
+    this->CheckLabelSpecificAdd(expected);
+  }
+  EXPECT_NEAR(bias_top.cpu_data()[0], -0.4, 1e-6);  // clamped by t = 8
 }
 
 TYPED_TEST(TargetMarginLayerTest, TestLabelSpecificAddGradient) {
@@ -198,7 +270,7 @@ TYPED_TEST(TargetMarginLayerTest, TestTestPhase) {
   LabelSpecificAddLayer<Dtype> layer(this->layer_param_);
   layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
   layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
-  this->CheckForward(1, 0, 0.35);
+  this->CheckLabelSpecificAdd(-0.35);
 }
 
 }  // namespace caffe

@@ -1,0 +1,200 @@
+// The per-element math of the Caffe forks' face layers, as each fork computes
+// it, for faceops' compatibility layers (caffe_layers/): one definition for
+// the CPU loops and the CUDA kernels.  Where a fork's behaviour departs from
+// the exact derivative, the function says so; the layers document it.
+//
+//  - weight-normalised InnerProduct (inner_product_param { normalize: true },
+//    happynear's caffe-windows and the forks built on it): each forward pass
+//    rescales the weight rows in place to w / sqrt(||w||^2 + 1e-12).
+//  - A-Softmax (wy1iu/sphereface's MarginInnerProduct; Liu et al., "SphereFace",
+//    CVPR 2017, eq. 6-7): psi(theta) = (-1)^k cos(m theta) - 2k on
+//    [k pi / m, (k + 1) pi / m], written as (-1)^k T_m(cos theta) - 2k with
+//    the Chebyshev polynomial T_m, and the lambda annealing of the target logit.
+//  - AM-Softmax's LabelSpecificAdd (happynear): cos + bias where cos > -bias,
+//    with the bias annealed by iteration.
+//  - xialuxi/arcface-caffe's CosinAddm (ArcFace with insightface's fallback).
+#pragma once
+
+#include <cstdint>
+
+#include "faceops/hostdevice.h"
+#include "faceops/margin_softmax.h"
+
+namespace faceops {
+namespace fork {
+
+// caffe-windows adds 1e-12 to the squared norm of each weight row.
+constexpr double kWeightNormEpsilon = 1e-12;
+
+namespace detail {
+template <typename T>
+FACEOPS_HD T fork_sqrt(T v) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(v);
+#else
+  return std::sqrt(v);
+#endif
+}
+}  // namespace detail
+
+// row <- row / sqrt(||row||^2 + 1e-12).  A zero row stays zero.
+template <typename T>
+FACEOPS_HD void normalize_weight_row(T* row, int64_t d) {
+  T squared = T(0);
+  for (int64_t k = 0; k < d; ++k) squared += row[k] * row[k];
+  const T inverse = T(1) / detail::fork_sqrt(squared + T(kWeightNormEpsilon));
+  for (int64_t k = 0; k < d; ++k) row[k] *= inverse;
+}
+
+// The gradient with respect to the stored weight row w of a function of
+// w / ||w||, at a unit row: the radial part removed, diff - (w . diff) w.
+template <typename T>
+FACEOPS_HD void project_out_radial(T* diff, const T* unit_row, int64_t d) {
+  T radial = T(0);
+  for (int64_t k = 0; k < d; ++k) radial += unit_row[k] * diff[k];
+  for (int64_t k = 0; k < d; ++k) diff[k] -= radial * unit_row[k];
+}
+
+// ---- A-Softmax (sphereface), m in {1, 2, 3, 4} ----
+
+// k = floor(m theta / pi) from c = cos(theta), by the thresholds cos(j pi / m)
+// (the fork's sign tests).  c outside [-1, 1] counts as the nearest end.
+template <typename T>
+FACEOPS_HD int sphereface_k(T c, int m) {
+  switch (m) {
+    case 2: return c < T(0) ? 1 : 0;
+    case 3: return (c < T(0.5) ? 1 : 0) + (c < T(-0.5) ? 1 : 0);
+    case 4: {
+      const T half_sqrt2 = T(0.70710678118654752440);
+      return (c < half_sqrt2 ? 1 : 0) + (c < T(0) ? 1 : 0) + (c < -half_sqrt2 ? 1 : 0);
+    }
+    default: return 0;
+  }
+}
+
+// psi(c) = (-1)^k T_m(c) - 2k; *dpsi = (-1)^k T_m'(c).
+template <typename T>
+FACEOPS_HD T sphereface_psi(T c, int m, T* dpsi) {
+  T chebyshev, derivative;
+  const T c2 = c * c;
+  switch (m) {
+    case 2: chebyshev = T(2) * c2 - T(1); derivative = T(4) * c; break;
+    case 3: chebyshev = (T(4) * c2 - T(3)) * c; derivative = T(12) * c2 - T(3); break;
+    case 4:
+      chebyshev = (T(8) * c2 - T(8)) * c2 + T(1);
+      derivative = (T(32) * c2 - T(16)) * c;
+      break;
+    default: chebyshev = c; derivative = T(1); break;
+  }
+  const int k = sphereface_k(c, m);
+  const T sign = (k % 2) ? T(-1) : T(1);
+  *dpsi = sign * derivative;
+  return sign * chebyshev - T(2 * k);
+}
+
+// The target logit's gradient with respect to the feature x, for
+// f(x) = ||x|| psi(c), c = x . w / ||x||, ||w|| = 1:
+//   df/dx = coeff_w w + coeff_x x,  coeff_w = psi'(c),
+//   coeff_x = (psi(c) - c psi'(c)) / ||x||.
+// as_fork: sphereface rescales (coeff_w, coeff_x) to unit length (CPU and GPU
+// alike), which is not the derivative; a zero pair stays zero.
+template <typename T>
+FACEOPS_HD void sphereface_feature_coefficients(T c, T x_norm, int m, bool as_fork,
+                                                T* coeff_w, T* coeff_x) {
+  T dpsi;
+  const T psi = sphereface_psi(c, m, &dpsi);
+  *coeff_w = dpsi;
+  *coeff_x = (psi - c * dpsi) / x_norm;
+  if (as_fork) {
+    const T length = detail::fork_sqrt(*coeff_w * *coeff_w + *coeff_x * *coeff_x);
+    if (length > T(0)) {
+      *coeff_w /= length;
+      *coeff_x /= length;
+    }
+  }
+}
+
+// The layer's output: the target logit (||x|| psi(c) + lambda x . w) /
+// (1 + lambda) from x . w and ||x|| > 0; c = x . w / ||x||.  The other logits
+// are x . w.
+template <typename T>
+FACEOPS_HD T sphereface_target_logit(T inner_product, T x_norm, int m, T lambda) {
+  T dpsi;
+  const T psi = sphereface_psi(inner_product / x_norm, m, &dpsi);
+  return (x_norm * psi + lambda * inner_product) / (T(1) + lambda);
+}
+
+// Backward of the target logit, given its top diff g: the feature's diff gets
+// g_w w + g_x x beyond the g w that the plain inner product gives, and the
+// weight row's diff g_weight x instead of g x.
+//   g_w = g ((coeff_w + lambda) / (1 + lambda) - 1), g_x = g coeff_x / (1 + lambda),
+//   g_weight = g (psi'(c) + lambda) / (1 + lambda), exactly;
+// as_fork: the coefficients rescaled (sphereface_feature_coefficients) and
+// g_weight = g (the fork differentiates the weight as a plain inner product).
+template <typename T>
+FACEOPS_HD void sphereface_target_backward(T g, T inner_product, T x_norm, int m, T lambda,
+                                           bool as_fork, T* g_w, T* g_x, T* g_weight) {
+  const T c = inner_product / x_norm;
+  T coeff_w, coeff_x;
+  sphereface_feature_coefficients(c, x_norm, m, as_fork, &coeff_w, &coeff_x);
+  *g_w = g * ((coeff_w + lambda) / (T(1) + lambda) - T(1));
+  *g_x = g * coeff_x / (T(1) + lambda);
+  T dpsi;
+  sphereface_psi(c, m, &dpsi);
+  *g_weight = as_fork ? g : g * (dpsi + lambda) / (T(1) + lambda);
+}
+
+// lambda = max(base (1 + gamma iteration)^-power, lambda_min), with iteration
+// the forward passes so far counting the current one (the fork increments
+// before it computes).
+template <typename T>
+T sphereface_lambda(T base, T gamma, T power, T lambda_min, T iteration) {
+  const T lambda = base * std::pow(T(1) + gamma * iteration, -power);
+  return lambda > lambda_min ? lambda : lambda_min;
+}
+
+// ---- AM-Softmax's LabelSpecificAdd (happynear) ----
+
+// bias = clamp(bias_base + (1 + bias_gamma iteration)^bias_power - 1,
+//              bias_min, bias_max), iteration counted from 0.
+template <typename T>
+T annealed_bias(T bias_base, T bias_gamma, T bias_power, T bias_min, T bias_max, T iteration) {
+  T bias = bias_base + std::pow(T(1) + bias_gamma * iteration, bias_power) - T(1);
+  bias = bias > bias_min ? bias : bias_min;
+  return bias < bias_max ? bias : bias_max;
+}
+
+// The target cosine plus bias (bias <= 0), only where c > -bias; elsewhere
+// unchanged.  The derivative is 1 either way.
+template <typename T>
+FACEOPS_HD T label_specific_add(T c, T bias) {
+  return c > -bias ? c + bias : c;
+}
+
+// ---- xialuxi/arcface-caffe's CosinAddm (CPU path) ----
+// psi(c) = cos(theta + m) = c cos m - sin(theta) sin m while theta < pi - m,
+// else c - m sin m (insightface's fallback).  c > 1 is taken as 1.
+
+template <typename T>
+FACEOPS_HD T cosin_addm_forward(T c, T m) {
+  if (c > T(1)) c = T(1);
+  if (c <= -faceops::detail::margin_cos(m)) return c - m * faceops::detail::margin_sin(m);
+  return c * faceops::detail::margin_cos(m) -
+         detail::fork_sqrt(T(1) - c * c) * faceops::detail::margin_sin(m);
+}
+
+// dpsi/dc as the fork back-propagates it: cos m + sin m c / sin(theta), and 1
+// where it is not finite or not that branch: c >= 1 (including c > 1, which
+// the forward pass clamped: the fork's gradient there is 1, not 0) and the
+// fallback branch c <= cos(pi - m).  Near c = 1 it grows as 1 / sin(theta),
+// as in the fork.
+template <typename T>
+FACEOPS_HD T cosin_addm_derivative(T c, T m) {
+  if (c >= T(1) || c <= -faceops::detail::margin_cos(m)) return T(1);
+  const T sin_theta = detail::fork_sqrt(T(1) - c * c);
+  if (!(sin_theta > T(0))) return T(1);
+  return faceops::detail::margin_cos(m) + faceops::detail::margin_sin(m) * c / sin_theta;
+}
+
+}  // namespace fork
+}  // namespace faceops

@@ -1,0 +1,251 @@
+"""The forks' training prototxts as users run them (issue 14): for each fork
+prototxt in caffe_layers/README.md's table, a net of our own with the same
+layer types and fields (never the fork's file), trained by the real `caffe
+train` tool with a solver, reading ORL faces (../shared/data) through
+ImageData (a list file written here) or a Data layer over an LMDB or LevelDB
+written here by Caffe's convert_imageset.  Each run must stay finite and
+the loss must go down.  The `caffe` fixture (pycaffe of the same build, with
+the faceops layers) gates them: they skip, or fail under
+FACEOPS_REQUIRE_CAFFE=1, where that build is missing or stale."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CAFFE_DIR, require
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("FACEOPS_DATA", REPO.parent / "shared" / "data"))
+ORL = DATA / "orl_faces"
+SUBJECTS, HEIGHT, WIDTH, BATCH = 8, 28, 24, 16
+TOOLS = CAFFE_DIR / "build" / "tools"
+
+IMAGE_DATA = """
+layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mean_value: 128 scale: 0.0078125 mirror: true }
+  image_data_param { source: "%(list)s" root_folder: "%(root)s" batch_size: %(batch)d shuffle: true
+    new_height: %(height)d new_width: %(width)d is_color: false } }
+layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TEST }
+  transform_param { mean_value: 128 scale: 0.0078125 }
+  image_data_param { source: "%(list)s" root_folder: "%(root)s" batch_size: %(batch)d
+    new_height: %(height)d new_width: %(width)d is_color: false } }
+"""
+DATA_LAYER = """
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mean_value: 128 scale: 0.0078125 mirror: true }
+  data_param { source: "%(train)s" backend: %(backend)s batch_size: %(batch)d } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { mean_value: 128 scale: 0.0078125 }
+  data_param { source: "%(test)s" backend: %(backend)s batch_size: %(batch)d } }
+"""
+# A small residual trunk in the forks' style (PReLU, Eltwise sum, fc5).
+TRUNK = """
+layer { name: "conv1_1" type: "Convolution" bottom: "data" top: "conv1_1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 1
+    weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0 } } }
+layer { name: "relu1_1" type: "PReLU" bottom: "conv1_1" top: "conv1_1" }
+layer { name: "conv1_2" type: "Convolution" bottom: "conv1_1" top: "conv1_2"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 0 decay_mult: 0 }
+  convolution_param { num_output: 8 kernel_size: 3 stride: 1 pad: 1
+    weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" value: 0 } } }
+layer { name: "relu1_2" type: "PReLU" bottom: "conv1_2" top: "conv1_2" }
+layer { name: "res1_2" type: "Eltwise" bottom: "conv1_1" bottom: "conv1_2" top: "res1_2"
+  eltwise_param { operation: 1 } }
+layer { name: "fc5" type: "InnerProduct" bottom: "res1_2" top: "fc5"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 32 weight_filler { type: "xavier" }
+    bias_filler { type: "constant" value: 0 } } }
+"""
+ACCURACY = """
+layer { name: "accuracy" type: "Accuracy" bottom: "fc6" bottom: "label" top: "accuracy"
+  include { phase: TEST } }
+"""
+# happynear/AMSoftmax prototxt/face_train_test.prototxt: Normalize, the
+# forks' normalised InnerProduct, LabelSpecificAdd with a fixed bias, Scale.
+AM_SOFTMAX = TRUNK + """
+layer { name: "norm1" type: "Normalize" bottom: "fc5" top: "norm1" }
+layer { name: "fc6_l2" type: "InnerProduct" bottom: "norm1" top: "fc6" param { lr_mult: 1 }
+  inner_product_param { num_output: %(classes)d normalize: true weight_filler { type: "xavier" }
+    bias_term: false } }
+layer { name: "label_specific_margin" type: "LabelSpecificAdd" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" label_specific_add_param { bias: -0.35 } }
+layer { name: "fc6_margin_scale" type: "Scale" bottom: "fc6_margin" top: "fc6_margin_scale"
+  param { lr_mult: 0 decay_mult: 0 } scale_param { filler { type: "constant" value: 30 } } }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale" bottom: "label"
+  top: "softmax_loss" loss_weight: 1 }
+""" + ACCURACY
+# gehaocool/CombinedMargin-caffe example.prototxt: AM-Softmax's stack with
+# CombinedMargin in place of LabelSpecificAdd.
+COMBINED_MARGIN = AM_SOFTMAX.replace(
+    """layer { name: "label_specific_margin" type: "LabelSpecificAdd" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" label_specific_add_param { bias: -0.35 } }""",
+    """layer { name: "combined_margin" type: "CombinedMargin" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" combined_margin_param { m1: 1 m2: 0 m3: 0.35 } }""")
+assert "CombinedMargin" in COMBINED_MARGIN
+# happynear/AMSoftmax prototxt/face_train_test_wo_fn.prototxt: Normalize with
+# the norms top and bp_norm, LabelSpecificAdd with two tops and bias
+# annealing, ChannelScale by the feature norms.
+AM_SOFTMAX_WO_FN = TRUNK + """
+layer { name: "norm1" type: "Normalize" bottom: "fc5" top: "norm1" top: "feature_norm"
+  normalize_param { bp_norm: true } }
+layer { name: "fc6_l2" type: "InnerProduct" bottom: "norm1" top: "fc6" param { lr_mult: 1 }
+  inner_product_param { num_output: %(classes)d normalize: true weight_filler { type: "xavier" }
+    bias_term: false } }
+layer { name: "label_specific_margin" type: "LabelSpecificAdd" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" top: "margin"
+  label_specific_add_param { iteration: 0 bias_base: 0 bias_gamma: -0.001 bias_power: 1
+    bias_min: -0.2 bias_max: 0 } }
+layer { name: "fc6_margin_scale" type: "ChannelScale" bottom: "fc6_margin" bottom: "feature_norm"
+  top: "fc6_margin_scale" }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale" bottom: "label"
+  top: "softmax_loss" loss_weight: 1 }
+""" + ACCURACY
+# wy1iu/sphereface train/code/sphereface_model.prototxt (and
+# sphereface_64_model.prototxt): MarginInnerProduct QUADRUPLE with its lambda
+# annealing and the lambda top.
+SPHEREFACE = TRUNK + """
+layer { name: "fc6" type: "MarginInnerProduct" bottom: "fc5" bottom: "label" top: "fc6"
+  top: "lambda" param { lr_mult: 1 decay_mult: 1 }
+  margin_inner_product_param { num_output: %(classes)d type: QUADRUPLE
+    weight_filler { type: "xavier" } base: 1000 gamma: 2 power: 1 lambda_min: 5
+    iteration: 0 } }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label"
+  top: "softmax_loss" }
+""" + ACCURACY
+# ydwen/caffe-face face_example/face_train_test.prototxt: softmax plus
+# CenterLoss on fc5; as a native layer, or as the faceops Python layer that
+# the caffe binary's embedded Python imports (PYTHONPATH, see the README).
+CENTER_LOSS = """
+layer { name: "center_loss" type: "CenterLoss" bottom: "fc5" bottom: "label" top: "center_loss"
+  param { lr_mult: 1 decay_mult: 2 }
+  center_loss_param { num_output: %(classes)d center_filler { type: "xavier" } }
+  loss_weight: 0.008 }
+"""
+PYTHON_CENTER_LOSS = """
+layer { name: "center_loss" type: "Python" bottom: "fc5" bottom: "label" top: "center_loss"
+  param { lr_mult: 1 decay_mult: 2 }
+  python_param { module: "faceops.caffe.layers" layer: "CenterLoss"
+                 param_str: "{'num_output': %(classes)d, 'center_filler': 'xavier'}" }
+  loss_weight: 0.008 }
+"""
+CAFFE_FACE = TRUNK + """
+layer { name: "fc6" type: "InnerProduct" bottom: "fc5" top: "fc6"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: %(classes)d weight_filler { type: "xavier" }
+    bias_filler { type: "constant" value: 0 } } }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label"
+  top: "softmax_loss" }
+""" + ACCURACY
+SOLVER = """
+net: "%(net)s"
+test_iter: 2
+test_interval: 150
+test_initialization: false
+base_lr: %(lr)g
+momentum: 0.9
+weight_decay: 0.0005
+lr_policy: "fixed"
+display: 25
+average_loss: 25
+max_iter: 300
+snapshot_after_train: false
+random_seed: 1701
+solver_mode: CPU
+"""
+LOSS = re.compile(r"Iteration (\d+) .*, loss = (\S+)")
+
+
+def _tool(name):
+    path = TOOLS / name
+    if not path.is_file():
+        require(f"no {path}: run .ci/build_caffe.sh (it builds the caffe tool and convert_imageset)")
+    return path
+
+
+def _faces(tmp_path):
+    """A list file (outside ../shared) of SUBJECTS ORL subjects, 10 images each."""
+    if not ORL.is_dir():
+        require(f"ORL faces not found at {ORL} (../shared/data beside the repo, or FACEOPS_DATA)")
+    lines = [f"s{subject}/{image}.pgm {subject - 1}"
+             for subject in range(1, SUBJECTS + 1) for image in range(1, 11)]
+    listing = tmp_path / "faces.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def _train(tmp_path, data, net, lr, python_path=None):
+    """Runs `caffe train`; returns [(iteration, displayed loss)]."""
+    net_path, solver_path = tmp_path / "train.prototxt", tmp_path / "solver.prototxt"
+    net_path.write_text(data + net % {"classes": SUBJECTS})
+    solver_path.write_text(SOLVER % {"net": net_path, "lr": lr})
+    env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")
+    env.pop("PYTHONPATH", None)
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in python_path)
+    run = subprocess.run([str(_tool("caffe")), "train", f"--solver={solver_path}"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    losses = [(int(i), float(loss)) for i, loss in LOSS.findall(run.stderr)]
+    assert losses and losses[-1][0] >= 275, run.stderr[-3000:]
+    assert "Test net output" in run.stderr, run.stderr[-3000:]  # the TEST phase ran too
+    return losses
+
+
+def _assert_learns(losses):
+    values = np.array([loss for _, loss in losses])
+    assert np.isfinite(values).all(), losses
+    # The mean over iterations 275-299 against the first displayed loss.
+    assert values[-1] < 0.6 * values[0], losses
+
+
+def _image_data(tmp_path):
+    return IMAGE_DATA % {"list": _faces(tmp_path), "root": f"{ORL}/", "batch": BATCH,
+                         "height": HEIGHT, "width": WIDTH}
+
+
+def _database(tmp_path, backend):
+    """LMDBs / LevelDBs of the faces written by Caffe's convert_imageset: one for the
+    TRAIN net, one for the TEST net (a LevelDB is locked by the net that opens it)."""
+    listing, dbs = _faces(tmp_path), {}
+    for phase in ("train", "test"):
+        dbs[phase] = tmp_path / f"faces_{backend}_{phase}"
+        run = subprocess.run([str(_tool("convert_imageset")), "--gray", f"--resize_height={HEIGHT}",
+                              f"--resize_width={WIDTH}", "--shuffle", f"--backend={backend}",
+                              f"{ORL}/", str(listing), str(dbs[phase])],
+                             env=dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0"),
+                             capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert f"Processed {SUBJECTS * 10} files" in run.stderr, run.stderr[-2000:]
+    return DATA_LAYER % {**dbs, "backend": backend.upper(), "batch": BATCH}
+
+
+@pytest.mark.parametrize("net, lr", [(AM_SOFTMAX, 0.01), (SPHEREFACE, 0.01), (COMBINED_MARGIN, 0.01)],
+                         ids=["AMSoftmax-face_train_test", "sphereface_model", "CombinedMargin-example"])
+def test_fork_net_trains_on_image_data(caffe, tmp_path, net, lr):
+    _assert_learns(_train(tmp_path, _image_data(tmp_path), net, lr))
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_fork_net_trains_on_a_database(caffe, tmp_path, backend):
+    _assert_learns(_train(tmp_path, _database(tmp_path, backend), AM_SOFTMAX_WO_FN, 0.01))
+
+
+def test_caffe_face_trains_on_image_data(caffe, tmp_path):
+    _assert_learns(_train(tmp_path, _image_data(tmp_path), CAFFE_FACE + CENTER_LOSS, 0.01))
+
+
+def test_python_layer_in_the_caffe_binary(tmp_path, caffe):
+    """The caffe binary's embedded Python finds faceops and pycaffe through PYTHONPATH
+    (the site-packages faceops is installed in, and Caffe's python/)."""
+    import faceops
+
+    site = Path(faceops.__file__).resolve().parents[1]
+    losses = _train(tmp_path, _image_data(tmp_path), CAFFE_FACE + PYTHON_CENTER_LOSS, 0.01,
+                    python_path=[site, CAFFE_DIR / "src/python"])
+    _assert_learns(losses)
