@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_gather
+from faceops.torch.distributed import _gather_rows
 
 WORLD_SIZE = 2
 DIM = 512
@@ -42,7 +42,7 @@ def torch_sharded_loss(x, labels, weight, class_start, group=None):
     C_local) logits (and their gradient); without a process group it is world size 1."""
     distributed = dist.is_initialized()
     if distributed:
-        x = torch.cat(all_gather(x, group=group))
+        x = _gather_rows(x, group)
         gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, labels, group=group)
         labels = torch.cat(gathered)

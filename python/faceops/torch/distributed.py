@@ -15,7 +15,7 @@ import math
 
 import torch
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_gather as _all_gather_with_backward
+from torch.distributed import _functional_collectives
 
 from faceops import _core, _params, ops
 
@@ -24,6 +24,18 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # Weights are drawn in blocks of this many classes, each from its own seeded generator, so the
 # initial (C, D) matrix is the same for every world size (and no rank builds all of it).
 _INIT_BLOCK = 4096
+
+
+def _gather_rows(x, group):
+    """Every rank's x concatenated in rank order, differentiable: the backward gives each rank
+    the sum over ranks of the gradient of its own rows (a reduce-scatter).  torch 2.13 deprecates
+    torch.distributed.nn.functional.all_gather for the functional collective."""
+    gather = getattr(_functional_collectives, "all_gather_single_autograd", None)
+    if gather is not None:
+        return gather(x.contiguous(), 0, group if group is not None else dist.group.WORLD)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x, group=group if group is not None else dist.group.WORLD))
 
 
 def _all_gather_into(output, tensor, group):
@@ -255,7 +267,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
         n = x.shape[0]
         labels = labels.to(torch.int64)
         if self.world_size > 1:
-            x_all = torch.cat(_all_gather_with_backward(x, group=self.group))
+            x_all = _gather_rows(x, self.group)
             labels_all = labels.new_empty((self.world_size * n,))
             _all_gather_into(labels_all, labels.contiguous(), self.group)
         else:
