@@ -168,6 +168,14 @@ def _initial_rows(start, end, dim, seed, dtype):
     return rows
 
 
+def sum_gradients_hook(state, bucket):
+    """A DistributedDataParallel communication hook that sums the ranks' gradients (DDP's default
+    averages them, dividing by the world size): with it, a backbone trained on this module's loss
+    gets the gradient of the global-batch loss, as one process would.
+    ``ddp.register_comm_hook(None, sum_gradients_hook)``."""
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
 # ---- the loss ----------------------------------------------------------------------------------------
 
 class ShardedMarginSoftmaxLoss(torch.nn.Module):

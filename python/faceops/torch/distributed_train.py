@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from faceops import data
-from faceops.torch.distributed import ShardedMarginSoftmaxLoss
+from faceops.torch.distributed import ShardedMarginSoftmaxLoss, sum_gradients_hook
 
 class Backbone(torch.nn.Module):
     """Three conv blocks and a linear embedding, for small grey faces."""
@@ -38,11 +38,6 @@ class Backbone(torch.nn.Module):
 
     def forward(self, images):
         return self.embedding(self.features(images[:, None]))
-
-
-def sum_gradients_hook(state, bucket):
-    """DDP communication hook: all-reduce SUM (DDP's default averages, dividing by world size)."""
-    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
 def main(argv=None):
