@@ -124,7 +124,8 @@ def _loss_setup_context(ctx, inputs, output):
 def _loss_backward(ctx, grad):
     x, labels, weight, log_sum_exp = ctx.saved_tensors
     dx, dweight = margin_softmax_shard_backward(x, labels, weight, log_sum_exp, *ctx.hyper)
-    return dx * grad, None, dweight * grad, None, None, None, None, None, None, None
+    # In place: the op's fresh outputs, so the backward holds one (C_r, D) gradient, not two.
+    return dx.mul_(grad), None, dweight.mul_(grad), None, None, None, None, None, None, None
 
 
 margin_softmax_shard_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
