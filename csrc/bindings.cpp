@@ -117,6 +117,36 @@ PYBIND11_MODULE(_core, m) {
                          as_pointer<T>(loss), as_pointer<T>(dx), as_pointer<T>(dweight));
           });
         });
+  m.def("margin_softmax_shard_forward",
+        [](const std::string& dtype, const std::string& device, uintptr_t x, uintptr_t labels,
+           uintptr_t weight, int64_t n, int64_t d, int64_t num_classes, double scale, double m1,
+           double m2, double m3, uintptr_t row_max, uintptr_t row_sum, uintptr_t target_logit,
+           uintptr_t stream) {
+          dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+            using T = decltype(zero);
+            FACEOPS_CALL(on_cuda, margin_softmax_shard_forward<T>, reinterpret_cast<void*>(stream),
+                         as_pointer<const T>(x), as_pointer<const int64_t>(labels),
+                         as_pointer<const T>(weight), n, d, num_classes, static_cast<T>(scale),
+                         static_cast<T>(m1), static_cast<T>(m2), static_cast<T>(m3),
+                         as_pointer<T>(row_max), as_pointer<T>(row_sum),
+                         as_pointer<T>(target_logit));
+          });
+        });
+  m.def("margin_softmax_shard_backward",
+        [](const std::string& dtype, const std::string& device, uintptr_t x, uintptr_t labels,
+           uintptr_t weight, int64_t n, int64_t d, int64_t num_classes, double scale, double m1,
+           double m2, double m3, uintptr_t log_sum_exp, double loss_scale, uintptr_t dx,
+           uintptr_t dweight, uintptr_t stream) {
+          dispatch(dtype, device, [&](auto zero, bool on_cuda) {
+            using T = decltype(zero);
+            FACEOPS_CALL(on_cuda, margin_softmax_shard_backward<T>,
+                         reinterpret_cast<void*>(stream), as_pointer<const T>(x),
+                         as_pointer<const int64_t>(labels), as_pointer<const T>(weight), n, d,
+                         num_classes, static_cast<T>(scale), static_cast<T>(m1),
+                         static_cast<T>(m2), static_cast<T>(m3), as_pointer<const T>(log_sum_exp),
+                         static_cast<T>(loss_scale), as_pointer<T>(dx), as_pointer<T>(dweight));
+          });
+        });
   m.def("target_margin_forward",
         [](const std::string& dtype, const std::string& device, uintptr_t cosine,
            uintptr_t labels, int64_t n, int64_t num_classes, double m1, double m2, double m3,

@@ -24,9 +24,14 @@
 // capped at kMaxPartialBytes each.  No atomics: the results are bitwise
 // reproducible for fixed shapes.
 //
+// The shard entries run the same passes over one shard's classes: pass 1
+// and 2 for margin_softmax_shard_forward (the merged (max, sum) of each row
+// instead of its lse), pass 1 and 3-5 for margin_softmax_shard_backward (the
+// caller's lse and loss scale).
+//
 // Labels must lie in [0, num_classes) (python/faceops checks them on the
-// device).  A row whose label does not has no target entry (target logit 0)
-// rather than a read out of bounds.
+// device).  A row whose label does not (a shard's -1) has no target entry
+// (target logit 0) rather than a read out of bounds.
 #include "faceops/margin_softmax.h"
 
 #include <cmath>
@@ -274,17 +279,24 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Per row: lse_i from the splits' partials (in split order) and its loss term.
+// Per row, from the splits' partials (in split order): lse_i and its loss
+// term into lse and row_loss, or (a shard's part) the merged (max, sum) into
+// row_max and row_sum; the other pair is null.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     margin_softmax_rows_kernel(const T* __restrict__ partial_max, const T* __restrict__ partial_sum,
                                int64_t splits, int64_t n, const T* __restrict__ target_logit,
-                               T* lse, double* row_loss) {
+                               T* lse, double* row_loss, T* row_max, T* row_sum) {
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * kThreads) {
     T max = minus_infinity<T>(), sum = T(0);
     for (int64_t s = 0; s < splits; ++s)
       merge_exp_sum(partial_max[s * n + i], partial_sum[s * n + i], &max, &sum);
+    if (row_max) {
+      row_max[i] = max;
+      row_sum[i] = sum;
+      continue;
+    }
     lse[i] = max + log_of(sum);
     row_loss[i] = static_cast<double>(lse[i]) - static_cast<double>(target_logit[i]);
   }
@@ -444,6 +456,80 @@ void finish_gradient(const NormalizedRows<T>& normalized, T* partial, int64_t sp
          stream, normalized.values(), normalized.norms(), partial, rows, d, gradient);
 }
 
+// The passes over one set of classes (all of them, or a shard's), sharing
+// pass 1: x̂, ŵ and the rows' target terms (target_logit into the caller's
+// array when given).
+template <typename T>
+class MarginSoftmaxPasses {
+ public:
+  MarginSoftmaxPasses(const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,
+                      int64_t num_classes, T scale, T m1, T m2, T m3, T* target_logit,
+                      cudaStream_t stream)
+      : labels_(labels), n_(n), d_(d), num_classes_(num_classes), scale_(scale), stream_(stream),
+        xn_(x, n, d, stream), wn_(weight, num_classes, d, stream),
+        own_target_logit_(target_logit ? 0 : n, stream), target_derivative_(n, stream),
+        target_logit_(target_logit ? target_logit : own_target_logit_.get()) {
+    launch("margin_softmax_target_kernel", margin_softmax_target_kernel<T>, row_group_blocks(n),
+           stream, xn_.values(), labels, wn_.values(), n, d, num_classes, scale, m1, m2, m3,
+           target_logit_, target_derivative_.get());
+  }
+
+  // Pass 2; writes (lse, row_loss) or (row_max, row_sum), as margin_softmax_rows_kernel.
+  void log_sum_exp(T* lse, double* row_loss, T* row_max, T* row_sum) const {
+    const int64_t row_tiles = ceil_div(n_, kTileRows);
+    const int64_t class_tiles = ceil_div(num_classes_, kTileCols);
+    const int64_t per_split = tiles_per_split(row_tiles, class_tiles, 0);
+    const int64_t splits = ceil_div(class_tiles, per_split);
+    DeviceArray<T> partial_max(splits * n_, stream_), partial_sum(splits * n_, stream_);
+    launch("margin_softmax_lse_kernel", margin_softmax_lse_kernel<T>, row_tiles * splits, stream_,
+           xn_.values(), labels_, wn_.values(), target_logit_, static_cast<int>(n_),
+           static_cast<int>(num_classes_), d_, scale_, row_tiles, per_split, partial_max.get(),
+           partial_sum.get());
+    launch("margin_softmax_rows_kernel", margin_softmax_rows_kernel<T>, grid_for(n_), stream_,
+           partial_max.get(), partial_sum.get(), splits, n_, target_logit_, lse, row_loss, row_max,
+           row_sum);
+  }
+
+  // Passes 3-5 with every G scaled by loss_scale; dx and dweight may be null.
+  void gradients(const T* lse, T loss_scale, T* dx, T* dweight) const {
+    const RowTerms<T> terms{labels_, target_logit_, target_derivative_.get(), lse};
+    const int rows = static_cast<int>(n_), classes = static_cast<int>(num_classes_);
+    const int64_t row_tiles = ceil_div(n_, kTileRows);
+    const int64_t class_tiles = ceil_div(num_classes_, kTileCols);
+    if (dx) {
+      const int64_t per_split =
+          tiles_per_split(row_tiles, class_tiles, n_ * d_ * int64_t(sizeof(T)));
+      const int64_t splits = ceil_div(class_tiles, per_split);
+      DeviceArray<T> partial(splits * n_ * d_, stream_);
+      zero_async(partial.get(), splits * n_ * d_ * int64_t(sizeof(T)), stream_);
+      launch("margin_softmax_dx_kernel", margin_softmax_dx_kernel<T>, row_tiles * splits, stream_,
+             xn_.values(), wn_.values(), terms, rows, classes, d_, scale_, loss_scale, row_tiles,
+             per_split, partial.get());
+      finish_gradient(xn_, partial.get(), splits, n_, d_, dx, stream_);
+    }
+    if (dweight) {
+      const int64_t per_split =
+          tiles_per_split(class_tiles, row_tiles, num_classes_ * d_ * int64_t(sizeof(T)));
+      const int64_t splits = ceil_div(row_tiles, per_split);
+      DeviceArray<T> partial(splits * num_classes_ * d_, stream_);
+      zero_async(partial.get(), splits * num_classes_ * d_ * int64_t(sizeof(T)), stream_);
+      launch("margin_softmax_dw_kernel", margin_softmax_dw_kernel<T>, class_tiles * splits,
+             stream_, xn_.values(), wn_.values(), terms, rows, classes, d_, scale_, loss_scale,
+             class_tiles, per_split, partial.get());
+      finish_gradient(wn_, partial.get(), splits, num_classes_, d_, dweight, stream_);
+    }
+  }
+
+ private:
+  const int64_t* labels_;
+  int64_t n_, d_, num_classes_;
+  T scale_;
+  cudaStream_t stream_;
+  NormalizedRows<T> xn_, wn_;
+  DeviceArray<T> own_target_logit_, target_derivative_;
+  T* target_logit_;
+};
+
 }  // namespace detail
 
 template <typename T>
@@ -473,52 +559,43 @@ void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int
   check_margin_softmax_inputs(n, d, num_classes, scale, m1, m2, m3);
   NvtxRange range("faceops::margin_softmax_loss");
   const cudaStream_t stream = as_stream(stream_handle);
-  const NormalizedRows<T> xn(x, n, d, stream), wn(weight, num_classes, d, stream);
-  DeviceArray<T> target_logit(n, stream), target_derivative(n, stream), lse(n, stream);
-  launch("margin_softmax_target_kernel", margin_softmax_target_kernel<T>, row_group_blocks(n),
-         stream, xn.values(), labels, wn.values(), n, d, num_classes, scale, m1, m2, m3,
-         target_logit.get(), target_derivative.get());
-
-  const int rows = static_cast<int>(n), classes = static_cast<int>(num_classes);
-  const int64_t row_tiles = ceil_div(n, kTileRows), class_tiles = ceil_div(num_classes, kTileCols);
+  const MarginSoftmaxPasses<T> passes(x, labels, weight, n, d, num_classes, scale, m1, m2, m3,
+                                      nullptr, stream);
+  DeviceArray<T> lse(n, stream);
   {
-    const int64_t per_split = tiles_per_split(row_tiles, class_tiles, 0);
-    const int64_t splits = ceil_div(class_tiles, per_split);
-    DeviceArray<T> partial_max(splits * n, stream), partial_sum(splits * n, stream);
     DeviceArray<double> row_loss(n, stream);
-    launch("margin_softmax_lse_kernel", margin_softmax_lse_kernel<T>, row_tiles * splits, stream,
-           xn.values(), labels, wn.values(), target_logit.get(), rows, classes, d, scale, row_tiles,
-           per_split, partial_max.get(), partial_sum.get());
-    launch("margin_softmax_rows_kernel", margin_softmax_rows_kernel<T>, grid_for(n), stream,
-           partial_max.get(), partial_sum.get(), splits, n, target_logit.get(), lse.get(),
-           row_loss.get());
+    passes.log_sum_exp(lse.get(), row_loss.get(), nullptr, nullptr);
     launch("finalize_sum_kernel", finalize_sum_kernel<T>, 1, stream, row_loss.get(), nullptr, n,
            1.0 / static_cast<double>(n), loss, nullptr);
   }
+  passes.gradients(lse.get(), T(1) / static_cast<T>(n), dx, dweight);
+}
 
-  const RowTerms<T> terms{labels, target_logit.get(), target_derivative.get(), lse.get()};
-  const T inv_n = T(1) / static_cast<T>(n);
-  if (dx) {
-    const int64_t per_split = tiles_per_split(row_tiles, class_tiles, n * d * int64_t(sizeof(T)));
-    const int64_t splits = ceil_div(class_tiles, per_split);
-    DeviceArray<T> partial(splits * n * d, stream);
-    zero_async(partial.get(), splits * n * d * int64_t(sizeof(T)), stream);
-    launch("margin_softmax_dx_kernel", margin_softmax_dx_kernel<T>, row_tiles * splits, stream,
-           xn.values(), wn.values(), terms, rows, classes, d, scale, inv_n, row_tiles, per_split,
-           partial.get());
-    finish_gradient(xn, partial.get(), splits, n, d, dx, stream);
-  }
-  if (dweight) {
-    const int64_t per_split =
-        tiles_per_split(class_tiles, row_tiles, num_classes * d * int64_t(sizeof(T)));
-    const int64_t splits = ceil_div(row_tiles, per_split);
-    DeviceArray<T> partial(splits * num_classes * d, stream);
-    zero_async(partial.get(), splits * num_classes * d * int64_t(sizeof(T)), stream);
-    launch("margin_softmax_dw_kernel", margin_softmax_dw_kernel<T>, class_tiles * splits, stream,
-           xn.values(), wn.values(), terms, rows, classes, d, scale, inv_n, class_tiles, per_split,
-           partial.get());
-    finish_gradient(wn, partial.get(), splits, num_classes, d, dweight, stream);
-  }
+template <typename T>
+void margin_softmax_shard_forward(const T* x, const int64_t* labels, const T* weight, int64_t n,
+                                  int64_t d, int64_t num_classes, T scale, T m1, T m2, T m3,
+                                  T* row_max, T* row_sum, T* target_logit, void* stream_handle) {
+  using namespace detail;
+  check_margin_softmax_inputs(n, d, num_classes, scale, m1, m2, m3);
+  NvtxRange range("faceops::margin_softmax_shard_forward");
+  const MarginSoftmaxPasses<T> passes(x, labels, weight, n, d, num_classes, scale, m1, m2, m3,
+                                      target_logit, as_stream(stream_handle));
+  passes.log_sum_exp(nullptr, nullptr, row_max, row_sum);
+}
+
+template <typename T>
+void margin_softmax_shard_backward(const T* x, const int64_t* labels, const T* weight, int64_t n,
+                                   int64_t d, int64_t num_classes, T scale, T m1, T m2, T m3,
+                                   const T* log_sum_exp, T loss_scale, T* dx, T* dweight,
+                                   void* stream_handle) {
+  using namespace detail;
+  check_margin_softmax_inputs(n, d, num_classes, scale, m1, m2, m3);
+  faceops::detail::require(std::isfinite(static_cast<double>(loss_scale)),
+                           "loss_scale: expected a finite number");
+  NvtxRange range("faceops::margin_softmax_shard_backward");
+  const MarginSoftmaxPasses<T> passes(x, labels, weight, n, d, num_classes, scale, m1, m2, m3,
+                                      nullptr, as_stream(stream_handle));
+  passes.gradients(log_sum_exp, loss_scale, dx, dweight);
 }
 
 template <typename T>
@@ -550,6 +627,11 @@ void target_margin_backward(const T* cosine, const int64_t* labels, const T* d_o
                                            void*);                                                 \
   template void margin_softmax_loss<T>(const T*, const int64_t*, const T*, int64_t, int64_t,       \
                                        int64_t, T, T, T, T, T*, T*, T*, void*);                    \
+  template void margin_softmax_shard_forward<T>(const T*, const int64_t*, const T*, int64_t,        \
+                                                int64_t, int64_t, T, T, T, T, T*, T*, T*, void*);  \
+  template void margin_softmax_shard_backward<T>(const T*, const int64_t*, const T*, int64_t,       \
+                                                 int64_t, int64_t, T, T, T, T, const T*, T, T*,    \
+                                                 T*, void*);                                       \
   template void target_margin_forward<T>(const T*, const int64_t*, int64_t, int64_t, T, T, T, T*,  \
                                          void*);                                                   \
   template void target_margin_backward<T>(const T*, const int64_t*, const T*, int64_t, int64_t, T, \

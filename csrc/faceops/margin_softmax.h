@@ -136,6 +136,27 @@ template <typename T>
 void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,
                          int64_t num_classes, T scale, T m1, T m2, T m3, T* loss, T* dx,
                          T* dweight);
+// One shard of a class-sharded margin softmax (model-parallel Partial FC):
+// weight holds num_classes of the classes, labels index them, -1 marking a
+// row whose class lives on another shard.  Per row i over these classes:
+// row_max = max_j logit_ij, row_sum = sum_j exp(logit_ij - row_max), and
+// target_logit = s psi(c_iy) when y_i is here, else 0.  The shards combine
+// into the row's log-sum-exp M + log sum_r row_sum_r exp(row_max_r - M)
+// with M the maximum of the shards' row_max (numerically stable).  With
+// margin_softmax_loss's memory, and the same arithmetic (its first pass).
+template <typename T>
+void margin_softmax_shard_forward(const T* x, const int64_t* labels, const T* weight, int64_t n,
+                                  int64_t d, int64_t num_classes, T scale, T m1, T m2, T m3,
+                                  T* row_max, T* row_sum, T* target_logit);
+// The shard's part of the gradient of loss_scale * sum_i (lse_i - target
+// logit_i), lse being the rows' log-sum-exp over every shard: dx (n, d) from
+// these classes only (the shards' dx add up to the whole), dweight
+// (num_classes, d) complete; either may be null.  loss_scale = 1/N over a
+// global batch of N rows gives margin_softmax_loss's gradients.
+template <typename T>
+void margin_softmax_shard_backward(const T* x, const int64_t* labels, const T* weight, int64_t n,
+                                   int64_t d, int64_t num_classes, T scale, T m1, T m2, T m3,
+                                   const T* log_sum_exp, T loss_scale, T* dx, T* dweight);
 // The margin alone, on an (n, num_classes) matrix of cosines (the legacy
 // Caffe layers that put it between a normalised InnerProduct and
 // SoftmaxWithLoss): out = cosine except out[i, labels[i]] = psi(cosine[i, labels[i]]).
@@ -162,6 +183,15 @@ template <typename T>
 void margin_softmax_loss(const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,
                          int64_t num_classes, T scale, T m1, T m2, T m3, T* loss, T* dx,
                          T* dweight, void* stream);
+template <typename T>
+void margin_softmax_shard_forward(const T* x, const int64_t* labels, const T* weight, int64_t n,
+                                  int64_t d, int64_t num_classes, T scale, T m1, T m2, T m3,
+                                  T* row_max, T* row_sum, T* target_logit, void* stream);
+template <typename T>
+void margin_softmax_shard_backward(const T* x, const int64_t* labels, const T* weight, int64_t n,
+                                   int64_t d, int64_t num_classes, T scale, T m1, T m2, T m3,
+                                   const T* log_sum_exp, T loss_scale, T* dx, T* dweight,
+                                   void* stream);
 template <typename T>
 void target_margin_forward(const T* cosine, const int64_t* labels, int64_t n,
                            int64_t num_classes, T m1, T m2, T m3, T* out, void* stream);

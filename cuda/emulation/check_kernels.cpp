@@ -227,6 +227,51 @@ void test_margin_softmax(int64_t n, int64_t d, int64_t classes, double scale, st
   }
 }
 
+// One shard's entries: labels in [-1, classes) (every fourth row's class on
+// another shard); the shard's log-sum-exp max + log(sum) and target logits,
+// then the backward from a log-sum-exp over "all shards" (this one's plus 2).
+template <typename T>
+void test_margin_softmax_shard(int64_t n, int64_t d, int64_t classes, std::mt19937& rng) {
+  auto x = randn<T>(n * d, rng), weight = randn<T>(classes * d, rng, 0.5);
+  std::vector<int64_t> labels(n);
+  for (int64_t i = 0; i < n; ++i) labels[i] = i % 4 == 3 ? -1 : int64_t(rng() % classes);
+  const Margins& m = kMargins[0];
+  const T s = T(30), m1 = T(m.m1), m2 = T(m.m2), m3 = T(m.m3);
+  std::vector<T> max_c(n), sum_c(n), target_c(n), max_g(n, 7), sum_g(n, 7), target_g(n, 7);
+  faceops::cpu::margin_softmax_shard_forward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                classes, s, m1, m2, m3, max_c.data(),
+                                                sum_c.data(), target_c.data());
+  faceops::cuda::margin_softmax_shard_forward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                 classes, s, m1, m2, m3, max_g.data(),
+                                                 sum_g.data(), target_g.data(), nullptr);
+  std::vector<T> lse_c(n), lse_g(n), lse_all(n);
+  for (int64_t i = 0; i < n; ++i) {
+    lse_c[i] = max_c[i] + std::log(sum_c[i]);
+    lse_g[i] = max_g[i] + std::log(sum_g[i]);
+    lse_all[i] = lse_c[i] + T(std::log(3.0));
+  }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "margin_softmax_shard n=%ld d=%ld C=%ld forward lse", (long)n,
+                (long)d, (long)classes);
+  expect<T>(buf, max_rel(lse_g, lse_c));
+  expect<T>("  target logits (0 off the shard)", max_rel(target_g, target_c));
+  std::vector<T> dxc(n * d), dwc(classes * d), dxg(n * d, 7), dwg(classes * d, 7);
+  const T loss_scale = T(1) / T(3 * n);
+  faceops::cpu::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                 classes, s, m1, m2, m3, lse_all.data(),
+                                                 loss_scale, dxc.data(), dwc.data());
+  faceops::cuda::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                  classes, s, m1, m2, m3, lse_all.data(),
+                                                  loss_scale, dxg.data(), dwg.data(), nullptr);
+  expect<T>("  backward dx", max_rel(dxg, dxc));
+  expect<T>("  backward dweight", max_rel(dwg, dwc));
+  std::vector<T> dw2(classes * d, 7);
+  faceops::cuda::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                  classes, s, m1, m2, m3, lse_all.data(),
+                                                  loss_scale, nullptr, dw2.data(), nullptr);
+  expect<T>("  backward dweight without dx", max_rel(dw2, dwc));
+}
+
 // Cosines uniform in [-1, 1], every third target near -1 (past pi - m2).
 template <typename T>
 void test_target_margin(int64_t n, int64_t classes, std::mt19937& rng) {
@@ -295,6 +340,8 @@ void run_margin_softmax(std::mt19937& rng) {
   test_margin_softmax<T>(37, 50, 130, 30, rng);  // C, d, n off the tile sizes
   test_margin_softmax<T>(70, 128, 64, 64, rng);
   test_margin_softmax<T>(150, 17, 5, 30, rng);  // labels repeat: n >> C
+  test_margin_softmax_shard<T>(1, 5, 1, rng);
+  test_margin_softmax_shard<T>(37, 50, 130, rng);  // C, d, n off the tile sizes
   if (sizeof(T) == 4)  // several tiles per split (the walk is the same for both dtypes)
     test_margin_softmax<T>(1000, 9, 1300, 30, rng, false);
 }

@@ -1,0 +1,71 @@
+"""One shard of a class-sharded margin softmax (model-parallel Partial FC) on NumPy/CuPy arrays:
+the kernels of csrc/faceops/margin_softmax.h that faceops.torch.distributed combines over ranks.
+
+A shard holds some of the classes' weights (C_r, D); ``labels`` index them, -1 marking a row whose
+class lives on another shard.  The shards' forwards combine into each row's log-sum-exp
+(``combine_log_sum_exp``), from which each shard's backward gives its part of the gradients."""
+
+import numpy as np
+
+from faceops import _arrays, _core, _params
+
+
+def _check(x, labels, weight, s, m1, m2, m3):
+    device, xp = _arrays.device_of(x=x, labels=labels, weight=weight)
+    n, d = _arrays.check_matrix("x", x)
+    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    labels = _arrays.check_labels("labels", labels, n, xp)
+    if xp is not np and n > 0:  # the CPU core checks ranges itself
+        low, high = int(labels.min()), int(labels.max())
+        if low < -1 or high >= num_classes:
+            raise ValueError(f"labels: expected -1 (another shard) or 0 <= label < {num_classes}, "
+                             f"got range [{low}, {high}]")
+    _arrays.check_finite_on_gpu("x", x, xp)
+    _arrays.check_finite_on_gpu("weight", weight, xp)
+    s = _params.real("s", s, x.dtype, low=0, low_open=True)
+    m1 = _params.real("m1", m1, x.dtype, low=0, low_open=True)
+    m2, m3 = _params.real("m2", m2, x.dtype), _params.real("m3", m3, x.dtype)
+    return device, xp, labels, n, d, num_classes, (s, m1, m2, m3)
+
+
+def margin_softmax_shard_forward(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0):
+    """Per row of x (N, D) over this shard's classes: (row_max, row_sum, target_logit), each (N,):
+    the largest logit, sum_j exp(logit_j - row_max), and s * psi(cos) of the row's target when it
+    is on this shard (labels[i] >= 0), else 0."""
+    device, xp, labels, n, d, num_classes, margin = _check(x, labels, weight, s, m1, m2, m3)
+    row_max, row_sum, target_logit = (xp.empty((n,), dtype=x.dtype) for _ in range(3))
+    _core.margin_softmax_shard_forward(
+        np.dtype(x.dtype).name, device, _arrays.address(x), _arrays.address(labels), _arrays.address(weight),
+        n, d, num_classes, *margin, _arrays.address(row_max), _arrays.address(row_sum),
+        _arrays.address(target_logit), _arrays.current_stream(xp))
+    return row_max, row_sum, target_logit
+
+
+def combine_log_sum_exp(row_maxes, row_sums):
+    """Each row's log-sum-exp over every shard from the shards' (row_max, row_sum), stacked
+    (shards, N): M + log sum_r row_sum_r exp(row_max_r - M), M the largest row_max (stable)."""
+    _, xp = _arrays.device_of(row_maxes=row_maxes, row_sums=row_sums)
+    top = row_maxes.max(axis=0)
+    return top + xp.log((row_sums * xp.exp(row_maxes - top)).sum(axis=0))
+
+
+def margin_softmax_shard_backward(x, labels, weight, log_sum_exp, loss_scale, s=64.0, m1=1.0, m2=0.5, m3=0.0,
+                                  weight_grad=True):
+    """This shard's part of the gradient of loss_scale * sum_i (log_sum_exp_i - target logit_i):
+    (dx, dweight), dx (N, D) through this shard's classes only (the shards' dx add up to the whole),
+    dweight (C_r, D) complete (None when ``weight_grad`` is False).  loss_scale = 1 / N over a
+    global batch of N rows gives the mean cross-entropy's gradients."""
+    device, xp, labels, n, d, num_classes, margin = _check(x, labels, weight, s, m1, m2, m3)
+    if log_sum_exp.shape != (n,) or log_sum_exp.dtype != x.dtype or not log_sum_exp.flags.c_contiguous:
+        raise ValueError(f"log_sum_exp: expected a contiguous ({n},) array of {np.dtype(x.dtype).name}, got "
+                         f"{tuple(log_sum_exp.shape)} {log_sum_exp.dtype}")
+    _arrays.check_finite_on_gpu("log_sum_exp", log_sum_exp, xp)
+    loss_scale = _params.real("loss_scale", loss_scale, x.dtype)
+    dx = xp.empty_like(x)
+    dweight = xp.empty_like(weight) if weight_grad else None
+    _core.margin_softmax_shard_backward(
+        np.dtype(x.dtype).name, device, _arrays.address(x), _arrays.address(labels), _arrays.address(weight),
+        n, d, num_classes, *margin, _arrays.address(log_sum_exp), loss_scale, _arrays.address(dx),
+        _arrays.address(dweight), _arrays.current_stream(xp))
+    return dx, dweight
+

@@ -1,0 +1,1 @@
+"""The PyTorch front of faceops (torch stays optional: nothing else in faceops imports this package)."""
