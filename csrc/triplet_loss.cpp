@@ -440,6 +440,11 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
   detail::check_batch("x", n, d);
   detail::check_finite("x", x, n * d);
   const detail::GramRows<T> gram(x, n, d);
+  if (std::any_of(gram.norms, gram.norms + n, squared_norm_overflows<T>)) {
+    *loss = std::numeric_limits<T>::quiet_NaN();
+    if (dx) std::fill(dx, dx + n * d, std::numeric_limits<T>::quiet_NaN());
+    return;
+  }
   const AnchorPositives<T> positives = find_positives(gram, labels, squared);
   if (dx) std::fill(dx, dx + n * d, T(0));
   switch (mining) {

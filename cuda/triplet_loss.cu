@@ -563,6 +563,19 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[blockIdx.x] = loss;
 }
 
+// Runs after finalize_sum_kernel: a squared norm past largest_safe_squared_norm
+// makes the loss and dx NaN (csrc/faceops/triplet_loss.h); no host sync.
+template <typename T>
+__global__ void triplet_overflow_kernel(const T* __restrict__ norms, int n, T* loss, T* inv_count) {
+  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * kThreads)
+    if (squared_norm_overflows(norms[i])) {
+      const T nan = T(0) / T(0);
+      *loss = nan;
+      *inv_count = nan;
+    }
+}
+
 }  // namespace detail
 
 template <typename T>
@@ -624,6 +637,8 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
   }
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
                  partial_loss.get(), partial_count.get(), partials, 1.0, loss, inv_count.get());
+  detail::launch("triplet_overflow_kernel", detail::triplet_overflow_kernel<T>, detail::grid_for(n),
+                 stream, norms.get(), rows, loss, inv_count.get());
   if (dx)
     detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
                    detail::grid_for(n * d), stream, dx, n * d, inv_count.get());

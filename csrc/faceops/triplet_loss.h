@@ -14,6 +14,11 @@
 //            L = mean over (a, p, n) of max(0, d_ap - d_an + margin).
 //
 // Ties go to the lowest index.  No valid pair or triplet: loss 0, zero dx.
+// Overflow: when a row's squared norm exceeds a quarter of the dtype's largest
+// value, some squared distance may overflow (||x_i - x_j||^2 <= 2 ||x_i||^2 +
+// 2 ||x_j||^2) and the Gram form turns inf - inf into NaN, which the mining
+// would read as "no candidate"; the loss and every entry of dx are then NaN
+// (as the float64 reference gives), never a clean 0.
 // Explicit triplets (happynear's caffe-windows form, three bottoms):
 //   L = 1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2).
 #pragma once
@@ -30,6 +35,19 @@ template <typename T>
 FACEOPS_HD T triplet_hinge(T anchor_positive, T anchor_negative, T margin) {
   const T h = anchor_positive - anchor_negative + margin;
   return h > T(0) ? h : T(0);
+}
+
+// The largest squared row norm for which every squared distance stays finite.
+template <typename T>
+FACEOPS_HD T largest_safe_squared_norm();
+template <>
+FACEOPS_HD float largest_safe_squared_norm<float>() { return 3.40282347e38f / 4; }
+template <>
+FACEOPS_HD double largest_safe_squared_norm<double>() { return 1.7976931348623157e308 / 4; }
+
+template <typename T>
+FACEOPS_HD bool squared_norm_overflows(T squared_norm) {
+  return !(squared_norm <= largest_safe_squared_norm<T>());
 }
 
 // Orders candidates (distance, index): smaller distance first, then lower index.
