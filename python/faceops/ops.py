@@ -170,7 +170,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     """
     device, xp = _arrays.device_of(x=x, labels=labels, weight=weight)
     n, d = _arrays.check_matrix("x", x)
-    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
     labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
     s = _params.real("s", s, x.dtype, low=0.0, low_open=True, what="a scale > 0")
     m1, m2, m3 = _check_margin(m1, m2, m3, x.dtype)
