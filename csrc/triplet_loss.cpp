@@ -175,9 +175,14 @@ template <typename T>
 class TieBreaker {
  public:
   TieBreaker(const detail::GramRows<T>& gram, bool squared)
-      : gram_(gram), squared_(squared),
-        kappa_(static_cast<T>(4 * gram.d + 8) * std::numeric_limits<T>::epsilon()),
-        largest_norm_(*std::max_element(gram.norms, gram.norms + gram.n)) {}
+      : gram_(gram), squared_(squared), error_(gram.n), root_(gram.n) {
+    const T kappa = static_cast<T>(4 * gram.d + 8) * std::numeric_limits<T>::epsilon();
+    const T largest_norm = *std::max_element(gram.norms, gram.norms + gram.n);
+    for (int64_t a = 0; a < gram.n; ++a) {
+      error_[a] = kappa * (gram.norms[a] + largest_norm);
+      root_[a] = std::sqrt(error_[a]);
+    }
+  }
 
   T exact(int64_t i, int64_t j) const {
     if (i == j) return T(0);
@@ -186,15 +191,15 @@ class TieBreaker {
   }
 
   // Bound on the rounding of a squared distance from anchor a.
-  T squared_error(int64_t a) const { return kappa_ * (gram_.norms[a] + largest_norm_); }
+  T squared_error(int64_t a) const { return error_[a]; }
 
   // Bound on |computed - exact| of a distance `value` from anchor a: e for
   // squared distances, min(sqrt(e), e / value) for their roots (|sqrt(u) -
   // sqrt(v)| <= |u - v| / sqrt(u)), plus the root's own rounding.
   T window(int64_t a, T value) const {
-    const T e = squared_error(a);
+    const T e = error_[a];
     if (squared_) return e;
-    const T root = std::sqrt(e);
+    const T root = root_[a];
     return (value * root > e ? e / value : root) + T(4) * std::numeric_limits<T>::epsilon() * value;
   }
 
@@ -203,8 +208,8 @@ class TieBreaker {
   // largest window of a distance in the band).
   T band(int64_t a, T value) const {
     const T own = window(a, value);
-    if (squared_) return own + squared_error(a);
-    const T root = std::sqrt(squared_error(a));
+    if (squared_) return own + error_[a];
+    const T root = root_[a];
     return value > T(2) * (own + root) ? own + window(a, value / T(2)) : own + root;
   }
 
@@ -245,7 +250,7 @@ class TieBreaker {
  private:
   const detail::GramRows<T>& gram_;
   bool squared_;
-  T kappa_, largest_norm_;
+  std::vector<T> error_, root_;  // per anchor: squared-distance error bound, its root
 };
 
 // A negative chosen for an anchor (or an (anchor, positive) pair); index -1: none yet.
@@ -272,6 +277,13 @@ struct Choice {
     }
   }
 };
+
+template <typename T>
+int64_t first_index_of(const T* distances, T value) {
+  int64_t c = 0;
+  while (distances[c] != value) ++c;
+  return c;
+}
 
 // A positive's distance as a threshold: entries in [lowest, above] are within
 // rounding of it (TieBreaker::band); for batch-hard there is none.
@@ -319,10 +331,19 @@ void offer_nearest_farther(const T* distances, int64_t first, const TieBreaker<T
   const T distance = detail::fold_lanes<T>(nearest, [](T x, T y) { return std::min(x, y); });
   if (distance == kInfinity) return;
   // The row's entries within rounding of its nearest: usually the nearest alone.
-  const T last = distance + ties.band(a, distance);
+  const Vector<T> last = broadcast(distance + ties.band(a, distance));
+  Vector<T> crowd{};
+  for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
+    const Vector<T> v = detail::Simd<T>::load(distances + c);
+    crowd += v > above && v <= last ? broadcast(T(1)) : Vector<T>{};
+  }
+  if (detail::fold_lanes<T>(crowd, [](T x, T y) { return x + y; }) == T(1)) {
+    choice.offer_nearer(ties, a, distance, first + first_index_of(distances, distance));
+    return;
+  }
   for (int64_t c = 0; c < kTileRows; ++c) {
     const T v = distances[c];
-    if (v > above_s && v <= last) choice.offer_nearer(ties, a, v, first + c);
+    if (v > above_s && v <= last[0]) choice.offer_nearer(ties, a, v, first + c);
   }
 }
 

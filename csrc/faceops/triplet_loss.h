@@ -14,6 +14,11 @@
 //            L = mean over (a, p, n) of max(0, d_ap - d_an + margin).
 //
 // Ties go to the lowest index.  No valid pair or triplet: loss 0, zero dx.
+// Each pair has one distance whichever role it plays: a mining decision or a
+// hinge's sign that rounding of the kernels' Gram form could flip is taken on
+// ||x_i - x_j||^2 summed from the differences, so exact duplicates follow
+// these rules (a negative equal to a positive is not farther than it, a
+// hinge at exactly 0 is inactive).
 // Overflow: when a row's squared norm exceeds a quarter of the dtype's largest
 // value, some squared distance may overflow (||x_i - x_j||^2 <= 2 ||x_i||^2 +
 // 2 ||x_j||^2) and the Gram form turns inf - inf into NaN, which the mining
