@@ -55,6 +55,27 @@ FACEOPS_HD bool squared_norm_overflows(T squared_norm) {
   return !(squared_norm <= largest_safe_squared_norm<T>());
 }
 
+// Bound on |Gram-form value - direct value| of a distance `value` between two
+// rows whose squared norms sum to norm_sum, in dimension d (Higham, "Accuracy
+// and Stability of Numerical Algorithms", eq. 3.5, for each dot product, with
+// room for the direct sum's own rounding): (4 d + 8) epsilon norm_sum for
+// squared distances, min(sqrt(e), e / value) for their roots.  A decision
+// whose margin is within the windows is taken on the direct values.
+template <typename T>
+FACEOPS_HD T triplet_epsilon();
+template <>
+FACEOPS_HD float triplet_epsilon<float>() { return 1.1920929e-7f; }
+template <>
+FACEOPS_HD double triplet_epsilon<double>() { return 2.220446049250313e-16; }
+
+template <typename T>
+FACEOPS_HD T distance_rounding_window(T norm_sum, int64_t d, T value, bool squared) {
+  const T e = static_cast<T>(4 * d + 8) * triplet_epsilon<T>() * norm_sum;
+  if (squared) return e;
+  return (value * value > e ? e / value : distance_from_squared(e, false)) +
+         T(4) * triplet_epsilon<T>() * value;
+}
+
 // Orders candidates (distance, index): smaller distance first, then lower index.
 template <typename T>
 FACEOPS_HD bool closer_candidate(T distance, int64_t index, T best_distance, int64_t best_index) {
