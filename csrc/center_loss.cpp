@@ -13,12 +13,13 @@ namespace cpu {
 namespace {
 
 template <typename T>
-void check_center_inputs(const T* x, const int64_t* labels, int64_t n, int64_t d,
-                         int64_t num_classes) {
+void check_center_inputs(const T* x, const int64_t* labels, const T* centers, int64_t n,
+                         int64_t d, int64_t num_classes) {
   detail::check_batch("x", n, d);
   detail::require(num_classes > 0, "centers: expected at least one class (C > 0)");
   detail::check_labels_in_range("labels", labels, n, num_classes);
   detail::check_finite("x", x, n * d);
+  detail::check_rows_finite("centers", centers, labels, n, d);
 }
 
 // Rows grouped by class: rows_by_class[group_begin[g] .. group_begin[g + 1])
@@ -73,7 +74,7 @@ void for_each_class_direction(const T* x, const int64_t* labels, const T* center
 template <typename T>
 void center_loss(const T* x, const int64_t* labels, const T* centers, int64_t n, int64_t d,
                  int64_t num_classes, T* loss, T* dx, T* dcenters) {
-  check_center_inputs(x, labels, n, d, num_classes);
+  check_center_inputs(x, labels, centers, n, d, num_classes);
   const T inv_n = T(1) / static_cast<T>(n);
   // Each thread owns a slice of the feature columns, so the scatter-add into
   // dcenters is race-free under repeated labels without atomics; its partial
@@ -103,7 +104,7 @@ void center_loss(const T* x, const int64_t* labels, const T* centers, int64_t n,
 template <typename T>
 void center_update_direction(const T* x, const int64_t* labels, const T* centers, int64_t n,
                              int64_t d, int64_t num_classes, T* direction) {
-  check_center_inputs(x, labels, n, d, num_classes);
+  check_center_inputs(x, labels, centers, n, d, num_classes);
   for_each_class_direction(x, labels, centers, n, d, [&](int64_t cls, const T* delta) {
     T* out = direction + cls * d;
     for (int64_t e = 0; e < d; ++e) out[e] += delta[e];
@@ -113,7 +114,8 @@ void center_update_direction(const T* x, const int64_t* labels, const T* centers
 template <typename T>
 void center_update(const T* x, const int64_t* labels, T* centers, int64_t n, int64_t d,
                    int64_t num_classes, T alpha) {
-  check_center_inputs(x, labels, n, d, num_classes);
+  detail::require(std::isfinite(alpha), "alpha: expected a finite number");
+  check_center_inputs(x, labels, centers, n, d, num_classes);
   for_each_class_direction(x, labels, centers, n, d, [&](int64_t cls, const T* delta) {
     T* center = centers + cls * d;
     for (int64_t e = 0; e < d; ++e) center[e] -= alpha * delta[e];

@@ -43,6 +43,17 @@ void check_finite(const char* name, const T* values, int64_t count) {
   require(finite, std::string(name) + ": contains NaN or Inf; expected finite values");
 }
 
+// The rows of a (classes, d) matrix that a batch reads: O(n d) whatever the
+// number of classes (labels must be in range).
+template <typename T>
+void check_rows_finite(const char* name, const T* rows, const int64_t* labels, int64_t n,
+                       int64_t d) {
+  bool finite = true;
+  for (int64_t i = 0; i < n && finite; ++i) finite = all_finite(rows + labels[i] * d, d);
+  require(finite, std::string(name) + ": the rows of the batch's labels contain NaN or Inf; "
+                                      "expected finite values");
+}
+
 inline void check_labels_in_range(const char* name, const int64_t* labels, int64_t n,
                                   int64_t num_classes) {
   for (int64_t i = 0; i < n; ++i) {

@@ -411,6 +411,7 @@ void target_margin_forward(const T* cosine, const int64_t* labels, int64_t n,
   detail::check_batch("cosine", n, num_classes);
   detail::check_margin(1.0, m1, m2, m3);
   detail::check_labels_in_range("labels", labels, n, num_classes);
+  detail::check_finite("cosine", cosine, n * num_classes);
   if (out != cosine) std::copy(cosine, cosine + n * num_classes, out);
   for (int64_t i = 0; i < n; ++i) {
     T derivative;
@@ -425,6 +426,8 @@ void target_margin_backward(const T* cosine, const int64_t* labels, const T* d_o
   detail::check_batch("cosine", n, num_classes);
   detail::check_margin(1.0, m1, m2, m3);
   detail::check_labels_in_range("labels", labels, n, num_classes);
+  detail::check_finite("cosine", cosine, n * num_classes);
+  detail::check_finite("d_out", d_out, n * num_classes);
   if (d_cosine != d_out) std::copy(d_out, d_out + n * num_classes, d_cosine);
   for (int64_t i = 0; i < n; ++i) {
     T derivative;

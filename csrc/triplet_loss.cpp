@@ -158,23 +158,122 @@ void for_each_tile_anchor(const NegativeTile<T>& negatives, int64_t i0, int64_t 
     for (int64_t c = 0; c < cols; ++c) visit(j0 + c, negatives.column(c), i0, true);
 }
 
+// The miners' decisions within rounding.  A pair's distance reaches the miners
+// by two code paths, the tiles' Gram form (GEMM dot products) and the
+// positives' (a SIMD dot product), which differ by rounding: an exact
+// duplicate (a negative equal to a positive, two equal candidates) could be
+// split by an ulp against the header's rules.  Every comparison whose outcome
+// that rounding could flip (a candidate against the positive's distance, two
+// candidates for the lowest (distance, index), a hinge against 0) is decided on
+// exact(): the squared differences summed directly, one value per pair
+// whichever role it plays.  Elsewhere the computed values decide, and agree
+// with it.  The Gram form's error is at most about 2 d epsilon (||x_a||^2 +
+// ||x_j||^2) (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd
+// ed., eq. 3.5, for each dot product), the direct sum's d epsilon of a value
+// at most twice as large; kappa = (4 d + 8) epsilon covers both.
+template <typename T>
+class TieBreaker {
+ public:
+  TieBreaker(const detail::GramRows<T>& gram, bool squared)
+      : gram_(gram), squared_(squared), error_(gram.n), root_(gram.n) {
+    const T kappa = static_cast<T>(4 * gram.d + 8) * std::numeric_limits<T>::epsilon();
+    const T largest_norm = *std::max_element(gram.norms, gram.norms + gram.n);
+    for (int64_t a = 0; a < gram.n; ++a) {
+      error_[a] = kappa * (gram.norms[a] + largest_norm);
+      root_[a] = std::sqrt(error_[a]);
+    }
+  }
+
+  T exact(int64_t i, int64_t j) const {
+    if (i == j) return T(0);
+    return distance_from_squared(
+        detail::squared_difference(gram_.x + i * gram_.d, gram_.x + j * gram_.d, gram_.d), squared_);
+  }
+
+  // Bound on the rounding of a squared distance from anchor a.
+  T squared_error(int64_t a) const { return error_[a]; }
+
+  // Bound on |computed - exact| of a distance `value` from anchor a: e for
+  // squared distances, min(sqrt(e), e / value) for their roots (|sqrt(u) -
+  // sqrt(v)| <= |u - v| / sqrt(u)), plus the root's own rounding.
+  T window(int64_t a, T value) const {
+    const T e = error_[a];
+    if (squared_) return e;
+    const T root = root_[a];
+    return (value * root > e ? e / value : root) + T(4) * std::numeric_limits<T>::epsilon() * value;
+  }
+
+  // Half-width of the band around `value` outside which every other distance
+  // from a compares with it as its exact value does (window(value) plus the
+  // largest window of a distance in the band).
+  T band(int64_t a, T value) const {
+    const T own = window(a, value);
+    if (squared_) return own + error_[a];
+    const T root = root_[a];
+    return value > T(2) * (own + root) ? own + window(a, value / T(2)) : own + root;
+  }
+
+  // (u, i) comes before (v, j) in (exact distance, index) order; u, v are the
+  // computed distances from a to i and j.
+  bool nearer(int64_t a, T u, int64_t i, T v, int64_t j) const {
+    const T gap = window(a, u) + window(a, v);
+    if (u + gap < v) return true;
+    if (v + gap < u) return false;
+    return closer_candidate(exact(a, i), i, exact(a, j), j);
+  }
+  // The same in (farther first, then lower index) order.
+  bool farther(int64_t a, T u, int64_t i, T v, int64_t j) const {
+    const T gap = window(a, u) + window(a, v);
+    if (u > v + gap) return true;
+    if (u + gap < v) return false;
+    const T exact_u = exact(a, i), exact_v = exact(a, j);
+    return exact_u > exact_v || (exact_u == exact_v && i < j);
+  }
+  // exact d_aj > exact d_ap.
+  bool strictly_farther(int64_t a, T u, int64_t j, T v, int64_t p) const {
+    const T gap = window(a, u) + window(a, v);
+    if (u > v + gap) return true;
+    if (u + gap < v) return false;
+    return exact(a, j) > exact(a, p);
+  }
+  // max(0, d_ap - d_an + margin), on the exact distances when the computed
+  // ones leave its sign to rounding.
+  T hinge(int64_t a, int64_t p, T anchor_positive, int64_t q, T anchor_negative, T margin) const {
+    const T h = anchor_positive - anchor_negative + margin;
+    if (std::abs(h) > window(a, anchor_positive) + window(a, anchor_negative))
+      return h > T(0) ? h : T(0);
+    return triplet_hinge(exact(a, p), exact(a, q), margin);
+  }
+
+  bool squared() const { return squared_; }
+
+ private:
+  const detail::GramRows<T>& gram_;
+  bool squared_;
+  std::vector<T> error_, root_;  // per anchor: squared-distance error bound, its root
+};
+
 // A negative chosen for an anchor (or an (anchor, positive) pair); index -1: none yet.
 template <typename T>
 struct Choice {
   T distance;
   int64_t index;
+  T reach;  // distance plus (nearer) or minus (farther) its TieBreaker::band
 
-  // Ties go to the lowest index, whatever order threads and tiles offer them in.
-  void offer_nearer(T candidate, int64_t candidate_index) {
-    if (index < 0 || closer_candidate(candidate, candidate_index, distance, index)) {
+  // Ties (in exact distance) go to the lowest index, whatever order threads
+  // and tiles offer them in.
+  void offer_nearer(const TieBreaker<T>& ties, int64_t anchor, T candidate, int64_t candidate_index) {
+    if (index < 0 || ties.nearer(anchor, candidate, candidate_index, distance, index)) {
       distance = candidate;
       index = candidate_index;
+      reach = candidate + ties.band(anchor, candidate);
     }
   }
-  void offer_farther(T candidate, int64_t candidate_index) {
-    if (index < 0 || candidate > distance || (candidate == distance && candidate_index < index)) {
+  void offer_farther(const TieBreaker<T>& ties, int64_t anchor, T candidate, int64_t candidate_index) {
+    if (index < 0 || ties.farther(anchor, candidate, candidate_index, distance, index)) {
       distance = candidate;
       index = candidate_index;
+      reach = candidate - ties.band(anchor, candidate);
     }
   }
 };
@@ -186,34 +285,73 @@ int64_t first_index_of(const T* distances, T value) {
   return c;
 }
 
-// Offers `choice` the nearest entry of a tile row above `threshold`.  A first
-// SIMD pass only looks for an entry that could win: once the choice is close,
-// nearly every row has none and costs no horizontal reduction.
+// A positive's distance as a threshold: entries in [lowest, above] are within
+// rounding of it (TieBreaker::band); for batch-hard there is none.
 template <typename T>
-void offer_nearest_above(const T* distances, T threshold, int64_t first, Choice<T>& choice) {
-  const Vector<T> above = broadcast(threshold);
-  const Vector<T> bound =
-      broadcast(choice.index < 0 ? std::numeric_limits<T>::infinity() : choice.distance);
-  decltype(above < bound) could_win{};
+struct Threshold {
+  Threshold(const TieBreaker<T>& ties, int64_t a, int64_t p_, T distance_)
+      : p(p_), distance(distance_), lowest(distance_ - ties.band(a, distance_)),
+        above(distance_ + ties.band(a, distance_)) {}
+  Threshold() : p(-1), distance(0), lowest(-std::numeric_limits<T>::infinity()), above(lowest) {}
+  int64_t p;
+  T distance, lowest, above;
+};
+
+// Offers `choice` the nearest entry of anchor a's tile row farther than the
+// threshold's positive (every entry for the empty threshold).  A first SIMD
+// pass only looks for an entry that could win: once the choice is close,
+// nearly every row has none and costs no horizontal reduction.  Entries within
+// rounding of the threshold or of the row's nearest are offered one by one.
+template <typename T>
+void offer_nearest_farther(const T* distances, int64_t first, const TieBreaker<T>& ties, int64_t a,
+                           const Threshold<T>& threshold, Choice<T>& choice) {
+  constexpr T kInfinity = std::numeric_limits<T>::infinity();
+  const int64_t p = threshold.p;
+  const T lowest_s = threshold.lowest, above_s = threshold.above;
+  const Vector<T> lowest = broadcast(lowest_s), above = broadcast(above_s);
+  const Vector<T> bound = broadcast(choice.index < 0 ? kInfinity : choice.reach);
+  decltype(above < bound) could_win{}, undecided{};
   for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
     const Vector<T> v = detail::Simd<T>::load(distances + c);
-    could_win |= v > above && v <= bound;
+    could_win |= v >= lowest && v <= bound;
   }
   if (!detail::any_lane(could_win)) return;
-  Vector<T> nearest = broadcast(std::numeric_limits<T>::infinity());
+  Vector<T> nearest = broadcast(kInfinity);
   for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
     const Vector<T> v = detail::Simd<T>::load(distances + c);
     nearest = v > above && v < nearest ? v : nearest;
+    if (p >= 0) undecided |= v >= lowest && v <= above;
   }
-  const T distance = detail::fold_lanes<T>(nearest, [](T a, T b) { return std::min(a, b); });
-  choice.offer_nearer(distance, first + first_index_of(distances, distance));
+  if (detail::any_lane(undecided))
+    for (int64_t c = 0; c < kTileRows; ++c) {
+      const T v = distances[c];
+      if (v >= lowest_s && v <= above_s && ties.strictly_farther(a, v, first + c, threshold.distance, p))
+        choice.offer_nearer(ties, a, v, first + c);
+    }
+  const T distance = detail::fold_lanes<T>(nearest, [](T x, T y) { return std::min(x, y); });
+  if (distance == kInfinity) return;
+  // The row's entries within rounding of its nearest: usually the nearest alone.
+  const Vector<T> last = broadcast(distance + ties.band(a, distance));
+  Vector<T> crowd{};
+  for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
+    const Vector<T> v = detail::Simd<T>::load(distances + c);
+    crowd += v > above && v <= last ? broadcast(T(1)) : Vector<T>{};
+  }
+  if (detail::fold_lanes<T>(crowd, [](T x, T y) { return x + y; }) == T(1)) {
+    choice.offer_nearer(ties, a, distance, first + first_index_of(distances, distance));
+    return;
+  }
+  for (int64_t c = 0; c < kTileRows; ++c) {
+    const T v = distances[c];
+    if (v > above_s && v <= last[0]) choice.offer_nearer(ties, a, v, first + c);
+  }
 }
 
 // The same for the farthest entry of a tile row (NaN entries are not offered).
 template <typename T>
-void offer_farthest(const T* distances, int64_t first, Choice<T>& choice) {
-  const Vector<T> bound =
-      broadcast(choice.index < 0 ? -std::numeric_limits<T>::infinity() : choice.distance);
+void offer_farthest(const T* distances, int64_t first, const TieBreaker<T>& ties, int64_t a,
+                    Choice<T>& choice) {
+  const Vector<T> bound = broadcast(choice.index < 0 ? -std::numeric_limits<T>::infinity() : choice.reach);
   decltype(bound < bound) could_win{};
   for (int64_t c = 0; c < kTileRows; c += kLanes<T>)
     could_win |= detail::Simd<T>::load(distances + c) >= bound;
@@ -223,8 +361,10 @@ void offer_farthest(const T* distances, int64_t first, Choice<T>& choice) {
     const Vector<T> v = detail::Simd<T>::load(distances + c);
     farthest = v > farthest ? v : farthest;
   }
-  const T distance = detail::fold_lanes<T>(farthest, [](T a, T b) { return std::max(a, b); });
-  choice.offer_farther(distance, first + first_index_of(distances, distance));
+  const T distance = detail::fold_lanes<T>(farthest, [](T x, T y) { return std::max(x, y); });
+  const T lowest = distance - ties.band(a, distance);
+  for (int64_t c = 0; c < kTileRows; ++c)
+    if (distances[c] >= lowest) choice.offer_farther(ties, a, distances[c], first + c);
 }
 
 // dx_i += coef (x_i - x_j) and dx_j += coef (x_j - x_i): the gradient of
@@ -261,8 +401,8 @@ void sparse_triplet_gradient(const T* x, int64_t d, bool squared,
 template <typename T>
 struct SemihardChoices {
   explicit SemihardChoices(const AnchorPositives<T>& pos)
-      : nearest_farther(pos.index.size(), Choice<T>{0, -1}),
-        farthest(pos.negative_count.size(), Choice<T>{0, -1}) {}
+      : nearest_farther(pos.index.size(), Choice<T>{0, -1, 0}),
+        farthest(pos.negative_count.size(), Choice<T>{0, -1, 0}) {}
   std::vector<Choice<T>> nearest_farther, farthest;
 };
 
@@ -270,6 +410,11 @@ template <typename T>
 T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
            const AnchorPositives<T>& pos, T* dx) {
   const int64_t n = gram.n;
+  const TieBreaker<T> ties(gram, squared);
+  std::vector<Threshold<T>> thresholds(pos.index.size());
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s)
+      thresholds[s] = Threshold<T>(ties, a, pos.index[s], pos.distance[s]);
   std::vector<SemihardChoices<T>> threads(omp_get_max_threads(), SemihardChoices<T>(pos));
   for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
                             [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
@@ -277,21 +422,20 @@ T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, boo
     for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
       if (pos.count(a) == 0) return;
       for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s)
-        offer_nearest_above(row, pos.distance[s], first, own.nearest_farther[s]);
-      offer_farthest(row, first, own.farthest[a]);
+        offer_nearest_farther(row, first, ties, a, thresholds[s], own.nearest_farther[s]);
+      offer_farthest(row, first, ties, a, own.farthest[a]);
     });
   });
   SemihardChoices<T>& merged = threads[0];
-  for (size_t t = 1; t < threads.size(); ++t) {
-    for (size_t s = 0; s < merged.nearest_farther.size(); ++s) {
-      const Choice<T>& other = threads[t].nearest_farther[s];
-      if (other.index >= 0) merged.nearest_farther[s].offer_nearer(other.distance, other.index);
-    }
+  for (size_t t = 1; t < threads.size(); ++t)
     for (int64_t a = 0; a < n; ++a) {
+      for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
+        const Choice<T>& other = threads[t].nearest_farther[s];
+        if (other.index >= 0) merged.nearest_farther[s].offer_nearer(ties, a, other.distance, other.index);
+      }
       const Choice<T>& other = threads[t].farthest[a];
-      if (other.index >= 0) merged.farthest[a].offer_farther(other.distance, other.index);
+      if (other.index >= 0) merged.farthest[a].offer_farther(ties, a, other.distance, other.index);
     }
-  }
   double loss_sum = 0;
   int64_t pair_count = 0;
   std::vector<ActiveTriplet<T>> active;
@@ -300,7 +444,7 @@ T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, boo
     for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
       const Choice<T>& negative =
           merged.nearest_farther[s].index >= 0 ? merged.nearest_farther[s] : merged.farthest[a];
-      const T hinge = triplet_hinge(pos.distance[s], negative.distance, margin);
+      const T hinge = ties.hinge(a, pos.index[s], pos.distance[s], negative.index, negative.distance, margin);
       loss_sum += hinge;
       ++pair_count;
       if (hinge > T(0))
@@ -317,29 +461,35 @@ template <typename T>
 T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
              const AnchorPositives<T>& pos, T* dx) {
   const int64_t n = gram.n;
+  const TieBreaker<T> ties(gram, squared);
   std::vector<std::vector<Choice<T>>> threads(omp_get_max_threads(),
-                                              std::vector<Choice<T>>(n, Choice<T>{0, -1}));
+                                              std::vector<Choice<T>>(n, Choice<T>{0, -1, 0}));
   for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
                             [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
                                 int64_t rows, int64_t j0, int64_t cols, std::vector<Choice<T>>& nearest, T*) {
     for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
       if (pos.count(a) > 0)
-        offer_nearest_above(row, -std::numeric_limits<T>::infinity(), first, nearest[a]);
+        offer_nearest_farther(row, first, ties, a, Threshold<T>(), nearest[a]);
     });
   });
   std::vector<Choice<T>>& nearest = threads[0];
   for (size_t t = 1; t < threads.size(); ++t)
     for (int64_t a = 0; a < n; ++a)
-      if (threads[t][a].index >= 0) nearest[a].offer_nearer(threads[t][a].distance, threads[t][a].index);
+      if (threads[t][a].index >= 0) nearest[a].offer_nearer(ties, a, threads[t][a].distance, threads[t][a].index);
   double loss_sum = 0;
   int64_t anchor_count = 0;
   std::vector<ActiveTriplet<T>> active;
   for (int64_t a = 0; a < n; ++a) {
     if (pos.count(a) == 0 || nearest[a].index < 0) continue;
-    // Sorted by (distance, index): the first entry at the largest distance.
+    // Sorted by (distance, index): the farthest, first by index among equals,
+    // is the last entry or one within rounding of it.
     int64_t far = pos.begin[a + 1] - 1;
-    while (far > pos.begin[a] && pos.distance[far - 1] == pos.distance[far]) --far;
-    const T hinge = triplet_hinge(pos.distance[far], nearest[a].distance, margin);
+    const T lowest = pos.distance[far] - ties.band(a, pos.distance[far]);
+    for (int64_t s = far - 1; s >= pos.begin[a]; --s) {
+      if (pos.distance[s] < lowest) break;
+      if (ties.farther(a, pos.distance[s], pos.index[s], pos.distance[far], pos.index[far])) far = s;
+    }
+    const T hinge = ties.hinge(a, pos.index[far], pos.distance[far], nearest[a].index, nearest[a].distance, margin);
     loss_sum += hinge;
     ++anchor_count;
     if (hinge > T(0))
@@ -377,6 +527,7 @@ T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bo
     triplet_count += static_cast<double>(pos.count(a)) * static_cast<double>(pos.negative_count[a]);
   if (triplet_count == 0) return T(0);
   const T weight = static_cast<T>(1.0 / triplet_count);
+  const TieBreaker<T> ties(gram, squared);
   std::vector<BatchAllSums<T>> threads(omp_get_max_threads(), BatchAllSums<T>(n, pos.begin[n]));
   for_each_negative_tile<T>(gram, labels, squared, threads, dx,
                             [&](detail::DistanceTile<T>& tile, const NegativeTile<T>& negatives,
@@ -385,21 +536,44 @@ T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bo
     T* counts = own.row_counts.data();
     std::fill(own.row_counts.begin(), own.row_counts.end(), T(0));
     std::fill(own.column_counts.begin(), own.column_counts.end(), T(0));
-    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t, bool by_column) {
+    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool by_column) {
       T* negative_counts = by_column ? own.column_counts.data() + (a - j0) * kTileRows
                                      : own.row_counts.data() + (a - i0) * kTileRows;
+      // A hinge within rounding of 0 is decided on the exact distances (TieBreaker):
+      // |h| <= window(d_ap) + window(d_an), the latter min(sqrt(e), e / d_an) for roots.
+      const T e = ties.squared_error(a), root = std::sqrt(e);
       for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
         const Vector<T> anchor_positive = broadcast(pos.distance[s]);
+        const T positive_window = ties.window(a, pos.distance[s]);
         Vector<T> hinges{}, actives{};
+        decltype(hinges < hinges) undecided{};
         for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
-          const Vector<T> hinge = (anchor_positive - detail::Simd<T>::load(row + c)) + margin;
+          const Vector<T> v = detail::Simd<T>::load(row + c);
+          const Vector<T> hinge = (anchor_positive - v) + margin;
           const Vector<T> active = hinge > T(0) ? broadcast(T(1)) : Vector<T>{};
           hinges += hinge > T(0) ? hinge : Vector<T>{};
           actives += active;
           detail::Simd<T>::add_to(negative_counts + c, active);
+          const Vector<T> magnitude = hinge < T(0) ? -hinge : hinge;
+          if (squared)
+            undecided |= magnitude <= positive_window + e;
+          else  // the same times d_an, without a division
+            undecided |= magnitude * v <= (positive_window + T(4) * std::numeric_limits<T>::epsilon() * v) * v +
+                                              (v * root < e ? v * root : broadcast(e));
         }
         own.anchor_loss[a] += hinges;
         own.active_negatives[s] += actives;
+        if (!detail::any_lane(undecided)) continue;
+        for (int64_t c = 0; c < kTileRows; ++c) {
+          const T v = row[c];
+          if (!(v == v)) continue;  // not a negative
+          const T computed = triplet_hinge(pos.distance[s], v, margin);
+          const T decided = ties.hinge(a, pos.index[s], pos.distance[s], first + c, v, margin);
+          const T change = T(decided > T(0)) - T(computed > T(0));
+          own.anchor_loss[a][0] += decided - computed;
+          own.active_negatives[s][0] += change;
+          negative_counts[c] += change;
+        }
       }
     });
     if (!own_dx) return;
@@ -440,6 +614,11 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
   detail::check_batch("x", n, d);
   detail::check_finite("x", x, n * d);
   const detail::GramRows<T> gram(x, n, d);
+  if (std::any_of(gram.norms, gram.norms + n, squared_norm_overflows<T>)) {
+    *loss = std::numeric_limits<T>::quiet_NaN();
+    if (dx) std::fill(dx, dx + n * d, std::numeric_limits<T>::quiet_NaN());
+    return;
+  }
   const AnchorPositives<T> positives = find_positives(gram, labels, squared);
   if (dx) std::fill(dx, dx + n * d, T(0));
   switch (mining) {

@@ -439,6 +439,23 @@ __global__ void __launch_bounds__(kThreads)
 
 // ----------------------------------------------------------------- batch-all
 
+// The hinge of (a, p, b), its sign taken on the direct distances where the
+// tile values leave it to rounding (distance_rounding_window), as the CPU
+// miners do: a hinge at exactly 0 stays off.
+template <typename T>
+__device__ __forceinline__ T decided_hinge(const T* __restrict__ x, const T* __restrict__ norms,
+                                           int64_t d, bool squared, int a, int p, T anchor_positive,
+                                           int b, T anchor_negative, T margin) {
+  const T h = anchor_positive - anchor_negative + margin;
+  const T window = distance_rounding_window(norms[a] + norms[p], d, anchor_positive, squared) +
+                   distance_rounding_window(norms[a] + norms[b], d, anchor_negative, squared);
+  if ((h < T(0) ? -h : h) > window) return h > T(0) ? h : T(0);
+  const T* x_a = x + int64_t(a) * d;
+  return triplet_hinge(
+      distance_from_squared(direct_squared_distance(x_a, x + int64_t(p) * d, d), squared),
+      distance_from_squared(direct_squared_distance(x_a, x + int64_t(b) * d, d), squared), margin);
+}
+
 // Everything batch-all adds up is a sum over negatives, so block (anchor
 // block, split) serves every splits-th tile on its own: the splits' losses,
 // counts and gradients simply add.  Split 0 counts the triplets.
@@ -476,7 +493,8 @@ __global__ void __launch_bounds__(kThreads)
           for (int q = 0; q < kSlotsPerLane; ++q) {
             const int s = lane + kLanes * q;
             if (slots.index[m][s] < 0) continue;
-            const T hinge = triplet_hinge(slots.distance[m][s], v, margin);
+            const T hinge = decided_hinge(x, norms, d, squared, a, slots.index[m][s],
+                                          slots.distance[m][s], c0 + j, v, margin);
             if (hinge > T(0)) {
               loss += hinge;
               ++active[q];
@@ -496,7 +514,8 @@ __global__ void __launch_bounds__(kThreads)
             const T v = tile.value[m][j];
             int count = 0;
             for (int s = 0; s < kSlots; ++s)
-              if (slots.index[m][s] >= 0 && triplet_hinge(slots.distance[m][s], v, margin) > T(0))
+              if (slots.index[m][s] >= 0 && decided_hinge(x, norms, d, squared, a, slots.index[m][s],
+                                                          slots.distance[m][s], b, v, margin) > T(0))
                 ++count;
             coef = -static_cast<T>(count) * distance_gradient_scale(v, squared);
           }
@@ -563,6 +582,19 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[blockIdx.x] = loss;
 }
 
+// Runs after finalize_sum_kernel: a squared norm past largest_safe_squared_norm
+// makes the loss and dx NaN (csrc/faceops/triplet_loss.h); no host sync.
+template <typename T>
+__global__ void triplet_overflow_kernel(const T* __restrict__ norms, int n, T* loss, T* inv_count) {
+  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * kThreads)
+    if (squared_norm_overflows(norms[i])) {
+      const T nan = T(0) / T(0);
+      *loss = nan;
+      *inv_count = nan;
+    }
+}
+
 }  // namespace detail
 
 template <typename T>
@@ -624,6 +656,8 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
   }
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
                  partial_loss.get(), partial_count.get(), partials, 1.0, loss, inv_count.get());
+  detail::launch("triplet_overflow_kernel", detail::triplet_overflow_kernel<T>, detail::grid_for(n),
+                 stream, norms.get(), rows, loss, inv_count.get());
   if (dx)
     detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
                    detail::grid_for(n * d), stream, dx, n * d, inv_count.get());

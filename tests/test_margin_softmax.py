@@ -259,3 +259,40 @@ def test_target_margin_bad_input():
         faceops.ops.target_margin_backward(cosine, np.array([0, 1, 2, 0]), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="m1: expected a multiplicative margin > 0"):
         faceops.ops.target_margin_forward(cosine, np.array([0, 1, 2, 0]), m1=-1.0)
+
+
+@pytest.mark.parametrize("device,dtype,d", product(DEVICES, DTYPES, [1, 2, 3]))
+def test_gradients_at_cosine_plus_minus_one_are_bounded(device, dtype, d):
+    # Rows exactly parallel to their class weight (cos = +-1 up to the cosine's rounding):
+    # dpsi/dc is infinite there for m2 > 0; the floor sqrt(epsilon) on sin(theta) bounds it, so the
+    # rounding of the cosine reaches the gradient at most as sqrt(epsilon) of its scale s / (n |x|)
+    # (a fixed 1e-6 floor gave 9% of it in float32 at D = 2).
+    rng = np.random.default_rng(d)
+    tolerance = 3e-3 if dtype == np.float32 else 1e-6
+    for _ in range(20):
+        weight = rng.standard_normal((4, d)).astype(dtype)
+        x = weight * np.array([[2.0], [-0.5], [4.0], [1.0]], dtype=dtype)  # exact multiples
+        labels = np.arange(4)
+        loss, dx, dweight = faceops.margin_softmax_loss(to_device(x, device), to_device(labels, device),
+                                                        to_device(weight, device), 64.0, 1.0, 0.5, 0.0)
+        expected = reference.margin_softmax_loss(x.astype(np.float64), labels, weight.astype(np.float64), 64.0,
+                                                 1.0, 0.5, 0.0)
+        scale = 64.0 / 4 / np.linalg.norm(x, axis=1).min()
+        assert np.isfinite(loss) and np.isfinite(to_numpy(dx)).all() and np.isfinite(to_numpy(dweight)).all()
+        np.testing.assert_allclose(to_numpy(dx), expected[1], rtol=0, atol=tolerance * scale)
+        np.testing.assert_allclose(to_numpy(dweight), expected[2], rtol=0, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("device,dtype", product(DEVICES, DTYPES))
+def test_target_margin_derivative_is_bounded_at_cosine_one(device, dtype):
+    # |dpsi/dc| <= m1 / sqrt(epsilon) (csrc/faceops/margin_softmax.h), also at c = +-1 exactly.
+    bound = reference.margin_sin_floor(dtype)
+    one_ulp_below = np.nextafter(dtype(1), dtype(0))
+    cosine = np.array([[1.0], [-1.0], [one_ulp_below], [-one_ulp_below]], dtype=dtype)
+    labels = np.zeros(4, np.int64)
+    d_out = np.ones_like(cosine)
+    for m1, m2, m3 in faceops.MARGINS.values():
+        d_cosine = to_numpy(faceops.ops.target_margin_backward(to_device(cosine, device), to_device(labels, device),
+                                                               to_device(d_out, device), m1, m2, m3))
+        assert np.isfinite(d_cosine).all()
+        assert np.abs(d_cosine).max() <= m1 / bound * (1 + 1e-6)

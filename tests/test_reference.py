@@ -188,3 +188,76 @@ def test_center_loss_gradient_forms(device):
     bad[0] = 50
     with pytest.raises(ValueError, match="labels.*0 <= label < 50"):
         faceops.center_loss(args[0], to_device(bad, device), args[2], center_grad="rows")
+
+
+# Exact duplicates (the same image under two identities, or twice in a batch) and the triplet
+# header's rules: a negative equal to a positive is not "farther" (semi-hard), ties go to the
+# lowest index, and a hinge exactly at 0 is inactive (margin 0).  Each pair has one distance
+# whichever role it plays, so the op agrees with the reference on every such batch.
+def duplicated_batch(rng, dtype):
+    n, d = int(rng.integers(4, 10)), int(rng.choice([1, 2, 3, 5, 8, 17, 40]))
+    x = rng.standard_normal((n, d))
+    for _ in range(int(rng.integers(1, n))):
+        source, target = rng.integers(0, n, 2)
+        x[target] = x[source]
+    return x.astype(dtype), rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("device,dtype,mining,squared", product(DEVICES, DTYPES, MININGS, [True, False]))
+def test_triplet_duplicated_rows_follow_the_rules(device, dtype, mining, squared):
+    rng = np.random.default_rng([MININGS.index(mining), int(squared)])
+    for _ in range(400):
+        x, labels = duplicated_batch(rng, dtype)
+        margin = 0.0 if rng.random() < 0.5 else 0.2
+        loss, dx = faceops.triplet_loss(to_device(x, device), to_device(labels, device), margin, mining, squared)
+        ref_loss, ref_dx = reference.triplet_loss(x.astype(np.float64), labels, margin, mining, squared)
+        assert loss == pytest.approx(ref_loss, rel=TOLERANCE[dtype]["rtol"], abs=TOLERANCE[dtype]["atol"])
+        assert_close(dx, ref_dx, dtype)
+
+
+@pytest.mark.parametrize("device,dtype,squared", product(DEVICES, DTYPES, [True, False]))
+def test_triplet_negative_duplicating_a_positive_is_not_semihard(device, dtype, squared):
+    # Anchor 0, positive 1, negative 2 a copy of the positive, negative 3 farther: the semi-hard
+    # negative of (0, 1) is 3; the copy is only its fallback if nothing is farther.
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        # D = 40: the positives' SIMD dot product and the tiles' GEMM sum in different orders.
+        a, p = rng.standard_normal(40), rng.standard_normal(40)
+        far = a + 3 * (p - a) + rng.standard_normal(40)
+        x = np.stack([a, p, p, far]).astype(dtype)
+        labels = np.array([0, 0, 1, 2])
+        _, dx = faceops.triplet_loss(to_device(x, device), to_device(labels, device), 100.0, "semihard", squared)
+        _, ref_dx = reference.triplet_loss(x.astype(np.float64), labels, 100.0, "semihard", squared)
+        assert_close(dx, ref_dx, dtype)
+
+
+@pytest.mark.parametrize("device,dtype,mining", product(DEVICES, DTYPES, ["hard", "semihard"]))
+def test_triplet_identical_candidates_go_to_the_lowest_index(device, dtype, mining):
+    # Copies of the nearest negative in different tiles and GEMM paths (rows 5, 37, 70, 79 of 80):
+    # the gradient goes to the first copy alone.
+    rng = np.random.default_rng(8)
+    copies = [5, 37, 70, 79]
+    for _ in range(40):
+        x = rng.standard_normal((80, 40)) * 3
+        x[1] = x[0] + rng.standard_normal(40) * 0.5
+        x[copies] = x[0] + rng.standard_normal(40)
+        labels = np.arange(80) % 20 + 1
+        labels[:2] = 0
+        x = x.astype(dtype)
+        _, dx = faceops.triplet_loss(to_device(x, device), to_device(labels, device), 100.0, mining)
+        _, ref_dx = reference.triplet_loss(x.astype(np.float64), labels, 100.0, mining)
+        assert_close(dx, ref_dx, dtype)
+
+
+@pytest.mark.parametrize("device,dtype,squared", product(DEVICES, DTYPES, [True, False]))
+def test_triplet_batch_all_hinge_exactly_at_zero_is_inactive(device, dtype, squared):
+    # Every negative is a copy of a positive and the margin is 0: those hinges are exactly 0.
+    rng = np.random.default_rng(9)
+    for _ in range(200):
+        base = rng.standard_normal((3, 40))
+        x = np.concatenate([base, base[1:], base[1:]]).astype(dtype)  # rows 3, 4 and 5, 6 copy 1, 2
+        labels = np.array([0, 0, 0, 1, 1, 2, 2])
+        loss, dx = faceops.triplet_loss(to_device(x, device), to_device(labels, device), 0.0, "all", squared)
+        ref_loss, ref_dx = reference.triplet_loss(x.astype(np.float64), labels, 0.0, "all", squared)
+        assert loss == pytest.approx(ref_loss, abs=TOLERANCE[dtype]["atol"])
+        assert_close(dx, ref_dx, dtype)

@@ -18,8 +18,14 @@
 // AM-softmax (psi(c) = c - m3 exactly, no arccos).  m1 = 4: SphereFace.
 //
 // Gradients are exact: dpsi/dc = (-1)^k m1 sin(m1 theta + m2) / sin(theta),
-// with sin(theta) floored at kSinFloor (it is 0 only at c = +-1 exactly,
-// where the derivative is infinite for m2 > 0).
+// with sin(theta) floored at margin_sin_floor<T>() = sqrt(epsilon of T)
+// (3.45e-4 in float32, 1.49e-8 in float64), which bounds |dpsi/dc| by
+// m1 / sqrt(epsilon).  The derivative is infinite at c = +-1 for m2 > 0, and
+// near there the cosine's own rounding (epsilon) is all that tells theta from
+// 0: every c != +-1 of T has sin(theta) >= about sqrt(epsilon), so the floor
+// only acts at |c| = 1 (and within an ulp of it), where it amplifies a
+// rounding error of the cosine at most to sqrt(epsilon), not a million-fold
+// as a fixed 1e-6 floor did in float32.
 //
 // Shapes: x (n, d), labels (n,) in [0, num_classes), weight (num_classes, d).
 #pragma once
@@ -31,7 +37,6 @@
 namespace faceops {
 
 constexpr double kNormFloor = 1e-12;
-constexpr double kSinFloor = 1e-6;
 
 namespace detail {
 template <typename T>
@@ -68,6 +73,13 @@ FACEOPS_HD T margin_floor(T v) {
 }
 }  // namespace detail
 
+template <typename T>
+FACEOPS_HD T margin_sin_floor();
+template <>
+FACEOPS_HD float margin_sin_floor<float>() { return 3.4526698e-4f; }  // sqrt(FLT_EPSILON)
+template <>
+FACEOPS_HD double margin_sin_floor<double>() { return 1.4901161193847656e-8; }  // sqrt(DBL_EPSILON)
+
 // psi(c) of the target class, and dpsi/dc in *derivative.  c is clamped to
 // [-1, 1] first (cosines of normalised rows can exceed 1 by round-off).
 template <typename T>
@@ -83,7 +95,7 @@ FACEOPS_HD T margin_target_cosine(T c, T m1, T m2, T m3, T* derivative) {
   const T sign = (static_cast<int64_t>(k) % 2 == 0) ? T(1) : T(-1);
   const T sin_squared = T(1) - clamped * clamped;
   const T sin_theta = distance_from_squared(sin_squared, false);
-  const T sin_floored = sin_theta > T(kSinFloor) ? sin_theta : T(kSinFloor);
+  const T sin_floored = sin_theta > margin_sin_floor<T>() ? sin_theta : margin_sin_floor<T>();
   *derivative = sign * m1 * detail::margin_sin(angle) / sin_floored;
   return sign * detail::margin_cos(angle) - T(2) * k - m3;
 }

@@ -14,6 +14,16 @@
 //            L = mean over (a, p, n) of max(0, d_ap - d_an + margin).
 //
 // Ties go to the lowest index.  No valid pair or triplet: loss 0, zero dx.
+// Each pair has one distance whichever role it plays: a mining decision or a
+// hinge's sign that rounding of the kernels' Gram form could flip is taken on
+// ||x_i - x_j||^2 summed from the differences, so exact duplicates follow
+// these rules (a negative equal to a positive is not farther than it, a
+// hinge at exactly 0 is inactive).
+// Overflow: when a row's squared norm exceeds a quarter of the dtype's largest
+// value, some squared distance may overflow (||x_i - x_j||^2 <= 2 ||x_i||^2 +
+// 2 ||x_j||^2) and the Gram form turns inf - inf into NaN, which the mining
+// would read as "no candidate"; the loss and every entry of dx are then NaN
+// (as the float64 reference gives), never a clean 0.
 // Explicit triplets (happynear's caffe-windows form, three bottoms):
 //   L = 1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2).
 #pragma once
@@ -30,6 +40,40 @@ template <typename T>
 FACEOPS_HD T triplet_hinge(T anchor_positive, T anchor_negative, T margin) {
   const T h = anchor_positive - anchor_negative + margin;
   return h > T(0) ? h : T(0);
+}
+
+// The largest squared row norm for which every squared distance stays finite.
+template <typename T>
+FACEOPS_HD T largest_safe_squared_norm();
+template <>
+FACEOPS_HD float largest_safe_squared_norm<float>() { return 3.40282347e38f / 4; }
+template <>
+FACEOPS_HD double largest_safe_squared_norm<double>() { return 1.7976931348623157e308 / 4; }
+
+template <typename T>
+FACEOPS_HD bool squared_norm_overflows(T squared_norm) {
+  return !(squared_norm <= largest_safe_squared_norm<T>());
+}
+
+// Bound on |Gram-form value - direct value| of a distance `value` between two
+// rows whose squared norms sum to norm_sum, in dimension d (Higham, "Accuracy
+// and Stability of Numerical Algorithms", eq. 3.5, for each dot product, with
+// room for the direct sum's own rounding): (4 d + 8) epsilon norm_sum for
+// squared distances, min(sqrt(e), e / value) for their roots.  A decision
+// whose margin is within the windows is taken on the direct values.
+template <typename T>
+FACEOPS_HD T triplet_epsilon();
+template <>
+FACEOPS_HD float triplet_epsilon<float>() { return 1.1920929e-7f; }
+template <>
+FACEOPS_HD double triplet_epsilon<double>() { return 2.220446049250313e-16; }
+
+template <typename T>
+FACEOPS_HD T distance_rounding_window(T norm_sum, int64_t d, T value, bool squared) {
+  const T e = static_cast<T>(4 * d + 8) * triplet_epsilon<T>() * norm_sum;
+  if (squared) return e;
+  return (value * value > e ? e / value : distance_from_squared(e, false)) +
+         T(4) * triplet_epsilon<T>() * value;
 }
 
 // Orders candidates (distance, index): smaller distance first, then lower index.

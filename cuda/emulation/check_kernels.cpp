@@ -73,6 +73,63 @@ void test_triplet(int64_t n, int64_t d, int classes, int dup, std::mt19937& rng)
     }
 }
 
+// Exact duplicates across labels (a negative equal to a positive, identical
+// candidates in different tiles) with margin 0 and 0.2: the CPU miners follow
+// the header's rules (tests/test_reference.py), the CUDA ones must agree.
+template <typename T>
+void test_triplet_duplicates(std::mt19937& rng) {
+  int mismatches = 0, cases = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int64_t n = 4 + rng() % 77, d = std::vector<int64_t>{3, 17, 40}[rng() % 3];
+    auto x = randn<T>(n * d, rng);
+    std::vector<int64_t> labels(n);
+    for (auto& l : labels) l = rng() % 4;
+    for (int64_t k = 0; k < n / 2; ++k) {
+      const int64_t from = rng() % n, to = rng() % n;
+      for (int64_t e = 0; e < d; ++e) x[to * d + e] = x[from * d + e];
+    }
+    for (int mode = 0; mode < 3; ++mode)
+      for (int sq = 0; sq < 2; ++sq)
+        for (T margin : {T(0), T(0.2)}) {
+          T lc = 0, lg = 0;
+          std::vector<T> dc(n * d), dg(n * d);
+          faceops::cpu::triplet_loss<T>(x.data(), labels.data(), n, d, margin,
+                                        faceops::TripletMining(mode), sq, &lc, dc.data());
+          faceops::cuda::triplet_loss<T>(x.data(), labels.data(), n, d, margin,
+                                         faceops::TripletMining(mode), sq, &lg, dg.data(), nullptr);
+          const double tol = sizeof(T) == 4 ? 2e-4 : 1e-10;
+          ++cases;
+          if (rel(lg, lc) > tol || max_rel(dg, dc) > tol) ++mismatches;
+        }
+  }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "triplet duplicated rows: %d of %d cases differ", mismatches, cases);
+  expect<T>(buf, mismatches);
+}
+
+// Squared norms past a quarter of the dtype's largest value: NaN loss and dx.
+template <typename T>
+void test_triplet_overflow(std::mt19937& rng) {
+  const int64_t n = 12, d = 5;
+  auto x = randn<T>(n * d, rng);
+  for (auto& v : x) v *= sizeof(T) == 4 ? T(1e20) : T(1e160);
+  std::vector<int64_t> labels(n);
+  for (int64_t i = 0; i < n; ++i) labels[i] = i % 3;
+  for (int mode = 0; mode < 3; ++mode) {
+    T lc = 0, lg = 0;
+    std::vector<T> dc(n * d), dg(n * d);
+    faceops::cpu::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2), faceops::TripletMining(mode),
+                                  true, &lc, dc.data());
+    faceops::cuda::triplet_loss<T>(x.data(), labels.data(), n, d, T(0.2), faceops::TripletMining(mode),
+                                   true, &lg, dg.data(), nullptr);
+    bool all_nan = std::isnan(lc) && std::isnan(lg);
+    for (int64_t e = 0; e < n * d; ++e) all_nan = all_nan && std::isnan(dc[e]) && std::isnan(dg[e]);
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "triplet overflow mode=%d: NaN loss and dx on both", mode);
+    expect<T>(buf, all_nan ? 0.0 : 1.0);
+  }
+}
+
 template <typename T>
 void test_pair(int64_t n, int64_t d, int classes, std::mt19937& rng) {
   auto x = randn<T>(n * d, rng, 0.3);
@@ -324,6 +381,8 @@ void run_all(std::mt19937& rng) {
   test_triplet<T>(66, 8, 3, 2, rng);     // near duplicates
   test_triplet<T>(40, 6, 1, 0, rng);     // one class: no negatives
   test_triplet<T>(256, 16, 64, 0, rng);  // P x K = 64 x 4 on average
+  test_triplet_duplicates<T>(rng);
+  test_triplet_overflow<T>(rng);
   test_center<T>(50, 3, 1000000, rng);   // labels spread over a large table
 }
 

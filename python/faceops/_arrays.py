@@ -46,8 +46,9 @@ def device_of(**arrays):
     return device, cupy
 
 
-def check_matrix(name, array, dtype=None, rows=None, cols=None):
-    """Checks a C-contiguous (rows, cols) float32/float64 matrix; returns its shape."""
+def check_matrix(name, array, dtype=None, rows=None, cols=None, classes=False):
+    """Checks a C-contiguous (rows, cols) float32/float64 matrix; returns its shape.
+    ``classes``: the rows are classes (centers, weights), so zero rows means no class."""
     if array.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (N, D), got shape {tuple(array.shape)}")
     if np.dtype(array.dtype) not in FLOAT_DTYPES:
@@ -59,6 +60,8 @@ def check_matrix(name, array, dtype=None, rows=None, cols=None):
         raise ValueError(f"{name}: expected {rows} rows, got shape {tuple(array.shape)}")
     if cols is not None and d != cols:
         raise ValueError(f"{name}: expected {cols} columns, got shape {tuple(array.shape)}")
+    if n == 0 and classes:
+        raise ValueError(f"{name}: expected at least one class (num_classes > 0), got shape {tuple(array.shape)}")
     if n == 0:
         raise ValueError(f"{name}: empty batch (N = 0); expected at least one row")
     if d == 0:
@@ -66,6 +69,17 @@ def check_matrix(name, array, dtype=None, rows=None, cols=None):
     if not array.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array; pass an ascontiguousarray copy")
     return n, d
+
+
+def check_writeable(name, array, **inputs):
+    """An array an op writes in place must be writeable (a read-only NumPy array or
+    np.memmap would be written through its pointer) and must not overlap the op's inputs."""
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        raise ValueError(f"{name}: the array is read-only (flags.writeable is False), but this op "
+                         "updates it in place; pass a writeable array")
+    for other, value in inputs.items():
+        if isinstance(array, np.ndarray) and isinstance(value, np.ndarray) and np.shares_memory(array, value):
+            raise ValueError(f"{name}: shares memory with {other}, but this op updates it in place; pass a copy")
 
 
 def check_labels(name, labels, n, xp, num_classes=None):

@@ -13,10 +13,11 @@ import numbers
 import numpy as np
 
 
-def real(name, value, dtype=np.float64, *, low=None, high=None, low_open=False, high_open=False):
+def real(name, value, dtype=np.float64, *, low=None, high=None, low_open=False, high_open=False, what=None):
     """``value`` as a Python float, after checking that it is a real number that
     stays finite in ``dtype`` (1e39 is finite in float64 but inf in float32) and
-    lies in [low, high] (``low_open``/``high_open`` exclude the bound)."""
+    lies in [low, high] (``low_open``/``high_open`` exclude the bound); ``what``
+    describes the range in the message (e.g. "a scale > 0")."""
     number = _as_real(name, value)
     dtype = np.dtype(dtype)
     with np.errstate(over="ignore"):
@@ -25,10 +26,10 @@ def real(name, value, dtype=np.float64, *, low=None, high=None, low_open=False, 
         kind = "NaN" if np.isnan(number) else f"{number!r}, which is not finite in {dtype.name}"
         raise ValueError(f"{name}: expected a finite number, got {kind}")
     cast = float(cast)
-    if low is not None and (cast < low or (low_open and cast == low)):
-        raise ValueError(f"{name}: expected {_range(low, high, low_open, high_open)}, got {number!r}")
-    if high is not None and (cast > high or (high_open and cast == high)):
-        raise ValueError(f"{name}: expected {_range(low, high, low_open, high_open)}, got {number!r}")
+    below = low is not None and (cast < low or (low_open and cast == low))
+    above = high is not None and (cast > high or (high_open and cast == high))
+    if below or above:
+        raise ValueError(f"{name}: expected {what or _range(low, high, low_open, high_open)}, got {number!r}")
     return cast
 
 
@@ -84,3 +85,14 @@ def _range(low, high, low_open, high_open):
     if low is None:
         return f"a number {'<' if high_open else '<='} {high}"
     return f"{low} {'<' if low_open else '<='} value {'<' if high_open else '<='} {high}"
+
+
+def generator(name, value):
+    """``value`` when it is None, a non-negative integer seed or a random Generator
+    (NumPy's or CuPy's, anything with a ``random`` method)."""
+    if value is None or (isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+                         and value >= 0):
+        return value
+    if callable(getattr(value, "random", None)) and not isinstance(value, type):
+        return value
+    raise TypeError(f"{name}: expected None, a seed (an integer >= 0) or a random Generator, got {_describe(value)}")

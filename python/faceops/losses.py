@@ -5,7 +5,7 @@ parameters."""
 
 import numpy as np
 
-from faceops import ops
+from faceops import _params, ops
 
 
 class CenterLoss:
@@ -17,10 +17,17 @@ class CenterLoss:
     """
 
     def __init__(self, num_classes, dim, alpha=0.5, dtype=np.float32, xp=np, centers=None):
+        num_classes = _params.integer("num_classes", num_classes, low=1)
+        dim = _params.integer("dim", dim, low=1)
+        dtype = _check_dtype(dtype if centers is None else getattr(centers, "dtype", None))
+        if alpha is not None:
+            alpha = _params.real("alpha", alpha, dtype, low=0.0, high=1.0)
         if centers is None:
             centers = xp.zeros((num_classes, dim), dtype=dtype)
         elif tuple(centers.shape) != (num_classes, dim):
             raise ValueError(f"centers: expected shape ({num_classes}, {dim}), got {tuple(centers.shape)}")
+        if alpha is not None:
+            ops._arrays.check_writeable("centers", centers)
         self.centers = centers
         self.alpha = alpha
 
@@ -35,9 +42,9 @@ class TripletLoss:
     """In-batch mined triplet loss; mining is "semihard", "hard" or "all"."""
 
     def __init__(self, margin=0.2, mining="semihard", squared=True):
-        if mining not in ops.MINING_MODES:
-            raise ValueError(f"mining: expected one of {sorted(ops.MINING_MODES)}, got {mining!r}")
-        self.margin, self.mining, self.squared = margin, mining, squared
+        self.margin = _params.real("margin", margin, low=0.0)
+        self.mining = _params.choice("mining", mining, ops.MINING_MODES)
+        self.squared = _params.flag("squared", squared)
 
     def __call__(self, x, labels):
         return ops.triplet_loss(x, labels, self.margin, self.mining, self.squared)
@@ -48,7 +55,7 @@ class PairLoss:
     dL/dtheta in ``grad_theta`` for the optimiser that owns the step."""
 
     def __init__(self, theta=1.0):
-        self.theta = float(theta)
+        self.theta = _params.real("theta", theta)
         self.grad_theta = 0.0
 
     def __call__(self, x, labels):
@@ -60,7 +67,8 @@ class ContrastiveLoss:
     """Contrastive loss on pairs (a_i, b_i); returns (loss, da, db)."""
 
     def __init__(self, margin=1.0, legacy=False):
-        self.margin, self.legacy = margin, legacy
+        self.margin = _params.real("margin", margin, low=0.0)
+        self.legacy = _params.flag("legacy", legacy)
 
     def __call__(self, a, b, similar):
         return ops.contrastive_loss(a, b, similar, self.margin, self.legacy)
@@ -78,17 +86,25 @@ class MarginSoftmaxLoss:
 
     def __init__(self, num_classes, dim, s=64.0, margin="arcface", sample_rate=1.0, dtype=np.float32, xp=np,
                  weight=None, seed=0):
+        num_classes = _params.integer("num_classes", num_classes, low=1)
+        dim = _params.integer("dim", dim, low=1)
+        dtype = _check_dtype(dtype if weight is None else getattr(weight, "dtype", None))
         if isinstance(margin, str):
             if margin not in ops.MARGINS:
                 raise ValueError(f"margin: expected one of {sorted(ops.MARGINS)} or (m1, m2, m3), got {margin!r}")
             margin = ops.MARGINS[margin]
-        self.m1, self.m2, self.m3 = (float(m) for m in margin)
+        if not isinstance(margin, (tuple, list)) or len(margin) != 3:
+            raise TypeError(f"margin: expected one of {sorted(ops.MARGINS)} or (m1, m2, m3), got {margin!r}")
+        self.m1, self.m2, self.m3 = ops._check_margin(*margin, dtype)
+        self.s = _params.real("s", s, dtype, low=0.0, low_open=True, what="a scale > 0")
+        self.sample_rate = _params.real("sample_rate", sample_rate, dtype, low=0.0, high=1.0, low_open=True,
+                                        what="0 < sample_rate <= 1")
+        seed = _params.integer("seed", seed, low=0)
         if weight is None:
             weight = (xp.random.default_rng(seed).standard_normal((num_classes, dim)) * 0.01).astype(dtype)
         elif tuple(weight.shape) != (num_classes, dim):
             raise ValueError(f"weight: expected shape ({num_classes}, {dim}), got {tuple(weight.shape)}")
         self.weight = weight
-        self.s, self.sample_rate = float(s), float(sample_rate)
         self.rng = xp.random.default_rng(seed)
         self.grad_weight = None
 
@@ -96,3 +112,13 @@ class MarginSoftmaxLoss:
         loss, dx, self.grad_weight = ops.margin_softmax_loss(
             x, labels, self.weight, self.s, self.m1, self.m2, self.m3, self.sample_rate, self.rng)
         return loss, dx
+
+
+def _check_dtype(dtype):
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    return dtype

@@ -4,7 +4,7 @@ loss (scale 1), arrays of the inputs' kind, dtype and device."""
 
 import numpy as np
 
-from faceops import _arrays, _core
+from faceops import _arrays, _core, _params
 
 MINING_MODES = {"semihard": 0, "hard": 1, "all": 2}
 
@@ -28,13 +28,9 @@ def center_loss(x, labels, centers, center_grad="dense"):
                rows (K, D), so that time and memory are O(N D) whatever C;
       None:    no center gradient (e.g. when the centers move by center_update).
     """
-    device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
-    n, d = _arrays.check_matrix("x", x)
-    num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d)
-    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
-    if center_grad not in ("dense", "rows", None):
+    if center_grad is not None and not (isinstance(center_grad, str) and center_grad in ("dense", "rows")):
         raise ValueError(f"center_grad: expected 'dense', 'rows' or None, got {center_grad!r}")
-    _arrays.check_finite_on_gpu("x", x, xp)
+    device, xp, labels, n, d, num_classes = _check_center_inputs(x, labels, centers)
     classes = None
     if center_grad == "rows":
         # The same kernel on the batch's own classes: labels renumbered 0..K-1.
@@ -56,11 +52,7 @@ def center_loss(x, labels, centers, center_grad="dense"):
 def center_update_direction(x, labels, centers):
     """Wen et al. eq. 4 direction delta_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j), (C, D),
     zero for classes absent from the batch (what Caffe's CenterLoss puts in the centers' diff)."""
-    device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
-    n, d = _arrays.check_matrix("x", x)
-    num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d)
-    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
-    _arrays.check_finite_on_gpu("x", x, xp)
+    device, xp, labels, n, d, num_classes = _check_center_inputs(x, labels, centers)
     direction = xp.zeros(centers.shape, dtype=centers.dtype)
     _call(_core.center_update_direction, device, x.dtype, _arrays.address(x), _arrays.address(labels),
           _arrays.address(centers), n, d, num_classes, _arrays.address(direction), xp=xp)
@@ -69,14 +61,9 @@ def center_update_direction(x, labels, centers):
 
 def center_update(x, labels, centers, alpha):
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j; absent classes untouched."""
-    device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
-    n, d = _arrays.check_matrix("x", x)
-    num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d)
-    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
-    _arrays.check_finite_on_gpu("x", x, xp)
-    alpha = float(alpha)
-    if not np.isfinite(alpha):
-        raise ValueError(f"alpha: expected a finite number, got {alpha}")
+    device, xp, labels, n, d, num_classes = _check_center_inputs(x, labels, centers)
+    _arrays.check_writeable("centers", centers, x=x, labels=labels)
+    alpha = _params.real("alpha", alpha, x.dtype, low=0.0, high=1.0)
     _call(_core.center_update, device, x.dtype, _arrays.address(x), _arrays.address(labels),
           _arrays.address(centers), n, d, num_classes, alpha, xp=xp)
 
@@ -87,14 +74,14 @@ def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True):
     device, xp = _arrays.device_of(x=x, labels=labels)
     n, d = _arrays.check_matrix("x", x)
     labels = _arrays.check_labels("labels", labels, n, xp)
-    if mining not in MINING_MODES:
-        raise ValueError(f"mining: expected one of {sorted(MINING_MODES)}, got {mining!r}")
-    margin = _finite("margin", margin)
+    mining = _params.choice("mining", mining, MINING_MODES)
+    margin = _params.real("margin", margin, x.dtype, low=0.0)
+    squared = _params.flag("squared", squared)
     _arrays.check_finite_on_gpu("x", x, xp)
     loss = _loss_buffer(xp, x.dtype)
     dx = xp.empty_like(x)
     _call(_core.triplet_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d,
-          margin, MINING_MODES[mining], bool(squared), _arrays.address(loss), _arrays.address(dx),
+          margin, MINING_MODES[mining], squared, _arrays.address(loss), _arrays.address(dx),
           xp=xp)
     return float(loss[0]), dx
 
@@ -106,7 +93,7 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
     n, d = _arrays.check_matrix("anchor", anchor)
     _arrays.check_matrix("positive", positive, dtype=anchor.dtype, rows=n, cols=d)
     _arrays.check_matrix("negative", negative, dtype=anchor.dtype, rows=n, cols=d)
-    margin = _finite("margin", margin)
+    margin = _params.real("margin", margin, anchor.dtype, low=0.0)
     for name, array in (("anchor", anchor), ("positive", positive), ("negative", negative)):
         _arrays.check_finite_on_gpu(name, array, xp)
     loss = _loss_buffer(xp, anchor.dtype)
@@ -124,7 +111,7 @@ def pair_loss(x, labels, theta):
     device, xp = _arrays.device_of(x=x, labels=labels)
     n, d = _arrays.check_matrix("x", x)
     labels = _arrays.check_labels("labels", labels, n, xp)
-    theta = _finite("theta", theta)
+    theta = _params.real("theta", theta, x.dtype)
     _arrays.check_finite_on_gpu("x", x, xp)
     out = xp.empty((2,), dtype=x.dtype)  # loss, dtheta
     dx = xp.empty_like(x)
@@ -144,13 +131,14 @@ def contrastive_loss(a, b, similar, margin=1.0, legacy=False):
     if similar.dtype == np.bool_:
         similar = similar.astype(xp.int64)
     similar = _arrays.check_labels("similar", similar, n, xp)
-    margin = _finite("margin", margin)
+    margin = _params.real("margin", margin, a.dtype, low=0.0)
+    legacy = _params.flag("legacy", legacy)
     _arrays.check_finite_on_gpu("a", a, xp)
     _arrays.check_finite_on_gpu("b", b, xp)
     loss = _loss_buffer(xp, a.dtype)
     da, db = xp.empty_like(a), xp.empty_like(b)
     _call(_core.contrastive_loss, device, a.dtype, _arrays.address(a), _arrays.address(b),
-          _arrays.address(similar), n, d, margin, bool(legacy), _arrays.address(loss),
+          _arrays.address(similar), n, d, margin, legacy, _arrays.address(loss),
           _arrays.address(da), _arrays.address(db), xp=xp)
     return float(loss[0]), da, db
 
@@ -182,15 +170,14 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     """
     device, xp = _arrays.device_of(x=x, labels=labels, weight=weight)
     n, d = _arrays.check_matrix("x", x)
-    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
     labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
-    s = _finite("s", s)
-    if s <= 0:
-        raise ValueError(f"s: expected a scale > 0, got {s}")
-    m1, m2, m3 = _check_margin(m1, m2, m3)
-    sample_rate = _finite("sample_rate", sample_rate)
-    if not 0 < sample_rate <= 1:
-        raise ValueError(f"sample_rate: expected 0 < sample_rate <= 1, got {sample_rate}")
+    s = _params.real("s", s, x.dtype, low=0.0, low_open=True, what="a scale > 0")
+    m1, m2, m3 = _check_margin(m1, m2, m3, x.dtype)
+    sample_rate = _params.real("sample_rate", sample_rate, x.dtype, low=0.0, high=1.0, low_open=True,
+                               what="0 < sample_rate <= 1")
+    rng = _params.generator("rng", rng)
+    weight_grad = _params.flag("weight_grad", weight_grad)
     _arrays.check_finite_on_gpu("x", x, xp)
     _arrays.check_finite_on_gpu("weight", weight, xp)
     classes = None
@@ -238,14 +225,37 @@ def _check_target_margin(cosine, labels, m1, m2, m3, d_out=None):
     if d_out is not None:
         _arrays.check_matrix("d_out", d_out, dtype=cosine.dtype, rows=n, cols=num_classes)
     labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
-    return device, xp, labels, n, num_classes, _check_margin(m1, m2, m3)
+    margin = _check_margin(m1, m2, m3, cosine.dtype)
+    _arrays.check_finite_on_gpu("cosine", cosine, xp)
+    if d_out is not None:
+        _arrays.check_finite_on_gpu("d_out", d_out, xp)
+    return device, xp, labels, n, num_classes, margin
 
 
-def _check_margin(m1, m2, m3):
-    m1, m2, m3 = _finite("m1", m1), _finite("m2", m2), _finite("m3", m3)
-    if m1 <= 0:
-        raise ValueError(f"m1: expected a multiplicative margin > 0, got {m1}")
+# The margins' ranges: m1 multiplies an angle in [0, pi] (SphereFace's 4 is the largest in use;
+# past a few the target logit only counts half-turns), m2 is an angle, m3 a cosine offset.
+M1_RANGE = (0.0, 16.0)
+M2_RANGE = (-np.pi, np.pi)
+M3_RANGE = (-2.0, 2.0)
+
+
+def _check_margin(m1, m2, m3, dtype):
+    m1 = _params.real("m1", m1, dtype, low=M1_RANGE[0], high=M1_RANGE[1], low_open=True,
+                      what=f"a multiplicative margin > 0 and <= {M1_RANGE[1]:g}")
+    m2 = _params.real("m2", m2, dtype, low=M2_RANGE[0], high=M2_RANGE[1], what="an angle in [-pi, pi]")
+    m3 = _params.real("m3", m3, dtype, low=M3_RANGE[0], high=M3_RANGE[1], what="a cosine offset in [-2, 2]")
     return m1, m2, m3
+
+
+def _check_center_inputs(x, labels, centers):
+    device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
+    n, d = _arrays.check_matrix("x", x)
+    num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d, classes=True)
+    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    _arrays.check_finite_on_gpu("x", x, xp)
+    if xp is not np:  # the rows the batch reads (the CPU core checks them itself)
+        _arrays.check_finite_on_gpu("centers", centers[labels], xp)
+    return device, xp, labels, n, d, num_classes
 
 
 def _sample_classes(labels, num_classes, sample_rate, rng, xp):
@@ -260,9 +270,3 @@ def _sample_classes(labels, num_classes, sample_rate, rng, xp):
     chosen = xp.argpartition(-scores, count - 1)[:count]
     return xp.sort(chosen).astype(xp.int64)
 
-
-def _finite(name, value):
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    return value

@@ -154,8 +154,13 @@ def _normalize_backward(normalized, norms, grad):
     return np.where((norms > 1e-12)[:, None], projected, grad / 1e-12)
 
 
+def margin_sin_floor(dtype=np.float64):
+    """The floor on sin(theta) in dpsi/dc (csrc/faceops/margin_softmax.h): sqrt(epsilon)."""
+    return float(np.sqrt(np.finfo(dtype).eps))
+
+
 def margin_target(c, m1, m2, m3):
-    """psi(c) and dpsi/dc of csrc/faceops/margin_softmax.h, elementwise."""
+    """psi(c) and dpsi/dc of csrc/faceops/margin_softmax.h, elementwise (float64's floor)."""
     c = np.clip(np.asarray(c, dtype=np.float64), -1.0, 1.0)
     if m1 == 1.0 and m2 == 0.0:
         return c - m3, np.ones_like(c)
@@ -163,7 +168,7 @@ def margin_target(c, m1, m2, m3):
     angle = m1 * theta + m2
     k = np.floor(angle / np.pi)
     sign = np.where(k % 2 == 0, 1.0, -1.0)
-    sin_theta = np.maximum(np.sqrt(1.0 - c * c), 1e-6)
+    sin_theta = np.maximum(np.sqrt(1.0 - c * c), margin_sin_floor())
     return sign * np.cos(angle) - 2.0 * k - m3, sign * m1 * np.sin(angle) / sin_theta
 
 
