@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="faceops.torch needs PyTorch (pip install '.[torch]')")
 
-import faceops  # noqa: E402
-import faceops.torch as ft  # noqa: E402
-from faceops import reference  # noqa: E402
+import faceops
+import faceops.torch as ft
+from faceops import reference
 
 
 def _batch(seed, n=16, d=8, classes=4):
@@ -206,7 +206,7 @@ def test_compiled_training_step_matches_eager(name, backend):
         parameters = list(model.parameters()) + [p for p in loss_fn.parameters() if p.requires_grad]
         optimiser = torch.optim.SGD(parameters, lr=0.1)
 
-        def forward(x, labels):
+        def forward(x, labels, model=model, loss_fn=loss_fn):
             return loss_fn(model(x), labels)
 
         if compiled:

@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="faceops.torch needs PyTorch (pip install '.[torch]')")
 
-import faceops  # noqa: E402
-import faceops.torch as ft  # noqa: E402
-from faceops import reference  # noqa: E402
-from faceops.torch import _library  # noqa: E402
-from testing import MININGS, kink_free_batch, kink_gap_pair, kink_gap_triplet  # noqa: E402
+import faceops
+import faceops.torch as ft
+from faceops import reference
+from faceops.torch import _library
+from testing import MININGS, kink_free_batch, kink_gap_pair, kink_gap_triplet
 
 # Half-precision inputs run the float32 kernels; compared with the float64 reference on the
 # same (rounded) inputs, the error is the float32 accumulation plus the rounding of the
@@ -477,3 +477,16 @@ def test_bad_hyperparameters_name_the_argument(call, error, message):
 def test_modules_check_their_hyperparameters(make):
     with pytest.raises((TypeError, ValueError)):
         make()
+
+
+def test_faceops_works_without_torch_and_faceops_torch_says_what_it_needs():
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['torch'] = None\n"  # torch absent: importing it raises ImportError
+              "import faceops, numpy as np\n"
+              "assert faceops.triplet_loss(np.eye(4), np.array([0, 0, 1, 1]))[0] >= 0\n"
+              "try:\n    import faceops.torch\nexcept ImportError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "faceops.torch needs PyTorch: pip install 'faceops[torch]'" in result.stdout

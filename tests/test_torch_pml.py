@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="faceops.torch needs PyTorch (pip install '.[torch]')")
 pml = pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning is not installed")
 
-import faceops.torch as ft  # noqa: E402
-from faceops import reference  # noqa: E402
-from pytorch_metric_learning import distances, losses, miners, reducers  # noqa: E402
-from testing import kink_free_batch, kink_gap_triplet  # noqa: E402
+import faceops.torch as ft
+from faceops import reference
+from pytorch_metric_learning import distances, losses, miners, reducers
+from testing import kink_free_batch, kink_gap_triplet
 
 SAME = dict(rtol=1e-9, atol=1e-12)  # float64, two formulations of one loss
 

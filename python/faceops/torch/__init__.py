@@ -9,10 +9,10 @@ faceops.torch.distributed is imported on first use, not here.
 
 try:
     import torch  # noqa: F401
-except ImportError as error:  # pragma: no cover - exercised only without torch
+except ImportError as error:  # without torch
     raise ImportError("faceops.torch needs PyTorch: pip install 'faceops[torch]' (torch==2.13.0)") from error
 
-from faceops.torch import _library  # noqa: F401  (registers the faceops:: ops)
+from faceops.torch import _library  # noqa: F401  registers the faceops:: ops
 from faceops.torch.functional import (
     arcface_loss,
     center_loss,

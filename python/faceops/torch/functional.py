@@ -102,7 +102,9 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     labels = _boundary.check_labels("labels", labels, n)
     _boundary.check_values(device, check, {}, labels=labels, num_classes=num_classes, core_checks_labels=False)
     classes = sample_classes(labels, num_classes, sample_rate, generator=generator)
-    rows = F.embedding(classes, weight, sparse=sparse_grad)
+    # index_select's backward is an index_add (no host sync on CUDA, unlike embedding's dense
+    # backward); the sparse form is embedding's sparse gradient.
+    rows = F.embedding(classes, weight, sparse=True) if sparse_grad else weight.index_select(0, classes)
     sampled_labels = torch.searchsorted(classes, labels)
     return _library.margin_softmax_loss(x, sampled_labels, rows, s, m1, m2, m3, check)[0]
 
@@ -113,7 +115,7 @@ def sample_classes(labels, num_classes, sample_rate, generator=None):
     all, returned sorted (int64).  k is known without reading the labels (N bounds the number
     of distinct labels), which keeps it sync-free; faceops.margin_softmax_loss (NumPy) takes
     max(#distinct labels, round(sample_rate * C)), which differs only when that is below N."""
-    count = min(num_classes, max(int(round(sample_rate * num_classes)), labels.shape[0]))
+    count = min(num_classes, max(round(sample_rate * num_classes), labels.shape[0]))
     scores = torch.rand(num_classes, device=labels.device, generator=generator)
     scores.index_fill_(0, labels, 2.0)  # above every uniform draw: the batch's classes are kept
     return torch.topk(scores, count, sorted=False).indices.sort().values
