@@ -86,7 +86,7 @@ def check_labels(name, labels, n):
     if labels.dtype not in LABEL_DTYPES:
         raise TypeError(f"{name}: expected dtype int32 or int64, got {labels.dtype}")
     check_contiguous(name, labels)
-    return labels.to(torch.int64)
+    return labels if labels.dtype == torch.int64 else labels.to(torch.int64)
 
 
 def compute_dtype(dtype):
@@ -96,7 +96,7 @@ def compute_dtype(dtype):
 
 def compute_input(tensor):
     """``tensor`` in its compute dtype: itself for float32/float64 (zero copy)."""
-    return tensor.to(compute_dtype(tensor.dtype))
+    return tensor.to(torch.float32) if tensor.dtype in HALF_DTYPES else tensor
 
 
 def check_values(device, check, finite, core_checked=(), labels=None, num_classes=None, core_checks_labels=True):

@@ -42,11 +42,12 @@ def _loss_like(x):
 
 def _out(tensor, like):
     """A kernel output back in the dtype of the input it belongs to."""
-    return tensor.to(like.dtype)
+    return tensor if tensor.dtype == like.dtype else tensor.to(like.dtype)
 
 
 def _scaled(grad_loss, gradient):
-    return (grad_loss * gradient).to(gradient.dtype)
+    scaled = grad_loss * gradient  # 0-d theta's gradient can promote to the loss's dtype
+    return scaled if scaled.dtype == gradient.dtype else scaled.to(gradient.dtype)
 
 
 def _save_gradients(ctx, output):

@@ -16,18 +16,24 @@ from faceops.ops import MARGINS, MINING_MODES
 from faceops.torch import _boundary, _library
 
 
+_FLAGS = ("squared", "legacy", "check", "sparse_grad")
+
+
 def _eager_checks(**values):
     """Type checks of Python hyperparameters before the schema's own coercions
-    (which take True for 1.0 and a tensor for a float); skipped while torch.compile
-    traces, where the op checks the values at run time."""
+    (which take True for 1.0, a tensor for a float and 1 for True).  A Python float
+    or int (real) or bool (flag) passes as it is: the op checks its value after the
+    cast to its dtype.  Skipped while torch.compile traces, where the op checks the
+    values at run time."""
     if torch.compiler.is_compiling():
         return
     for name, value in values.items():
-        if name in ("squared", "legacy", "check", "sparse_grad"):
-            _params.flag(name, value)
+        if name in _FLAGS:
+            if type(value) is not bool:
+                _params.flag(name, value)
         elif name == "mining":
             _params.choice(name, value, MINING_MODES)
-        else:
+        elif type(value) not in (float, int):
             _params.real(name, value)
 
 
