@@ -29,10 +29,19 @@ class ContrastiveOnHalves(torch.nn.Module):
         return self.loss(embeddings[:half], embeddings[half:], labels[:half] == labels[half:])
 
 
+class ExplicitTripletsOfThirds(torch.nn.Module):
+    """triplet_loss_explicit on (anchor, positive, negative) = the batch's three thirds."""
+
+    def forward(self, embeddings, labels):
+        third = len(labels) // 3
+        return ft.triplet_loss_explicit(*embeddings[:3 * third].split(third), 1.0)
+
+
 MODULES = {
     "triplet": lambda: ft.TripletLoss(0.2, "hard"),
     "pair": lambda: ft.PairLoss(theta=1.0),
     "contrastive": ContrastiveOnHalves,
+    "explicit_triplets": ExplicitTripletsOfThirds,
     "center": lambda: ft.CenterLoss(4, 8),
     "center_alpha": lambda: ft.CenterLoss(4, 8, alpha=0.5),
     "arcface": lambda: ft.ArcFace(4, 8, s=8.0),
