@@ -219,5 +219,5 @@ def test_nan_on_cuda_is_a_device_assertion_when_checked():
     only that a device-side assertion failed, without the message naming x.)"""
     result = subprocess.run([sys.executable, "-c", _NAN_SCRIPT], capture_output=True, text=True, timeout=120, check=False,
                             env={**os.environ, "CUDA_LAUNCH_BLOCKING": "0"})
-    assert "unchecked nan" in result.stdout
+    assert "unchecked" in result.stdout  # check=False: no assertion (the value is undefined)
     assert result.returncode != 0 and "device-side assert" in result.stderr
