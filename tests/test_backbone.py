@@ -48,6 +48,11 @@ def _train(*argv):
     return train.run(*train.configure(list(argv)))
 
 
+def _json(*path):
+    with open(os.path.join(*path)) as f:
+        return json.load(f)
+
+
 def _torch_state(run_dir):
     with np.load(os.path.join(run_dir, "checkpoint.npz")) as state:
         return torch_model._load_torch_state(state["torch_state"]), int(state["epoch"])
@@ -91,7 +96,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bitwise(tmp_path, synthetic_r
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
     _train("--run-dir", whole, *options, "--epochs", "2")
     _train("--run-dir", parts, *options, "--epochs", "1")
-    (first, epoch), _ = _torch_state(parts), None
+    first, epoch = _torch_state(parts)
     assert epoch == 1
     _train("--run-dir", parts, "--resume", "--epochs", "2")
     (a, epoch_a), (b, epoch_b) = _torch_state(whole), _torch_state(parts)
@@ -103,7 +108,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bitwise(tmp_path, synthetic_r
     momenta_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
     assert len(momenta_a) == len(momenta_b) > 0 and all(torch.equal(x, y) for x, y in zip(momenta_a, momenta_b))
     assert not torch.equal(first["net"]["embedding.weight"], a["net"]["embedding.weight"])
-    metrics = [json.load(open(os.path.join(d, "metrics.json"))) for d in (whole, parts)]
+    metrics = [_json(d, "metrics.json") for d in (whole, parts)]
     assert metrics[0]["trained"] == metrics[1]["trained"]
     assert [h["loss"] for h in metrics[0]["history"]] == [h["loss"] for h in metrics[1]["history"]]
 
@@ -166,16 +171,16 @@ def test_onnx_export_runs_in_opencv_dnn_as_the_torch_forward_and_eval_reads_it(t
     dnn.setInput(np.ascontiguousarray(faces.images[:, None]))
     np.testing.assert_allclose(dnn.forward(), from_torch, atol=ONNX_TOLERANCE)
     # faceops eval, of the run and of its ONNX model: the training run's figures.
-    trained = json.load(open(os.path.join(run_dir, "metrics.json")))
+    trained = _json(run_dir, "metrics.json")
     capsys.readouterr()
     assert cli.main(["eval", run_dir, "--root", root, "--pairs", pairs]) == 0
-    evaluated = json.load(open(os.path.join(run_dir, "eval-pairs", "metrics.json")))
+    evaluated = _json(run_dir, "eval-pairs", "metrics.json")
     assert evaluated["trained"] == trained["trained"] and evaluated["descriptor"] == trained["descriptor"]
     onnx_out = str(tmp_path / "onnx_eval")
     assert cli.main(["eval", path, "--root", root, "--pairs", pairs, "-o", onnx_out]) == 0
     out = capsys.readouterr().out
     assert "lbp descriptor alone" in out and f"ONNX model {path}" in out
-    from_onnx = json.load(open(os.path.join(onnx_out, "metrics.json")))
+    from_onnx = _json(onnx_out, "metrics.json")
     assert from_onnx["trained"]["auc"] == pytest.approx(trained["trained"]["auc"], abs=1e-3)
 
 

@@ -145,7 +145,7 @@ class TorchTrainer:
         """One SGD step on a batch of images (N, S, S) with labels (N,); returns the loss."""
         torch = self.torch
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = float(lr)  # a Python float: the checkpoint is loaded with weights_only
         self.net.train()
         self.losses.train()
         x = torch.from_numpy(np.ascontiguousarray(images[:, None], np.float32))
@@ -212,7 +212,8 @@ def embed_images(net, images, device="cpu", batch=256):
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None], np.float32)).to(device)
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None], np.float32))
+            x = x.to(device, memory_format=torch.channels_last)
             out.append(torch.nn.functional.normalize(net(x), dim=1).cpu().numpy())
     net.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, net.embedding_size), np.float32)
@@ -241,11 +242,10 @@ def to_onnx(net, path, preprocessing):
     size = int(preprocessing["image_size"])
     blob = io.BytesIO()
     with warnings.catch_warnings():
-        # torch >= 2.9 warns that this exporter is the legacy one; the torch.export-based one
-        # needs onnxscript (not in faceops[torch]) and writes opset 18 or later, not the 13
-        # of the NumPy model's export.
-        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
-                                DeprecationWarning)
+        # torch >= 2.9 warns that this exporter is the legacy one (and it calls deprecated
+        # internals); the torch.export-based one needs onnxscript (not in faceops[torch]) and
+        # writes opset 18 or later, not the 13 of the NumPy model's export.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(exported, (torch.zeros(1, 1, size, size),), blob, input_names=[INPUT_NAME],
                           output_names=["unnormalised"], dynamic_axes={INPUT_NAME: {0: "N"}, "unnormalised": {0: "N"}},
                           opset_version=OPSET, dynamo=False)
@@ -274,7 +274,7 @@ def load_run(run_dir, config):
             raise ValueError(f"{run_dir}: the checkpoint holds no {TORCH_STATE}, though its configuration says "
                              f"--backbone cnn")
         saved = _load_torch_state(state[TORCH_STATE])
-    net = network_for(config)
+    net = network_for(config).to(memory_format=require_torch().channels_last)  # as in training: the same sums
     net.load_state_dict(saved["net"])
     net.eval()
     return (lambda images: embed_images(net, images)), net
