@@ -98,8 +98,8 @@ def load_run(run_dir):
         raise FileNotFoundError(f"{config_path} not found, and {checkpoint_path} does not hold its configuration")
     config = stored or written
     if stored and written:
-        differ = [f"{name} {written.get(name)!r} (checkpoint: {stored[name]!r})" for name in PREPROCESSING_OPTIONS
-                  if written.get(name) != stored[name]]
+        differ = [f"{name} {written.get(name)!r} (checkpoint: {stored.get(name)!r})" for name in PREPROCESSING_OPTIONS
+                  if written.get(name) != stored.get(name)]
         if differ:
             raise ValueError(f"{config_path} disagrees with the checkpoint it sits beside: {', '.join(differ)}")
     if config.get("backbone") == "cnn":
