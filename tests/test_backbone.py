@@ -7,6 +7,7 @@ without torch the option says how to install it."""
 
 import json
 import os
+import shutil
 import sys
 
 import cv2
@@ -120,6 +121,17 @@ def test_a_resume_with_another_backbone_or_loss_is_refused(tmp_path, synthetic_r
         train.configure(["--run-dir", run_dir, "--resume", "--backbone", "descriptor"])
     with pytest.raises(ValueError, match=r"--loss arcface \(the run: triplet\)"):
         train.configure(["--run-dir", run_dir, "--resume", "--loss", "arcface"])
+
+
+def test_a_resume_on_changed_data_is_an_error_naming_it(tmp_path, synthetic_root):
+    root = str(tmp_path / "faces")
+    shutil.copytree(synthetic_root, root)
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", root, *TINY, "--loss", "arcface", "--epochs", "1")
+    for name in sorted(os.listdir(os.path.join(root, "id_003")))[1:]:  # id_003 no longer trains: 9 classes
+        os.unlink(os.path.join(root, "id_003", name))
+    with pytest.raises(ValueError, match=r"does not fit this run.*arcface.weight"):
+        _train("--run-dir", run_dir, "--resume", "--epochs", "2")
 
 
 def _lfw_format(root, source, identities):

@@ -77,7 +77,7 @@ def network_for(config):
     return build_network(config["rank"]).sized_for(config["image_size"])
 
 
-def _weight_decayed(name, parameter):
+def _weight_decayed(parameter):
     """Weight decay on the convolution and linear weights, not on BN or biases (as the NumPy model)."""
     return parameter.dim() > 1
 
@@ -119,8 +119,8 @@ class TorchTrainer:
         if "contrastive" in self.weights:
             self.losses["contrastive"] = ft.ContrastiveLoss(1.0)
         self.losses.to(self.device)
-        decayed = [p for n, p in self.net.named_parameters() if _weight_decayed(n, p)]
-        others = [p for n, p in self.net.named_parameters() if not _weight_decayed(n, p)]
+        decayed = [p for p in self.net.parameters() if _weight_decayed(p)]
+        others = [p for p in self.net.parameters() if not _weight_decayed(p)]
         # Class weights and theta: no decay (the rows are normalised; theta is a threshold).
         others += [p for p in self.losses.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD([{"params": decayed, "weight_decay": config.weight_decay},
