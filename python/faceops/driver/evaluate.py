@@ -219,7 +219,7 @@ def describe_pairs(pairs_path, root, same):
 
 
 def _onnx_embedder(path):
-    """(embed(descriptors) -> embeddings, preprocessing) of a `faceops export` model,
+    """(embed(inputs) -> embeddings, preprocessing) of a `faceops export` model,
     run by OpenCV DNN."""
     import onnx
 
@@ -231,10 +231,12 @@ def _onnx_embedder(path):
     if "preprocessing" not in metadata:
         raise ValueError(f"{path}: no `preprocessing` in the model's metadata: not a model written by faceops export")
 
-    def embed(descriptors, batch=1024):
+    def embed(inputs, batch=1024):
+        """inputs: descriptors (N, F), or images (N, S, S) of a --backbone cnn model (N, 1, S, S in the graph)."""
         out = []
-        for i in range(0, len(descriptors), batch):
-            dnn.setInput(np.ascontiguousarray(descriptors[i : i + batch], np.float32))
+        for i in range(0, len(inputs), batch):
+            rows = inputs[i : i + batch]
+            dnn.setInput(np.ascontiguousarray(rows[:, None] if rows.ndim == 3 else rows, np.float32))
             out.append(dnn.forward().copy())
         return np.concatenate(out)
 
@@ -248,18 +250,26 @@ def evaluate_model(model_path, root, pairs_path, output):
 
     if os.path.isdir(model_path):
         net, config = export.load_run(model_path)
-        embed, preprocessing = net.embed, export.preprocessing_of(config)
+        if config.get("backbone") == "cnn":
+            from faceops.driver import torch_model
+
+            embed, preprocessing = (lambda images: torch_model.embed_images(net, images)), \
+                torch_model.preprocessing_of(config)
+        else:
+            embed, preprocessing = net.embed, export.preprocessing_of(config)
         label = f"run {model_path}"
     elif os.path.isfile(model_path):
         embed, preprocessing = _onnx_embedder(model_path)
         label = f"ONNX model {model_path}"
     else:
         raise FileNotFoundError(f"{model_path!r} is neither a run directory nor an ONNX file")
-    descriptor = preprocessing["descriptor"]
+    # A --backbone cnn model takes the image itself; its reference descriptor is reported beside it.
+    takes_images = preprocessing.get("input") == "image"
+    descriptor = preprocessing["reference_descriptor" if takes_images else "descriptor"]
     images, i, j, same = read_pair_images(root, pairs_path, preprocessing["image_size"], preprocessing["crop"])
     measured_on = describe_pairs(pairs_path, root, same)
     descriptors = model.describe(images, descriptor)
-    embeddings = embed(descriptors)
+    embeddings = embed(images if takes_images else descriptors)
     baseline, baseline_roc = verify(descriptors[i], descriptors[j], same)
     trained, trained_roc = verify(embeddings[i], embeddings[j], same)
     print(f"{descriptor} descriptor alone, {measured_on}: {baseline.summary()}")

@@ -74,7 +74,7 @@ def _to_numpy(a):
 
 
 NETWORK_PARAMETERS = ("W1", "b1", "W2", "b2", "A", "B", "b")
-PREPROCESSING_OPTIONS = ("descriptor", "image_size", "crop")
+PREPROCESSING_OPTIONS = ("descriptor", "image_size", "crop", "backbone")
 
 
 def load_run(run_dir):
@@ -90,8 +90,6 @@ def load_run(run_dir):
                                 f"run that finished at least one epoch?")
     with np.load(checkpoint_path) as state:
         stored = json.loads(str(state["config"])) if "config" in state.files else None
-        params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state.files}
-        net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
     written = None
     if os.path.isfile(config_path):
         with open(config_path) as f:
@@ -100,10 +98,17 @@ def load_run(run_dir):
         raise FileNotFoundError(f"{config_path} not found, and {checkpoint_path} does not hold its configuration")
     config = stored or written
     if stored and written:
-        differ = [f"{name} {written.get(name)!r} (checkpoint: {stored[name]!r})" for name in PREPROCESSING_OPTIONS
-                  if written.get(name) != stored[name]]
+        differ = [f"{name} {written.get(name)!r} (checkpoint: {stored.get(name)!r})" for name in PREPROCESSING_OPTIONS
+                  if written.get(name) != stored.get(name)]
         if differ:
             raise ValueError(f"{config_path} disagrees with the checkpoint it sits beside: {', '.join(differ)}")
+    if config.get("backbone") == "cnn":
+        from faceops.driver import torch_model
+
+        return torch_model.load_run(run_dir, config)[1], config
+    with np.load(checkpoint_path) as state:
+        params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state.files}
+        net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
     probe = describe(np.zeros((1, config["image_size"], config["image_size"]), np.float32), config["descriptor"])
     if probe.shape[1] != net.mean.shape[0]:
         raise ValueError(f"{checkpoint_path}: the network takes {net.mean.shape[0]} descriptor values, but the "
@@ -115,7 +120,12 @@ def load_run(run_dir):
 def export_run(run_dir, output=None):
     """Writes the ONNX model of a `faceops train` run directory (see load_run)."""
     net, config = load_run(run_dir)
-    return to_onnx(net, output or os.path.join(run_dir, "model.onnx"), preprocessing_of(config))
+    output = output or os.path.join(run_dir, "model.onnx")
+    if config.get("backbone") == "cnn":
+        from faceops.driver import torch_model
+
+        return torch_model.to_onnx(net, output, torch_model.preprocessing_of(config))
+    return to_onnx(net, output, preprocessing_of(config))
 
 
 def preprocessing_of(config):

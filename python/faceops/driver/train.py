@@ -17,12 +17,13 @@ import numpy as np
 import faceops
 from faceops import _params
 from faceops.cli import HelpFormatter
-from faceops.driver import data, evaluate, export, model, rundir, sst
+from faceops.driver import data, evaluate, export, model, rundir, sst, torch_model
 
 # Combined-margin softmax losses (insightface; the margins are faceops.MARGINS).
 MARGIN_LOSSES = ("arcface", "cosface", "sphereface", "combined", "normface")
 LOSS_NAMES = ("softmax", "center", "triplet", "pair", "contrastive") + MARGIN_LOSSES
 METHODS = ("standard", "sst")
+BACKBONES = ("descriptor", "cnn")
 AUGMENTATIONS = {"full": {}, "photometric": {"max_shift": 0.0, "max_angle": 0.0, "occlusion": 0.0}, "none": None}
 
 
@@ -77,6 +78,10 @@ def resolve_defaults(config):
         config.ema = 0.999
     if sst_run and config.queue_size is None:
         config.queue_size = 512
+    if getattr(config, "backbone", None) is None:  # a run of faceops 0.2 or earlier
+        config.backbone = "descriptor"
+    if config.lr is None:
+        config.lr = 0.1 if config.backbone == "cnn" else 0.5
 
 
 # Measured on this project's 2-core machine (docs/driver.md says how): the built-in default run.
@@ -130,11 +135,17 @@ def build_parser():
                                    "photometric: flips and brightness/contrast only (raw pixels of unaligned faces); "
                                    "none")
     net = p.add_argument_group("model")
+    net.add_argument("--backbone", choices=BACKBONES, default="descriptor",
+                     help="descriptor: the fixed --descriptor and a learned projection (NumPy, no torch); cnn: a "
+                          "small residual CNN on the grey crop itself, trained with faceops.torch (needs "
+                          f"{torch_model.INSTALL_HINT})")
     net.add_argument("--descriptor", choices=model.DESCRIPTORS, default="lbp",
-                     help="the fixed face descriptor the network starts from: uniform LBP histograms or raw pixels")
+                     help="the fixed face descriptor the network starts from: uniform LBP histograms or raw pixels "
+                          "(--backbone cnn: only the reference reported beside the trained model)")
     net.add_argument("--hidden", type=int, default=0,
                      help="0: the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units")
-    net.add_argument("--rank", type=int, default=128, help="rank of the correction, or the MLP's embedding size")
+    net.add_argument("--rank", type=int, default=128,
+                     help="rank of the correction, or the MLP's (or the cnn's) embedding size")
     losses = p.add_argument_group("losses")
     losses.add_argument("--loss", help="'+'-joined weighted terms of " + ", ".join(LOSS_NAMES) +
                         ", e.g. softmax+0.008*center (default: triplet; with --method sst one margin-softmax term, "
@@ -169,14 +180,15 @@ def build_parser():
     method.add_argument("--identities-per-batch", "-P", type=int, default=16, help="identities in each batch")
     method.add_argument("--images-per-identity", "-K", type=int,
                         help="images of each identity in each batch (default 4; --method sst: 2, the only value)")
-    method.add_argument("--lr", type=float, default=0.5, help="learning rate of SGD at the first epoch")
+    method.add_argument("--lr", type=float, help="learning rate of SGD at the first epoch (default 0.5; "
+                                                 "--backbone cnn: 0.1)")
     method.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     method.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay of the network's weights")
     method.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
                         help="learning-rate schedule over the epochs (step: x0.1 at each third)")
     method.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation")
     method.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: the network and the losses on the GPU (CuPy)")
+                        help="cuda: the network and the losses on the GPU (CuPy; --backbone cnn: torch)")
     run = p.add_argument_group("run directory")
     run.add_argument("--run-dir", help="where the run writes (default: a new runs/YYYYmmdd-HHMMSS, linked from "
                                        "runs/latest; with --resume: runs/latest)")
@@ -306,7 +318,9 @@ def learning_rate(config, epoch):
 class Trainer:
     """Owns the network, the loss state (centers, theta, classifiers, SST's gallery
     and queue) and the optimiser state; `state()`/`load_state()` are what a
-    checkpoint holds."""
+    checkpoint holds.  (--backbone cnn: torch_model.TorchTrainer.)"""
+
+    uses_descriptor = True
 
     def __init__(self, config, train_set, xp):
         resolve_defaults(config)
@@ -527,6 +541,8 @@ def method_label(config, short=False):
     """What the trained model was trained with, for the output (short: the ROC legend)."""
     if config.method == "sst":
         return f"SST, {config.loss}" if short else f"SST: {config.loss} over gallery prototypes"
+    if config.backbone == "cnn":
+        return f"cnn, {config.loss}"
     return config.loss
 
 
@@ -633,7 +649,7 @@ def _run(config, log, status, notes=()):
     baseline, baseline_roc = evaluate.verify(eval_descriptors[eval_i], eval_descriptors[eval_j], same)
     log(f"untrained ({config.descriptor} descriptor alone), {measured_on}: {baseline.summary()}")
 
-    trainer = Trainer(config, train_set, xp)
+    trainer = torch_model.TorchTrainer(config, train_set) if config.backbone == "cnn" else Trainer(config, train_set, xp)
     sampler = data.PKSampler(train_set.labels, config.identities_per_batch, config.images_per_identity)
     if sampler.batches_per_epoch() == 0:
         raise ValueError("too few identities for one P x K batch: lower --identities-per-batch")
@@ -677,15 +693,17 @@ def _run(config, log, status, notes=()):
             images = train_set.images[rows]
             if config.augment != "none":
                 images = data.augment(images, trainer.rng, **AUGMENTATIONS[config.augment])
-            features = model.describe(images, config.descriptor)
-            if trainer.sst:
+            if not trainer.uses_descriptor:
+                loss = trainer.train_batch(images, train_set.labels[rows], lr)
+            elif trainer.sst:
+                features = model.describe(images, config.descriptor)
                 # P x 2 batches: rows 2i and 2i + 1 are the two images of identity i.
                 loss, grads = trainer.sst.loss_and_grads(trainer.net, features[0::2], features[1::2],
                                                          train_set.labels[rows[0::2]])
                 trainer.step(grads, lr)
                 trainer.sst.update(trainer.net, trainer.rng)
             else:
-                z, cache = trainer.net.forward(features)
+                z, cache = trainer.net.forward(model.describe(images, config.descriptor))
                 labels = xp.asarray(train_set.labels[rows])
                 loss, dz, head_grads = trainer.loss_and_grad(z, labels)
                 grads = trainer.net.backward(dz, cache)
@@ -704,15 +722,19 @@ def _run(config, log, status, notes=()):
             f"batches), lr {lr:.4f}, {seen / max(seconds, 1e-9):.0f} images/s")
 
     status.epoch = trainer.epoch
-    embeddings = trainer.net.embed(eval_descriptors)
+    embeddings = trainer.net.embed(eval_descriptors) if trainer.uses_descriptor else trainer.embed(eval_images)
     trained, trained_roc = evaluate.verify(embeddings[eval_i], embeddings[eval_j], same)
     log(f"trained ({method_label(config)}), {measured_on}: {trained.summary()}")
     evaluate.save_roc_png(os.path.join(status.run_dir, "roc.png"),
                           {f"{config.descriptor} descriptor": baseline_roc,
                            f"trained: {method_label(config, short=True)}": trained_roc},
                           trained.impostors)
-    onnx_path = export.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
-                               export.preprocessing_of(vars(config)))
+    if trainer.uses_descriptor:
+        onnx_path = export.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
+                                   export.preprocessing_of(vars(config)))
+    else:
+        onnx_path = torch_model.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
+                                        torch_model.preprocessing_of(vars(config)))
     metrics = {"measured_on": measured_on, "descriptor": baseline.as_dict(), "trained": trained.as_dict(),
                "history": trainer.history, "seconds": time.time() - started}
     with open(os.path.join(status.run_dir, "metrics.json"), "w") as f:
@@ -747,6 +769,8 @@ def check_arguments(config):
     resolve_defaults(config)
     weights = parse_loss(config.loss)
     margin = margin_term(weights)
+    if config.backbone == "cnn":
+        check_cnn_arguments(config)
     if config.method == "sst":
         if set(weights) != {margin}:
             raise ValueError(f"--method sst: --loss must be one margin-softmax term ({', '.join(MARGIN_LOSSES)}), "
@@ -797,6 +821,20 @@ def check_arguments(config):
         raise ValueError(f"--eval-pairs: {config.eval_pairs!r} is not a file")
     if config.eval_pairs and config.eval_identities:
         raise ValueError("--eval-pairs and --eval-identities choose different protocols: give one")
+
+
+def check_cnn_arguments(config):
+    """--backbone cnn: torch present (and CUDA for --device cuda), and no option it does not support."""
+    torch = torch_model.require_torch("--backbone cnn")
+    if config.method == "sst":
+        raise ValueError("--backbone cnn: --method sst is not supported with it (SST's gallery network is the NumPy "
+                         "model's); use --method standard, or --backbone descriptor for SST")
+    if config.hidden:
+        raise ValueError(f"--hidden {config.hidden}: an option of --backbone descriptor (the cnn's size is fixed; "
+                         f"--rank sets its embedding size)")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch has no CUDA device here (torch.cuda.is_available() is False); "
+                         "--backbone cnn runs on --device cpu")
 
 
 def configure(argv):

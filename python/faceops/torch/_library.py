@@ -1,0 +1,417 @@
+"""The faceops:: torch ops: one op per kernel entry of faceops._core.
+
+Each op has a schema (from the annotations, torch.library.custom_op), one
+implementation for CPU and CUDA tensors (the kernel is chosen by the tensors'
+device in _boundary.call_kernel), a fake kernel that checks and computes only
+metadata (so torch.compile traces through it), and, for the losses, an autograd
+formula.  A loss op returns the loss together with the gradients the kernel
+computes in the same pass, scale 1; the backward only scales those saved
+gradients by the incoming gradient.  target_margin_forward's backward is a
+kernel of its own and therefore an op, target_margin_backward.
+
+Under torch.autocast every op except center_update runs in float32 (inputs cast
+by torch.library.register_autocast, as torch's own loss functions autocast to
+float32).  center_update writes `centers` in place (mutates_args), so casting
+it would lose the write: it is left out and its callers pass x in the centres'
+dtype (faceops.torch.CenterLoss does).
+"""
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from faceops import _core, _params
+from faceops.ops import MINING_MODES
+from faceops.torch import _boundary
+
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _real(name, value, dtype, **bounds):
+    """A hyperparameter checked after the cast to the kernels' dtype for `dtype`."""
+    return _params.real(name, value, _NUMPY_DTYPE[_boundary.compute_dtype(dtype)], **bounds)
+
+
+def _margins(m1, m2, m3, dtype):
+    return (_real("m1", m1, dtype, low=0.0, low_open=True), _real("m2", m2, dtype), _real("m3", m3, dtype))
+
+
+def _loss_like(x):
+    return x.new_empty((), dtype=_boundary.compute_dtype(x.dtype))
+
+
+def _out(tensor, like):
+    """A kernel output back in the dtype of the input it belongs to."""
+    return tensor if tensor.dtype == like.dtype else tensor.to(like.dtype)
+
+
+def _scaled(grad_loss, gradient):
+    scaled = grad_loss * gradient  # 0-d theta's gradient can promote to the loss's dtype
+    return scaled if scaled.dtype == gradient.dtype else scaled.to(gradient.dtype)
+
+
+def _save_gradients(ctx, output):
+    """setup_context of a loss op returning (loss, *gradients): keeps the gradients,
+    which are not themselves differentiable."""
+    gradients = output[1:]
+    ctx.save_for_backward(*gradients)
+    ctx.mark_non_differentiable(*gradients)
+
+
+# --- center loss (csrc/faceops/center_loss.h) ---------------------------------------------
+
+
+def _center_inputs(x, labels, centers):
+    device = _boundary.device_of(x=x, labels=labels, centers=centers)
+    n, d = _boundary.check_matrix("x", x)
+    num_classes, _ = _boundary.check_matrix("centers", centers, dtype=x.dtype, cols=d)
+    return device, n, d, num_classes, _boundary.check_labels("labels", labels, n)
+
+
+@torch.library.custom_op("faceops::center_loss", mutates_args=())
+def center_loss(x: Tensor, labels: Tensor, centers: Tensor, centers_grad: bool, check: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, dx, dcenters); dcenters is (C, D), zero outside the batch's classes, or
+    (0, D) when centers_grad is False (the kernel then skips it)."""
+    device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
+    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x",), labels, num_classes)
+    x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
+    loss, dx = _loss_like(x), torch.empty_like(x_in)
+    dcenters = torch.zeros_like(centers_in) if centers_grad else centers_in.new_empty((0, d))
+    _boundary.call_kernel(_core.center_loss, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(),
+                          centers_in.data_ptr(), n, d, num_classes, loss.data_ptr(), dx.data_ptr(),
+                          _boundary.address(dcenters if centers_grad else None))
+    return _out(loss, x), _out(dx, x), _out(dcenters, centers)
+
+
+@center_loss.register_fake
+def _(x, labels, centers, centers_grad, check):
+    _, _, d, _, _ = _center_inputs(x, labels, centers)
+    return x.new_empty(()), torch.empty_like(x), centers.new_empty(centers.shape if centers_grad else (0, d))
+
+
+def _center_loss_setup(ctx, inputs, output):
+    _save_gradients(ctx, output)
+    ctx.centers_grad = inputs[3]
+
+
+def _center_loss_backward(ctx, grad_loss, _grad_dx, _grad_dcenters):
+    dx, dcenters = ctx.saved_tensors
+    return _scaled(grad_loss, dx), None, _scaled(grad_loss, dcenters) if ctx.centers_grad else None, None, None
+
+
+center_loss.register_autograd(_center_loss_backward, setup_context=_center_loss_setup)
+
+
+@torch.library.custom_op("faceops::center_update_direction", mutates_args=())
+def center_update_direction(x: Tensor, labels: Tensor, centers: Tensor, check: bool) -> Tensor:
+    """Wen et al. eq. 4's delta (C, D), zero for classes absent from the batch."""
+    device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
+    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x",), labels, num_classes)
+    x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
+    direction = torch.zeros_like(centers_in)
+    _boundary.call_kernel(_core.center_update_direction, x_in.dtype, x.device, x_in.data_ptr(),
+                          labels.data_ptr(), centers_in.data_ptr(), n, d, num_classes, direction.data_ptr())
+    return _out(direction, centers)
+
+
+@center_update_direction.register_fake
+def _(x, labels, centers, check):
+    _center_inputs(x, labels, centers)
+    return torch.empty_like(centers)
+
+
+@torch.library.custom_op("faceops::center_update", mutates_args=("centers",))
+def center_update(x: Tensor, labels: Tensor, centers: Tensor, alpha: float, check: bool) -> None:
+    """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j; absent classes untouched.
+    float16/bfloat16 centres are updated through a float32 copy written back."""
+    device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
+    alpha = _real("alpha", alpha, x.dtype)
+    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x",), labels, num_classes)
+    x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
+    _boundary.call_kernel(_core.center_update, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(),
+                          centers_in.data_ptr(), n, d, num_classes, alpha)
+    if centers_in is not centers:
+        centers.copy_(centers_in)
+
+
+@center_update.register_fake
+def _(x, labels, centers, alpha, check):
+    _center_inputs(x, labels, centers)
+
+
+# --- triplet losses (csrc/faceops/triplet_loss.h) -----------------------------------------
+
+
+def _triplet_inputs(x, labels):
+    device = _boundary.device_of(x=x, labels=labels)
+    n, d = _boundary.check_matrix("x", x)
+    return device, n, d, _boundary.check_labels("labels", labels, n)
+
+
+@torch.library.custom_op("faceops::triplet_loss", mutates_args=())
+def triplet_loss(x: Tensor, labels: Tensor, margin: float, mining: str, squared: bool, check: bool) -> tuple[Tensor, Tensor]:
+    """(loss, dx) of the triplet loss with in-batch mining."""
+    device, n, d, labels = _triplet_inputs(x, labels)
+    margin = _real("margin", margin, x.dtype)
+    mining = _params.choice("mining", mining, MINING_MODES)
+    _boundary.check_values(device, check, {"x": x}, ("x",))
+    x_in = _boundary.compute_input(x)
+    loss, dx = _loss_like(x), torch.empty_like(x_in)
+    _boundary.call_kernel(_core.triplet_loss, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(), n, d,
+                          margin, MINING_MODES[mining], squared, loss.data_ptr(), dx.data_ptr())
+    return _out(loss, x), _out(dx, x)
+
+
+@triplet_loss.register_fake
+def _(x, labels, margin, mining, squared, check):
+    _triplet_inputs(x, labels)
+    return x.new_empty(()), torch.empty_like(x)
+
+
+def _loss_backward_x(ctx, grad_loss, *_grad_gradients):
+    (dx,) = ctx.saved_tensors
+    return _scaled(grad_loss, dx), *([None] * ctx.other_inputs)
+
+
+def _setup_x_only(other_inputs):
+    def setup(ctx, inputs, output):
+        _save_gradients(ctx, output)
+        ctx.other_inputs = other_inputs
+
+    return setup
+
+
+triplet_loss.register_autograd(_loss_backward_x, setup_context=_setup_x_only(5))
+
+
+def _explicit_inputs(anchor, positive, negative):
+    device = _boundary.device_of(anchor=anchor, positive=positive, negative=negative)
+    n, d = _boundary.check_matrix("anchor", anchor)
+    _boundary.check_matrix("positive", positive, dtype=anchor.dtype, rows=n, cols=d)
+    _boundary.check_matrix("negative", negative, dtype=anchor.dtype, rows=n, cols=d)
+    return device, n, d
+
+
+@torch.library.custom_op("faceops::triplet_loss_explicit", mutates_args=())
+def triplet_loss_explicit(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float,
+                          check: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, danchor, dpositive, dnegative) of explicit triplets."""
+    device, n, d = _explicit_inputs(anchor, positive, negative)
+    margin = _real("margin", margin, anchor.dtype)
+    rows = {"anchor": anchor, "positive": positive, "negative": negative}
+    _boundary.check_values(device, check, rows, tuple(rows))
+    inputs = [_boundary.compute_input(t) for t in (anchor, positive, negative)]
+    loss, grads = _loss_like(anchor), [torch.empty_like(t) for t in inputs]
+    _boundary.call_kernel(_core.triplet_loss_explicit, inputs[0].dtype, anchor.device,
+                          *(t.data_ptr() for t in inputs), n, d, margin, loss.data_ptr(),
+                          *(g.data_ptr() for g in grads))
+    return _out(loss, anchor), *(_out(g, anchor) for g in grads)
+
+
+@triplet_loss_explicit.register_fake
+def _(anchor, positive, negative, margin, check):
+    _explicit_inputs(anchor, positive, negative)
+    return anchor.new_empty(()), *(torch.empty_like(anchor) for _ in range(3))
+
+
+def _explicit_backward(ctx, grad_loss, *_grad_gradients):
+    return *(_scaled(grad_loss, g) for g in ctx.saved_tensors), None, None
+
+
+triplet_loss_explicit.register_autograd(_explicit_backward, setup_context=lambda ctx, inputs, output: _save_gradients(ctx, output))
+
+
+# --- pair loss (csrc/faceops/pair_loss.h) -------------------------------------------------
+
+
+def _pair_inputs(x, labels, theta):
+    device, n, d, labels = _triplet_inputs(x, labels)
+    _boundary.device_of(x=x, theta=theta)
+    if theta.dim() != 0 or not theta.is_floating_point():
+        raise ValueError(f"theta: expected a 0-d floating-point tensor, got shape {tuple(theta.shape)} "
+                         f"and dtype {theta.dtype}")
+    return device, n, d, labels
+
+
+@torch.library.custom_op("faceops::pair_loss", mutates_args=())
+def pair_loss(x: Tensor, labels: Tensor, theta: Tensor, check: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, dx, dtheta) of the Multibatch pair loss; theta is a 0-d tensor.  The kernel
+    takes theta by value, so on CUDA reading it is one host synchronisation."""
+    device, n, d, labels = _pair_inputs(x, labels, theta)
+    theta_value = _real("theta", theta.item(), x.dtype)
+    _boundary.check_values(device, check, {"x": x}, ("x",))
+    x_in = _boundary.compute_input(x)
+    loss, dx, dtheta = _loss_like(x), torch.empty_like(x_in), _loss_like(x)
+    _boundary.call_kernel(_core.pair_loss, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(), n, d,
+                          theta_value, loss.data_ptr(), dx.data_ptr(), dtheta.data_ptr())
+    return _out(loss, x), _out(dx, x), _out(dtheta, theta)
+
+
+@pair_loss.register_fake
+def _(x, labels, theta, check):
+    _pair_inputs(x, labels, theta)
+    return x.new_empty(()), torch.empty_like(x), torch.empty_like(theta)
+
+
+def _pair_backward(ctx, grad_loss, *_grad_gradients):
+    dx, dtheta = ctx.saved_tensors
+    return _scaled(grad_loss, dx), None, _scaled(grad_loss, dtheta), None
+
+
+pair_loss.register_autograd(_pair_backward, setup_context=lambda ctx, inputs, output: _save_gradients(ctx, output))
+
+
+# --- contrastive loss (csrc/faceops/contrastive_loss.h) -----------------------------------
+
+
+def _contrastive_inputs(a, b, similar):
+    device = _boundary.device_of(a=a, b=b, similar=similar)
+    n, d = _boundary.check_matrix("a", a)
+    _boundary.check_matrix("b", b, dtype=a.dtype, rows=n, cols=d)
+    if similar.dtype == torch.bool:
+        similar = similar.to(torch.int64)
+    return device, n, d, _boundary.check_labels("similar", similar, n)
+
+
+@torch.library.custom_op("faceops::contrastive_loss", mutates_args=())
+def contrastive_loss(a: Tensor, b: Tensor, similar: Tensor, margin: float, legacy: bool,
+                     check: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, da, db) of BVLC Caffe's contrastive loss on pairs (a_i, b_i)."""
+    device, n, d, similar = _contrastive_inputs(a, b, similar)
+    margin = _real("margin", margin, a.dtype)
+    _boundary.check_values(device, check, {"a": a, "b": b}, ("a", "b"))
+    a_in, b_in = _boundary.compute_input(a), _boundary.compute_input(b)
+    loss, da, db = _loss_like(a), torch.empty_like(a_in), torch.empty_like(b_in)
+    _boundary.call_kernel(_core.contrastive_loss, a_in.dtype, a.device, a_in.data_ptr(), b_in.data_ptr(),
+                          similar.data_ptr(), n, d, margin, legacy, loss.data_ptr(), da.data_ptr(), db.data_ptr())
+    return _out(loss, a), _out(da, a), _out(db, a)
+
+
+@contrastive_loss.register_fake
+def _(a, b, similar, margin, legacy, check):
+    _contrastive_inputs(a, b, similar)
+    return a.new_empty(()), torch.empty_like(a), torch.empty_like(b)
+
+
+def _contrastive_backward(ctx, grad_loss, *_grad_gradients):
+    da, db = ctx.saved_tensors
+    return _scaled(grad_loss, da), _scaled(grad_loss, db), None, None, None, None
+
+
+contrastive_loss.register_autograd(_contrastive_backward,
+                                   setup_context=lambda ctx, inputs, output: _save_gradients(ctx, output))
+
+
+# --- margin softmax (csrc/faceops/margin_softmax.h) ---------------------------------------
+
+
+def _margin_softmax_inputs(x, labels, weight):
+    device = _boundary.device_of(x=x, labels=labels, weight=weight)
+    n, d = _boundary.check_matrix("x", x)
+    num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    return device, n, d, num_classes, _boundary.check_labels("labels", labels, n)
+
+
+@torch.library.custom_op("faceops::margin_softmax_loss", mutates_args=())
+def margin_softmax_loss(x: Tensor, labels: Tensor, weight: Tensor, s: float, m1: float, m2: float, m3: float,
+                        check: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, dx, dweight) of the combined-margin softmax over all rows of weight."""
+    device, n, d, num_classes, labels = _margin_softmax_inputs(x, labels, weight)
+    s = _real("s", s, x.dtype, low=0.0, low_open=True)
+    m1, m2, m3 = _margins(m1, m2, m3, x.dtype)
+    _boundary.check_values(device, check, {"x": x, "weight": weight}, ("x", "weight"), labels, num_classes)
+    x_in, weight_in = _boundary.compute_input(x), _boundary.compute_input(weight)
+    loss, dx, dweight = _loss_like(x), torch.empty_like(x_in), torch.empty_like(weight_in)
+    _boundary.call_kernel(_core.margin_softmax_loss, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(),
+                          weight_in.data_ptr(), n, d, num_classes, s, m1, m2, m3, loss.data_ptr(),
+                          dx.data_ptr(), dweight.data_ptr())
+    return _out(loss, x), _out(dx, x), _out(dweight, weight)
+
+
+@margin_softmax_loss.register_fake
+def _(x, labels, weight, s, m1, m2, m3, check):
+    _margin_softmax_inputs(x, labels, weight)
+    return x.new_empty(()), torch.empty_like(x), torch.empty_like(weight)
+
+
+def _margin_softmax_backward(ctx, grad_loss, *_grad_gradients):
+    dx, dweight = ctx.saved_tensors
+    return _scaled(grad_loss, dx), None, _scaled(grad_loss, dweight), None, None, None, None, None
+
+
+margin_softmax_loss.register_autograd(_margin_softmax_backward,
+                                      setup_context=lambda ctx, inputs, output: _save_gradients(ctx, output))
+
+
+def _target_margin_inputs(cosine, labels, d_out=None):
+    tensors = dict(cosine=cosine, labels=labels) if d_out is None else dict(cosine=cosine, labels=labels, d_out=d_out)
+    device = _boundary.device_of(**tensors)
+    n, num_classes = _boundary.check_matrix("cosine", cosine)
+    if d_out is not None:
+        _boundary.check_matrix("d_out", d_out, dtype=cosine.dtype, rows=n, cols=num_classes)
+    return device, n, num_classes, _boundary.check_labels("labels", labels, n)
+
+
+@torch.library.custom_op("faceops::target_margin_forward", mutates_args=())
+def target_margin_forward(cosine: Tensor, labels: Tensor, m1: float, m2: float, m3: float, check: bool) -> Tensor:
+    """A copy of the (N, C) cosines with entry (i, labels[i]) replaced by psi of it."""
+    device, n, num_classes, labels = _target_margin_inputs(cosine, labels)
+    margin = _margins(m1, m2, m3, cosine.dtype)
+    _boundary.check_values(device, check, {"cosine": cosine}, (), labels, num_classes)
+    cosine_in = _boundary.compute_input(cosine)
+    out = torch.empty_like(cosine_in)
+    _boundary.call_kernel(_core.target_margin_forward, cosine_in.dtype, cosine.device, cosine_in.data_ptr(),
+                          labels.data_ptr(), n, num_classes, *margin, out.data_ptr())
+    return _out(out, cosine)
+
+
+@target_margin_forward.register_fake
+def _(cosine, labels, m1, m2, m3, check):
+    _target_margin_inputs(cosine, labels)
+    return torch.empty_like(cosine)
+
+
+@torch.library.custom_op("faceops::target_margin_backward", mutates_args=())
+def target_margin_backward(cosine: Tensor, labels: Tensor, d_out: Tensor, m1: float, m2: float, m3: float,
+                           check: bool) -> Tensor:
+    """d_cosine = d_out with entry (i, labels[i]) multiplied by dpsi/dc at the cosine."""
+    device, n, num_classes, labels = _target_margin_inputs(cosine, labels, d_out)
+    margin = _margins(m1, m2, m3, cosine.dtype)
+    _boundary.check_values(device, check, {"cosine": cosine, "d_out": d_out}, (), labels, num_classes)
+    cosine_in, d_out_in = _boundary.compute_input(cosine), _boundary.compute_input(d_out)
+    d_cosine = torch.empty_like(cosine_in)
+    _boundary.call_kernel(_core.target_margin_backward, cosine_in.dtype, cosine.device, cosine_in.data_ptr(),
+                          labels.data_ptr(), d_out_in.data_ptr(), n, num_classes, *margin, d_cosine.data_ptr())
+    return _out(d_cosine, cosine)
+
+
+@target_margin_backward.register_fake
+def _(cosine, labels, d_out, m1, m2, m3, check):
+    _target_margin_inputs(cosine, labels, d_out)
+    return torch.empty_like(cosine)
+
+
+def _target_margin_setup(ctx, inputs, output):
+    cosine, labels, m1, m2, m3, _check = inputs
+    ctx.save_for_backward(cosine, labels)
+    ctx.margin = (m1, m2, m3)
+
+
+def _target_margin_backward(ctx, grad_out):
+    cosine, labels = ctx.saved_tensors
+    # The backward op's own inputs were checked by the forward; the incoming gradient
+    # may be non-contiguous (an expanded sum's), which the kernel cannot read.
+    d_cosine = target_margin_backward(cosine, labels, grad_out.contiguous(), *ctx.margin, False)
+    return d_cosine, None, None, None, None, None
+
+
+target_margin_forward.register_autograd(_target_margin_backward, setup_context=_target_margin_setup)
+
+
+OPS = (center_loss, center_update_direction, center_update, triplet_loss, triplet_loss_explicit, pair_loss,
+       contrastive_loss, margin_softmax_loss, target_margin_forward, target_margin_backward)
+
+for _op in OPS:
+    if _op is not center_update:
+        for _device_type in ("cpu", "cuda"):
+            torch.library.register_autocast(_op, _device_type, torch.float32)

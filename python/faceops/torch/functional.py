@@ -1,0 +1,152 @@
+"""Functional forms of the faceops losses on torch tensors: each returns the loss
+as a 0-d tensor on the input's device, differentiable by autograd through the
+faceops:: ops.  ``check=True`` (the default) checks device values (NaN/Inf,
+label ranges) on demand; see docs/torch.md.
+
+Hyperparameters are checked with faceops._params (real numbers only, flags only
+bools, checked after the cast to the op's dtype), here in eager mode and again
+inside the op, so a bad value also fails under torch.compile.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from faceops import _params
+from faceops.ops import MARGINS, MINING_MODES
+from faceops.torch import _boundary, _library
+
+
+_FLAGS = ("squared", "legacy", "check", "sparse_grad")
+
+
+def _eager_checks(**values):
+    """Type checks of Python hyperparameters before the schema's own coercions
+    (which take True for 1.0, a tensor for a float and 1 for True).  A Python float
+    or int (real) or bool (flag) passes as it is: the op checks its value after the
+    cast to its dtype.  Skipped while torch.compile traces, where the op checks the
+    values at run time."""
+    if torch.compiler.is_compiling():
+        return
+    for name, value in values.items():
+        if name in _FLAGS:
+            if type(value) is not bool:
+                _params.flag(name, value)
+        elif name == "mining":
+            _params.choice(name, value, MINING_MODES)
+        elif type(value) not in (float, int):
+            _params.real(name, value)
+
+
+def center_loss(x, labels, centers, *, check=True):
+    """Center loss (Wen et al., ECCV 2016, eq. 2): 1/(2N) sum_i ||x_i - c_{y_i}||^2.
+    centers (C, D) get a gradient (zero outside the batch's classes) when they require one."""
+    _eager_checks(check=check)
+    centers_grad = torch.is_grad_enabled() and centers.requires_grad
+    return _library.center_loss(x, labels, centers, centers_grad, check)[0]
+
+
+def center_update_direction(x, labels, centers, *, check=True):
+    """Wen et al. eq. 4's delta_j = sum_{i: y_i = j} (c_j - x_i) / (1 + n_j), (C, D)."""
+    _eager_checks(check=check)
+    return _library.center_update_direction(x.detach(), labels, centers.detach(), check)
+
+
+def center_update_(x, labels, centers, alpha, *, check=True):
+    """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j (no gradient flows)."""
+    _eager_checks(alpha=alpha, check=check)
+    with torch.no_grad():
+        _library.center_update(x.detach(), labels, centers, alpha, check)
+
+
+def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True, *, check=True):
+    """Triplet loss with in-batch mining: "semihard" (FaceNet / TensorFlow semantics),
+    "hard" (batch-hard) or "all" (batch-all); csrc/faceops/triplet_loss.h has the definitions."""
+    _eager_checks(margin=margin, mining=mining, squared=squared, check=check)
+    return _library.triplet_loss(x, labels, margin, mining, squared, check)[0]
+
+
+def triplet_loss_explicit(anchor, positive, negative, margin=1.0, *, check=True):
+    """1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2)."""
+    _eager_checks(margin=margin, check=check)
+    return _library.triplet_loss_explicit(anchor, positive, negative, margin, check)[0]
+
+
+def pair_loss(x, labels, theta, *, check=True):
+    """Multibatch pair loss (Tadmor et al., NIPS 2016) with threshold theta, a 0-d tensor
+    (learnable) or a number.  On CUDA reading theta costs one host synchronisation."""
+    _eager_checks(check=check)
+    if not isinstance(theta, torch.Tensor):
+        theta = torch.tensor(_params.real("theta", theta), dtype=x.dtype, device=x.device)
+    return _library.pair_loss(x, labels, theta, check)[0]
+
+
+def contrastive_loss(a, b, similar, margin=1.0, legacy=False, *, check=True):
+    """BVLC Caffe's ContrastiveLoss on pairs (a_i, b_i): 1/(2N) sum_i [s_i d_i^2 +
+    (1 - s_i) max(margin - d_i, 0)^2]; legacy uses max(margin - d_i^2, 0)."""
+    _eager_checks(margin=margin, legacy=legacy, check=check)
+    return _library.contrastive_loss(a, b, similar, margin, legacy, check)[0]
+
+
+def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sample_rate=1.0, *,
+                        sparse_grad=False, generator=None, check=True):
+    """Combined-margin softmax (insightface's form; ArcFace m2, CosFace m3, SphereFace m1) of
+    x (N, D) against class weights (C, D): mean cross-entropy, no N x C matrix.
+
+    sample_rate < 1 is Partial FC: the softmax runs over the classes of sample_classes(),
+    and only those rows of weight get a gradient; with sparse_grad=True that gradient is a
+    sparse (C, D) tensor holding only them (torch.optim.SparseAdam, or SGD without momentum
+    and weight decay, then leave every other row and its optimiser state untouched).
+    """
+    _eager_checks(s=s, m1=m1, m2=m2, m3=m3, sample_rate=sample_rate, sparse_grad=sparse_grad, check=check)
+    if not torch.compiler.is_compiling():
+        _params.real("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True)
+    if sample_rate >= 1.0 and not sparse_grad:
+        return _library.margin_softmax_loss(x, labels, weight, s, m1, m2, m3, check)[0]
+    device = _boundary.device_of(x=x, labels=labels, weight=weight)
+    n, d = _boundary.check_matrix("x", x)
+    num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    labels = _boundary.check_labels("labels", labels, n)
+    _boundary.check_values(device, check, {}, labels=labels, num_classes=num_classes, core_checks_labels=False)
+    classes = sample_classes(labels, num_classes, sample_rate, generator=generator)
+    # index_select's backward is an index_add (no host sync on CUDA, unlike embedding's dense
+    # backward); the sparse form is embedding's sparse gradient.
+    rows = F.embedding(classes, weight, sparse=True) if sparse_grad else weight.index_select(0, classes)
+    sampled_labels = torch.searchsorted(classes, labels)
+    return _library.margin_softmax_loss(x, sampled_labels, rows, s, m1, m2, m3, check)[0]
+
+
+def sample_classes(labels, num_classes, sample_rate, generator=None):
+    """Partial FC's class sample (An et al., 2022) without host synchronisation: the batch's
+    classes plus uniformly drawn others, k = min(C, max(round(sample_rate * C), N)) classes in
+    all, returned sorted (int64).  k is known without reading the labels (N bounds the number
+    of distinct labels), which keeps it sync-free; faceops.margin_softmax_loss (NumPy) takes
+    max(#distinct labels, round(sample_rate * C)), which differs only when that is below N."""
+    count = min(num_classes, max(round(sample_rate * num_classes), labels.shape[0]))
+    scores = torch.rand(num_classes, device=labels.device, generator=generator)
+    scores.index_fill_(0, labels, 2.0)  # above every uniform draw: the batch's classes are kept
+    return torch.topk(scores, count, sorted=False).indices.sort().values
+
+
+def arcface_loss(x, labels, weight, s=64.0, margin=0.5, sample_rate=1.0, **options):
+    """ArcFace (Deng et al., CVPR 2019): target logit s cos(theta + margin)."""
+    return margin_softmax_loss(x, labels, weight, s, 1.0, margin, 0.0, sample_rate, **options)
+
+
+def cosface_loss(x, labels, weight, s=64.0, margin=0.35, sample_rate=1.0, **options):
+    """CosFace (Wang et al., CVPR 2018): target logit s (cos(theta) - margin)."""
+    return margin_softmax_loss(x, labels, weight, s, 1.0, 0.0, margin, sample_rate, **options)
+
+
+def target_margin(cosine, labels, m1=1.0, m2=0.5, m3=0.0, *, check=True):
+    """The margin alone on (N, C) cosines (the legacy Caffe layers' form): a copy with entry
+    (i, labels[i]) replaced by psi(c) = cos(m1 theta + m2) - m3; differentiable in cosine."""
+    _eager_checks(m1=m1, m2=m2, m3=m3, check=check)
+    return _library.target_margin_forward(cosine, labels, m1, m2, m3, check)
+
+
+def resolve_margin(margin):
+    """(m1, m2, m3) from a name of faceops.MARGINS or a triple."""
+    if isinstance(margin, str):
+        return MARGINS[_params.choice("margin", margin, MARGINS)]
+    m1, m2, m3 = margin
+    return _params.real("m1", m1, low=0.0, low_open=True), _params.real("m2", m2), _params.real("m3", m3)

@@ -1,0 +1,492 @@
+"""The faceops:: torch ops on the CPU: opcheck, gradcheck (float64), bitwise parity
+with the NumPy ops (the same kernels), float16/bfloat16 against the float64
+reference, autocast, zero copy, and bad input.  CUDA: tests/test_torch_cuda.py."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="faceops.torch needs PyTorch (pip install '.[torch]')")
+
+import faceops
+import faceops.torch as ft
+from faceops import reference
+from faceops.torch import _library
+from testing import MININGS, kink_free_batch, kink_gap_pair, kink_gap_triplet
+
+# Half-precision inputs run the float32 kernels; compared with the float64 reference on the
+# same (rounded) inputs, the error is the float32 accumulation plus the rounding of the
+# result to the input dtype: |got - ref| <= rtol * max|ref| (per output).
+HALF_RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _batch(seed, n=12, d=6, classes=4, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5
+    labels = torch.arange(n) % classes
+    return x.to(dtype), labels[torch.randperm(n, generator=g)]
+
+
+def _op_cases(dtype):
+    """One valid argument tuple per op (name -> args), float tensors in dtype."""
+    x, labels = _batch(0, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    cosine = (torch.rand(12, 5, generator=g, dtype=torch.float64) * 1.8 - 0.9).to(dtype)
+    similar = torch.arange(12) % 2
+    theta = torch.tensor(1.0, dtype=dtype)
+    return {
+        "center_loss": (x, labels, randn(4, 6), True, True),
+        "center_update_direction": (x, labels, randn(4, 6), True),
+        "center_update": (x, labels, randn(4, 6), 0.5, True),
+        "triplet_loss": (x, labels, 0.2, "semihard", True, True),
+        "triplet_loss_explicit": (randn(12, 6), randn(12, 6), randn(12, 6), 1.0, True),
+        "pair_loss": (x, labels, theta, True),
+        "contrastive_loss": (randn(12, 6), randn(12, 6), similar, 1.0, False, True),
+        "margin_softmax_loss": (x, labels, randn(5, 6), 8.0, 1.0, 0.5, 0.0, True),
+        "target_margin_forward": (cosine, labels, 1.0, 0.5, 0.0, True),
+        "target_margin_backward": (cosine, labels, randn(12, 5), 1.0, 0.5, 0.0, True),
+    }
+
+
+DIFFERENTIABLE = {  # op -> positions of its differentiable inputs
+    "center_loss": (0, 2), "triplet_loss": (0,), "triplet_loss_explicit": (0, 1, 2), "pair_loss": (0, 2),
+    "contrastive_loss": (0, 1), "margin_softmax_loss": (0, 2), "target_margin_forward": (0,),
+}
+
+
+def test_every_kernel_entry_is_an_op():
+    kernels = {"center_loss", "center_update_direction", "center_update", "contrastive_loss", "margin_softmax_loss",
+               "target_margin_forward", "target_margin_backward", "pair_loss", "triplet_loss",
+               "triplet_loss_explicit"}
+    assert {op._qualname for op in _library.OPS} == {f"faceops::{name}" for name in kernels}
+    assert set(_op_cases(torch.float64)) == kernels
+    for name in kernels:
+        assert getattr(torch.ops.faceops, name).default._schema.name == f"faceops::{name}"
+
+
+def test_center_update_declares_its_mutation():
+    (argument,) = [a for a in torch.ops.faceops.center_update.default._schema.arguments if a.alias_info]
+    assert argument.name == "centers" and argument.alias_info.is_write
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(_op_cases(torch.float64)))
+def test_opcheck(name, dtype):
+    args = list(_op_cases(dtype)[name])
+    for position in DIFFERENTIABLE.get(name, ()):
+        args[position] = args[position].clone().requires_grad_()
+    torch.library.opcheck(getattr(torch.ops.faceops, name).default, tuple(args))
+
+
+def _gradcheck(fn, *inputs):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mining", MININGS)
+@pytest.mark.parametrize("squared", [True, False])
+def test_gradcheck_triplet(mining, squared):
+    x, labels = kink_free_batch(1, 4, 3, 5, lambda x, y: kink_gap_triplet(x, y, 0.3, squared))
+    labels = torch.from_numpy(labels)
+    _gradcheck(lambda z: ft.triplet_loss(z, labels, 0.3, mining, squared), torch.from_numpy(x))
+
+
+def test_gradcheck_pair():
+    x, labels = kink_free_batch(2, 4, 3, 5, lambda x, y: kink_gap_pair(x, y, 1.5))
+    labels = torch.from_numpy(labels)
+    _gradcheck(lambda z, theta: ft.pair_loss(z, labels, theta), torch.from_numpy(x), torch.tensor(1.5, dtype=torch.float64))
+
+
+def test_gradcheck_center_loss():
+    x, labels = _batch(3)
+    _gradcheck(lambda z, c: ft.center_loss(z, labels, c), x, torch.randn(5, 6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_gradcheck_contrastive(legacy):
+    a, _ = _batch(4)
+    b, _ = _batch(5)
+    # margin 1.3: no distance (or squared distance) of these pairs lies within 1e-3 of it
+    distance = (a - b).norm(dim=1)
+    assert ((distance**2 if legacy else distance) - 1.3).abs().min() > 1e-3
+    similar = torch.arange(12) % 2 == 0
+    _gradcheck(lambda p, q: ft.contrastive_loss(p, q, similar, 1.3, legacy), a, b)
+
+
+def test_gradcheck_explicit_triplets():
+    anchor, positive, negative = (_batch(seed)[0] for seed in (6, 7, 8))
+    _gradcheck(lambda a, p, n: ft.triplet_loss_explicit(a, p, n, 1.0), anchor, positive, negative)
+
+
+@pytest.mark.parametrize("margin", ["arcface", "cosface", "sphereface", "combined"])
+def test_gradcheck_margin_softmax(margin):
+    x, labels = _batch(9)
+    m1, m2, m3 = faceops.MARGINS[margin]
+    _gradcheck(lambda z, w: ft.margin_softmax_loss(z, labels, w, 8.0, m1, m2, m3), x,
+               torch.randn(4, 6, dtype=torch.float64))
+
+
+def test_gradcheck_partial_fc():
+    x, labels = _batch(10)
+
+    def loss(z, w):  # the same sample on every evaluation
+        return ft.margin_softmax_loss(z, labels, w, 8.0, sample_rate=0.5,
+                                      generator=torch.Generator().manual_seed(0))
+
+    _gradcheck(loss, x, torch.randn(20, 6, dtype=torch.float64))
+
+
+def test_gradcheck_target_margin_through_its_backward_op():
+    cosine = torch.rand(6, 5, dtype=torch.float64) * 1.8 - 0.9
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    _gradcheck(lambda c: ft.target_margin(c, labels, 1.0, 0.5, 0.0), cosine)
+
+
+# --- parity with the NumPy ops: the same kernels, so the same bits ------------------------
+
+
+def _numpy(t):
+    return t.detach().numpy()
+
+
+def _assert_same(got, expected):
+    """Equal bits: arrays of one dtype, or the kernel's loss that NumPy returns as a float."""
+    got = got.detach().numpy()
+    if isinstance(expected, float):
+        assert got.shape == () and float(got) == expected
+        return
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_losses_are_bitwise_the_numpy_ops(dtype):
+    cases = _op_cases(dtype)
+    x, labels, centers, _, _ = cases["center_loss"]
+    loss, dx, dcenters = _library.center_loss(*cases["center_loss"])
+    for got, want in zip((loss, dx, dcenters), faceops.center_loss(_numpy(x), _numpy(labels), _numpy(centers))):
+        _assert_same(got, want)
+    _assert_same(_library.center_update_direction(x, labels, centers, True),
+                 faceops.center_update_direction(_numpy(x), _numpy(labels), _numpy(centers)))
+    moved, moved_numpy = centers.clone(), _numpy(centers).copy()
+    _library.center_update(x, labels, moved, 0.5, True)
+    faceops.center_update(_numpy(x), _numpy(labels), moved_numpy, 0.5)
+    _assert_same(moved, moved_numpy)
+    for mining in MININGS:
+        for squared in (True, False):
+            got = _library.triplet_loss(x, labels, 0.2, mining, squared, True)
+            for g, w in zip(got, faceops.triplet_loss(_numpy(x), _numpy(labels), 0.2, mining, squared)):
+                _assert_same(g, w)
+    explicit = cases["triplet_loss_explicit"]
+    for g, w in zip(_library.triplet_loss_explicit(*explicit), faceops.triplet_loss_explicit(*map(_numpy, explicit[:3]), 1.0)):
+        _assert_same(g, w)
+    theta = torch.tensor(1.0, dtype=dtype)
+    for g, w in zip(_library.pair_loss(x, labels, theta, True), faceops.pair_loss(_numpy(x), _numpy(labels), 1.0)):
+        _assert_same(g, w)
+    a, b, similar = cases["contrastive_loss"][:3]
+    for legacy in (False, True):
+        got = _library.contrastive_loss(a, b, similar, 1.0, legacy, True)
+        for g, w in zip(got, faceops.contrastive_loss(_numpy(a), _numpy(b), _numpy(similar), 1.0, legacy)):
+            _assert_same(g, w)
+    weight = cases["margin_softmax_loss"][2]
+    got = _library.margin_softmax_loss(x, labels, weight, 8.0, 1.0, 0.5, 0.0, True)
+    for g, w in zip(got, faceops.margin_softmax_loss(_numpy(x), _numpy(labels), _numpy(weight), 8.0, 1.0, 0.5, 0.0)):
+        _assert_same(g, w)
+    cosine, _, d_out = cases["target_margin_backward"][:3]
+    from faceops import ops
+
+    _assert_same(_library.target_margin_forward(cosine, labels, 1.0, 0.5, 0.0, True),
+                 ops.target_margin_forward(_numpy(cosine), _numpy(labels)))
+    _assert_same(_library.target_margin_backward(cosine, labels, d_out, 1.0, 0.5, 0.0, True),
+                 ops.target_margin_backward(_numpy(cosine), _numpy(labels), _numpy(d_out)))
+
+
+def test_autograd_gradients_are_the_kernels_scaled():
+    x, labels = _batch(11, dtype=torch.float32)
+    x.requires_grad_()
+    (3.0 * ft.triplet_loss(x, labels, 0.2, "all")).backward()
+    _, dx = faceops.triplet_loss(_numpy(x), _numpy(labels), 0.2, "all")
+    torch.testing.assert_close(x.grad, torch.from_numpy(3.0 * dx), rtol=0, atol=0)
+
+
+def test_int32_labels_and_bool_similar_match_int64():
+    x, labels = _batch(12)
+    assert torch.equal(ft.triplet_loss(x, labels.int()), ft.triplet_loss(x, labels))
+    a, b = _batch(13)[0], _batch(14)[0]
+    similar = torch.arange(12) % 3 == 0
+    assert torch.equal(ft.contrastive_loss(a, b, similar), ft.contrastive_loss(a, b, similar.long()))
+
+
+# --- half precision ------------------------------------------------------------------------
+
+
+def _reference_outputs(name, args):
+    """The float64 reference's outputs on the same (rounded) inputs, as the op orders them."""
+    wide = [a.double().numpy() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    wide = [a.numpy() if isinstance(a, torch.Tensor) else a for a in wide]
+    if name == "center_loss":
+        return reference.center_loss(*wide[:3])
+    if name == "center_update_direction":
+        return (reference.center_update_direction(*wide[:3]),)
+    if name == "center_update":
+        centers = wide[2].copy()
+        reference.center_update(wide[0], wide[1], centers, wide[3])
+        return (centers,)
+    if name == "triplet_loss":
+        return reference.triplet_loss(*wide[:5])
+    if name == "triplet_loss_explicit":
+        return reference.triplet_loss_explicit(*wide[:4])
+    if name == "pair_loss":
+        return reference.pair_loss(wide[0], wide[1], float(wide[2]))
+    if name == "contrastive_loss":
+        return reference.contrastive_loss(*wide[:5])
+    if name == "margin_softmax_loss":
+        return reference.margin_softmax_loss(*wide[:7])
+    cosine, labels = wide[0], wide[1]
+    rows = np.arange(len(labels))
+    psi, dpsi = reference.margin_target(cosine[rows, labels], *wide[-4:-1])
+    if name == "target_margin_forward":
+        out = cosine.copy()
+        out[rows, labels] = psi
+        return (out,)
+    d_cosine = wide[2].copy()
+    d_cosine[rows, labels] *= dpsi
+    return (d_cosine,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(_op_cases(torch.float64)))
+def test_half_precision_against_float64_reference(name, dtype):
+    args = _op_cases(dtype)[name]
+    if name == "triplet_loss":  # kink-free after rounding: float32 mining decides as float64 does
+        x, labels = kink_free_batch(3, 4, 3, 6, lambda x, y: kink_gap_triplet(x, y, 0.2, True))
+        args = (torch.from_numpy(x).to(dtype), torch.from_numpy(labels), *args[2:])
+        assert kink_gap_triplet(args[0].double().numpy(), labels, 0.2, True) > 1e-4
+    if name == "pair_loss":
+        x, labels = kink_free_batch(4, 4, 3, 6, lambda x, y: kink_gap_pair(x, y, 1.0))
+        args = (torch.from_numpy(x).to(dtype), torch.from_numpy(labels), *args[2:])
+        assert kink_gap_pair(args[0].double().numpy(), labels, 1.0) > 1e-4
+    expected = _reference_outputs(name, args)
+    if name == "center_update":
+        _library.center_update(*args)
+        got = (args[2],)
+    else:
+        got = getattr(_library, name)(*args)
+        got = got if isinstance(got, tuple) else (got,)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        e = np.asarray(e, dtype=np.float64)
+        assert g.dtype == dtype and tuple(g.shape) == e.shape
+        scale = max(np.abs(e).max(), 1e-3)
+        np.testing.assert_allclose(g.double().numpy(), e, rtol=0, atol=HALF_RTOL[dtype] * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_gradients_come_back_in_the_input_dtype(dtype):
+    x, labels = _batch(15, dtype=dtype)
+    x.requires_grad_()
+    head = ft.ArcFace(4, 6, s=8.0, dtype=dtype)
+    loss = head(x, labels)
+    loss.backward()
+    assert loss.dtype == dtype and x.grad.dtype == dtype and head.weight.grad.dtype == dtype
+    # the float32 kernels on the upcast inputs, the result rounded to dtype
+    _, dx, dweight = faceops.margin_softmax_loss(x.detach().float().numpy(), labels.numpy(),
+                                                 head.weight.detach().float().numpy(), 8.0, 1.0, 0.5, 0.0)
+    assert torch.equal(x.grad, torch.from_numpy(dx).to(dtype))
+    assert torch.equal(head.weight.grad, torch.from_numpy(dweight).to(dtype))
+
+
+def test_autocast_runs_the_losses_in_float32():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 6)
+    x, labels = torch.randn(12, 8), torch.arange(12) % 4
+    head, centers = ft.ArcFace(4, 6, s=8.0), ft.CenterLoss(4, 6, alpha=0.5)
+    before = centers.centers.detach().clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embeddings = model(x)
+        assert embeddings.dtype == torch.bfloat16
+        arcface, center, triplet = head(embeddings, labels), centers(embeddings, labels), ft.triplet_loss(embeddings, labels)
+    for loss in (arcface, center, triplet):
+        assert loss.dtype == torch.float32
+    wide = embeddings.detach().float()
+    assert torch.equal(arcface, ft.margin_softmax_loss(wide, labels, head.weight, 8.0))
+    assert torch.equal(triplet, ft.triplet_loss(wide, labels))
+    moved = before.clone()
+    ft.center_update_(wide, labels, moved, 0.5)
+    assert torch.equal(centers.centers, moved) and not torch.equal(moved, before)
+    (arcface + center + triplet).backward()
+    assert model.weight.grad.dtype == torch.float32 and torch.isfinite(model.weight.grad).all()
+
+
+# --- zero copy, output placement -----------------------------------------------------------
+
+
+def test_float32_tensors_reach_the_kernel_by_their_own_address(monkeypatch):
+    seen = []
+    kernel = faceops._core.margin_softmax_loss
+
+    def spy(dtype, device, x, labels, weight, *rest):
+        seen.append((dtype, device, x, labels, weight, rest[-1]))
+        return kernel(dtype, device, x, labels, weight, *rest)
+
+    monkeypatch.setattr(faceops._core, "margin_softmax_loss", spy)
+    x, labels = _batch(16, dtype=torch.float32)
+    weight = torch.randn(4, 6)
+    loss = ft.margin_softmax_loss(x, labels, weight, 8.0)
+    assert seen == [("float32", "cpu", x.data_ptr(), labels.data_ptr(), weight.data_ptr(), 0)]
+    assert loss.dim() == 0 and loss.device == x.device and loss.dtype == torch.float32
+
+
+def test_half_tensors_reach_the_kernel_as_float32_copies(monkeypatch):
+    seen = []
+    kernel = faceops._core.triplet_loss
+
+    def spy(dtype, device, x, *rest):
+        seen.append((dtype, x))
+        return kernel(dtype, device, x, *rest)
+
+    monkeypatch.setattr(faceops._core, "triplet_loss", spy)
+    x, labels = _batch(17, dtype=torch.float16)
+    ft.triplet_loss(x, labels)
+    assert seen[0][0] == "float32" and seen[0][1] != x.data_ptr()
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_labels_that_require_grad_or_are_float_are_refused():
+    x, labels = _batch(18)
+    with pytest.raises(TypeError, match="labels: expected integer labels that do not require grad"):
+        ft.triplet_loss(x, labels.double().requires_grad_())
+    with pytest.raises(TypeError, match="labels: expected dtype int32 or int64, got torch.float32"):
+        ft.triplet_loss(x, labels.float())
+    with pytest.raises(TypeError, match="labels: expected dtype int32 or int64"):
+        ft.margin_softmax_loss(x, labels.float(), torch.randn(4, 6, dtype=torch.float64), sample_rate=0.5)
+
+
+def test_wrong_shapes_name_the_argument():
+    x, labels = _batch(19)
+    with pytest.raises(ValueError, match=r"x: expected a 2-D tensor \(N, D\), got shape \(72,\)"):
+        ft.triplet_loss(x.reshape(-1), labels)
+    with pytest.raises(ValueError, match=r"labels: expected shape \(12,\), got \(11,\)"):
+        ft.triplet_loss(x, labels[:11])
+    with pytest.raises(ValueError, match="centers: expected 6 columns"):
+        ft.center_loss(x, labels, torch.zeros(4, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="weight: expected dtype torch.float64 like the features, got torch.float32"):
+        ft.margin_softmax_loss(x, labels, torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=r"b: expected 12 rows"):
+        ft.contrastive_loss(x, x[:6], labels)
+    with pytest.raises(ValueError, match="x: empty batch"):
+        ft.triplet_loss(x[:0], labels[:0])
+    with pytest.raises(ValueError, match="theta: expected a 0-d floating-point tensor"):
+        ft.pair_loss(x, labels, torch.ones(1, dtype=torch.float64))
+    with pytest.raises(TypeError, match="x: expected dtype float16, bfloat16, float32 or float64, got torch.int64"):
+        ft.triplet_loss(labels[:, None].expand(12, 2).contiguous(), labels)
+    with pytest.raises(RuntimeError, match="for argument 'x' but instead found type 'ndarray'"):
+        ft.triplet_loss(x.numpy(), labels)
+
+
+def test_non_contiguous_tensors_are_refused_not_copied():
+    x, labels = _batch(20)
+    wide = torch.randn(6, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"x: expected a contiguous tensor .*pass x.contiguous\(\)"):
+        ft.triplet_loss(wide.t(), labels)
+    with pytest.raises(ValueError, match="labels: expected a contiguous tensor"):
+        ft.triplet_loss(x, (torch.arange(24) % 4)[::2])
+    with pytest.raises(ValueError, match="weight: expected a contiguous tensor"):
+        ft.margin_softmax_loss(x, labels, torch.randn(6, 4, dtype=torch.float64).t())
+    with pytest.raises(ValueError, match="centers: expected a contiguous tensor"):
+        ft.center_update_(x, labels, torch.zeros(6, 4, dtype=torch.float64).t(), 0.5)
+    # the documented way out gives the loss of the same values
+    loss, _ = faceops.triplet_loss(np.ascontiguousarray(wide.numpy().T), labels.numpy())
+    assert ft.triplet_loss(wide.t().contiguous(), labels).item() == loss
+
+
+def test_tensors_on_different_devices_are_refused():
+    x, labels = _batch(21)
+    with pytest.raises(ValueError, match=r"arguments are on different devices \(x on cpu, labels on meta\)"):
+        ft.triplet_loss(x, labels.to("meta"))
+    with pytest.raises(ValueError, match=r"x on cpu, labels on cpu, weight on meta"):
+        ft.margin_softmax_loss(x, labels, torch.zeros(4, 6, dtype=torch.float64, device="meta"))
+
+
+def test_nan_is_refused_with_checks_on():
+    x, labels = _batch(22)
+    bad = x.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="x: contains NaN or Inf"):
+        ft.triplet_loss(bad, labels)  # the CPU core's own check, always on
+    centers = torch.zeros(4, 6, dtype=torch.float64)
+    centers[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="centers: contains NaN or Inf"):
+        ft.center_loss(x, labels, centers)
+    cosine = torch.zeros(12, 4, dtype=torch.float64)
+    cosine[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="cosine: contains NaN or Inf"):
+        ft.target_margin(cosine, labels)
+    # check=False: the training loop vouches for the values (documented); nothing is checked here
+    assert torch.isinf(ft.center_loss(x, labels, centers, check=False))
+
+
+def test_labels_out_of_range_are_refused():
+    x, labels = _batch(23)
+    with pytest.raises(ValueError, match="labels: label 3 at index .* out of range; expected 0 <= label < 3"):
+        ft.margin_softmax_loss(x, labels, torch.randn(3, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="labels: out of range; expected 0 <= label < 3"):
+        ft.margin_softmax_loss(x, labels, torch.randn(3, 6, dtype=torch.float64), sample_rate=0.5)
+    with pytest.raises(ValueError, match="labels: label -1 at index 0 is out of range"):
+        ft.center_loss(x, torch.cat([torch.tensor([-1]), labels[1:]]), torch.zeros(4, 6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda x, y: ft.triplet_loss(x, y, margin="0.3"), TypeError, "margin: expected a real number, got the string '0.3'"),
+    (lambda x, y: ft.triplet_loss(x, y, margin=True), TypeError, "margin: expected a real number, got the bool True"),
+    (lambda x, y: ft.triplet_loss(x, y, margin=torch.tensor(0.3)), TypeError, "margin: expected a real number"),
+    (lambda x, y: ft.triplet_loss(x.float(), y, margin=1e39), ValueError, "margin: .*not finite in float32"),
+    (lambda x, y: ft.triplet_loss(x.half(), y, margin=1e39), ValueError, "margin: .*not finite in float32"),
+    (lambda x, y: ft.triplet_loss(x, y, mining="hardest"), ValueError, "mining: expected one of"),
+    (lambda x, y: ft.triplet_loss(x, y, squared=1), TypeError, "squared: expected True or False"),
+    (lambda x, y: ft.margin_softmax_loss(x, y, torch.zeros(4, 6, dtype=x.dtype), s=0.0), ValueError, "s: expected"),
+    (lambda x, y: ft.margin_softmax_loss(x, y, torch.zeros(4, 6, dtype=x.dtype), m1=-1.0), ValueError, "m1: expected"),
+    (lambda x, y: ft.margin_softmax_loss(x, y, torch.zeros(4, 6, dtype=x.dtype), sample_rate=1.5), ValueError,
+     "sample_rate: expected 0.0 < value <= 1.0"),
+    (lambda x, y: ft.center_update_(x, y, torch.zeros(4, 6, dtype=x.dtype), float("nan")), ValueError,
+     "alpha: expected a finite number, got NaN"),
+    (lambda x, y: ft.pair_loss(x, y, torch.tensor(float("inf"), dtype=x.dtype)), ValueError, "theta: expected a finite"),
+    (lambda x, y: ft.triplet_loss(x, y, check="yes"), TypeError, "check: expected True or False"),
+    # the op itself checks values too (torch.ops.faceops.* called directly, or under torch.compile)
+    (lambda x, y: torch.ops.faceops.triplet_loss(x, y, float("nan"), "all", True, True), ValueError,
+     "margin: expected a finite number, got NaN"),
+    (lambda x, y: torch.ops.faceops.triplet_loss(x, y, 0.2, "most", True, True), ValueError, "mining: expected one of"),
+])
+def test_bad_hyperparameters_name_the_argument(call, error, message):
+    x, labels = _batch(24)
+    with pytest.raises(error, match=message):
+        call(x, labels)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ft.TripletLoss(margin=None), lambda: ft.TripletLoss(mining="semi"), lambda: ft.CenterLoss(4.0, 6),
+    lambda: ft.CenterLoss(4, 6, alpha="0.5"), lambda: ft.ArcFace(10, 6, sample_rate=0.0),
+    lambda: ft.MarginSoftmaxLoss(10, 6, margin="arc"), lambda: ft.PairLoss(theta=float("nan")),
+    lambda: ft.ContrastiveLoss(legacy="no"),
+])
+def test_modules_check_their_hyperparameters(make):
+    with pytest.raises((TypeError, ValueError)):
+        make()
+
+
+def test_faceops_works_without_torch_and_faceops_torch_says_what_it_needs():
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['torch'] = None\n"  # torch absent: importing it raises ImportError
+              "import faceops, numpy as np\n"
+              "assert faceops.triplet_loss(np.eye(4), np.array([0, 0, 1, 1]))[0] >= 0\n"
+              "try:\n    import faceops.torch\nexcept ImportError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "faceops.torch needs PyTorch: pip install 'faceops[torch]'" in result.stdout
