@@ -220,7 +220,8 @@ def timed(fn, repeats, synchronize=lambda: None, budget_s=60.0):
 
 def overhead(repeats):
     """faceops.torch functional (forward + backward) against the faceops NumPy op on the same
-    float32 memory, N = 1024, D = 128, alternating in one process; ms and ratios."""
+    float32 memory, N = 1024, D = 128, in one process, the three calls interleaved one by one;
+    median and minimum ms, and their ratios."""
     import torch
 
     import faceops
@@ -259,16 +260,25 @@ def overhead(repeats):
     }
     rows = {}
     for name, (numpy_call, torch_call) in cases.items():
-        numpy_ms, checked_ms, unchecked_ms = [], [], []
-        for _ in range(5):  # alternate, so drifting load hits all three alike
-            numpy_ms.append(timed(numpy_call, repeats))
-            checked_ms.append(timed(torch_call(True), repeats))
-            unchecked_ms.append(timed(torch_call(False), repeats))
-        numpy_t, checked, unchecked = (float(np.median(t)) for t in (numpy_ms, checked_ms, unchecked_ms))
-        rows[name] = {"numpy_op_ms": numpy_t, "torch_check_ms": checked, "torch_nocheck_ms": unchecked,
-                      "ratio_check": checked / numpy_t, "ratio_nocheck": unchecked / numpy_t}
-        print(f"overhead {name:17s} numpy {numpy_t:8.3f} ms  torch(check) {checked:8.3f} ms ({checked / numpy_t:5.3f}x)"
-              f"  torch(no check) {unchecked:8.3f} ms ({unchecked / numpy_t:5.3f}x)", flush=True)
+        variants = {"numpy_op": numpy_call, "torch_check": torch_call(True), "torch_nocheck": torch_call(False)}
+        times = {key: [] for key in variants}
+        for call in variants.values():
+            call()  # warm-up
+        for _ in range(repeats):  # interleaved one by one, so drifting load hits all three alike
+            for key, call in variants.items():
+                start = time.perf_counter()
+                call()
+                times[key].append(1e3 * (time.perf_counter() - start))
+        row = {f"{key}_ms": float(np.median(t)) for key, t in times.items()}
+        row.update({f"{key}_min_ms": float(np.min(t)) for key, t in times.items()})
+        for key in ("torch_check", "torch_nocheck"):
+            row[f"ratio_{key}"] = row[f"{key}_ms"] / row["numpy_op_ms"]
+            row[f"ratio_{key}_min"] = row[f"{key}_min_ms"] / row["numpy_op_min_ms"]
+        rows[name] = row
+        print(f"overhead {name:17s} numpy op {row['numpy_op_ms']:8.3f} ms | faceops.torch check=True "
+              f"{row['torch_check_ms']:8.3f} ms ({row['ratio_torch_check']:.3f}x, min {row['ratio_torch_check_min']:.3f}x)"
+              f" | check=False {row['torch_nocheck_ms']:8.3f} ms ({row['ratio_torch_nocheck']:.3f}x, "
+              f"min {row['ratio_torch_nocheck_min']:.3f}x)", flush=True)
     return rows
 
 
@@ -332,7 +342,7 @@ def main():
         return
     os.makedirs(args.out, exist_ok=True)
     repeats = 5 if args.quick else 10
-    results = {"load_average_start": os.getloadavg(), "overhead": overhead(20 if args.quick else 50), "steps": []}
+    results = {"load_average_start": os.getloadavg(), "overhead": overhead(200 if args.quick else 500), "steps": []}
     if not args.overhead_only:
         for loss, n, d, classes in cases(args.quick):
             row = {"loss": loss, "n": n, "d": d, "classes": classes, "load_average": os.getloadavg()[0]}
