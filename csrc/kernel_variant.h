@@ -1,0 +1,60 @@
+// First include of every CPU kernel source (csrc/<loss>.cpp): puts the
+// kernels into the namespace of one instruction-set variant.
+//
+// The kernel sources are compiled once per variant: on their own for the
+// baseline (faceops_baseline::cpu), and included by csrc/kernels_avx2.cpp and
+// csrc/kernels_avx512.cpp under `#pragma GCC target` (faceops_avx2::cpu,
+// faceops_avx512::cpu).  csrc/dispatch.cpp defines the public faceops::cpu
+// functions, which call the variant the CPU can run.
+//
+// The variant's namespace is set by defining the token `faceops` as that
+// namespace for the rest of the translation unit, so that every inline
+// function and template of faceops' internal headers (simd.h, gemm_block.h,
+// pairwise_tiles.h, ...) gets a symbol of its own per variant.  With one
+// symbol the linker keeps one of the copies for every caller: the AVX-512
+// copy, say, on the baseline path, and SIGILL on CPUs without AVX-512.
+// The system headers and the public headers (csrc/faceops/*.h: the types and
+// the host-device math all variants share) are included before the rename
+// and outside any target pragma: GCC compiles a template for the target in
+// force where it is defined, not where it is instantiated, so their copies
+// (std::vector, std::sort, ...) are baseline code in every variant and the
+// linker may merge them.  A kernel source that includes a system header not
+// listed here gets it under the variant's target: add the header here.
+#ifndef FACEOPS_KERNEL_VARIANT_H_
+#define FACEOPS_KERNEL_VARIANT_H_
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cpu_features.h"
+#include "faceops/faceops.h"
+
+// The variant's namespace sees the shared (public) faceops names: the kernels
+// name them unqualified, as faceops::..., or as detail::... .
+#define FACEOPS_KERNEL_VARIANT_NAMESPACE(variant)  \
+  namespace variant {                              \
+  using namespace ::faceops;                       \
+  namespace detail {                               \
+  using namespace ::faceops::detail;               \
+  }                                                \
+  }
+
+#endif  // FACEOPS_KERNEL_VARIANT_H_
+
+#ifndef FACEOPS_KERNEL_VARIANT  // a kernel source compiled on its own: the baseline
+#define FACEOPS_KERNEL_VARIANT baseline
+FACEOPS_KERNEL_VARIANT_NAMESPACE(faceops_baseline)
+#define faceops faceops_baseline
+#endif
