@@ -135,6 +135,17 @@ Selection select_variant() {
   Selection selection;
   CpuFeatures& features = selection.features;
   features.cpu = cpu_flags();
+  const char* requested = std::getenv("FACEOPS_CPU_PATH");
+  if (requested != nullptr) features.requested = requested;
+#ifdef FACEOPS_NATIVE
+  features.path = "native";
+  features.compiled = features.supported = {"native"};
+  if (!features.requested.empty())
+    selection.error = "FACEOPS_CPU_PATH=" + features.requested +
+                      ": this faceops was built with FACEOPS_NATIVE=ON and has one path (native); "
+                      "unset FACEOPS_CPU_PATH";
+  return selection;
+#endif
   std::string supported;
   for (const Variant& variant : kVariants) {
     if (!variant.compiled) continue;
@@ -145,18 +156,7 @@ Selection select_variant() {
     selection.path = variant.path;  // kVariants runs from slowest to fastest
     features.path = variant.name;
   }
-#ifdef FACEOPS_NATIVE
-  features.path = "native";
-#endif
-  const char* requested = std::getenv("FACEOPS_CPU_PATH");
-  if (requested == nullptr || *requested == '\0') return selection;
-  features.requested = requested;
-#ifdef FACEOPS_NATIVE
-  selection.error = "FACEOPS_CPU_PATH=" + features.requested +
-                    ": this faceops was built with FACEOPS_NATIVE=ON and has one path (native); "
-                    "unset FACEOPS_CPU_PATH";
-  return selection;
-#endif
+  if (features.requested.empty()) return selection;
   for (const Variant& variant : kVariants)
     if (features.requested == variant.name && variant.compiled &&
         cpu_runs(variant.path, features.cpu)) {
