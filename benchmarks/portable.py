@@ -32,11 +32,14 @@ import faceops.ops
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(native):
+def build(native, reuse=False):
     """Path of the _core extension built from ROOT with FACEOPS_NATIVE=native."""
     import pybind11
 
     build_dir = ROOT / "build" / ("bench-native" if native else "bench-portable")
+    if reuse:
+        (module,) = build_dir.glob("_core*.so")
+        return module
     subprocess.run(
         ["cmake", "-S", str(ROOT), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
          "-DSKBUILD_PROJECT_NAME=faceops", f"-DSKBUILD_PROJECT_VERSION={faceops.__version__}",
@@ -93,8 +96,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--repeats", type=int, default=7, help="rounds per build and op")
     parser.add_argument("--build-only", action="store_true", help="build both extensions and stop")
+    parser.add_argument("--no-build", action="store_true", help="time the extensions an earlier run built")
     args = parser.parse_args(argv)
-    paths = {"portable": build(native=False), "native": build(native=True)}
+    paths = {"portable": build(False, args.no_build), "native": build(True, args.no_build)}
     if args.build_only:
         print("\n".join(f"{name}: {path}" for name, path in paths.items()))
         return 0
