@@ -101,7 +101,7 @@ const Variant kVariants[] = {
     {CpuPath::avx512, "avx512", FACEOPS_CPU_VARIANTS != 0},
 };
 
-// The CPU features each variant's target pragma enables (kernels_*.cpp).
+// The CPU features each variant's target pragma enables (kernel_variant.h).
 std::vector<std::pair<std::string, bool>> cpu_flags() {
   std::vector<std::pair<std::string, bool>> flags;
 #if defined(__x86_64__) && defined(__GNUC__)

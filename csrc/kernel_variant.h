@@ -1,10 +1,13 @@
 // First include of every CPU kernel source (csrc/<loss>.cpp): puts the
-// kernels into the namespace of one instruction-set variant.
+// kernels into the namespace of one instruction-set variant, and for the AVX2
+// and AVX-512 variants under its `#pragma GCC target`.
 //
-// The kernel sources are compiled once per variant: on their own for the
-// baseline (faceops_baseline::cpu), and included by csrc/kernels_avx2.cpp and
-// csrc/kernels_avx512.cpp under `#pragma GCC target` (faceops_avx2::cpu,
-// faceops_avx512::cpu).  csrc/dispatch.cpp defines the public faceops::cpu
+// Each kernel source is compiled once per variant: on its own for the
+// baseline (faceops_baseline::cpu), and included by csrc/<loss>_avx2.cpp and
+// csrc/<loss>_avx512.cpp (faceops_avx2::cpu, faceops_avx512::cpu), one
+// translation unit per source as in a -march=native build, so that GCC
+// inlines alike (the five sources in one unit left the GEMM micro-kernel out
+// of line, 30% slower).  csrc/dispatch.cpp defines the public faceops::cpu
 // functions, which call the variant the CPU can run.
 //
 // The variant's namespace is set by defining the token `faceops` as that
@@ -53,8 +56,22 @@
 
 #endif  // FACEOPS_KERNEL_VARIANT_H_
 
-#ifndef FACEOPS_KERNEL_VARIANT  // a kernel source compiled on its own: the baseline
-#define FACEOPS_KERNEL_VARIANT baseline
+// FACEOPS_KERNEL_VARIANT: 0 baseline (a kernel source compiled on its own),
+// 2 AVX2 + FMA, 3 AVX-512 (the csrc/<loss>_avx2.cpp, _avx512.cpp wrappers).
+#ifndef faceops  // not yet set in this translation unit
+#ifndef FACEOPS_KERNEL_VARIANT
+#define FACEOPS_KERNEL_VARIANT 0
+#endif
+#if FACEOPS_KERNEL_VARIANT == 0
 FACEOPS_KERNEL_VARIANT_NAMESPACE(faceops_baseline)
 #define faceops faceops_baseline
+#elif FACEOPS_CPU_VARIANTS && FACEOPS_KERNEL_VARIANT == 2
+FACEOPS_KERNEL_VARIANT_NAMESPACE(faceops_avx2)
+#pragma GCC target("avx2,fma")
+#define faceops faceops_avx2
+#elif FACEOPS_CPU_VARIANTS && FACEOPS_KERNEL_VARIANT == 3
+FACEOPS_KERNEL_VARIANT_NAMESPACE(faceops_avx512)
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#define faceops faceops_avx512
+#endif
 #endif
