@@ -53,9 +53,12 @@ def build(native, reuse=False):
     return module
 
 
-def load(path):
-    """The extension at path as a module of its own (both builds live side by side)."""
-    spec = importlib.util.spec_from_file_location("faceops._core", path)
+def load(name, path):
+    """The extension at path as a module of its own (both builds live side by side).
+
+    Its name ends in ._core (the name of its init function) and differs from
+    faceops._core, which Python would hand back instead of loading the file."""
+    spec = importlib.util.spec_from_file_location(f"faceops_bench_{name}._core", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,8 +105,10 @@ def main(argv=None):
     if args.build_only:
         print("\n".join(f"{name}: {path}" for name, path in paths.items()))
         return 0
-    builds = {name: load(path) for name, path in paths.items()}
+    builds = {name: load(name, path) for name, path in paths.items()}
     features = {name: module.cpu_features() for name, module in builds.items()}
+    for name, module in builds.items():
+        assert Path(module.__file__) == paths[name], (module.__file__, paths[name])
     print(f"portable build runs the {features['portable']['path']} path "
           f"(CPU: {', '.join(k for k, v in features['portable']['cpu'].items() if v) or 'baseline only'}); "
           f"native build: {features['native']['path']}")
