@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cpu_features.h"
 #include "faceops/faceops.h"
 
 namespace py = pybind11;
@@ -206,4 +207,21 @@ PYBIND11_MODULE(_core, m) {
                          as_pointer<T>(dn));
           });
         });
+  m.def("cpu_features", [] {
+    const faceops::CpuFeatures features = faceops::cpu_features();
+    const auto names = [](const std::vector<std::string>& values) {
+      py::list list;
+      for (const std::string& value : values) list.append(value);
+      return py::tuple(list);
+    };
+    py::dict cpu;
+    for (const auto& flag : features.cpu) cpu[py::str(flag.first)] = flag.second;
+    py::dict out;
+    out["path"] = features.path;
+    out["compiled"] = names(features.compiled);
+    out["supported"] = names(features.supported);
+    out["cpu"] = cpu;
+    out["requested"] = features.requested.empty() ? py::object(py::none()) : py::str(features.requested);
+    return out;
+  });
 }

@@ -1,3 +1,4 @@
+#include "kernel_variant.h"  // first: sets the instruction-set variant's namespace
 #include "faceops/margin_softmax.h"
 
 #include <omp.h>

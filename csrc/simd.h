@@ -4,9 +4,12 @@
 // lanes, summed at the end, so that they vectorise without -ffast-math.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <type_traits>
+#include <vector>
 
 // The kernels pass these 512-bit vectors between inline functions; built
 // without AVX-512 (Caffe's flags, the emulation check) GCC notes, at the first
@@ -113,6 +116,29 @@ bool all_finite(const T* values, int64_t count) {
   }
   return non_finite == 0;
 }
+
+// A std::vector of SIMD vectors.  GCC aligns a vector type as the target
+// allows (16, 32 or 64 bytes for SSE, AVX, AVX-512), so std::vector<Vector>
+// code differs between the instruction-set variants (kernel_variant.h) under
+// one symbol, and the linker's pick could allocate 16-byte-aligned rows for
+// AVX code.  This allocator is a type of the variant's own namespace, which
+// gives each variant its own std::vector code, allocating 64-byte-aligned rows.
+template <typename V>
+struct SimdAllocator {
+  using value_type = V;
+  SimdAllocator() = default;
+  template <typename U>
+  SimdAllocator(const SimdAllocator<U>&) {}
+  V* allocate(size_t count) {
+    return static_cast<V*>(::operator new(count * sizeof(V), std::align_val_t(64)));
+  }
+  void deallocate(V* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  friend bool operator==(SimdAllocator, SimdAllocator) { return true; }
+  friend bool operator!=(SimdAllocator, SimdAllocator) { return false; }
+};
+
+template <typename T>
+using SimdVectors = std::vector<typename Simd<T>::Vector, SimdAllocator<typename Simd<T>::Vector>>;
 
 }  // namespace detail
 }  // namespace faceops

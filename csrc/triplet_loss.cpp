@@ -1,3 +1,4 @@
+#include "kernel_variant.h"  // first: sets the instruction-set variant's namespace
 #include "faceops/triplet_loss.h"
 
 #include <algorithm>
@@ -513,7 +514,7 @@ struct BatchAllSums {
       : anchor_loss(anchors), active_negatives(positives), row_counts(kTileRows * kTileRows),
         column_counts(kTileRows * kTileRows) {}
   // Per anchor and per positive, kept in SIMD lanes (summed once, at the end).
-  std::vector<Vector<T>> anchor_loss, active_negatives;
+  detail::SimdVectors<T> anchor_loss, active_negatives;
   std::vector<T> row_counts, column_counts;  // per tile: active positives per (anchor, negative)
 };
 

@@ -26,6 +26,19 @@ def cuda_available():
     return _core.cuda_available()
 
 
+def cpu_features():
+    """Which variant of the CPU kernels runs, and what the CPU has.
+
+    Returns a dict: "path", the variant every CPU op runs ("baseline" x86-64,
+    "avx2" with FMA, "avx512", or "native" in a FACEOPS_NATIVE=ON build);
+    "compiled", the variants in this build; "supported", those this CPU runs;
+    "cpu", {feature: present} for the features the choice looks at;
+    "requested", $FACEOPS_CPU_PATH or None (set it to baseline, avx2 or avx512
+    to run that variant; one this CPU cannot run raises RuntimeError).
+    """
+    return _core.cpu_features()
+
+
 __all__ = [
     "MARGINS",
     "CenterLoss",
@@ -37,6 +50,7 @@ __all__ = [
     "center_update",
     "center_update_direction",
     "contrastive_loss",
+    "cpu_features",
     "cuda_available",
     "margin_softmax_loss",
     "pair_loss",

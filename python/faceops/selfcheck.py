@@ -49,6 +49,7 @@ def _cases():
 def main():
     print(f"faceops {faceops.__version__}; CUDA kernels built: {faceops._core.built_with_cuda()}; "
           f"GPU available: {faceops.cuda_available()}")
+    print(f"CPU kernels: {faceops.cpu_features()['path']} path (this CPU runs: {', '.join(faceops.cpu_features()['supported'])})")
     failures = 0
     for name, x, loss_and_grad in _cases():
         loss, grad = loss_and_grad(x)
