@@ -2,9 +2,9 @@
 // each calls the instruction-set variant of the kernels chosen once per
 // process -- the fastest this build has and the CPU can run, or the one
 // $FACEOPS_CPU_PATH names (baseline, avx2, avx512).  The variants compute the
-// same arithmetic in the same order (simd.h's vectors are 512 bits wide in all
-// of them); they differ only where a * b + c becomes one fused multiply-add,
-// which AVX2 and AVX-512 have and the baseline lacks (one rounding less).
+// same sums with simd.h's vectors one register of their target wide (128, 256
+// or 512 bits), so lane partial sums are grouped differently, and AVX2 and
+// AVX-512 fuse a * b + c into one FMA: results agree to rounding.
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -41,6 +41,16 @@
     (const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,                   \
      int64_t num_classes, T scale, T m1, T m2, T m3, T* loss, T* dx, T* dweight),                \
     (x, labels, weight, n, d, num_classes, scale, m1, m2, m3, loss, dx, dweight))                \
+  X(margin_softmax_shard_forward,                                                                \
+    (const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,                   \
+     int64_t num_classes, T scale, T m1, T m2, T m3, T* row_max, T* row_sum, T* target_logit),   \
+    (x, labels, weight, n, d, num_classes, scale, m1, m2, m3, row_max, row_sum, target_logit))   \
+  X(margin_softmax_shard_backward,                                                               \
+    (const T* x, const int64_t* labels, const T* weight, int64_t n, int64_t d,                   \
+     int64_t num_classes, T scale, T m1, T m2, T m3, const T* log_sum_exp, T loss_scale, T* dx,  \
+     T* dweight),                                                                                \
+    (x, labels, weight, n, d, num_classes, scale, m1, m2, m3, log_sum_exp, loss_scale, dx,       \
+     dweight))                                                                                   \
   X(target_margin_forward,                                                                       \
     (const T* cosine, const int64_t* labels, int64_t n, int64_t num_classes, T m1, T m2, T m3,   \
      T* out),                                                                                    \

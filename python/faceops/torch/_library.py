@@ -73,7 +73,7 @@ def center_loss(x: Tensor, labels: Tensor, centers: Tensor, centers_grad: bool, 
     """(loss, dx, dcenters); dcenters is (C, D), zero outside the batch's classes, or
     (0, D) when centers_grad is False (the kernel then skips it)."""
     device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
-    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x",), labels, num_classes)
+    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x", "centers"), labels, num_classes)
     x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
     loss, dx = _loss_like(x), torch.empty_like(x_in)
     dcenters = torch.zeros_like(centers_in) if centers_grad else centers_in.new_empty((0, d))
@@ -106,7 +106,7 @@ center_loss.register_autograd(_center_loss_backward, setup_context=_center_loss_
 def center_update_direction(x: Tensor, labels: Tensor, centers: Tensor, check: bool) -> Tensor:
     """Wen et al. eq. 4's delta (C, D), zero for classes absent from the batch."""
     device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
-    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x",), labels, num_classes)
+    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x", "centers"), labels, num_classes)
     x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
     direction = torch.zeros_like(centers_in)
     _boundary.call_kernel(_core.center_update_direction, x_in.dtype, x.device, x_in.data_ptr(),
@@ -126,7 +126,7 @@ def center_update(x: Tensor, labels: Tensor, centers: Tensor, alpha: float, chec
     float16/bfloat16 centres are updated through a float32 copy written back."""
     device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
     alpha = _real("alpha", alpha, x.dtype)
-    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x",), labels, num_classes)
+    _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x", "centers"), labels, num_classes)
     x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
     _boundary.call_kernel(_core.center_update, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(),
                           centers_in.data_ptr(), n, d, num_classes, alpha)
@@ -357,7 +357,7 @@ def target_margin_forward(cosine: Tensor, labels: Tensor, m1: float, m2: float, 
     """A copy of the (N, C) cosines with entry (i, labels[i]) replaced by psi of it."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels)
     margin = _margins(m1, m2, m3, cosine.dtype)
-    _boundary.check_values(device, check, {"cosine": cosine}, (), labels, num_classes)
+    _boundary.check_values(device, check, {"cosine": cosine}, ("cosine",), labels, num_classes)
     cosine_in = _boundary.compute_input(cosine)
     out = torch.empty_like(cosine_in)
     _boundary.call_kernel(_core.target_margin_forward, cosine_in.dtype, cosine.device, cosine_in.data_ptr(),
@@ -377,7 +377,7 @@ def target_margin_backward(cosine: Tensor, labels: Tensor, d_out: Tensor, m1: fl
     """d_cosine = d_out with entry (i, labels[i]) multiplied by dpsi/dc at the cosine."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels, d_out)
     margin = _margins(m1, m2, m3, cosine.dtype)
-    _boundary.check_values(device, check, {"cosine": cosine, "d_out": d_out}, (), labels, num_classes)
+    _boundary.check_values(device, check, {"cosine": cosine, "d_out": d_out}, ("cosine", "d_out"), labels, num_classes)
     cosine_in, d_out_in = _boundary.compute_input(cosine), _boundary.compute_input(d_out)
     d_cosine = torch.empty_like(cosine_in)
     _boundary.call_kernel(_core.target_margin_backward, cosine_in.dtype, cosine.device, cosine_in.data_ptr(),
