@@ -12,11 +12,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="faceops.torch needs torch (pip install torch==2.13.0)")
 from faceops.torch.distributed import ShardedMarginSoftmaxLoss  # noqa: E402
 
-ORL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "orl_faces")
-ORL = os.environ.get("FACEOPS_ORL", ORL if os.path.isdir(ORL) else "/work/shared/data/orl_faces")
+SHARED = os.environ.get("FACEOPS_SHARED_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+ORL = os.path.join(SHARED, "orl_faces")
 
 
-@pytest.mark.skipif(not os.path.isdir(ORL), reason=f"ORL faces not found at {ORL} (set FACEOPS_ORL)")
+@pytest.mark.skipif(not os.path.isdir(ORL), reason=f"ORL faces not found at {ORL} (../shared/data beside the repo, or FACEOPS_SHARED_DATA)")
 def test_torchrun_recipe_trains_and_checkpoints(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

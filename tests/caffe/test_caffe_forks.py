@@ -19,7 +19,7 @@ import pytest
 from conftest import CAFFE_DIR, require
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("FACEOPS_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEOPS_SHARED_DATA", REPO.parent / "shared" / "data"))
 ORL = DATA / "orl_faces"
 SUBJECTS, HEIGHT, WIDTH, BATCH = 8, 28, 24, 16
 TOOLS = CAFFE_DIR / "build" / "tools"
@@ -170,7 +170,7 @@ def _tool(name):
 def _faces(tmp_path):
     """A list file (outside ../shared) of SUBJECTS ORL subjects, 10 images each."""
     if not ORL.is_dir():
-        require(f"ORL faces not found at {ORL} (../shared/data beside the repo, or FACEOPS_DATA)")
+        require(f"ORL faces not found at {ORL} (../shared/data beside the repo, or FACEOPS_SHARED_DATA)")
     lines = [f"s{subject}/{image}.pgm {subject - 1}"
              for subject in range(1, SUBJECTS + 1) for image in range(1, 11)]
     listing = tmp_path / "faces.txt"

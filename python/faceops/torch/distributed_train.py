@@ -1,4 +1,4 @@
-"""A runnable recipe: a small convolutional backbone trained with the class-sharded margin softmax
+"""A runnable recipe: the driver's CNN backbone (faceops train --backbone cnn) trained with the class-sharded margin softmax
 (faceops.torch.distributed.ShardedMarginSoftmaxLoss) on an identity folder (ROOT/<identity>/<image>,
 e.g. ORL), one process per rank under torchrun:
 
@@ -20,24 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from faceops import data
+from faceops.driver import data
+from faceops.driver.torch_model import build_network
 from faceops.torch.distributed import ShardedMarginSoftmaxLoss, sum_gradients_hook
-
-class Backbone(torch.nn.Module):
-    """Three conv blocks and a linear embedding, for small grey faces."""
-
-    def __init__(self, dim):
-        super().__init__()
-        layers, channels = [], 1
-        for width in (16, 32, 64):
-            layers += [torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
-                       torch.nn.MaxPool2d(2)]
-            channels = width
-        self.features = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
-        self.embedding = torch.nn.Linear(4 * channels, dim)
-
-    def forward(self, images):
-        return self.embedding(self.features(images[:, None]))
 
 
 def main(argv=None):
@@ -66,7 +51,7 @@ def main(argv=None):
     images = torch.tensor(faces.images, device=device)
     labels = torch.tensor(faces.labels, device=device)
 
-    backbone = Backbone(args.dim).to(device)
+    backbone = build_network(args.dim).sized_for(images.shape[-1]).to(device)  # the driver's --backbone cnn
     backbone = torch.nn.parallel.DistributedDataParallel(backbone, device_ids=[device.index] if device.index is not None else None)
     backbone.register_comm_hook(None, sum_gradients_hook)
     head = ShardedMarginSoftmaxLoss(len(faces.names), args.dim, args.margin, args.scale, args.sample_rate,
@@ -75,7 +60,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed * 1000 + rank)  # each rank its own batches
     for step in range(args.steps):
         batch = torch.tensor(rng.choice(len(labels), args.batch, replace=False), device=device)
-        loss = head(backbone(images[batch]), labels[batch])
+        loss = head(backbone(images[batch][:, None]), labels[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
