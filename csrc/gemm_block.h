@@ -11,6 +11,14 @@
 namespace faceops {
 namespace detail {
 
+// Rows of the micro-kernel: its 2 * kRows accumulators and the two vectors of
+// B must stay in registers (32 with AVX-512, 16 with AVX2 and SSE).
+#ifdef __AVX512F__
+constexpr int kGemmRows = 8;
+#else
+constexpr int kGemmRows = 6;
+#endif
+
 // C[0:kRows, 0:2*kLanes] += A[0:kRows, 0:depth] * B[0:depth, 0:2*kLanes].
 template <typename T, int kRows>
 inline void gemm_micro_kernel(int64_t depth, const T* __restrict a, int64_t lda,
@@ -46,7 +54,7 @@ inline void gemm_scalar(int64_t m, int64_t n, int64_t depth, const T* a, int64_t
 template <typename T>
 void gemm_accumulate(int64_t m, int64_t n, int64_t depth, const T* a, int64_t lda, const T* b,
                      int64_t ldb, T* c, int64_t ldc) {
-  constexpr int64_t kRows = 8, kCols = 2 * Simd<T>::kLanes;
+  constexpr int64_t kRows = kGemmRows, kCols = 2 * Simd<T>::kLanes;
   const int64_t n_vector = n - n % kCols;
   int64_t i = 0;
   for (; i + kRows <= m; i += kRows)

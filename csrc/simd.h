@@ -1,5 +1,5 @@
-// SIMD vectors through GCC/Clang vector extensions (one 512-bit register:
-// AVX-512, or pairs of AVX2/SSE registers where the target has no AVX-512),
+// SIMD vectors through GCC/Clang vector extensions (one register of the
+// target: 512 bits with AVX-512, 256 with AVX2, 128 with SSE),
 // and the reductions of the CPU kernels over rows: several accumulators in
 // lanes, summed at the end, so that they vectorise without -ffast-math.
 #pragma once
@@ -11,8 +11,8 @@
 #include <type_traits>
 #include <vector>
 
-// The kernels pass these 512-bit vectors between inline functions; built
-// without AVX-512 (Caffe's flags, the emulation check) GCC notes, at the first
+// The kernels pass these vectors between inline functions; where a vector is
+// wider than the ABI's argument registers GCC notes, at the first
 // such call of each file, an ABI difference that no call here crosses.  The
 // note is switched off for the rest of the file: only faceops' own kernel
 // sources include this header.
@@ -21,10 +21,21 @@
 namespace faceops {
 namespace detail {
 
+// One register of the target: GCC lowers a vector wider than the target's
+// registers through the stack (a 512-bit vector on AVX2 ran the GEMM
+// micro-kernel about 40x slower than one 256-bit register at a time).
+#if defined(__AVX512F__)
+constexpr int kSimdBytes = 64;
+#elif defined(__AVX__)
+constexpr int kSimdBytes = 32;
+#else
+constexpr int kSimdBytes = 16;
+#endif
+
 template <typename T>
 struct Simd {
-  static constexpr int kLanes = 64 / sizeof(T);  // one 512-bit register
-  typedef T Vector __attribute__((vector_size(64)));
+  static constexpr int kLanes = kSimdBytes / sizeof(T);
+  typedef T Vector __attribute__((vector_size(kSimdBytes)));
   static Vector load(const T* p) {
     Vector v;
     std::memcpy(&v, p, sizeof(v));
