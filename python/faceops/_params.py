@@ -57,6 +57,23 @@ def choice(name, value, options):
     return value
 
 
+# The combined margin's ranges (psi = cos(m1 theta + m2) - m3): m1 multiplies an angle in
+# [0, pi] (SphereFace's 4 is the largest in use; past a few the target logit only counts
+# half-turns), m2 is an angle, m3 a cosine offset.
+M1_RANGE = (0.0, 16.0)
+M2_RANGE = (-np.pi, np.pi)
+M3_RANGE = (-2.0, 2.0)
+
+
+def margins(m1, m2, m3, dtype=np.float64):
+    """(m1, m2, m3) of the combined margin as Python floats, each checked in ``dtype``."""
+    m1 = real("m1", m1, dtype, low=M1_RANGE[0], high=M1_RANGE[1], low_open=True,
+              what=f"a multiplicative margin > 0 and <= {M1_RANGE[1]:g}")
+    m2 = real("m2", m2, dtype, low=M2_RANGE[0], high=M2_RANGE[1], what="an angle in [-pi, pi]")
+    m3 = real("m3", m3, dtype, low=M3_RANGE[0], high=M3_RANGE[1], what="a cosine offset in [-2, 2]")
+    return m1, m2, m3
+
+
 def _as_real(name, value):
     if isinstance(value, np.ndarray):
         if value.ndim != 0:

@@ -23,8 +23,7 @@ def _check(x, labels, weight, s, m1, m2, m3):
     _arrays.check_finite_on_gpu("x", x, xp)
     _arrays.check_finite_on_gpu("weight", weight, xp)
     s = _params.real("s", s, x.dtype, low=0, low_open=True)
-    m1 = _params.real("m1", m1, x.dtype, low=0, low_open=True)
-    m2, m3 = _params.real("m2", m2, x.dtype), _params.real("m3", m3, x.dtype)
+    m1, m2, m3 = _params.margins(m1, m2, m3, x.dtype)
     return device, xp, labels, n, d, num_classes, (s, m1, m2, m3)
 
 

@@ -95,7 +95,7 @@ class MarginSoftmaxLoss:
             margin = ops.MARGINS[margin]
         if not isinstance(margin, (tuple, list)) or len(margin) != 3:
             raise TypeError(f"margin: expected one of {sorted(ops.MARGINS)} or (m1, m2, m3), got {margin!r}")
-        self.m1, self.m2, self.m3 = ops._check_margin(*margin, dtype)
+        self.m1, self.m2, self.m3 = _params.margins(*margin, dtype)
         self.s = _params.real("s", s, dtype, low=0.0, low_open=True, what="a scale > 0")
         self.sample_rate = _params.real("sample_rate", sample_rate, dtype, low=0.0, high=1.0, low_open=True,
                                         what="0 < sample_rate <= 1")

@@ -173,7 +173,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
     labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
     s = _params.real("s", s, x.dtype, low=0.0, low_open=True, what="a scale > 0")
-    m1, m2, m3 = _check_margin(m1, m2, m3, x.dtype)
+    m1, m2, m3 = _params.margins(m1, m2, m3, x.dtype)
     sample_rate = _params.real("sample_rate", sample_rate, x.dtype, low=0.0, high=1.0, low_open=True,
                                what="0 < sample_rate <= 1")
     rng = _params.generator("rng", rng)
@@ -225,26 +225,11 @@ def _check_target_margin(cosine, labels, m1, m2, m3, d_out=None):
     if d_out is not None:
         _arrays.check_matrix("d_out", d_out, dtype=cosine.dtype, rows=n, cols=num_classes)
     labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
-    margin = _check_margin(m1, m2, m3, cosine.dtype)
+    margin = _params.margins(m1, m2, m3, cosine.dtype)
     _arrays.check_finite_on_gpu("cosine", cosine, xp)
     if d_out is not None:
         _arrays.check_finite_on_gpu("d_out", d_out, xp)
     return device, xp, labels, n, num_classes, margin
-
-
-# The margins' ranges: m1 multiplies an angle in [0, pi] (SphereFace's 4 is the largest in use;
-# past a few the target logit only counts half-turns), m2 is an angle, m3 a cosine offset.
-M1_RANGE = (0.0, 16.0)
-M2_RANGE = (-np.pi, np.pi)
-M3_RANGE = (-2.0, 2.0)
-
-
-def _check_margin(m1, m2, m3, dtype):
-    m1 = _params.real("m1", m1, dtype, low=M1_RANGE[0], high=M1_RANGE[1], low_open=True,
-                      what=f"a multiplicative margin > 0 and <= {M1_RANGE[1]:g}")
-    m2 = _params.real("m2", m2, dtype, low=M2_RANGE[0], high=M2_RANGE[1], what="an angle in [-pi, pi]")
-    m3 = _params.real("m3", m3, dtype, low=M3_RANGE[0], high=M3_RANGE[1], what="a cosine offset in [-2, 2]")
-    return m1, m2, m3
 
 
 def _check_center_inputs(x, labels, centers):

@@ -33,7 +33,7 @@ def _real(name, value, dtype, **bounds):
 
 
 def _margins(m1, m2, m3, dtype):
-    return (_real("m1", m1, dtype, low=0.0, low_open=True), _real("m2", m2, dtype), _real("m3", m3, dtype))
+    return _params.margins(m1, m2, m3, _NUMPY_DTYPE[_boundary.compute_dtype(dtype)])
 
 
 def _loss_like(x):

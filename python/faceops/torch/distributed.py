@@ -217,9 +217,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
         if isinstance(margin, str):
             margin = ops.MARGINS[_params.choice("margin", margin, ops.MARGINS)]
         m1, m2, m3 = margin
-        self.m1 = _params.real("m1", m1, _DTYPES[dtype], low=0, low_open=True)
-        self.m2 = _params.real("m2", m2, _DTYPES[dtype])
-        self.m3 = _params.real("m3", m3, _DTYPES[dtype])
+        self.m1, self.m2, self.m3 = _params.margins(m1, m2, m3, _DTYPES[dtype])
         self.s = _params.real("s", s, _DTYPES[dtype], low=0, low_open=True)
         self.sample_rate = _params.real("sample_rate", sample_rate, low=0, high=1, low_open=True)
         self.seed = _params.integer("seed", seed, low=0)
