@@ -574,6 +574,8 @@ class Progress:
 
     def end(self, seconds):
         self.epoch_seconds.append(seconds)
+        if self.bar:  # the epoch's last state, which tqdm's rate limit may have left undrawn
+            self.bar.refresh()
         self.close()
 
     def close(self):
