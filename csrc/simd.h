@@ -1,5 +1,5 @@
-// SIMD vectors through GCC/Clang vector extensions (one register of the
-// target: 512 bits with AVX-512, 256 with AVX2, 128 with SSE),
+// SIMD vectors through GCC/Clang vector extensions (512 bits, or one 256-bit
+// register on AVX2 targets),
 // and the reductions of the CPU kernels over rows: several accumulators in
 // lanes, summed at the end, so that they vectorise without -ffast-math.
 #pragma once
@@ -21,15 +21,16 @@
 namespace faceops {
 namespace detail {
 
-// One register of the target: GCC lowers a vector wider than the target's
-// registers through the stack (a 512-bit vector on AVX2 ran the GEMM
-// micro-kernel about 40x slower than one 256-bit register at a time).
-#if defined(__AVX512F__)
-constexpr int kSimdBytes = 64;
-#elif defined(__AVX__)
+// One register of the AVX2 and AVX-512 targets: GCC lowers a vector wider than
+// the target's registers through the stack (a 512-bit vector on AVX2 ran the
+// GEMM micro-kernel about 40x slower than one 256-bit register at a time).  The
+// baseline path keeps 512-bit vectors: it is the arithmetic the CUDA emulation
+// check compares against (a lane count changes how row sums are grouped, and
+// 128-bit lanes made one batch-all hinge near 0 differ from the CUDA kernel).
+#if defined(__AVX__) && !defined(__AVX512F__)
 constexpr int kSimdBytes = 32;
 #else
-constexpr int kSimdBytes = 16;
+constexpr int kSimdBytes = 64;
 #endif
 
 template <typename T>
