@@ -13,10 +13,10 @@ namespace detail {
 
 // Rows of the micro-kernel: its 2 * kRows accumulators and the two vectors of
 // B must stay in registers (32 with AVX-512, 16 with AVX2 and SSE).
-#ifdef __AVX512F__
-constexpr int kGemmRows = 8;
-#else
+#if defined(FACEOPS_KERNEL_VARIANT) && FACEOPS_KERNEL_VARIANT == 2 && !defined(FACEOPS_CUDA_EMULATION)
 constexpr int kGemmRows = 6;
+#else
+constexpr int kGemmRows = 8;
 #endif
 
 // C[0:kRows, 0:2*kLanes] += A[0:kRows, 0:depth] * B[0:depth, 0:2*kLanes].

@@ -27,7 +27,10 @@ namespace detail {
 // baseline path keeps 512-bit vectors: it is the arithmetic the CUDA emulation
 // check compares against (a lane count changes how row sums are grouped, and
 // 128-bit lanes made one batch-all hinge near 0 differ from the CUDA kernel).
-#if defined(__AVX__) && !defined(__AVX512F__)
+// (simd.h is read before kernel_variant.h's target pragma, so the variant
+// number, not __AVX__, says which path this is; the CUDA emulation check keeps
+// 512 bits, the arithmetic its CPU-CUDA comparisons were settled on.)
+#if defined(FACEOPS_KERNEL_VARIANT) && FACEOPS_KERNEL_VARIANT == 2 && !defined(FACEOPS_CUDA_EMULATION)
 constexpr int kSimdBytes = 32;
 #else
 constexpr int kSimdBytes = 64;
