@@ -3,7 +3,12 @@ inputs: median forward+backward time, ms.  Needs a GPU, CuPy and PyTorch;
 exits with the reason otherwise.  The kernels carry NVTX ranges `faceops::<op>`
 and are named `<loss>_<stage>_kernel`, so `nsys`/`ncu` profiles read clearly.
 
-    python benchmarks/gpu.py [--only pairwise|center|margin_softmax]
+    python benchmarks/gpu.py [--only pairwise|center|margin_softmax|torch_step|sharded]
+
+torch_step is benchmarks/torch_gpu.py's training-step comparison (faceops.torch against
+pytorch-metric-learning and idiomatic PyTorch on CUDA tensors) and sharded is
+benchmarks/distributed_margin.py's GPU part (ShardedMarginSoftmaxLoss at world size 1
+against insightface-style plain torch model parallelism), both run from here.
 
 The margin softmax (ArcFace, CosFace, ArcFace with Partial FC r = 0.1; N = 256,
 D = 512, C in {1e4, 1e5, 1e6}, float32, with the class-weight gradient) runs
@@ -43,7 +48,9 @@ def timed(fn, synchronize, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("pairwise", "center", "margin_softmax"), help="one part of the suite")
+    parser.add_argument("--only", choices=("pairwise", "center", "margin_softmax", "torch_step", "sharded"),
+                        help="one part of the suite")
+    parser.add_argument("--quick", action="store_true", help="torch_step: the quick sizes")
     args = parser.parse_args()
     if not faceops.cuda_available():
         sys.exit("no CUDA device (faceops.cuda_available() is False): nothing to measure")
@@ -65,6 +72,15 @@ def main():
         center(cp, synchronize)
     if args.only in (None, "margin_softmax"):
         margin_softmax(cp, torch, synchronize)
+    if args.only in (None, "torch_step"):
+        from torch_gpu import torch_step_gpu
+
+        torch_step_gpu(quick=args.quick)
+    if args.only in (None, "sharded"):
+        from distributed_margin import gpu_sharded_margin_softmax
+
+        for row in gpu_sharded_margin_softmax(synchronize):
+            print(json.dumps(row), flush=True)
 
 
 def pairwise(cp, torch, synchronize):
