@@ -5,25 +5,19 @@ classes, uneven shards, a shard holding no class of the batch, Partial FC sampli
 rank raising on every rank, and checkpoints re-sharded 2 -> 4 -> 1.  Also the custom ops under
 torch.library.opcheck and gradcheck in one process."""
 
-import datetime
 import os
-import queue
-import traceback
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="faceops.torch needs torch (pip install torch==2.13.0)")
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
 import faceops  # noqa: E402
 from faceops import losses, ops  # noqa: E402
 from faceops.torch import distributed as fdist  # noqa: E402
+from ranks import run_ranks  # noqa: E402
 
 ROWS, DIM, S = 5, 7, 30.0  # rows per rank
-SPAWN_TIMEOUT_S = 300  # a whole world size, torch imports included, on a loaded 2-core machine
-COLLECTIVE_TIMEOUT_S = 60  # any one collective: a hang fails instead of blocking the suite
 
 
 def num_classes(world_size):
@@ -122,43 +116,10 @@ def _checks(rank, world_size, checkpoint_dir, load_dir):
     return out
 
 
-def _worker(rank, world_size, init_file, checkpoint_dir, load_dir, results):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    try:
-        results.put((rank, _checks(rank, world_size, checkpoint_dir, load_dir)))
-    except BaseException:  # noqa: BLE001  (reported to the parent, which fails the test)
-        results.put((rank, {"crash": traceback.format_exc()}))
-    finally:
-        dist.destroy_process_group()
-
-
 def _spawn(world_size, tmp, load_dir):
     checkpoint_dir = os.path.join(tmp, f"checkpoint_w{world_size}")
     os.makedirs(checkpoint_dir)
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=_worker, args=(rank, world_size, os.path.join(tmp, f"init_w{world_size}"),
-                                                        checkpoint_dir, load_dir, results))
-                 for rank in range(world_size)]
-    for p in processes:
-        p.start()
-    outputs = {}
-    try:
-        for _ in range(world_size):
-            rank, out = results.get(timeout=SPAWN_TIMEOUT_S)
-            assert "crash" not in out, f"world size {world_size}, rank {rank} failed:\n{out['crash']}"
-            outputs[rank] = out
-    except queue.Empty:
-        pytest.fail(f"world size {world_size}: ranks {sorted(set(range(world_size)) - set(outputs))} gave no "
-                    f"result within {SPAWN_TIMEOUT_S} s (a hang)")
-    finally:
-        for p in processes:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    return [outputs[r] for r in range(world_size)], checkpoint_dir
+    return run_ranks(_checks, world_size, tmp, checkpoint_dir, load_dir), checkpoint_dir
 
 
 WORLD_SIZES = [1, 2, 4]
