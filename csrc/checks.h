@@ -64,6 +64,34 @@ inline void check_labels_in_range(const char* name, const int64_t* labels, int64
   }
 }
 
+// A reference set's self_index (nullable, n entries): -1 or a row of the m
+// reference rows, whose label is the anchor's, each row at most one anchor's
+// own copy.  Returns the number of anchors with an own copy.
+inline int64_t check_self_index(const int64_t* self_index, int64_t n, int64_t m,
+                                const int64_t* labels, const int64_t* ref_labels) {
+  if (!self_index) return 0;
+  std::vector<int64_t> owner(static_cast<size_t>(m), -1);
+  int64_t copies = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = self_index[i];
+    if (j == -1) continue;
+    require(j >= 0 && j < m, "self_index: entry " + std::to_string(j) + " at index " +
+                                 std::to_string(i) + " is out of range; expected -1 (no own copy) "
+                                 "or a row of ref, 0 <= entry < " + std::to_string(m));
+    require(ref_labels[j] == labels[i],
+            "self_index: anchor " + std::to_string(i) + "'s own copy, ref row " +
+                std::to_string(j) + ", has label " + std::to_string(ref_labels[j]) +
+                " but labels[" + std::to_string(i) + "] = " + std::to_string(labels[i]) +
+                "; an own copy carries its anchor's label");
+    require(owner[j] < 0, "self_index: anchors " + std::to_string(owner[j]) + " and " +
+                              std::to_string(i) + " both name ref row " + std::to_string(j) +
+                              " as their own copy; a ref row is at most one anchor's copy");
+    owner[j] = i;
+    ++copies;
+  }
+  return copies;
+}
+
 // The margin softmax's hyperparameters (csrc/faceops/margin_softmax.h).
 inline void check_margin(double scale, double m1, double m2, double m3) {
   require(std::isfinite(scale) && scale > 0,

@@ -67,6 +67,17 @@
     (const T* x, const int64_t* labels, int64_t n, int64_t d, T margin,                          \
      faceops::TripletMining mining, bool squared, T* loss, T* dx),                               \
     (x, labels, n, d, margin, mining, squared, loss, dx))                                        \
+  X(pair_loss_ref,                                                                               \
+    (const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,                      \
+     const int64_t* ref_labels, int64_t m, const int64_t* self_index, T theta, T* loss,          \
+     T* count, T* dx, T* dref, T* dtheta),                                                       \
+    (x, labels, n, d, ref, ref_labels, m, self_index, theta, loss, count, dx, dref, dtheta))     \
+  X(triplet_loss_ref,                                                                            \
+    (const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,                      \
+     const int64_t* ref_labels, int64_t m, const int64_t* self_index, T margin,                  \
+     faceops::TripletMining mining, bool squared, T* loss, T* count, T* dx, T* dref),            \
+    (x, labels, n, d, ref, ref_labels, m, self_index, margin, mining, squared, loss, count, dx,  \
+     dref))                                                                                      \
   X(triplet_loss_explicit,                                                                       \
     (const T* anchor, const T* positive, const T* negative, int64_t n, int64_t d, T margin,      \
      T* loss, T* da, T* dp, T* dn),                                                              \

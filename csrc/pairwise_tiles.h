@@ -29,12 +29,16 @@ constexpr int64_t kTileRows = 64;
 // norms and a transposed copy (the tiles' right-hand GEMM operand, so no tile
 // packs its columns; its leading dimension is padded off powers of two, which
 // would alias in the cache).
+// A reference set's rows (`reference_set`) have scratch of their own, beside
+// the anchors'.
 template <typename T>
 struct GramRows {
-  GramRows(const T* x_, int64_t n_, int64_t d_)
+  GramRows(const T* x_, int64_t n_, int64_t d_, bool reference_set = false)
       : x(x_), n(n_), d(d_), ld((n_ + 15) / 16 * 16 + 16),
-        norms(thread_scratch<T, kGramNorms>(n_)),
-        transposed(thread_scratch<T, kGramTransposed>(d_ * ld)) {
+        norms(reference_set ? thread_scratch<T, kReferenceNorms>(n_)
+                            : thread_scratch<T, kGramNorms>(n_)),
+        transposed(reference_set ? thread_scratch<T, kReferenceTransposed>(d_ * ld)
+                                 : thread_scratch<T, kGramTransposed>(d_ * ld)) {
     constexpr int64_t kBlock = 32;
 #pragma omp parallel for schedule(static) if (n * d > kParallelWork)
     for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
@@ -58,6 +62,15 @@ struct GramRows {
   T* transposed;
 };
 
+// The squared distance of row i of a and row j of b, as DistanceTile gives it
+// to rounding (a SIMD dot product instead of the GEMM's).
+template <typename T>
+T cross_squared_distance(const GramRows<T>& a, int64_t i, const GramRows<T>& b, int64_t j) {
+  const int64_t d = a.d;
+  return refined_squared_distance(a.norms[i], b.norms[j], dot(a.x + i * d, b.x + j * d, d),
+                                  a.x + i * d, b.x + j * d, d);
+}
+
 // Per-thread buffers: one distance tile and one coefficient tile (and its transpose).
 template <typename T>
 class DistanceTile {
@@ -70,24 +83,30 @@ class DistanceTile {
 
   // distance_row(r)[c] = squared distance of rows i0 + r and j0 + c.
   void compute(const GramRows<T>& g, int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    const T* x = g.x;
-    const T* norms = g.norms;
+    compute(g, i0, rows, g, j0, cols);
+    for (int64_t r = 0; r < rows; ++r)
+      if (i0 + r >= j0 && i0 + r < j0 + cols) distance_[r * kTileRows + i0 + r - j0] = T(0);
+  }
+
+  // distance_row(r)[c] = squared distance of row i0 + r of a and row j0 + c
+  // of b (a reference set: no diagonal).
+  void compute(const GramRows<T>& a, int64_t i0, int64_t rows, const GramRows<T>& b, int64_t j0,
+               int64_t cols) {
     for (int64_t r = 0; r < rows; ++r) std::fill_n(distance_ + r * kTileRows, cols, T(0));
-    gemm_accumulate<T>(rows, cols, d_, x + i0 * d_, d_, g.transposed + j0, g.ld,
+    gemm_accumulate<T>(rows, cols, d_, a.x + i0 * d_, d_, b.transposed + j0, b.ld,
                        distance_, kTileRows);
     for (int64_t r = 0; r < rows; ++r) {
       T* row = distance_ + r * kTileRows;
-      const T norm_i = norms[i0 + r];
+      const T norm_i = a.norms[i0 + r];
       // A vectorised pass, then the rare near-duplicates (refined_squared_distance's rule).
       int near_duplicates = 0;
       for (int64_t c = 0; c < cols; ++c) {
-        row[c] = gram_squared_distance(norm_i, norms[j0 + c], row[c]);
-        near_duplicates |= near_duplicate(norm_i, norms[j0 + c], row[c]);
+        row[c] = gram_squared_distance(norm_i, b.norms[j0 + c], row[c]);
+        near_duplicates |= near_duplicate(norm_i, b.norms[j0 + c], row[c]);
       }
       for (int64_t c = 0; near_duplicates && c < cols; ++c)
-        if (near_duplicate(norm_i, norms[j0 + c], row[c]))
-          row[c] = direct_squared_distance(x + (i0 + r) * d_, x + (j0 + c) * d_, d_);
-      if (i0 + r >= j0 && i0 + r < j0 + cols) row[i0 + r - j0] = T(0);
+        if (near_duplicate(norm_i, b.norms[j0 + c], row[c]))
+          row[c] = direct_squared_distance(a.x + (i0 + r) * d_, b.x + (j0 + c) * d_, d_);
     }
   }
 
@@ -99,9 +118,16 @@ class DistanceTile {
   // (a tile of a symmetric loss standing for its mirror tile as well).
   void accumulate_gradient(const T* x, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* dx,
                            bool columns_too = false) {
+    accumulate_gradient(x, i0, rows, x, j0, cols, dx, columns_too ? dx : nullptr);
+  }
+
+  // The same between rows of a (gradient da) and rows of b (gradient db, when
+  // non-null): da_i += sum_j C_ij (a_i - b_j), db_j += sum_i C_ij (b_j - a_i).
+  void accumulate_gradient(const T* a, int64_t i0, int64_t rows, const T* b, int64_t j0,
+                           int64_t cols, T* da, T* db) {
     T* coef = coefficient_;
     T* coef_t = coefficient_t_;
-    if (columns_too) {
+    if (db) {
       std::fill_n(column_sum_, cols, T(0));
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) {
@@ -115,13 +141,13 @@ class DistanceTile {
         row_sum += coef[r * kTileRows + c];
         coef[r * kTileRows + c] = -coef[r * kTileRows + c];
       }
-      add_scaled_row(row_sum, x + (i0 + r) * d_, dx + (i0 + r) * d_);
+      add_scaled_row(row_sum, a + (i0 + r) * d_, da + (i0 + r) * d_);
     }
-    gemm_accumulate<T>(rows, d_, cols, coef, kTileRows, x + j0 * d_, d_, dx + i0 * d_, d_);
-    if (!columns_too) return;
+    gemm_accumulate<T>(rows, d_, cols, coef, kTileRows, b + j0 * d_, d_, da + i0 * d_, d_);
+    if (!db) return;
     for (int64_t c = 0; c < cols; ++c)
-      add_scaled_row(column_sum_[c], x + (j0 + c) * d_, dx + (j0 + c) * d_);
-    gemm_accumulate<T>(cols, d_, rows, coef_t, kTileRows, x + i0 * d_, d_, dx + j0 * d_, d_);
+      add_scaled_row(column_sum_[c], b + (j0 + c) * d_, db + (j0 + c) * d_);
+    gemm_accumulate<T>(cols, d_, rows, coef_t, kTileRows, a + i0 * d_, d_, db + j0 * d_, d_);
   }
 
  private:
@@ -185,6 +211,48 @@ void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
 #pragma omp parallel for schedule(static) if (threads > 1 && n * d > kParallelWork)
   for (int64_t e = 0; e < n * d; ++e)
     for (int t = 1; t < threads; ++t) dx[e] += dx_private[static_cast<size_t>(t - 1) * n * d + e];
+}
+
+// For losses between anchor rows (n of them) and the rows of a reference set
+// (m): calls tile_fn(tile, i0, rows, j0, cols, own_dx, own_dref) once per
+// kTileRows x kTileRows block pair of the n x m grid, in parallel; own_dx and
+// own_dref are the calling thread's own (n, d) and (m, d) gradient buffers
+// (null when dx is), summed into dx and dref at the end in thread order, as
+// for_each_symmetric_tile.
+template <typename T, typename TileFn>
+void for_each_cross_tile(int64_t n, int64_t m, int64_t d, T* dx, T* dref, TileFn tile_fn) {
+  const int64_t row_blocks = (n + kTileRows - 1) / kTileRows;
+  const int64_t col_blocks = (m + kTileRows - 1) / kTileRows;
+  const int64_t pairs = row_blocks * col_blocks;
+  const int threads = n * m * d > kParallelWork * 16 ? omp_get_max_threads() : 1;
+  const size_t own_size = static_cast<size_t>(n + m) * d;  // dx then dref
+  const size_t private_size = dx ? static_cast<size_t>(threads - 1) * own_size : 0;
+  T* private_gradients = thread_scratch<T, kPrivateGradients>(private_size);
+  std::fill_n(private_gradients, private_size, T(0));
+  if (dx) {
+    std::fill(dx, dx + n * d, T(0));
+    std::fill(dref, dref + m * d, T(0));
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    DistanceTile<T> tile(d);
+    const int t = omp_get_thread_num();
+    T* own = dx && t > 0 ? private_gradients + static_cast<size_t>(t - 1) * own_size : nullptr;
+    T* own_dx = !dx ? nullptr : t == 0 ? dx : own;
+    T* own_dref = !dx ? nullptr : t == 0 ? dref : own + n * d;
+#pragma omp for schedule(static)
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      const int64_t i0 = pair / col_blocks * kTileRows, j0 = pair % col_blocks * kTileRows;
+      tile_fn(tile, i0, std::min(kTileRows, n - i0), j0, std::min(kTileRows, m - j0), own_dx,
+              own_dref);
+    }
+  }
+  if (!dx) return;
+#pragma omp parallel for schedule(static) if (threads > 1 && (n + m) * d > kParallelWork)
+  for (int64_t e = 0; e < (n + m) * d; ++e) {
+    T& out = e < n * d ? dx[e] : dref[e - n * d];
+    for (int t = 1; t < threads; ++t) out += private_gradients[static_cast<size_t>(t - 1) * own_size + e];
+  }
 }
 
 }  // namespace detail

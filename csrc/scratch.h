@@ -24,6 +24,8 @@ enum ScratchSlot : int {
   kColumnSums,
   kNegativeTileByRow,
   kNegativeTileByColumn,
+  kReferenceNorms,
+  kReferenceTransposed,
 };
 
 template <typename T, ScratchSlot kSlot>

@@ -105,19 +105,22 @@ class NegativeTile {
                const int64_t* labels, bool squared, int64_t i0, int64_t rows, int64_t j0,
                int64_t cols) {
     tile.compute(gram, i0, rows, j0, cols);
-    const T absent = std::numeric_limits<T>::quiet_NaN();
-    std::fill_n(by_row_, kTileRows * kTileRows, absent);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t label = labels[i0 + r];
-      T* out = by_row_ + r * kTileRows;
-      for (int64_t c = 0; c < cols; ++c)
-        out[c] = labels[j0 + c] != label ? distance_from_squared(tile.distance_row(r)[c], squared)
-                                         : absent;
-    }
+    keep_negatives(tile, labels + i0, rows, labels + j0, cols, squared);
     if (i0 == j0) return;
     for (int64_t r = 0; r < kTileRows; ++r)
       for (int64_t c = 0; c < kTileRows; ++c)
         by_column_[c * kTileRows + r] = by_row_[r * kTileRows + c];
+  }
+
+  // Anchors i0 + r of `anchors` against candidates j0 + c of a reference set
+  // (rows only: the candidates are no anchors).  An anchor's own copy carries
+  // its label (check_self_index), so it is no negative.
+  void compute(detail::DistanceTile<T>& tile, const detail::GramRows<T>& anchors,
+               const int64_t* labels, const detail::GramRows<T>& candidates,
+               const int64_t* candidate_labels, bool squared, int64_t i0, int64_t rows, int64_t j0,
+               int64_t cols) {
+    tile.compute(anchors, i0, rows, candidates, j0, cols);
+    keep_negatives(tile, labels + i0, rows, candidate_labels + j0, cols, squared);
   }
 
   // Distances from anchor i0 + r to rows j0, j0 + 1, ...
@@ -126,6 +129,19 @@ class NegativeTile {
   const T* column(int64_t c) const { return by_column_ + c * kTileRows; }
 
  private:
+  void keep_negatives(const detail::DistanceTile<T>& tile, const int64_t* row_labels, int64_t rows,
+                      const int64_t* column_labels, int64_t cols, bool squared) {
+    const T absent = std::numeric_limits<T>::quiet_NaN();
+    std::fill_n(by_row_, kTileRows * kTileRows, absent);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t label = row_labels[r];
+      T* out = by_row_ + r * kTileRows;
+      for (int64_t c = 0; c < cols; ++c)
+        out[c] = column_labels[c] != label ? distance_from_squared(tile.distance_row(r)[c], squared)
+                                           : absent;
+    }
+  }
+
   T* by_row_;  // the calling thread's scratch (scratch.h)
   T* by_column_;
 };
@@ -175,20 +191,26 @@ void for_each_tile_anchor(const NegativeTile<T>& negatives, int64_t i0, int64_t 
 template <typename T>
 class TieBreaker {
  public:
-  TieBreaker(const detail::GramRows<T>& gram, bool squared)
-      : gram_(gram), squared_(squared), error_(gram.n), root_(gram.n) {
-    const T kappa = static_cast<T>(4 * gram.d + 8) * std::numeric_limits<T>::epsilon();
-    const T largest_norm = *std::max_element(gram.norms, gram.norms + gram.n);
-    for (int64_t a = 0; a < gram.n; ++a) {
-      error_[a] = kappa * (gram.norms[a] + largest_norm);
+  TieBreaker(const detail::GramRows<T>& gram, bool squared) : TieBreaker(gram, gram, squared) {}
+
+  // Anchors are rows of `anchors`, candidates rows of `candidates` (a reference set).
+  TieBreaker(const detail::GramRows<T>& anchors, const detail::GramRows<T>& candidates, bool squared)
+      : anchors_(anchors), candidates_(candidates), squared_(squared), error_(anchors.n),
+        root_(anchors.n) {
+    const T kappa = static_cast<T>(4 * anchors.d + 8) * std::numeric_limits<T>::epsilon();
+    const T largest_norm = *std::max_element(candidates.norms, candidates.norms + candidates.n);
+    for (int64_t a = 0; a < anchors.n; ++a) {
+      error_[a] = kappa * (anchors.norms[a] + largest_norm);
       root_[a] = std::sqrt(error_[a]);
     }
   }
 
+  // The distance of anchor i and candidate j from their differences.
   T exact(int64_t i, int64_t j) const {
-    if (i == j) return T(0);
+    if (&anchors_ == &candidates_ && i == j) return T(0);
+    const int64_t d = anchors_.d;
     return distance_from_squared(
-        detail::squared_difference(gram_.x + i * gram_.d, gram_.x + j * gram_.d, gram_.d), squared_);
+        detail::squared_difference(anchors_.x + i * d, candidates_.x + j * d, d), squared_);
   }
 
   // Bound on the rounding of a squared distance from anchor a.
@@ -249,7 +271,8 @@ class TieBreaker {
   bool squared() const { return squared_; }
 
  private:
-  const detail::GramRows<T>& gram_;
+  const detail::GramRows<T>& anchors_;
+  const detail::GramRows<T>& candidates_;
   bool squared_;
   std::vector<T> error_, root_;  // per anchor: squared-distance error bound, its root
 };
@@ -368,15 +391,22 @@ void offer_farthest(const T* distances, int64_t first, const TieBreaker<T>& ties
     if (distances[c] >= lowest) choice.offer_farther(ties, a, distances[c], first + c);
 }
 
-// dx_i += coef (x_i - x_j) and dx_j += coef (x_j - x_i): the gradient of
-// coef' * d_ij where coef = coef' * distance_gradient_scale(d_ij).
+// da_i += coef (a_i - b_j) and db_j += coef (b_j - a_i): the gradient of
+// coef' * d_ij where coef = coef' * distance_gradient_scale(d_ij), for row i
+// of a and row j of b (a = b, da = db within one batch).
+template <typename T>
+void add_pair_gradient(const T* a, int64_t i, const T* b, int64_t j, int64_t d, T coef, T* da,
+                       T* db) {
+  for (int64_t e = 0; e < d; ++e) {
+    const T g = coef * (a[i * d + e] - b[j * d + e]);
+    da[i * d + e] += g;
+    db[j * d + e] -= g;
+  }
+}
+
 template <typename T>
 void add_pair_gradient(const T* x, int64_t d, int64_t i, int64_t j, T coef, T* dx) {
-  for (int64_t e = 0; e < d; ++e) {
-    const T g = coef * (x[i * d + e] - x[j * d + e]);
-    dx[i * d + e] += g;
-    dx[j * d + e] -= g;
-  }
+  add_pair_gradient(x, i, x, j, d, coef, dx, dx);
 }
 
 // One selected triplet of the sparse miners and the weight of its hinge.
@@ -386,15 +416,24 @@ struct ActiveTriplet {
   T anchor_positive, anchor_negative;
 };
 
+// Anchors are rows of x (gradient dx), positives and negatives rows of
+// candidates (gradient dcandidates; x and dx themselves within one batch).
+template <typename T>
+void sparse_triplet_gradient(const T* x, const T* candidates, int64_t d, bool squared,
+                             const std::vector<ActiveTriplet<T>>& active, T weight, T* dx,
+                             T* dcandidates) {
+  for (const ActiveTriplet<T>& t : active) {
+    add_pair_gradient(x, t.anchor, candidates, t.positive, d,
+                      weight * distance_gradient_scale(t.anchor_positive, squared), dx, dcandidates);
+    add_pair_gradient(x, t.anchor, candidates, t.negative, d,
+                      -weight * distance_gradient_scale(t.anchor_negative, squared), dx, dcandidates);
+  }
+}
+
 template <typename T>
 void sparse_triplet_gradient(const T* x, int64_t d, bool squared,
                              const std::vector<ActiveTriplet<T>>& active, T weight, T* dx) {
-  for (const ActiveTriplet<T>& t : active) {
-    add_pair_gradient(x, d, t.anchor, t.positive,
-                      weight * distance_gradient_scale(t.anchor_positive, squared), dx);
-    add_pair_gradient(x, d, t.anchor, t.negative,
-                      -weight * distance_gradient_scale(t.anchor_negative, squared), dx);
-  }
+  sparse_triplet_gradient(x, x, d, squared, active, weight, dx, dx);
 }
 
 // FaceNet semi-hard: per (anchor, positive) the nearest negative farther than
@@ -408,25 +447,32 @@ struct SemihardChoices {
 };
 
 template <typename T>
-T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
-           const AnchorPositives<T>& pos, T* dx) {
-  const int64_t n = gram.n;
-  const TieBreaker<T> ties(gram, squared);
+std::vector<Threshold<T>> semihard_thresholds(const TieBreaker<T>& ties, const AnchorPositives<T>& pos) {
   std::vector<Threshold<T>> thresholds(pos.index.size());
-  for (int64_t a = 0; a < n; ++a)
+  for (int64_t a = 0; a + 1 < static_cast<int64_t>(pos.begin.size()); ++a)
     for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s)
       thresholds[s] = Threshold<T>(ties, a, pos.index[s], pos.distance[s]);
-  std::vector<SemihardChoices<T>> threads(omp_get_max_threads(), SemihardChoices<T>(pos));
-  for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
-                            [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
-                                int64_t rows, int64_t j0, int64_t cols, SemihardChoices<T>& own, T*) {
-    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
-      if (pos.count(a) == 0) return;
-      for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s)
-        offer_nearest_farther(row, first, ties, a, thresholds[s], own.nearest_farther[s]);
-      offer_farthest(row, first, ties, a, own.farthest[a]);
-    });
-  });
+  return thresholds;
+}
+
+// Anchor a's candidates among one tile row (distances to candidates first, first + 1, ...).
+template <typename T>
+void offer_semihard(const T* row, int64_t first, const TieBreaker<T>& ties, int64_t a,
+                    const AnchorPositives<T>& pos, const std::vector<Threshold<T>>& thresholds,
+                    SemihardChoices<T>& own) {
+  if (pos.count(a) == 0) return;
+  for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s)
+    offer_nearest_farther(row, first, ties, a, thresholds[s], own.nearest_farther[s]);
+  offer_farthest(row, first, ties, a, own.farthest[a]);
+}
+
+// The threads' choices merged; returns the loss sum, writes the number of
+// (anchor, positive) pairs and the active triplets.
+template <typename T>
+double semihard_finish(const TieBreaker<T>& ties, const AnchorPositives<T>& pos, T margin,
+                       std::vector<SemihardChoices<T>>& threads, int64_t& pair_count,
+                       std::vector<ActiveTriplet<T>>& active) {
+  const int64_t n = static_cast<int64_t>(pos.negative_count.size());
   SemihardChoices<T>& merged = threads[0];
   for (size_t t = 1; t < threads.size(); ++t)
     for (int64_t a = 0; a < n; ++a) {
@@ -438,8 +484,7 @@ T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, boo
       if (other.index >= 0) merged.farthest[a].offer_farther(ties, a, other.distance, other.index);
     }
   double loss_sum = 0;
-  int64_t pair_count = 0;
-  std::vector<ActiveTriplet<T>> active;
+  pair_count = 0;
   for (int64_t a = 0; a < n; ++a) {
     if (pos.negative_count[a] == 0) continue;
     for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
@@ -452,34 +497,44 @@ T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, boo
         active.push_back({a, pos.index[s], negative.index, pos.distance[s], negative.distance});
     }
   }
+  return loss_sum;
+}
+
+template <typename T>
+T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
+           const AnchorPositives<T>& pos, T* dx) {
+  const TieBreaker<T> ties(gram, squared);
+  const std::vector<Threshold<T>> thresholds = semihard_thresholds(ties, pos);
+  std::vector<SemihardChoices<T>> threads(omp_get_max_threads(), SemihardChoices<T>(pos));
+  for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
+                            [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
+                                int64_t rows, int64_t j0, int64_t cols, SemihardChoices<T>& own, T*) {
+    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
+      offer_semihard(row, first, ties, a, pos, thresholds, own);
+    });
+  });
+  int64_t pair_count = 0;
+  std::vector<ActiveTriplet<T>> active;
+  const double loss_sum = semihard_finish(ties, pos, margin, threads, pair_count, active);
   if (pair_count == 0) return T(0);
   if (dx) sparse_triplet_gradient(gram.x, gram.d, squared, active, T(1) / static_cast<T>(pair_count), dx);
   return static_cast<T>(loss_sum / static_cast<double>(pair_count));
 }
 
 // Batch-hard: the farthest positive and the nearest negative of each anchor.
+// The threads' nearest negatives merged; returns the loss sum, writes the
+// number of anchors with a positive and a negative and the active triplets.
 template <typename T>
-T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
-             const AnchorPositives<T>& pos, T* dx) {
-  const int64_t n = gram.n;
-  const TieBreaker<T> ties(gram, squared);
-  std::vector<std::vector<Choice<T>>> threads(omp_get_max_threads(),
-                                              std::vector<Choice<T>>(n, Choice<T>{0, -1, 0}));
-  for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
-                            [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
-                                int64_t rows, int64_t j0, int64_t cols, std::vector<Choice<T>>& nearest, T*) {
-    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
-      if (pos.count(a) > 0)
-        offer_nearest_farther(row, first, ties, a, Threshold<T>(), nearest[a]);
-    });
-  });
+double batch_hard_finish(const TieBreaker<T>& ties, const AnchorPositives<T>& pos, T margin,
+                         std::vector<std::vector<Choice<T>>>& threads, int64_t& anchor_count,
+                         std::vector<ActiveTriplet<T>>& active) {
+  const int64_t n = static_cast<int64_t>(pos.negative_count.size());
   std::vector<Choice<T>>& nearest = threads[0];
   for (size_t t = 1; t < threads.size(); ++t)
     for (int64_t a = 0; a < n; ++a)
       if (threads[t][a].index >= 0) nearest[a].offer_nearer(ties, a, threads[t][a].distance, threads[t][a].index);
   double loss_sum = 0;
-  int64_t anchor_count = 0;
-  std::vector<ActiveTriplet<T>> active;
+  anchor_count = 0;
   for (int64_t a = 0; a < n; ++a) {
     if (pos.count(a) == 0 || nearest[a].index < 0) continue;
     // Sorted by (distance, index): the farthest, first by index among equals,
@@ -496,6 +551,26 @@ T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, b
     if (hinge > T(0))
       active.push_back({a, pos.index[far], nearest[a].index, pos.distance[far], nearest[a].distance});
   }
+  return loss_sum;
+}
+
+template <typename T>
+T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
+             const AnchorPositives<T>& pos, T* dx) {
+  const TieBreaker<T> ties(gram, squared);
+  std::vector<std::vector<Choice<T>>> threads(omp_get_max_threads(),
+                                              std::vector<Choice<T>>(gram.n, Choice<T>{0, -1, 0}));
+  for_each_negative_tile<T>(gram, labels, squared, threads, nullptr,
+                            [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives, int64_t i0,
+                                int64_t rows, int64_t j0, int64_t cols, std::vector<Choice<T>>& nearest, T*) {
+    for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool) {
+      if (pos.count(a) > 0)
+        offer_nearest_farther(row, first, ties, a, Threshold<T>(), nearest[a]);
+    });
+  });
+  int64_t anchor_count = 0;
+  std::vector<ActiveTriplet<T>> active;
+  const double loss_sum = batch_hard_finish(ties, pos, margin, threads, anchor_count, active);
   if (anchor_count == 0) return T(0);
   if (dx) sparse_triplet_gradient(gram.x, gram.d, squared, active, T(1) / static_cast<T>(anchor_count), dx);
   return static_cast<T>(loss_sum / static_cast<double>(anchor_count));
@@ -517,6 +592,53 @@ struct BatchAllSums {
   detail::SimdVectors<T> anchor_loss, active_negatives;
   std::vector<T> row_counts, column_counts;  // per tile: active positives per (anchor, negative)
 };
+
+// Anchor a's triplets with the negatives of one tile row (distances to
+// candidates first, first + 1, ...; NaN where not a negative): their active
+// hinges go to own.anchor_loss[a], each positive's count of active negatives
+// to own.active_negatives, each negative's count of active positives to
+// negative_counts.
+template <typename T>
+void batch_all_anchor_row(const TieBreaker<T>& ties, const AnchorPositives<T>& pos, T margin,
+                          bool squared, int64_t a, const T* row, int64_t first, T* negative_counts,
+                          BatchAllSums<T>& own) {
+  // A hinge within rounding of 0 is decided on the exact distances (TieBreaker):
+  // |h| <= window(d_ap) + window(d_an), the latter min(sqrt(e), e / d_an) for roots.
+  const T e = ties.squared_error(a), root = std::sqrt(e);
+  for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
+    const Vector<T> anchor_positive = broadcast(pos.distance[s]);
+    const T positive_window = ties.window(a, pos.distance[s]);
+    Vector<T> hinges{}, actives{};
+    decltype(hinges < hinges) undecided{};
+    for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
+      const Vector<T> v = detail::Simd<T>::load(row + c);
+      const Vector<T> hinge = (anchor_positive - v) + margin;
+      const Vector<T> active = hinge > T(0) ? broadcast(T(1)) : Vector<T>{};
+      hinges += hinge > T(0) ? hinge : Vector<T>{};
+      actives += active;
+      detail::Simd<T>::add_to(negative_counts + c, active);
+      const Vector<T> magnitude = hinge < T(0) ? -hinge : hinge;
+      if (squared)
+        undecided |= magnitude <= positive_window + e;
+      else  // the same times d_an, without a division
+        undecided |= magnitude * v <= (positive_window + T(4) * std::numeric_limits<T>::epsilon() * v) * v +
+                                          (v * root < e ? v * root : broadcast(e));
+    }
+    own.anchor_loss[a] += hinges;
+    own.active_negatives[s] += actives;
+    if (!detail::any_lane(undecided)) continue;
+    for (int64_t c = 0; c < kTileRows; ++c) {
+      const T v = row[c];
+      if (!(v == v)) continue;  // not a negative
+      const T computed = triplet_hinge(pos.distance[s], v, margin);
+      const T decided = ties.hinge(a, pos.index[s], pos.distance[s], first + c, v, margin);
+      const T change = T(decided > T(0)) - T(computed > T(0));
+      own.anchor_loss[a][0] += decided - computed;
+      own.active_negatives[s][0] += change;
+      negative_counts[c] += change;
+    }
+  }
+}
 
 template <typename T>
 T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bool squared,
@@ -540,42 +662,7 @@ T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bo
     for_each_tile_anchor(negatives, i0, rows, j0, cols, [&](int64_t a, const T* row, int64_t first, bool by_column) {
       T* negative_counts = by_column ? own.column_counts.data() + (a - j0) * kTileRows
                                      : own.row_counts.data() + (a - i0) * kTileRows;
-      // A hinge within rounding of 0 is decided on the exact distances (TieBreaker):
-      // |h| <= window(d_ap) + window(d_an), the latter min(sqrt(e), e / d_an) for roots.
-      const T e = ties.squared_error(a), root = std::sqrt(e);
-      for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
-        const Vector<T> anchor_positive = broadcast(pos.distance[s]);
-        const T positive_window = ties.window(a, pos.distance[s]);
-        Vector<T> hinges{}, actives{};
-        decltype(hinges < hinges) undecided{};
-        for (int64_t c = 0; c < kTileRows; c += kLanes<T>) {
-          const Vector<T> v = detail::Simd<T>::load(row + c);
-          const Vector<T> hinge = (anchor_positive - v) + margin;
-          const Vector<T> active = hinge > T(0) ? broadcast(T(1)) : Vector<T>{};
-          hinges += hinge > T(0) ? hinge : Vector<T>{};
-          actives += active;
-          detail::Simd<T>::add_to(negative_counts + c, active);
-          const Vector<T> magnitude = hinge < T(0) ? -hinge : hinge;
-          if (squared)
-            undecided |= magnitude <= positive_window + e;
-          else  // the same times d_an, without a division
-            undecided |= magnitude * v <= (positive_window + T(4) * std::numeric_limits<T>::epsilon() * v) * v +
-                                              (v * root < e ? v * root : broadcast(e));
-        }
-        own.anchor_loss[a] += hinges;
-        own.active_negatives[s] += actives;
-        if (!detail::any_lane(undecided)) continue;
-        for (int64_t c = 0; c < kTileRows; ++c) {
-          const T v = row[c];
-          if (!(v == v)) continue;  // not a negative
-          const T computed = triplet_hinge(pos.distance[s], v, margin);
-          const T decided = ties.hinge(a, pos.index[s], pos.distance[s], first + c, v, margin);
-          const T change = T(decided > T(0)) - T(computed > T(0));
-          own.anchor_loss[a][0] += decided - computed;
-          own.active_negatives[s][0] += change;
-          negative_counts[c] += change;
-        }
-      }
+      batch_all_anchor_row(ties, pos, margin, squared, a, row, first, negative_counts, own);
     });
     if (!own_dx) return;
     const T* column_counts = i0 == j0 ? counts : own.column_counts.data();
@@ -603,6 +690,191 @@ T batch_all(const detail::GramRows<T>& gram, const int64_t* labels, T margin, bo
                         weight * static_cast<T>(active_negatives) *
                             distance_gradient_scale(pos.distance[s], squared),
                         dx);
+    }
+  return static_cast<T>(loss_sum / triplet_count);
+}
+
+// ------------------------------------------------------------ reference sets
+
+// Anchors: the rows of x; candidates: the rows of a reference set, less each
+// anchor's own copy (self_index, nullable).
+template <typename T>
+struct ReferenceSet {
+  const detail::GramRows<T>& anchors;
+  const int64_t* labels;
+  const detail::GramRows<T>& candidates;
+  const int64_t* candidate_labels;
+  const int64_t* self_index;
+
+  int64_t own_copy(int64_t a) const { return self_index ? self_index[a] : -1; }
+};
+
+// Every anchor's positives among the candidates, sorted by (distance, index),
+// as find_positives.
+template <typename T>
+AnchorPositives<T> find_reference_positives(const ReferenceSet<T>& set, bool squared) {
+  const int64_t n = set.anchors.n, m = set.candidates.n;
+  std::vector<int64_t> by_label(m);
+  std::iota(by_label.begin(), by_label.end(), int64_t(0));
+  const int64_t* candidate_labels = set.candidate_labels;
+  std::stable_sort(by_label.begin(), by_label.end(), [candidate_labels](int64_t a, int64_t b) {
+    return candidate_labels[a] < candidate_labels[b];
+  });
+  std::vector<int64_t> sorted_labels(m), group_first(n), group_size(n);
+  for (int64_t k = 0; k < m; ++k) sorted_labels[k] = candidate_labels[by_label[k]];
+  AnchorPositives<T> positives;
+  positives.begin.assign(n + 1, 0);
+  positives.negative_count.resize(n);
+  for (int64_t a = 0; a < n; ++a) {
+    const auto group = std::equal_range(sorted_labels.begin(), sorted_labels.end(), set.labels[a]);
+    group_first[a] = group.first - sorted_labels.begin();
+    group_size[a] = group.second - group.first;
+    // The own copy has the anchor's label (check_self_index): one positive less.
+    positives.begin[a + 1] = positives.begin[a] + group_size[a] - (set.own_copy(a) >= 0 ? 1 : 0);
+    positives.negative_count[a] = m - group_size[a];
+  }
+  positives.index.resize(positives.begin[n]);
+  positives.distance.resize(positives.begin[n]);
+#pragma omp parallel if (positives.begin[n] * set.anchors.d > detail::kParallelWork)
+  {
+    std::vector<std::pair<T, int64_t>> sorted;
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t a = 0; a < n; ++a) {
+      sorted.clear();
+      for (int64_t k = group_first[a]; k < group_first[a] + group_size[a]; ++k) {
+        const int64_t p = by_label[k];
+        if (p == set.own_copy(a)) continue;
+        sorted.emplace_back(distance_from_squared(
+                                detail::cross_squared_distance(set.anchors, a, set.candidates, p), squared),
+                            p);
+      }
+      std::sort(sorted.begin(), sorted.end());
+      for (size_t t = 0; t < sorted.size(); ++t) {
+        positives.distance[positives.begin[a] + t] = sorted[t].first;
+        positives.index[positives.begin[a] + t] = sorted[t].second;
+      }
+    }
+  }
+  return positives;
+}
+
+// Calls tile_fn(tile, negatives, i0, rows, j0, cols, own_state, own_dx,
+// own_dref) for every anchors x candidates tile, in parallel, as
+// for_each_negative_tile (detail::for_each_cross_tile).
+template <typename T, typename State, typename TileFn>
+void for_each_reference_negative_tile(const ReferenceSet<T>& set, bool squared,
+                                      std::vector<State>& states, T* dx, T* dref, TileFn tile_fn) {
+  detail::for_each_cross_tile<T>(
+      set.anchors.n, set.candidates.n, set.anchors.d, dx, dref,
+      [&](detail::DistanceTile<T>& tile, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+          T* own_dx, T* own_dref) {
+        NegativeTile<T> negatives;  // this thread's scratch
+        negatives.compute(tile, set.anchors, set.labels, set.candidates, set.candidate_labels,
+                          squared, i0, rows, j0, cols);
+        tile_fn(tile, negatives, i0, rows, j0, cols, states[omp_get_thread_num()], own_dx, own_dref);
+      });
+}
+
+// The miners against a reference set: the loss, and in `terms` the number of
+// terms of its mean; dx and dref are both null or both zeroed (n, d), (m, d).
+template <typename T>
+T semihard_reference(const ReferenceSet<T>& set, T margin, bool squared,
+                     const AnchorPositives<T>& pos, T* dx, T* dref, double& terms) {
+  const TieBreaker<T> ties(set.anchors, set.candidates, squared);
+  const std::vector<Threshold<T>> thresholds = semihard_thresholds(ties, pos);
+  std::vector<SemihardChoices<T>> threads(omp_get_max_threads(), SemihardChoices<T>(pos));
+  for_each_reference_negative_tile<T>(set, squared, threads, nullptr, nullptr,
+                                      [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives,
+                                          int64_t i0, int64_t rows, int64_t j0, int64_t,
+                                          SemihardChoices<T>& own, T*, T*) {
+    for (int64_t r = 0; r < rows; ++r) offer_semihard(negatives.row(r), j0, ties, i0 + r, pos, thresholds, own);
+  });
+  int64_t pair_count = 0;
+  std::vector<ActiveTriplet<T>> active;
+  const double loss_sum = semihard_finish(ties, pos, margin, threads, pair_count, active);
+  terms = static_cast<double>(pair_count);
+  if (pair_count == 0) return T(0);
+  if (dx)
+    sparse_triplet_gradient(set.anchors.x, set.candidates.x, set.anchors.d, squared, active,
+                            T(1) / static_cast<T>(pair_count), dx, dref);
+  return static_cast<T>(loss_sum / static_cast<double>(pair_count));
+}
+
+template <typename T>
+T batch_hard_reference(const ReferenceSet<T>& set, T margin, bool squared,
+                       const AnchorPositives<T>& pos, T* dx, T* dref, double& terms) {
+  const TieBreaker<T> ties(set.anchors, set.candidates, squared);
+  std::vector<std::vector<Choice<T>>> threads(
+      omp_get_max_threads(), std::vector<Choice<T>>(set.anchors.n, Choice<T>{0, -1, 0}));
+  for_each_reference_negative_tile<T>(set, squared, threads, nullptr, nullptr,
+                                      [&](detail::DistanceTile<T>&, const NegativeTile<T>& negatives,
+                                          int64_t i0, int64_t rows, int64_t j0, int64_t,
+                                          std::vector<Choice<T>>& nearest, T*, T*) {
+    for (int64_t r = 0; r < rows; ++r)
+      if (pos.count(i0 + r) > 0)
+        offer_nearest_farther(negatives.row(r), j0, ties, i0 + r, Threshold<T>(), nearest[i0 + r]);
+  });
+  int64_t anchor_count = 0;
+  std::vector<ActiveTriplet<T>> active;
+  const double loss_sum = batch_hard_finish(ties, pos, margin, threads, anchor_count, active);
+  terms = static_cast<double>(anchor_count);
+  if (anchor_count == 0) return T(0);
+  if (dx)
+    sparse_triplet_gradient(set.anchors.x, set.candidates.x, set.anchors.d, squared, active,
+                            T(1) / static_cast<T>(anchor_count), dx, dref);
+  return static_cast<T>(loss_sum / static_cast<double>(anchor_count));
+}
+
+// Batch-all over anchors x candidates tiles: as batch_all, with the anchors
+// on the rows only, so a negative's coefficient is its anchor row's count.
+template <typename T>
+T batch_all_reference(const ReferenceSet<T>& set, T margin, bool squared,
+                      const AnchorPositives<T>& pos, T* dx, T* dref, double& terms) {
+  const T* x = set.anchors.x;
+  const T* ref = set.candidates.x;
+  const int64_t n = set.anchors.n, d = set.anchors.d;
+  double triplet_count = 0;
+  for (int64_t a = 0; a < n; ++a)
+    triplet_count += static_cast<double>(pos.count(a)) * static_cast<double>(pos.negative_count[a]);
+  terms = triplet_count;
+  if (triplet_count == 0) return T(0);
+  const T weight = static_cast<T>(1.0 / triplet_count);
+  const TieBreaker<T> ties(set.anchors, set.candidates, squared);
+  std::vector<BatchAllSums<T>> threads(omp_get_max_threads(), BatchAllSums<T>(n, pos.begin[n]));
+  for_each_reference_negative_tile<T>(set, squared, threads, dx, dref,
+                                      [&](detail::DistanceTile<T>& tile, const NegativeTile<T>& negatives,
+                                          int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+                                          BatchAllSums<T>& own, T* own_dx, T* own_dref) {
+    T* counts = own.row_counts.data();
+    std::fill(own.row_counts.begin(), own.row_counts.end(), T(0));
+    for (int64_t r = 0; r < rows; ++r)
+      batch_all_anchor_row(ties, pos, margin, squared, i0 + r, negatives.row(r), j0,
+                           counts + r * kTileRows, own);
+    if (!own_dx) return;
+    T* coef = tile.coefficients();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const T active = counts[r * kTileRows + c];
+        coef[r * kTileRows + c] =
+            active > T(0) ? -weight * active * distance_gradient_scale(negatives.row(r)[c], squared)
+                          : T(0);
+      }
+    tile.accumulate_gradient(x, i0, rows, ref, j0, cols, own_dx, own_dref);
+  });
+  double loss_sum = 0;
+  for (const BatchAllSums<T>& own : threads)
+    for (const Vector<T>& lanes : own.anchor_loss)
+      for (int lane = 0; lane < kLanes<T>; ++lane) loss_sum += lanes[lane];
+  if (!dx) return static_cast<T>(loss_sum / triplet_count);
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
+      double active_negatives = 0;
+      for (const BatchAllSums<T>& own : threads)
+        for (int lane = 0; lane < kLanes<T>; ++lane) active_negatives += own.active_negatives[s][lane];
+      add_pair_gradient(x, a, ref, pos.index[s], d,
+                        weight * static_cast<T>(active_negatives) *
+                            distance_gradient_scale(pos.distance[s], squared),
+                        dx, dref);
     }
   return static_cast<T>(loss_sum / triplet_count);
 }
@@ -660,11 +932,71 @@ void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative
   *loss = static_cast<T>(loss_sum) * weight;
 }
 
+
+template <typename T>
+void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
+                      const int64_t* ref_labels, int64_t m, const int64_t* self_index, T margin,
+                      TripletMining mining, bool squared, T* loss, T* count, T* dx, T* dref) {
+  detail::check_batch("x", n, d);
+  detail::check_batch("ref", m, d);
+  detail::check_finite("x", x, n * d);
+  detail::check_finite("ref", ref, m * d);
+  detail::check_self_index(self_index, n, m, labels, ref_labels);
+  detail::require(mining == TripletMining::kSemihard || mining == TripletMining::kHard ||
+                      mining == TripletMining::kAll,
+                  "mining: expected semihard, hard or all");
+  const detail::GramRows<T> anchors(x, n, d), candidates(ref, m, d, true);
+  if (std::any_of(anchors.norms, anchors.norms + n, squared_norm_overflows<T>) ||
+      std::any_of(candidates.norms, candidates.norms + m, squared_norm_overflows<T>)) {
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    if (loss) *loss = nan;
+    if (count) *count = nan;
+    if (dx) std::fill(dx, dx + n * d, nan);
+    if (dref) std::fill(dref, dref + m * d, nan);
+    return;
+  }
+  // The miners write both gradients or neither: a spare buffer for the one not asked for.
+  std::vector<T> spare;
+  T* gx = dx;
+  T* gref = dref;
+  if (dx && !dref) {
+    spare.resize(m * d);
+    gref = spare.data();
+  } else if (dref && !dx) {
+    spare.resize(n * d);
+    gx = spare.data();
+  }
+  if (gx) {
+    std::fill(gx, gx + n * d, T(0));
+    std::fill(gref, gref + m * d, T(0));
+  }
+  const ReferenceSet<T> set{anchors, labels, candidates, ref_labels, self_index};
+  const AnchorPositives<T> positives = find_reference_positives(set, squared);
+  double terms = 0;
+  T value = T(0);
+  switch (mining) {
+    case TripletMining::kSemihard:
+      value = semihard_reference(set, margin, squared, positives, gx, gref, terms);
+      break;
+    case TripletMining::kHard:
+      value = batch_hard_reference(set, margin, squared, positives, gx, gref, terms);
+      break;
+    case TripletMining::kAll:
+      value = batch_all_reference(set, margin, squared, positives, gx, gref, terms);
+      break;
+  }
+  if (loss) *loss = value;
+  if (count) *count = static_cast<T>(terms);
+}
+
 #define FACEOPS_INSTANTIATE_TRIPLET(T)                                                          \
   template void triplet_loss<T>(const T*, const int64_t*, int64_t, int64_t, T, TripletMining,   \
                                 bool, T*, T*);                                                  \
   template void triplet_loss_explicit<T>(const T*, const T*, const T*, int64_t, int64_t, T, T*, \
-                                         T*, T*, T*);
+                                         T*, T*, T*);                                           \
+  template void triplet_loss_ref<T>(const T*, const int64_t*, int64_t, int64_t, const T*,       \
+                                    const int64_t*, int64_t, const int64_t*, T, TripletMining,  \
+                                    bool, T*, T*, T*, T*);
 FACEOPS_INSTANTIATE_TRIPLET(float)
 FACEOPS_INSTANTIATE_TRIPLET(double)
 

@@ -115,8 +115,9 @@ __device__ T block_sum(T value, T* scratch) {
 }
 
 // One block: *out = scale * sum of partial[0 .. count), in a fixed order.
-// With `counts` non-null the scale is 1 / sum(counts) instead (0 when that is
-// 0), and *inv_count receives it for the gradient scaling that follows.
+// With `counts` non-null the scale is multiplied by 1 / sum(counts) (0 when
+// that is 0), and *inv_count receives 1 / sum(counts) for the gradient
+// scaling that follows.
 // Partial sums are double (as the CPU accumulates its losses).
 template <typename T>
 __global__ void finalize_sum_kernel(const double* partial, const long long* counts, int64_t count,
@@ -134,12 +135,22 @@ __global__ void finalize_sum_kernel(const double* partial, const long long* coun
   if (threadIdx.x == 0) {
     if (counts) {
       const double inv = total > 0 ? 1.0 / static_cast<double>(total) : 0.0;
-      *out = static_cast<T>(sum * inv);
+      *out = static_cast<T>(sum * inv * scale);
       if (inv_count) *inv_count = static_cast<T>(inv);
     } else {
       *out = static_cast<T>(sum * scale);
     }
   }
+}
+
+// One block: *out = sum of counts[0 .. count) (the number of terms of a mean).
+template <typename T>
+__global__ void total_count_kernel(const long long* counts, int64_t count, T* out) {
+  __shared__ long long totals[kThreads];
+  long long total = 0;
+  for (int64_t b = threadIdx.x; b < count; b += kThreads) total += counts[b];
+  total = block_sum(total, totals);
+  if (threadIdx.x == 0) *out = static_cast<T>(total);
 }
 
 // x[0 .. count) *= *factor (a device scalar, written by finalize_sum_kernel).

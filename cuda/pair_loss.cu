@@ -4,7 +4,10 @@
 // of its own rows from those candidates.  With one split (N >= 32768) dx needs
 // no atomics and is deterministic; smaller batches are split over more blocks
 // and add into dx with atomics.  The loss is reduced in a fixed order.
-// Memory: O(N) (squared norms and per-block partial sums).
+// Memory: O(N) (squared norms and per-block partial sums).  Against a
+// reference set (pair_loss_ref) the candidates are the rows of ref less each
+// anchor's own copy; each pair also moves its candidate (column gradients,
+// atomics), and dx, dref are scaled by 1 / (number of pairs) on the device.
 #include "faceops/pair_loss.h"
 
 #include "launch.cuh"
@@ -14,29 +17,36 @@ namespace faceops {
 namespace cuda {
 namespace detail {
 
+// Within the batch a pair's coefficient is pair_weight * dterm for its row
+// only (the block of the other row adds the mirror); against a reference set
+// (dcand non-null) the same coefficient moves the anchor and the candidate,
+// and partial_count receives the block's number of pairs.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pair_loss_tile_kernel(const T* __restrict__ x, const T* __restrict__ norms,
-                          const int64_t* __restrict__ labels, int n, int64_t d, T theta,
-                          T inv_pairs, int splits, T* dx, double* partial_loss,
-                          double* partial_dsquared) {
+                          const int64_t* __restrict__ labels, int n, Candidates<T> cand, int64_t d,
+                          T theta, T pair_weight, int splits, T* dx, T* dcand,
+                          double* partial_loss, double* partial_dsquared,
+                          long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ double reduce[kThreads];
+  __shared__ long long reduce_count[kThreads];
   const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits;
   double loss = 0, dsquared = 0;
-  for (int c0 = split * kTileCols; c0 < n; c0 += splits * kTileCols) {
-    compute_distance_tile(x, norms, n, d, a0, c0, tile);
+  long long pairs = 0;
+  for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
+    compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
     bool any_active = false;
     for (int e = threadIdx.x; e < kTileRows * kTileCols; e += kThreads) {
       const int m = e / kTileCols, j = e % kTileCols;
       const int i = a0 + m, jj = c0 + j;
       T coef = T(0);
-      if (i < n && jj < n && i != jj) {
+      if (i < n && jj < cand.count && jj != cand.own_copy(i)) {
         T dterm = T(0);
-        loss += pair_term(tile.value[m][j], labels[i] == labels[jj], theta, &dterm);
+        loss += pair_term(tile.value[m][j], labels[i] == cand.labels[jj], theta, &dterm);
         dsquared += dterm;
-        // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
-        coef = T(4) * dterm * inv_pairs;
+        ++pairs;
+        coef = pair_weight * dterm;
       }
       tile.value[m][j] = coef;
       any_active = any_active || coef != T(0);
@@ -45,17 +55,20 @@ __global__ void __launch_bounds__(kThreads)
     const bool tile_active = __syncthreads_or(any_active);
     if (dx && tile_active) {
       if (splits > 1) {
-        accumulate_row_gradient<T, true>(x, n, d, a0, c0, tile, dx);
+        accumulate_row_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
       } else {
-        accumulate_row_gradient<T, false>(x, n, d, a0, c0, tile, dx);
+        accumulate_row_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
       }
+      if (dcand) accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dcand);
     }
   }
   loss = block_sum(loss, reduce);
   dsquared = block_sum(dsquared, reduce);
+  if (partial_count) pairs = block_sum(pairs, reduce_count);
   if (threadIdx.x == 0) {
     partial_loss[blockIdx.x] = loss;
     partial_dsquared[blockIdx.x] = dsquared;
+    if (partial_count) partial_count[blockIdx.x] = pairs;
   }
 }
 
@@ -78,9 +91,12 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
   if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, static_cast<int>(n), d, norms.get());
+  const detail::Candidates<T> batch{x, norms.get(), labels, static_cast<int>(n), nullptr, true};
+  // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
   detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
-                 norms.get(), labels, static_cast<int>(n), d, theta, static_cast<T>(inv_pairs),
-                 static_cast<int>(splits), dx, partial.get(), partial.get() + blocks);
+                 norms.get(), labels, static_cast<int>(n), batch, d, theta,
+                 static_cast<T>(4 * inv_pairs), static_cast<int>(splits), dx, nullptr,
+                 partial.get(), partial.get() + blocks, nullptr);
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
                  nullptr, blocks, inv_pairs, loss, nullptr);
   if (dtheta)
@@ -88,10 +104,67 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
                    partial.get() + blocks, nullptr, blocks, -inv_pairs, dtheta, nullptr);
 }
 
+template <typename T>
+void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
+                   const int64_t* ref_labels, int64_t m, const int64_t* self_index, T theta,
+                   T* loss, T* count, T* dx, T* dref, T* dtheta, void* stream_handle) {
+  faceops::detail::check_batch("x", n, d);
+  faceops::detail::check_batch("ref", m, d);
+  detail::check_rows_fit_int("x", n);
+  detail::check_rows_fit_int("ref", m);
+  detail::NvtxRange range("faceops::pair_loss_ref");
+  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int64_t splits = detail::candidate_splits(n, m);
+  const int64_t blocks = (n + detail::kTileRows - 1) / detail::kTileRows * splits;
+
+  detail::DeviceArray<T> norms(n, stream), ref_norms(m, stream), scalars(2, stream);
+  detail::DeviceArray<double> partial(2 * blocks, stream);
+  detail::DeviceArray<long long> partial_count(blocks, stream);
+  // The kernel writes both gradients or neither: a spare for the one not asked for.
+  detail::DeviceArray<T> spare(dx && !dref ? m * d : dref && !dx ? n * d : 0, stream);
+  T* gx = dx ? dx : dref ? spare.get() : nullptr;
+  T* gref = dref ? dref : dx ? spare.get() : nullptr;
+  detail::zero_async(gx, n * d * int64_t(sizeof(T)), stream);
+  detail::zero_async(gref, m * d * int64_t(sizeof(T)), stream);
+  detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
+                 stream, x, static_cast<int>(n), d, norms.get());
+  detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(m),
+                 stream, ref, static_cast<int>(m), d, ref_norms.get());
+  const detail::Candidates<T> candidates{ref, ref_norms.get(), ref_labels, static_cast<int>(m),
+                                         self_index, false};
+  // One ordered pair (anchor, candidate); dD/dx_a = 2 (x_a - ref_j); scaled by
+  // 1 / (number of pairs) below.
+  detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
+                 norms.get(), labels, static_cast<int>(n), candidates, d, theta, T(2),
+                 static_cast<int>(splits), gx, gref, partial.get(), partial.get() + blocks,
+                 partial_count.get());
+  T* inv_count = scalars.get();
+  detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
+                 partial_count.get(), blocks, 1.0, loss ? loss : scalars.get() + 1, inv_count);
+  if (dtheta)
+    detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
+                   partial.get() + blocks, partial_count.get(), blocks, -1.0, dtheta, nullptr);
+  if (count)
+    detail::launch("total_count_kernel", detail::total_count_kernel<T>, 1, stream,
+                   partial_count.get(), blocks, count);
+  if (gx) {
+    detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
+                   detail::grid_for(n * d), stream, gx, n * d, inv_count);
+    detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
+                   detail::grid_for(m * d), stream, gref, m * d, inv_count);
+  }
+}
+
 template void pair_loss<float>(const float*, const int64_t*, int64_t, int64_t, float, float*,
                                float*, float*, void*);
 template void pair_loss<double>(const double*, const int64_t*, int64_t, int64_t, double, double*,
                                 double*, double*, void*);
+template void pair_loss_ref<float>(const float*, const int64_t*, int64_t, int64_t, const float*,
+                                   const int64_t*, int64_t, const int64_t*, float, float*, float*,
+                                   float*, float*, float*, void*);
+template void pair_loss_ref<double>(const double*, const int64_t*, int64_t, int64_t, const double*,
+                                    const int64_t*, int64_t, const int64_t*, double, double*,
+                                    double*, double*, double*, double*, void*);
 
 }  // namespace cuda
 }  // namespace faceops

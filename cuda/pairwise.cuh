@@ -30,16 +30,35 @@ constexpr int kMicroCols = kTileCols / 16;
 static_assert(kThreads == 256, "the micro-tile grid is 16 x 16 threads");
 static_assert(kTileDepth == 16, "the gradient passes map threads to 16 features");
 
+// The rows the anchors (rows of x) are paired with: the batch itself
+// (`in_batch`: candidate a is anchor a, its own copy) or a reference set,
+// whose row self_index[a] (nullable; -1: none) is anchor a's own copy.  An
+// own copy is neither a positive nor a negative of its anchor.
+template <typename T>
+struct Candidates {
+  const T* rows;
+  const T* norms;
+  const int64_t* labels;
+  int count;
+  const int64_t* self_index;
+  bool in_batch;
+
+  __device__ __forceinline__ int own_copy(int a) const {
+    return in_batch ? a : self_index ? static_cast<int>(self_index[a]) : -1;
+  }
+};
+
 // Blocks that small batches are split into (anchor blocks x candidate
 // splits) so that they still fill the GPU; from N = 32768 every anchor block
 // walks all candidates alone.
 constexpr int64_t kTargetBlocks = 1024;
-inline int64_t candidate_splits(int64_t n) {
+inline int64_t candidate_splits(int64_t n, int64_t m) {
   const int64_t row_blocks = (n + kTileRows - 1) / kTileRows;
-  const int64_t tiles = (n + kTileCols - 1) / kTileCols;
+  const int64_t tiles = (m + kTileCols - 1) / kTileCols;
   const int64_t splits = (kTargetBlocks + row_blocks - 1) / row_blocks;
   return splits < 1 ? 1 : splits > tiles ? tiles : splits;
 }
+inline int64_t candidate_splits(int64_t n) { return candidate_splits(n, n); }
 
 // The pairwise kernels' shared memory (about 30 KB for double).  Rows of the
 // staging arrays are padded by 16 bytes: aligned for vector loads, and the
@@ -69,14 +88,14 @@ __device__ __forceinline__ T multiply_add(T a, T b, T c) {
 // gives for them (the same fused products in the same order): for the few
 // pairs known in advance, without a tile.
 template <typename T>
-__device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict__ norms, int64_t d,
-                                   int i, int j) {
-  if (i == j) return T(0);
+__device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict__ norms,
+                                   const Candidates<T>& cand, int64_t d, int i, int j) {
+  if (cand.in_batch && i == j) return T(0);
   const T* x_i = x + int64_t(i) * d;
-  const T* x_j = x + int64_t(j) * d;
+  const T* x_j = cand.rows + int64_t(j) * d;
   T dot = T(0);
   for (int64_t k = 0; k < d; ++k) dot = multiply_add(x_i[k], x_j[k], dot);
-  return refined_squared_distance(norms[i], norms[j], dot, x_i, x_j, d);
+  return refined_squared_distance(norms[i], cand.norms[j], dot, x_i, x_j, d);
 }
 
 template <typename T>
@@ -137,34 +156,37 @@ __device__ __forceinline__ void tile_dot_products(const T* __restrict__ a, int n
 // Every thread of the block must call it; it ends with a barrier.
 template <typename T>
 __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restrict__ norms, int n,
-                                      int64_t d, int a0, int c0, DistanceTile<T>& tile) {
+                                      const Candidates<T>& cand, int64_t d, int a0, int c0,
+                                      DistanceTile<T>& tile) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[kMicroRows][kMicroCols];
-  tile_dot_products(x, n, a0, x, n, c0, d, tile.rows, tile.cols, acc);
+  tile_dot_products(x, n, a0, cand.rows, cand.count, c0, d, tile.rows, tile.cols, acc);
   for (int r = 0; r < kMicroRows; ++r) {
     for (int c = 0; c < kMicroCols; ++c) {
       const int m = kMicroRows * ty + r, j = kMicroCols * tx + c;
       const int i = a0 + m, jj = c0 + j;
       T v = T(0);
-      if (i < n && jj < n && i != jj)
-        v = refined_squared_distance(norms[i], norms[jj], acc[r][c], x + int64_t(i) * d,
-                                     x + int64_t(jj) * d, d);
+      if (i < n && jj < cand.count && !(cand.in_batch && i == jj))
+        v = refined_squared_distance(norms[i], cand.norms[jj], acc[r][c], x + int64_t(i) * d,
+                                     cand.rows + int64_t(jj) * d, d);
       tile.value[m][j] = v;
     }
   }
   __syncthreads();
 }
 
-// dx[a0 + m] += sum_j tile.value[m][j] * (x[a0 + m] - x[c0 + j]).  The caller
-// zeroes the coefficients of pairs outside the batch.  Plain stores when the
-// block owns the rows, atomics when other blocks add to them too.  Every
-// thread must call it; it ends with a barrier.
+// dx[a0 + m] += sum_j tile.value[m][j] * (x[a0 + m] - y[c0 + j]), y the
+// candidates' rows (ny of them).  The caller zeroes the coefficients of pairs
+// outside the batch.  Plain stores when the block owns the rows, atomics when
+// other blocks add to them too.  Every thread must call it; it ends with a
+// barrier.
 template <typename T, bool kAtomic>
-__device__ void accumulate_row_gradient(const T* __restrict__ x, int n, int64_t d, int a0, int c0,
-                                        DistanceTile<T>& tile, T* dx) {
+__device__ void accumulate_row_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
+                                        int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,
+                                        T* dx) {
   const int k = threadIdx.x % kTileDepth, m0 = threadIdx.x / kTileDepth;
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
-    stage_rows<T, kTileCols>(x, n, d, c0, k0, tile.cols);
+    stage_rows<T, kTileCols>(y, ny, d, c0, k0, tile.cols);
     __syncthreads();
     const int64_t col = k0 + k;
     for (int m = m0; m < kTileRows; m += kThreads / kTileDepth) {
@@ -184,11 +206,12 @@ __device__ void accumulate_row_gradient(const T* __restrict__ x, int n, int64_t 
   }
 }
 
-// dx[c0 + j] += sum_m tile.value[m][j] * (x[c0 + j] - x[a0 + m]), with atomics.
-// Every thread must call it; it ends with a barrier.
+// dy[c0 + j] += sum_m tile.value[m][j] * (y[c0 + j] - x[a0 + m]), with
+// atomics.  Every thread must call it; it ends with a barrier.
 template <typename T>
-__device__ void accumulate_column_gradient(const T* __restrict__ x, int n, int64_t d, int a0,
-                                           int c0, DistanceTile<T>& tile, T* dx) {
+__device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
+                                           int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,
+                                           T* dy) {
   const int k = threadIdx.x % kTileDepth, j0 = threadIdx.x / kTileDepth;
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
     stage_rows<T, kTileRows>(x, n, d, a0, k0, tile.rows);
@@ -196,27 +219,28 @@ __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, int64
     const int64_t col = k0 + k;
     for (int j = j0; j < kTileCols; j += kThreads / kTileDepth) {
       const int64_t row = int64_t(c0) + j;
-      if (row < n && col < d) {
-        const T xj = x[row * d + col];
+      if (row < ny && col < d) {
+        const T yj = y[row * d + col];
         T sum = 0;
-        for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j] * (xj - tile.rows[k][m]);
-        atomicAdd(dx + row * d + col, sum);
+        for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j] * (yj - tile.rows[k][m]);
+        atomicAdd(dy + row * d + col, sum);
       }
     }
     __syncthreads();
   }
 }
 
-// dx_i += coef (x_i - x_j), dx_j -= coef (x_i - x_j): the gradient of
-// coef' * d_ij with coef = coef' * distance_gradient_scale(d_ij).  All threads
-// of the block share the features; atomics since any block may touch any row.
+// dx_i += coef (x_i - y_j), dy_j -= coef (x_i - y_j), y the candidates' rows:
+// the gradient of coef' * d_ij with coef = coef' * distance_gradient_scale(d_ij).
+// All threads of the block share the features; atomics since any block may
+// touch any row.
 template <typename T>
-__device__ void scatter_pair_gradient(const T* __restrict__ x, int64_t d, int i, int j, T coef,
-                                      T* dx) {
+__device__ void scatter_pair_gradient(const T* __restrict__ x, const T* __restrict__ y, int64_t d,
+                                      int i, int j, T coef, T* dx, T* dy) {
   for (int64_t k = threadIdx.x; k < d; k += kThreads) {
-    const T g = coef * (x[int64_t(i) * d + k] - x[int64_t(j) * d + k]);
+    const T g = coef * (x[int64_t(i) * d + k] - y[int64_t(j) * d + k]);
     atomicAdd(dx + int64_t(i) * d + k, g);
-    atomicAdd(dx + int64_t(j) * d + k, -g);
+    atomicAdd(dy + int64_t(j) * d + k, -g);
   }
 }
 

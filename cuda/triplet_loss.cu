@@ -20,6 +20,10 @@
 //            active positives into tile coefficients (rows and columns).  All
 //            of it adds over negatives, so small batches split the tiles.
 //
+// Against a reference set (triplet_loss_ref) the same kernels run with the
+// candidates (detail::Candidates) being the rows of ref instead of the batch,
+// less each anchor's own copy; the candidates' gradient goes to dref.
+//
 // Ties go to the lowest index (closer_candidate).  Losses are reduced in a
 // fixed order; dx is accumulated unscaled with atomics (its last bits may vary
 // between runs), then scaled by 1 / (number of pairs, anchors or triplets),
@@ -77,8 +81,9 @@ __device__ __forceinline__ bool nearer_candidate(T distance, int index, T best_d
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_hard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
-                             const int64_t* __restrict__ labels, int n, int64_t d, bool squared,
-                             int splits, T* far_distance_out, int* far_index_out,
+                             const int64_t* __restrict__ labels, int n, Candidates<T> cand,
+                             int64_t d, bool squared, int splits, T* far_distance_out,
+                             int* far_index_out,
                              T* near_distance_out, int* near_index_out) {
   __shared__ DistanceTile<T> tile;
   __shared__ T far_distance[kThreads], near_distance[kThreads];
@@ -86,17 +91,18 @@ __global__ void __launch_bounds__(kThreads)
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits, a = a0 + m;
   const int64_t label = a < n ? labels[a] : 0;
+  const int own = a < n ? cand.own_copy(a) : -1;
 
   T far_d = T(0), near_d = T(0);
   int far_j = -1, near_j = -1;
-  for (int c0 = split * kTileCols; c0 < n; c0 += splits * kTileCols) {
-    compute_distance_tile(x, norms, n, d, a0, c0, tile);
+  for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
+    compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
     if (a < n) {
-      for (int j = lane; j < kTileCols && c0 + j < n; j += kLanes) {
+      for (int j = lane; j < kTileCols && c0 + j < cand.count; j += kLanes) {
         const int b = c0 + j;
-        if (b == a) continue;
+        if (b == own) continue;
         const T v = distance_from_squared(tile.value[m][j], squared);
-        if (labels[b] == label) {
+        if (cand.labels[b] == label) {
           if (farther_candidate(v, b, far_d, far_j)) far_d = v, far_j = b;
         } else if (nearer_candidate(v, b, near_d, near_j)) {
           near_d = v, near_j = b;
@@ -131,12 +137,13 @@ __global__ void __launch_bounds__(kThreads)
 // then the block scatters the active triplets' gradients.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    triplet_hard_finish_kernel(const T* __restrict__ x, int n, int64_t d, T margin, bool squared,
-                               int splits, const T* __restrict__ far_distance_in,
+    triplet_hard_finish_kernel(const T* __restrict__ x, int n, const T* __restrict__ y, int64_t d,
+                               T margin, bool squared, int splits,
+                               const T* __restrict__ far_distance_in,
                                const int* __restrict__ far_index_in,
                                const T* __restrict__ near_distance_in,
-                               const int* __restrict__ near_index_in, T* dx, double* partial_loss,
-                               long long* partial_count) {
+                               const int* __restrict__ near_index_in, T* dx, T* dy,
+                               double* partial_loss, long long* partial_count) {
   __shared__ T far_distance[kTileRows], near_distance[kTileRows];
   __shared__ int far_index[kTileRows], near_index[kTileRows];  // -1: no gradient
   __shared__ BlockReduce reduce;
@@ -172,10 +179,10 @@ __global__ void __launch_bounds__(kThreads)
   if (dx) {
     for (int m = 0; m < kTileRows; ++m) {
       if (far_index[m] < 0) continue;
-      scatter_pair_gradient(x, d, a0 + m, far_index[m],
-                            distance_gradient_scale(far_distance[m], squared), dx);
-      scatter_pair_gradient(x, d, a0 + m, near_index[m],
-                            -distance_gradient_scale(near_distance[m], squared), dx);
+      scatter_pair_gradient(x, y, d, a0 + m, far_index[m],
+                            distance_gradient_scale(far_distance[m], squared), dx, dy);
+      scatter_pair_gradient(x, y, d, a0 + m, near_index[m],
+                            -distance_gradient_scale(near_distance[m], squared), dx, dy);
     }
   }
   write_partials(loss, count, reduce, partial_loss, partial_count);
@@ -214,23 +221,27 @@ struct PositiveSlots {
 // barrier.
 template <typename T>
 __device__ void collect_positives(const T* __restrict__ x, const T* __restrict__ norms,
-                                  const int64_t* __restrict__ labels, int n, int64_t d,
-                                  bool squared, int a0, int first_rank, PositiveSlots<T>& slots) {
+                                  const int64_t* __restrict__ labels, int n,
+                                  const Candidates<T>& cand, int64_t d, bool squared, int a0,
+                                  int first_rank, PositiveSlots<T>& slots) {
   constexpr int kSpan = kThreads / kLanes;  // labels per lane per chunk
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes, a = a0 + m;
   const int64_t label = a < n ? labels[a] : 0;
+  const int own = a < n ? cand.own_copy(a) : -1;
+  const int count = cand.count;
   for (int s = lane; s < kSlots; s += kLanes) slots.index[m][s] = -1;
   int seen = 0, negatives = 0;
-  for (int c0 = 0; c0 < n; c0 += kThreads) {
-    slots.labels[threadIdx.x] = c0 + int(threadIdx.x) < n ? labels[c0 + threadIdx.x] : 0;
+  for (int c0 = 0; c0 < count; c0 += kThreads) {
+    slots.labels[threadIdx.x] = c0 + int(threadIdx.x) < count ? cand.labels[c0 + threadIdx.x] : 0;
     __syncthreads();
-    const int j0 = lane * kSpan, j1 = n - c0 < j0 + kSpan ? n - c0 : j0 + kSpan;
+    const int j0 = lane * kSpan, j1 = count - c0 < j0 + kSpan ? count - c0 : j0 + kSpan;
     int mine = 0;
     if (a < n) {
       for (int j = j0; j < j1; ++j) {
+        if (c0 + j == own) continue;
         if (slots.labels[j] != label) {
           ++negatives;
-        } else if (c0 + j != a) {
+        } else {
           ++mine;
         }
       }
@@ -242,7 +253,7 @@ __device__ void collect_positives(const T* __restrict__ x, const T* __restrict__
     for (int l = 0; l < kLanes; ++l) seen += slots.lane_count[m][l];
     if (a < n) {
       for (int j = j0; j < j1; ++j) {
-        if (slots.labels[j] != label || c0 + j == a) continue;
+        if (slots.labels[j] != label || c0 + j == own) continue;
         const int s = rank++ - first_rank;
         if (s >= 0 && s < kSlots) slots.index[m][s] = c0 + j;
       }
@@ -261,7 +272,7 @@ __device__ void collect_positives(const T* __restrict__ x, const T* __restrict__
     const int mm = e / kSlots, s = e % kSlots, p = slots.index[mm][s];
     if (p >= 0)
       slots.distance[mm][s] =
-          distance_from_squared(pair_squared_distance(x, norms, d, a0 + mm, p), squared);
+          distance_from_squared(pair_squared_distance(x, norms, cand, d, a0 + mm, p), squared);
   }
   __syncthreads();
 }
@@ -302,20 +313,21 @@ __device__ void no_semihard_candidates(SemihardCandidates<T>& c) {
 // Every thread must call it.
 template <typename T>
 __device__ void scan_semihard_negatives(const T* __restrict__ x, const T* __restrict__ norms,
-                                        const int64_t* __restrict__ labels, int n, int64_t d,
-                                        bool squared, int a0, int first_col, int col_step,
-                                        DistanceTile<T>& tile, const PositiveSlots<T>& slots,
-                                        SemihardCandidates<T>& c) {
+                                        const int64_t* __restrict__ labels, int n,
+                                        const Candidates<T>& cand, int64_t d, bool squared, int a0,
+                                        int first_col, int col_step, DistanceTile<T>& tile,
+                                        const PositiveSlots<T>& slots, SemihardCandidates<T>& c) {
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes, a = a0 + m;
   const int64_t label = a < n ? labels[a] : 0;
+  const int own = a < n ? cand.own_copy(a) : -1;
   no_semihard_candidates(c);
-  for (int c0 = first_col; c0 < n; c0 += col_step) {
-    compute_distance_tile(x, norms, n, d, a0, c0, tile);
+  for (int c0 = first_col; c0 < cand.count; c0 += col_step) {
+    compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
     take_square_roots(tile, squared);
     if (a < n) {
-      for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
+      for (int j = 0; j < kTileCols && c0 + j < cand.count; ++j) {
         const int b = c0 + j;
-        if (labels[b] == label) continue;
+        if (cand.labels[b] == label || b == own) continue;
         const T v = tile.value[m][j];
         if (farther_candidate(v, b, c.far_d, c.far_j)) c.far_d = v, c.far_j = b;
         for (int q = 0; q < kSlotsPerLane; ++q) {
@@ -337,17 +349,18 @@ __device__ void scan_semihard_negatives(const T* __restrict__ x, const T* __rest
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_semihard_split_kernel(const T* __restrict__ x, const T* __restrict__ norms,
-                                  const int64_t* __restrict__ labels, int n, int64_t d,
-                                  bool squared, int splits, T* best_distance, int* best_index,
+                                  const int64_t* __restrict__ labels, int n, Candidates<T> cand,
+                                  int64_t d, bool squared, int splits, T* best_distance,
+                                  int* best_index,
                                   T* far_distance, int* far_index) {
   __shared__ DistanceTile<T> tile;
   __shared__ PositiveSlots<T> slots;
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits, a = a0 + m;
-  collect_positives(x, norms, labels, n, d, squared, a0, 0, slots);
+  collect_positives(x, norms, labels, n, cand, d, squared, a0, 0, slots);
   if (positives_left(slots, 0) <= 0) return;  // the same test ends the mine kernel's loop
   SemihardCandidates<T> c;
-  scan_semihard_negatives(x, norms, labels, n, d, squared, a0, split * kTileCols,
+  scan_semihard_negatives(x, norms, labels, n, cand, d, squared, a0, split * kTileCols,
                           splits * kTileCols, tile, slots, c);
   if (a < n) {
     const int64_t out = int64_t(a) * splits + split;
@@ -365,12 +378,12 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_semihard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
-                                 const int64_t* __restrict__ labels, int n, int64_t d, T margin,
-                                 bool squared, int splits,
+                                 const int64_t* __restrict__ labels, int n, Candidates<T> cand,
+                                 int64_t d, T margin, bool squared, int splits,
                                  const T* __restrict__ split_best_distance,
                                  const int* __restrict__ split_best_index,
                                  const T* __restrict__ split_far_distance,
-                                 const int* __restrict__ split_far_index, T* dx,
+                                 const int* __restrict__ split_far_index, T* dx, T* dy,
                                  double* partial_loss, long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ PositiveSlots<T> slots;
@@ -383,7 +396,7 @@ __global__ void __launch_bounds__(kThreads)
   double loss = 0;
   long long pairs = 0;
   for (int first_rank = 0;; first_rank += kSlots) {
-    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, slots);
+    collect_positives(x, norms, labels, n, cand, d, squared, a0, first_rank, slots);
     if (positives_left(slots, first_rank) <= 0) break;
 
     SemihardCandidates<T> c;
@@ -403,7 +416,8 @@ __global__ void __launch_bounds__(kThreads)
           c.far_d = split_far_distance[in], c.far_j = split_far_index[in];
       }
     } else {
-      scan_semihard_negatives(x, norms, labels, n, d, squared, a0, 0, kTileCols, tile, slots, c);
+      scan_semihard_negatives(x, norms, labels, n, cand, d, squared, a0, 0, kTileCols, tile, slots,
+                              c);
     }
 
     for (int q = 0; q < kSlotsPerLane; ++q) {
@@ -426,10 +440,10 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < kTileRows * kSlots; ++e) {
         const int mm = e / kSlots, s = e % kSlots;
         if (chosen_index[mm][s] < 0) continue;
-        scatter_pair_gradient(x, d, a0 + mm, slots.index[mm][s],
-                              distance_gradient_scale(slots.distance[mm][s], squared), dx);
-        scatter_pair_gradient(x, d, a0 + mm, chosen_index[mm][s],
-                              -distance_gradient_scale(chosen_distance[mm][s], squared), dx);
+        scatter_pair_gradient(x, cand.rows, d, a0 + mm, slots.index[mm][s],
+                              distance_gradient_scale(slots.distance[mm][s], squared), dx, dy);
+        scatter_pair_gradient(x, cand.rows, d, a0 + mm, chosen_index[mm][s],
+                              -distance_gradient_scale(chosen_distance[mm][s], squared), dx, dy);
       }
     }
     __syncthreads();  // slots are refilled next round
@@ -444,16 +458,19 @@ __global__ void __launch_bounds__(kThreads)
 // miners do: a hinge at exactly 0 stays off.
 template <typename T>
 __device__ __forceinline__ T decided_hinge(const T* __restrict__ x, const T* __restrict__ norms,
-                                           int64_t d, bool squared, int a, int p, T anchor_positive,
-                                           int b, T anchor_negative, T margin) {
+                                           const Candidates<T>& cand, int64_t d, bool squared,
+                                           int a, int p, T anchor_positive, int b,
+                                           T anchor_negative, T margin) {
   const T h = anchor_positive - anchor_negative + margin;
-  const T window = distance_rounding_window(norms[a] + norms[p], d, anchor_positive, squared) +
-                   distance_rounding_window(norms[a] + norms[b], d, anchor_negative, squared);
+  const T window =
+      distance_rounding_window(norms[a] + cand.norms[p], d, anchor_positive, squared) +
+      distance_rounding_window(norms[a] + cand.norms[b], d, anchor_negative, squared);
   if ((h < T(0) ? -h : h) > window) return h > T(0) ? h : T(0);
   const T* x_a = x + int64_t(a) * d;
   return triplet_hinge(
-      distance_from_squared(direct_squared_distance(x_a, x + int64_t(p) * d, d), squared),
-      distance_from_squared(direct_squared_distance(x_a, x + int64_t(b) * d, d), squared), margin);
+      distance_from_squared(direct_squared_distance(x_a, cand.rows + int64_t(p) * d, d), squared),
+      distance_from_squared(direct_squared_distance(x_a, cand.rows + int64_t(b) * d, d), squared),
+      margin);
 }
 
 // Everything batch-all adds up is a sum over negatives, so block (anchor
@@ -462,9 +479,9 @@ __device__ __forceinline__ T decided_hinge(const T* __restrict__ x, const T* __r
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_all_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
-                            const int64_t* __restrict__ labels, int n, int64_t d, T margin,
-                            bool squared, int splits, T* dx, double* partial_loss,
-                            long long* partial_count) {
+                            const int64_t* __restrict__ labels, int n, Candidates<T> cand,
+                            int64_t d, T margin, bool squared, int splits, T* dx, T* dy,
+                            double* partial_loss, long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ PositiveSlots<T> slots;
   __shared__ int active_negatives[kTileRows][kSlots];
@@ -472,28 +489,29 @@ __global__ void __launch_bounds__(kThreads)
   const int m = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits, a = a0 + m;
   const int64_t label = a < n ? labels[a] : 0;
+  const int own = a < n ? cand.own_copy(a) : -1;
 
   double loss = 0;
   long long triplets = 0;
   for (int first_rank = 0;; first_rank += kSlots) {
-    collect_positives(x, norms, labels, n, d, squared, a0, first_rank, slots);
+    collect_positives(x, norms, labels, n, cand, d, squared, a0, first_rank, slots);
     if (first_rank == 0 && lane == 0 && split == 0)
       triplets = static_cast<long long>(slots.positive_count[m]) * slots.negative_count[m];
     if (positives_left(slots, first_rank) <= 0) break;
 
     int active[kSlotsPerLane] = {};
-    for (int c0 = split * kTileCols; c0 < n; c0 += splits * kTileCols) {
-      compute_distance_tile(x, norms, n, d, a0, c0, tile);
+    for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
+      compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
       take_square_roots(tile, squared);
       // Hinges and per-positive counts: this lane's slots against every column.
       if (a < n) {
-        for (int j = 0; j < kTileCols && c0 + j < n; ++j) {
-          if (labels[c0 + j] == label) continue;
+        for (int j = 0; j < kTileCols && c0 + j < cand.count; ++j) {
+          if (cand.labels[c0 + j] == label || c0 + j == own) continue;
           const T v = tile.value[m][j];
           for (int q = 0; q < kSlotsPerLane; ++q) {
             const int s = lane + kLanes * q;
             if (slots.index[m][s] < 0) continue;
-            const T hinge = decided_hinge(x, norms, d, squared, a, slots.index[m][s],
+            const T hinge = decided_hinge(x, norms, cand, d, squared, a, slots.index[m][s],
                                           slots.distance[m][s], c0 + j, v, margin);
             if (hinge > T(0)) {
               loss += hinge;
@@ -510,12 +528,13 @@ __global__ void __launch_bounds__(kThreads)
         for (int j = lane; j < kTileCols; j += kLanes) {
           const int b = c0 + j;
           T coef = T(0);
-          if (a < n && b < n && labels[b] != label) {
+          if (a < n && b < cand.count && cand.labels[b] != label && b != own) {
             const T v = tile.value[m][j];
             int count = 0;
             for (int s = 0; s < kSlots; ++s)
-              if (slots.index[m][s] >= 0 && decided_hinge(x, norms, d, squared, a, slots.index[m][s],
-                                                          slots.distance[m][s], b, v, margin) > T(0))
+              if (slots.index[m][s] >= 0 &&
+                  decided_hinge(x, norms, cand, d, squared, a, slots.index[m][s],
+                                slots.distance[m][s], b, v, margin) > T(0))
                 ++count;
             coef = -static_cast<T>(count) * distance_gradient_scale(v, squared);
           }
@@ -524,8 +543,8 @@ __global__ void __launch_bounds__(kThreads)
         }
         // Tiles of negatives all beyond the margin add nothing: skip them.
         if (__syncthreads_or(any_active)) {
-          accumulate_row_gradient<T, true>(x, n, d, a0, c0, tile, dx);
-          accumulate_column_gradient(x, n, d, a0, c0, tile, dx);
+          accumulate_row_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
+          accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dy);
         }
       }
       __syncthreads();
@@ -538,10 +557,10 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < kTileRows * kSlots; ++e) {
         const int mm = e / kSlots, s = e % kSlots;
         if (slots.index[mm][s] < 0 || active_negatives[mm][s] == 0) continue;
-        scatter_pair_gradient(x, d, a0 + mm, slots.index[mm][s],
+        scatter_pair_gradient(x, cand.rows, d, a0 + mm, slots.index[mm][s],
                               static_cast<T>(active_negatives[mm][s]) *
                                   distance_gradient_scale(slots.distance[mm][s], squared),
-                              dx);
+                              dx, dy);
       }
     }
     __syncthreads();  // slots are refilled next round
@@ -585,14 +604,90 @@ __global__ void __launch_bounds__(kThreads)
 // Runs after finalize_sum_kernel: a squared norm past largest_safe_squared_norm
 // makes the loss and dx NaN (csrc/faceops/triplet_loss.h); no host sync.
 template <typename T>
-__global__ void triplet_overflow_kernel(const T* __restrict__ norms, int n, T* loss, T* inv_count) {
+__global__ void triplet_overflow_kernel(const T* __restrict__ norms, int n, T* loss, T* inv_count,
+                                        T* count) {
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * kThreads)
     if (squared_norm_overflows(norms[i])) {
       const T nan = T(0) / T(0);
       *loss = nan;
       *inv_count = nan;
+      if (count) *count = nan;
     }
+}
+
+}  // namespace detail
+
+namespace detail {
+
+// The mining and the mean, for anchors x (norms, labels) against `cand`: loss,
+// count (nullable) and the gradients dx, dcand (= dx within the batch; both
+// zeroed, or both null).
+template <typename T>
+void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const Candidates<T>& cand,
+                 int64_t d, T margin, TripletMining mining, bool squared, T* loss, T* count, T* dx,
+                 T* dcand, cudaStream_t stream) {
+  const int64_t blocks = (n + kTileRows - 1) / kTileRows;
+  const int64_t splits = candidate_splits(n, cand.count);
+  // One partial loss per block: batch-all splits its anchor blocks, the others
+  // reduce their splits per anchor block.
+  const int64_t all_splits = mining == TripletMining::kAll ? splits : 1;
+  const int64_t partials = blocks * all_splits;
+  DeviceArray<double> partial_loss(partials, stream);
+  DeviceArray<long long> partial_count(partials, stream);
+  DeviceArray<T> inv_count(1, stream);
+  if (mining == TripletMining::kHard) {
+    DeviceArray<T> far_distance(n * splits, stream), near_distance(n * splits, stream);
+    DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);
+    launch("triplet_hard_mine_kernel", triplet_hard_mine_kernel<T>, blocks * splits, stream, x,
+           norms, labels, n, cand, d, squared, static_cast<int>(splits), far_distance.get(),
+           far_index.get(), near_distance.get(), near_index.get());
+    launch("triplet_hard_finish_kernel", triplet_hard_finish_kernel<T>, blocks, stream, x, n,
+           cand.rows, d, margin, squared, static_cast<int>(splits), far_distance.get(),
+           far_index.get(), near_distance.get(), near_index.get(), dx, dcand, partial_loss.get(),
+           partial_count.get());
+  } else if (mining == TripletMining::kSemihard) {
+    const int64_t split_slots = splits > 1 ? n * splits * kSlots : 0;
+    DeviceArray<T> best_distance(split_slots, stream);
+    DeviceArray<int> best_index(split_slots, stream);
+    DeviceArray<T> far_distance(splits > 1 ? n * splits : 0, stream);
+    DeviceArray<int> far_index(splits > 1 ? n * splits : 0, stream);
+    if (splits > 1)
+      launch("triplet_semihard_split_kernel", triplet_semihard_split_kernel<T>, blocks * splits,
+             stream, x, norms, labels, n, cand, d, squared, static_cast<int>(splits),
+             best_distance.get(), best_index.get(), far_distance.get(), far_index.get());
+    launch("triplet_semihard_mine_kernel", triplet_semihard_mine_kernel<T>, blocks, stream, x,
+           norms, labels, n, cand, d, margin, squared, static_cast<int>(splits),
+           best_distance.get(), best_index.get(), far_distance.get(), far_index.get(), dx, dcand,
+           partial_loss.get(), partial_count.get());
+  } else {
+    launch("triplet_all_mine_kernel", triplet_all_mine_kernel<T>, blocks * all_splits, stream, x,
+           norms, labels, n, cand, d, margin, squared, static_cast<int>(all_splits), dx, dcand,
+           partial_loss.get(), partial_count.get());
+  }
+  launch("finalize_sum_kernel", finalize_sum_kernel<T>, 1, stream, partial_loss.get(),
+         partial_count.get(), partials, 1.0, loss, inv_count.get());
+  if (count)
+    launch("total_count_kernel", total_count_kernel<T>, 1, stream, partial_count.get(), partials,
+           count);
+  launch("triplet_overflow_kernel", triplet_overflow_kernel<T>, grid_for(n), stream, norms, n,
+         loss, inv_count.get(), count);
+  if (!cand.in_batch)
+    launch("triplet_overflow_kernel", triplet_overflow_kernel<T>, grid_for(cand.count), stream,
+           cand.norms, cand.count, loss, inv_count.get(), count);
+  if (dx)
+    launch("scale_by_device_scalar_kernel", scale_by_device_scalar_kernel<T>, grid_for(n * d),
+           stream, dx, n * d, inv_count.get());
+  if (dcand && dcand != dx)
+    launch("scale_by_device_scalar_kernel", scale_by_device_scalar_kernel<T>,
+           grid_for(int64_t(cand.count) * d), stream, dcand, int64_t(cand.count) * d,
+           inv_count.get());
+}
+
+inline void check_mining(TripletMining mining) {
+  faceops::detail::require(mining == TripletMining::kSemihard || mining == TripletMining::kHard ||
+                               mining == TripletMining::kAll,
+                           "mining: expected semihard, hard or all");
 }
 
 }  // namespace detail
@@ -602,65 +697,46 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
                   TripletMining mining, bool squared, T* loss, T* dx, void* stream_handle) {
   faceops::detail::check_batch("x", n, d);
   detail::check_rows_fit_int("x", n);
-  faceops::detail::require(mining == TripletMining::kSemihard || mining == TripletMining::kHard ||
-                               mining == TripletMining::kAll,
-                           "mining: expected semihard, hard or all");
+  detail::check_mining(mining);
   detail::NvtxRange range("faceops::triplet_loss");
   const cudaStream_t stream = detail::as_stream(stream_handle);
   const int rows = static_cast<int>(n);
-  const int64_t blocks = (n + detail::kTileRows - 1) / detail::kTileRows;
-
   detail::DeviceArray<T> norms(n, stream);
-  // One partial loss per block: batch-all splits its anchor blocks, the others
-  // reduce their splits per anchor block.
-  const int64_t all_splits = mining == TripletMining::kAll ? detail::candidate_splits(n) : 1;
-  const int64_t partials = blocks * all_splits;
-  detail::DeviceArray<double> partial_loss(partials, stream);
-  detail::DeviceArray<long long> partial_count(partials, stream);
-  detail::DeviceArray<T> inv_count(1, stream);
   if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, rows, d, norms.get());
-  if (mining == TripletMining::kHard) {
-    const int64_t splits = detail::candidate_splits(n);
-    detail::DeviceArray<T> far_distance(n * splits, stream), near_distance(n * splits, stream);
-    detail::DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);
-    detail::launch("triplet_hard_mine_kernel", detail::triplet_hard_mine_kernel<T>, blocks * splits,
-                   stream, x, norms.get(), labels, rows, d, squared, static_cast<int>(splits),
-                   far_distance.get(), far_index.get(), near_distance.get(), near_index.get());
-    detail::launch("triplet_hard_finish_kernel", detail::triplet_hard_finish_kernel<T>, blocks,
-                   stream, x, rows, d, margin, squared, static_cast<int>(splits),
-                   far_distance.get(), far_index.get(), near_distance.get(), near_index.get(), dx,
-                   partial_loss.get(), partial_count.get());
-  } else if (mining == TripletMining::kSemihard) {
-    const int64_t splits = detail::candidate_splits(n);
-    const int64_t split_slots = splits > 1 ? n * splits * detail::kSlots : 0;
-    detail::DeviceArray<T> best_distance(split_slots, stream);
-    detail::DeviceArray<int> best_index(split_slots, stream);
-    detail::DeviceArray<T> far_distance(splits > 1 ? n * splits : 0, stream);
-    detail::DeviceArray<int> far_index(splits > 1 ? n * splits : 0, stream);
-    if (splits > 1)
-      detail::launch("triplet_semihard_split_kernel", detail::triplet_semihard_split_kernel<T>,
-                     blocks * splits, stream, x, norms.get(), labels, rows, d, squared,
-                     static_cast<int>(splits), best_distance.get(), best_index.get(),
-                     far_distance.get(), far_index.get());
-    detail::launch("triplet_semihard_mine_kernel", detail::triplet_semihard_mine_kernel<T>, blocks,
-                   stream, x, norms.get(), labels, rows, d, margin, squared,
-                   static_cast<int>(splits), best_distance.get(), best_index.get(),
-                   far_distance.get(), far_index.get(), dx, partial_loss.get(),
-                   partial_count.get());
-  } else {
-    detail::launch("triplet_all_mine_kernel", detail::triplet_all_mine_kernel<T>,
-                   blocks * all_splits, stream, x, norms.get(), labels, rows, d, margin, squared,
-                   static_cast<int>(all_splits), dx, partial_loss.get(), partial_count.get());
-  }
-  detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream,
-                 partial_loss.get(), partial_count.get(), partials, 1.0, loss, inv_count.get());
-  detail::launch("triplet_overflow_kernel", detail::triplet_overflow_kernel<T>, detail::grid_for(n),
-                 stream, norms.get(), rows, loss, inv_count.get());
-  if (dx)
-    detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
-                   detail::grid_for(n * d), stream, dx, n * d, inv_count.get());
+  const detail::Candidates<T> batch{x, norms.get(), labels, rows, nullptr, true};
+  detail::run_triplet(x, norms.get(), labels, rows, batch, d, margin, mining, squared, loss,
+                      static_cast<T*>(nullptr), dx, dx, stream);
+}
+
+template <typename T>
+void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
+                      const int64_t* ref_labels, int64_t m, const int64_t* self_index, T margin,
+                      TripletMining mining, bool squared, T* loss, T* count, T* dx, T* dref,
+                      void* stream_handle) {
+  faceops::detail::check_batch("x", n, d);
+  faceops::detail::check_batch("ref", m, d);
+  detail::check_rows_fit_int("x", n);
+  detail::check_rows_fit_int("ref", m);
+  detail::check_mining(mining);
+  detail::NvtxRange range("faceops::triplet_loss_ref");
+  const cudaStream_t stream = detail::as_stream(stream_handle);
+  detail::DeviceArray<T> norms(n, stream), ref_norms(m, stream), spare_loss(loss ? 0 : 1, stream);
+  // The kernels write both gradients or neither: a spare for the one not asked for.
+  detail::DeviceArray<T> spare(dx && !dref ? m * d : dref && !dx ? n * d : 0, stream);
+  T* gx = dx ? dx : dref ? spare.get() : nullptr;
+  T* gref = dref ? dref : dx ? spare.get() : nullptr;
+  detail::zero_async(gx, n * d * int64_t(sizeof(T)), stream);
+  detail::zero_async(gref, m * d * int64_t(sizeof(T)), stream);
+  detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
+                 stream, x, static_cast<int>(n), d, norms.get());
+  detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(m),
+                 stream, ref, static_cast<int>(m), d, ref_norms.get());
+  const detail::Candidates<T> candidates{ref, ref_norms.get(), ref_labels, static_cast<int>(m),
+                                         self_index, false};
+  detail::run_triplet(x, norms.get(), labels, static_cast<int>(n), candidates, d, margin, mining,
+                      squared, loss ? loss : spare_loss.get(), count, gx, gref, stream);
 }
 
 template <typename T>
@@ -683,7 +759,10 @@ void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative
   template void triplet_loss<T>(const T*, const int64_t*, int64_t, int64_t, T, TripletMining,   \
                                 bool, T*, T*, void*);                                           \
   template void triplet_loss_explicit<T>(const T*, const T*, const T*, int64_t, int64_t, T, T*, \
-                                         T*, T*, T*, void*);
+                                         T*, T*, T*, void*);                                    \
+  template void triplet_loss_ref<T>(const T*, const int64_t*, int64_t, int64_t, const T*,       \
+                                    const int64_t*, int64_t, const int64_t*, T, TripletMining,  \
+                                    bool, T*, T*, T*, T*, void*);
 FACEOPS_INSTANTIATE_TRIPLET(float)
 FACEOPS_INSTANTIATE_TRIPLET(double)
 

@@ -51,6 +51,10 @@ def _ops():
     triplet = lambda mining: _op(  # noqa: E731
         lambda x, labels, margin, squared: faceops.triplet_loss(x, labels, margin, mining, squared),
         ["x"], {"labels": None}, reals=dict(margin=(0.2, [-0.1])), flags=["squared"])
+    triplet_ref = lambda mining: _op(  # noqa: E731
+        lambda x, labels, ref, ref_labels, margin, squared: faceops.triplet_loss_ref(
+            x, labels, ref, ref_labels, margin, mining, squared),
+        ["x", "ref"], {"labels": None, "ref_labels": None}, reals=dict(margin=(0.2, [-0.1])), flags=["squared"])
     softmax = lambda rate: _op(  # noqa: E731
         lambda x, labels, weight, s, m1, m2, m3, weight_grad, sample_rate=rate: faceops.margin_softmax_loss(
             x, labels, weight, s, m1, m2, m3, sample_rate, 0, weight_grad),
@@ -74,6 +78,11 @@ def _ops():
         "triplet_loss_explicit": _op(faceops.triplet_loss_explicit, ["anchor", "positive", "negative"],
                                      reals=dict(margin=(1.0, [-1.0]))),
         "pair_loss": _op(faceops.pair_loss, ["x"], {"labels": None}, reals=dict(theta=(1.0, []))),
+        "triplet_ref_semihard": triplet_ref("semihard"),
+        "triplet_ref_hard": triplet_ref("hard"),
+        "triplet_ref_all": triplet_ref("all"),
+        "pair_loss_ref": _op(faceops.pair_loss_ref, ["x", "ref"], {"labels": None, "ref_labels": None},
+                             reals=dict(theta=(1.0, []))),
         "contrastive_loss": _op(faceops.contrastive_loss, ["a", "b"], {"similar": None},
                                 reals=dict(margin=(1.0, [-1.0])), flags=["legacy"]),
         "margin_softmax_loss": softmax(1.0),
@@ -114,7 +123,7 @@ def _valid_args(spec, dtype=np.float64):
     base = _batch()
     args = {}
     for i, name in enumerate(spec["floats"]):
-        source = {"anchor": "x", "positive": "x", "negative": "x", "a": "x", "b": "x"}.get(name, name)
+        source = {"anchor": "x", "positive": "x", "negative": "x", "a": "x", "b": "x", "ref": "x"}.get(name, name)
         value = base[source] if i == 0 or source != "x" else base["x"] + i
         args[name] = value.astype(dtype)
     for name in spec["labels"]:

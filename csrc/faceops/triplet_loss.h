@@ -24,6 +24,24 @@
 // 2 ||x_j||^2) and the Gram form turns inf - inf into NaN, which the mining
 // would read as "no candidate"; the loss and every entry of dx are then NaN
 // (as the float64 reference gives), never a clean 0.
+// Reference sets (triplet_loss_ref; pytorch-metric-learning's ref_emb):
+// anchors are the rows of x (n, d) with `labels`; positives and negatives
+// are rows of ref (m, d) with `ref_labels` only -- x's own rows are no
+// candidates.  self_index (n,), nullable: self_index[a] is the row of ref
+// that is anchor a's own copy (e.g. after an all-gather), or -1; that row is
+// neither a positive nor a negative of a (it must carry a's label, and a ref
+// row is at most one anchor's copy), and stays a candidate of every other
+// anchor.  The definitions above then hold with "the batch" read as "ref
+// less a's own copy" and indices as ref rows (ties, lowest index, the
+// exact-distance rule); the mean is over this call's terms -- semihard: pairs
+// (a, p) whose anchor has a negative; hard: anchors with a positive and a
+// negative; all: valid (a, p, n) -- and *count receives their number (0:
+// loss 0, zero gradients).  dx (n, d) and dref (m, d) are gradients of that
+// mean.  A batch cut into chunks x_k (rows o_k .. o_k + n_k - 1) gives
+// exactly the in-batch op's terms with ref = the batch and self_index = o_k +
+// arange(n_k): sum_k count_k loss_k / sum_k count_k is its loss, and dx_k
+// plus the sum over k of dref_k's rows its dx.  Overflow as above, over the
+// rows of x and ref: loss, count, dx and dref all NaN.
 // Explicit triplets (happynear's caffe-windows form, three bottoms):
 //   L = 1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2).
 #pragma once
@@ -87,6 +105,12 @@ namespace cpu {
 template <typename T>
 void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T margin,
                   TripletMining mining, bool squared, T* loss, T* dx);
+// Anchors x (n, d), candidates ref (m, d) (see "Reference sets" above);
+// self_index nullable; loss, count, dx (n, d), dref (m, d) written when non-null.
+template <typename T>
+void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
+                      const int64_t* ref_labels, int64_t m, const int64_t* self_index, T margin,
+                      TripletMining mining, bool squared, T* loss, T* count, T* dx, T* dref);
 // Explicit (anchor, positive, negative) rows; da, dp, dn overwritten when non-null.
 template <typename T>
 void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative, int64_t n,
@@ -97,6 +121,11 @@ namespace cuda {
 template <typename T>
 void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T margin,
                   TripletMining mining, bool squared, T* loss, T* dx, void* stream);
+template <typename T>
+void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
+                      const int64_t* ref_labels, int64_t m, const int64_t* self_index, T margin,
+                      TripletMining mining, bool squared, T* loss, T* count, T* dx, T* dref,
+                      void* stream);
 template <typename T>
 void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative, int64_t n,
                            int64_t d, T margin, T* loss, T* da, T* dp, T* dn, void* stream);

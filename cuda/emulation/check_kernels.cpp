@@ -1,7 +1,8 @@
 // faceops::cuda (run by the CPU emulation of cuda_runtime.h in this folder)
 // against faceops::cpu, the ground truth, on random batches: every op, both
 // dtypes, every mining mode, squared or not, ties, several rounds of
-// positives, batches of one row; the margin softmax under every margin.
+// positives, batches of one row; the margin softmax under every margin; the
+// triplet and pair losses against reference sets.
 // Exit status 0 when all agree.
 #include <cuda_runtime.h>  // the emulation: allocation and launch counters
 
@@ -386,6 +387,101 @@ void run_all(std::mt19937& rng) {
   test_center<T>(50, 3, 1000000, rng);   // labels spread over a large table
 }
 
+// A reference set: ref (m, d) whose first n rows are x (with x's labels) when
+// `own` (self_index = 0..n-1, every third entry -1), else independent rows;
+// dup: exact duplicate rows in ref (distance ties).
+template <typename T>
+struct ReferenceCase {
+  std::vector<T> x, ref;
+  std::vector<int64_t> labels, ref_labels, self_index;
+};
+
+template <typename T>
+ReferenceCase<T> reference_case(int64_t n, int64_t m, int64_t d, int classes, bool own, bool dup,
+                                std::mt19937& rng) {
+  ReferenceCase<T> c;
+  c.ref = randn<T>(m * d, rng, 0.3);
+  c.ref_labels.resize(m);
+  for (auto& l : c.ref_labels) l = rng() % classes;
+  if (dup)
+    for (int64_t j = 1; j < m; j += 3)
+      for (int64_t k = 0; k < d; ++k) c.ref[j * d + k] = c.ref[(j - 1) * d + k];
+  if (own) {
+    c.x.assign(c.ref.begin(), c.ref.begin() + n * d);
+    c.labels.assign(c.ref_labels.begin(), c.ref_labels.begin() + n);
+    c.self_index.resize(n);
+    for (int64_t i = 0; i < n; ++i) c.self_index[i] = i % 3 == 2 ? -1 : i;
+  } else {
+    c.x = randn<T>(n * d, rng, 0.3);
+    c.labels.resize(n);
+    for (auto& l : c.labels) l = rng() % classes;
+  }
+  return c;
+}
+
+template <typename T>
+void test_triplet_ref(int64_t n, int64_t m, int64_t d, int classes, bool own, bool dup,
+                      std::mt19937& rng) {
+  const ReferenceCase<T> c = reference_case<T>(n, m, d, classes, own, dup, rng);
+  const int64_t* self_index = own ? c.self_index.data() : nullptr;
+  for (int mode = 0; mode < 3; ++mode)
+    for (int sq = 0; sq < 2; ++sq) {
+      T lc = 0, lg = 0, cc = 0, cg = 0;
+      std::vector<T> dxc(n * d, T(7)), dxg(n * d, T(7)), drc(m * d, T(7)), drg(m * d, T(7));
+      faceops::cpu::triplet_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                        c.ref_labels.data(), m, self_index, T(0.2),
+                                        faceops::TripletMining(mode), sq, &lc, &cc, dxc.data(),
+                                        drc.data());
+      faceops::cuda::triplet_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                         c.ref_labels.data(), m, self_index, T(0.2),
+                                         faceops::TripletMining(mode), sq, &lg, &cg, dxg.data(),
+                                         drg.data(), nullptr);
+      char buf[200];
+      std::snprintf(buf, sizeof buf,
+                    "triplet_ref mode=%d sq=%d n=%ld m=%ld d=%ld C=%d own=%d dup=%d loss %.6g/%.6g",
+                    mode, sq, (long)n, (long)m, (long)d, classes, own, dup, (double)lg, (double)lc);
+      expect<T>(buf, rel(lg, lc));
+      expect<T>("  count", rel(cg, cc));
+      expect<T>("  dx", max_rel(dxg, dxc));
+      expect<T>("  dref", max_rel(drg, drc));
+    }
+}
+
+template <typename T>
+void test_pair_ref(int64_t n, int64_t m, int64_t d, int classes, bool own, std::mt19937& rng) {
+  const ReferenceCase<T> c = reference_case<T>(n, m, d, classes, own, false, rng);
+  const int64_t* self_index = own ? c.self_index.data() : nullptr;
+  T lc[3], lg[3];  // loss, count, dtheta
+  std::vector<T> dxc(n * d, T(7)), dxg(n * d, T(7)), drc(m * d, T(7)), drg(m * d, T(7));
+  faceops::cpu::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                 c.ref_labels.data(), m, self_index, T(1.5), &lc[0], &lc[1],
+                                 dxc.data(), drc.data(), &lc[2]);
+  faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                  c.ref_labels.data(), m, self_index, T(1.5), &lg[0], &lg[1],
+                                  dxg.data(), drg.data(), &lg[2], nullptr);
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "pair_ref n=%ld m=%ld d=%ld own=%d loss %.6g/%.6g", (long)n,
+                (long)m, (long)d, own, (double)lg[0], (double)lc[0]);
+  expect<T>(buf, rel(lg[0], lc[0]));
+  expect<T>("  count", rel(lg[1], lc[1]));
+  expect<T>("  dtheta", rel(lg[2], lc[2]));
+  expect<T>("  dx", max_rel(dxg, dxc));
+  expect<T>("  dref", max_rel(drg, drc));
+}
+
+template <typename T>
+void run_reference_sets(std::mt19937& rng) {
+  test_pair_ref<T>(1, 1, 5, 2, true, rng);  // the only pair is the own copy: loss 0, count 0
+  test_pair_ref<T>(5, 9, 5, 2, false, rng);
+  test_pair_ref<T>(97, 130, 37, 5, true, rng);
+  test_triplet_ref<T>(1, 1, 4, 2, true, false, rng);
+  test_triplet_ref<T>(3, 7, 4, 2, false, false, rng);
+  test_triplet_ref<T>(70, 90, 20, 3, true, false, rng);  // many positives: several rounds
+  test_triplet_ref<T>(40, 100, 9, 12, false, false, rng);
+  test_triplet_ref<T>(66, 80, 8, 6, true, true, rng);  // ties
+  test_triplet_ref<T>(33, 300, 16, 64, true, false, rng);
+}
+
 // On a generator of their own, so that the other checks keep their inputs.
 template <typename T>
 void run_margin_softmax(std::mt19937& rng) {
@@ -416,6 +512,9 @@ int main() {
   std::mt19937 margin_rng(4321);
   run_margin_softmax<double>(margin_rng);
   run_margin_softmax<float>(margin_rng);
+  std::mt19937 reference_rng(2468);
+  run_reference_sets<double>(reference_rng);
+  run_reference_sets<float>(reference_rng);
   std::printf("%d failures, %ld live allocations, %ld launches\n", failures, g_live_allocations,
               g_launches);
   return failures != 0 || g_live_allocations != 0;

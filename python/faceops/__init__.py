@@ -14,8 +14,10 @@ from faceops.ops import (
     contrastive_loss,
     margin_softmax_loss,
     pair_loss,
+    pair_loss_ref,
     triplet_loss,
     triplet_loss_explicit,
+    triplet_loss_ref,
 )
 
 __version__ = _core.__version__
@@ -54,6 +56,8 @@ __all__ = [
     "cuda_available",
     "margin_softmax_loss",
     "pair_loss",
+    "pair_loss_ref",
     "triplet_loss",
     "triplet_loss_explicit",
+    "triplet_loss_ref",
 ]

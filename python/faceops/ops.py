@@ -86,6 +86,92 @@ def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True):
     return float(loss[0]), dx
 
 
+def triplet_loss_ref(x, labels, ref, ref_labels, margin=0.2, mining="semihard", squared=True, self_index=None):
+    """Triplet loss against a reference set (pytorch-metric-learning's ``ref_emb``): anchors are
+    the rows of x (N, D) with ``labels``, positives and negatives the rows of ref (M, D) with
+    ``ref_labels`` only (x's own rows are no candidates).  ``self_index`` (N,) integers, optional:
+    self_index[i] is the row of ref that is x[i]'s own copy (e.g. after an all-gather), or -1; that
+    row is neither a positive nor a negative of anchor i (it must carry labels[i], and no two anchors
+    may name one row), and stays a candidate of the other anchors.  Mining and ties as
+    triplet_loss, indices being ref rows; see csrc/faceops/triplet_loss.h.
+
+    Returns (loss, count, dx, dref): the mean over this call's terms (semihard: (anchor, positive)
+    pairs whose anchor has a negative; hard: anchors with a positive and a negative; all: valid
+    triplets), their number as a float (0: loss 0, zero gradients), so that calls over chunks of a
+    batch combine as sum(count_k * loss_k) / sum(count_k), and the gradients of the mean.
+    """
+    device, xp, labels, ref_labels, self_index, n, d, m = _check_reference_inputs(x, labels, ref, ref_labels,
+                                                                                  self_index)
+    mining = _params.choice("mining", mining, MINING_MODES)
+    margin = _params.real("margin", margin, x.dtype, low=0.0)
+    squared = _params.flag("squared", squared)
+    out = xp.empty((2,), dtype=x.dtype)  # loss, count
+    dx, dref = xp.empty_like(x), xp.empty_like(ref)
+    _call(_core.triplet_loss_ref, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d,
+          _arrays.address(ref), _arrays.address(ref_labels), m, _arrays.address(self_index), margin,
+          MINING_MODES[mining], squared, _arrays.address(out), _arrays.address(out) + out.itemsize,
+          _arrays.address(dx), _arrays.address(dref), xp=xp)
+    loss, count = (float(v) for v in out.tolist())
+    return loss, count, dx, dref
+
+
+def pair_loss_ref(x, labels, ref, ref_labels, theta, self_index=None):
+    """The Multibatch pair loss against a reference set: the ordered pairs (x_i, ref_j) less each
+    anchor's own copy (``self_index`` as in triplet_loss_ref),
+    L = 1/(N M - c) sum_{i, j != self_index[i]} max(0, 1 - y_ij (theta - ||x_i - ref_j||^2)), c the
+    number of anchors with an own copy.  Returns (loss, count, dx, dref, dtheta); count = N M - c,
+    so that chunks of a batch (ref = the batch, self_index = the chunk's rows) combine as
+    sum(count_k * loss_k) / sum(count_k) into pair_loss's 1/(N^2 - N) mean.
+
+    contrastive_loss takes explicit pairs (a_i, b_i, similar_i), so a reference set does not apply
+    to it: pass the pairs you want, rows of a reference set among them."""
+    device, xp, labels, ref_labels, self_index, n, d, m = _check_reference_inputs(x, labels, ref, ref_labels,
+                                                                                  self_index)
+    theta = _params.real("theta", theta, x.dtype)
+    out = xp.empty((3,), dtype=x.dtype)  # loss, count, dtheta
+    dx, dref = xp.empty_like(x), xp.empty_like(ref)
+    _call(_core.pair_loss_ref, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d,
+          _arrays.address(ref), _arrays.address(ref_labels), m, _arrays.address(self_index), theta,
+          _arrays.address(out), _arrays.address(out) + out.itemsize, _arrays.address(dx), _arrays.address(dref),
+          _arrays.address(out) + 2 * out.itemsize, xp=xp)
+    loss, count, dtheta = (float(v) for v in out.tolist())
+    return loss, count, dx, dref, dtheta
+
+
+def _check_reference_inputs(x, labels, ref, ref_labels, self_index):
+    arrays = dict(x=x, labels=labels, ref=ref, ref_labels=ref_labels)
+    if self_index is not None:
+        arrays["self_index"] = self_index
+    device, xp = _arrays.device_of(**arrays)
+    n, d = _arrays.check_matrix("x", x)
+    m, _ = _arrays.check_matrix("ref", ref, dtype=x.dtype, cols=d)
+    labels = _arrays.check_labels("labels", labels, n, xp)
+    ref_labels = _arrays.check_labels("ref_labels", ref_labels, m, xp)
+    if self_index is not None:
+        self_index = _arrays.check_labels("self_index", self_index, n, xp)
+        if xp is not np:  # the CPU core checks self_index itself
+            _check_self_index_on_gpu(self_index, labels, ref_labels, m, xp)
+    _arrays.check_finite_on_gpu("x", x, xp)
+    _arrays.check_finite_on_gpu("ref", ref, xp)
+    return device, xp, labels, ref_labels, self_index, n, d, m
+
+
+def _check_self_index_on_gpu(self_index, labels, ref_labels, m, xp):
+    """check_self_index of csrc/checks.h, for the CUDA kernels (which rely on it)."""
+    low, high = int(self_index.min()), int(self_index.max())
+    if low < -1 or high >= m:
+        raise ValueError(f"self_index: entries must be -1 (no own copy) or a row of ref, 0 <= entry < {m}; "
+                         f"got range [{low}, {high}]")
+    owned = self_index >= 0
+    rows = self_index[owned]
+    if bool((ref_labels[rows] != labels[owned]).any()):
+        raise ValueError("self_index: an anchor's own copy has another label than the anchor; an own copy "
+                         "carries its anchor's label")
+    if len(xp.unique(rows)) != len(rows):
+        raise ValueError("self_index: two anchors name the same ref row as their own copy; a ref row is at "
+                         "most one anchor's copy")
+
+
 def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
     """L = 1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2) (the three-bottom
     TripletLoss of happynear's caffe-windows).  Returns (loss, da, dp, dn)."""

@@ -129,6 +129,62 @@ def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True):
     return loss / count, dx / count
 
 
+def _own_copies(self_index, n):
+    return np.full(n, -1) if self_index is None else np.asarray(self_index)
+
+
+def triplet_loss_ref(x, labels, ref, ref_labels, margin=0.2, mining="semihard", squared=True, self_index=None):
+    """Anchors: rows of x; candidates: rows of ref less each anchor's own copy."""
+    labels, ref_labels = np.asarray(labels), np.asarray(ref_labels)
+    own = _own_copies(self_index, len(labels))
+    m = ref.shape[0]
+    dx, dref = np.zeros_like(x), np.zeros_like(ref)
+    loss, count = 0.0, 0.0
+    for a in range(x.shape[0]):
+        candidate = np.arange(m) != own[a]
+        positives = np.flatnonzero((ref_labels == labels[a]) & candidate)
+        negatives = np.flatnonzero((ref_labels != labels[a]) & candidate)
+        if len(positives) == 0 or len(negatives) == 0:
+            continue
+        squared_distance = np.sum((ref - x[a]) ** 2, axis=1)
+        distances = squared_distance if squared else np.sqrt(squared_distance)
+        d_ap, d_an = distances[positives], distances[negatives]
+        selected = _selected_triplets(mining, d_ap, d_an)
+        hinge = d_ap[:, None] - d_an[None, :] + margin
+        active = selected * (hinge > 0)
+        count += selected.sum()
+        loss += float((active * hinge).sum())
+        g_ap = _distance_grads(x[a], ref[positives], d_ap, squared) * active.sum(axis=1)[:, None]
+        g_an = _distance_grads(x[a], ref[negatives], d_an, squared) * active.sum(axis=0)[:, None]
+        dx[a] += g_ap.sum(axis=0) - g_an.sum(axis=0)
+        dref[positives] -= g_ap
+        dref[negatives] += g_an
+    if count == 0:
+        return 0.0, 0.0, dx, dref
+    return loss / count, float(count), dx / count, dref / count
+
+
+def pair_loss_ref(x, labels, ref, ref_labels, theta, self_index=None):
+    """The ordered pairs (x_i, ref_j), j not x_i's own copy."""
+    labels, ref_labels = np.asarray(labels), np.asarray(ref_labels)
+    own = _own_copies(self_index, len(labels))
+    m = ref.shape[0]
+    pairs = x.shape[0] * m - int(np.sum(own >= 0))
+    loss, dtheta, dx, dref = 0.0, 0.0, np.zeros_like(x), np.zeros_like(ref)
+    if pairs == 0:
+        return 0.0, 0.0, dx, dref, 0.0
+    for i in range(x.shape[0]):
+        y = np.where(ref_labels == labels[i], 1.0, -1.0)
+        hinge = 1.0 - y * (theta - np.sum((ref - x[i]) ** 2, axis=1))
+        active = (hinge > 0) & (np.arange(m) != own[i])
+        loss += float(hinge[active].sum())
+        dtheta -= float(y[active].sum())
+        g = (y * active)[:, None] * 2.0 * (x[i] - ref)
+        dx[i] += g.sum(axis=0)
+        dref -= g
+    return loss / pairs, float(pairs), dx / pairs, dref / pairs, dtheta / pairs
+
+
 def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
     n = anchor.shape[0]
     loss = 0.0
