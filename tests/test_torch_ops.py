@@ -37,6 +37,9 @@ def _op_cases(dtype):
     cosine = (torch.rand(12, 5, generator=g, dtype=torch.float64) * 1.8 - 0.9).to(dtype)
     similar = torch.arange(12) % 2
     theta = torch.tensor(1.0, dtype=dtype)
+    ref, ref_labels = randn(9, 6), torch.arange(9) % 4
+    self_index = torch.tensor([0, -1, 5, -1, -1, 2, -1, -1, 8, -1, -1, -1])
+    ref_labels[self_index[self_index >= 0]] = labels[self_index >= 0]  # own copies carry the anchor's label
     return {
         "center_loss": (x, labels, randn(4, 6), True, True),
         "center_update_direction": (x, labels, randn(4, 6), True),
@@ -44,6 +47,8 @@ def _op_cases(dtype):
         "triplet_loss": (x, labels, 0.2, "semihard", True, True),
         "triplet_loss_explicit": (randn(12, 6), randn(12, 6), randn(12, 6), 1.0, True),
         "pair_loss": (x, labels, theta, True),
+        "triplet_loss_ref": (x, labels, ref, ref_labels, self_index, 0.2, "semihard", True, True, True),
+        "pair_loss_ref": (x, labels, ref, ref_labels, self_index, theta, True, True),
         "contrastive_loss": (randn(12, 6), randn(12, 6), similar, 1.0, False, True),
         "margin_softmax_loss": (x, labels, randn(5, 6), 8.0, 1.0, 0.5, 0.0, True),
         "target_margin_forward": (cosine, labels, 1.0, 0.5, 0.0, True),
@@ -53,14 +58,14 @@ def _op_cases(dtype):
 
 DIFFERENTIABLE = {  # op -> positions of its differentiable inputs
     "center_loss": (0, 2), "triplet_loss": (0,), "triplet_loss_explicit": (0, 1, 2), "pair_loss": (0, 2),
-    "contrastive_loss": (0, 1), "margin_softmax_loss": (0, 2), "target_margin_forward": (0,),
+    "triplet_loss_ref": (0, 2), "pair_loss_ref": (0, 2, 5), "contrastive_loss": (0, 1), "margin_softmax_loss": (0, 2), "target_margin_forward": (0,),
 }
 
 
 def test_every_kernel_entry_is_an_op():
     kernels = {"center_loss", "center_update_direction", "center_update", "contrastive_loss", "margin_softmax_loss",
                "target_margin_forward", "target_margin_backward", "pair_loss", "triplet_loss",
-               "triplet_loss_explicit"}
+               "triplet_loss_explicit", "triplet_loss_ref", "pair_loss_ref"}
     assert {op._qualname for op in _library.OPS} == {f"faceops::{name}" for name in kernels}
     assert set(_op_cases(torch.float64)) == kernels
     for name in kernels:
@@ -239,6 +244,10 @@ def _reference_outputs(name, args):
         return reference.triplet_loss(*wide[:5])
     if name == "triplet_loss_explicit":
         return reference.triplet_loss_explicit(*wide[:4])
+    if name == "triplet_loss_ref":
+        return reference.triplet_loss_ref(*wide[:4], *wide[5:8], self_index=wide[4])
+    if name == "pair_loss_ref":
+        return reference.pair_loss_ref(*wide[:4], float(wide[5]), self_index=wide[4])
     if name == "pair_loss":
         return reference.pair_loss(wide[0], wide[1], float(wide[2]))
     if name == "contrastive_loss":
@@ -269,6 +278,14 @@ def test_half_precision_against_float64_reference(name, dtype):
         x, labels = kink_free_batch(4, 4, 3, 6, lambda x, y: kink_gap_pair(x, y, 1.0))
         args = (torch.from_numpy(x).to(dtype), torch.from_numpy(labels), *args[2:])
         assert kink_gap_pair(args[0].double().numpy(), labels, 1.0) > 1e-4
+    if name in ("triplet_loss_ref", "pair_loss_ref"):  # anchors: the first 7 rows of such a batch
+        gap = (lambda x, y: kink_gap_triplet(x, y, 0.2, True)) if name == "triplet_loss_ref" else (
+            lambda x, y: kink_gap_pair(x, y, 1.0))
+        x, labels = kink_free_batch(5, 4, 3, 6, gap)
+        ref = torch.from_numpy(x).to(dtype)
+        args = (ref[:7].clone(), torch.from_numpy(labels[:7]), ref, torch.from_numpy(labels), torch.arange(7),
+                *args[5:])
+        assert gap(ref.double().numpy(), labels) > 1e-4
     expected = _reference_outputs(name, args)
     if name == "center_update":
         _library.center_update(*args)
@@ -277,9 +294,11 @@ def test_half_precision_against_float64_reference(name, dtype):
         got = getattr(_library, name)(*args)
         got = got if isinstance(got, tuple) else (got,)
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for index, (g, e) in enumerate(zip(got, expected)):
         e = np.asarray(e, dtype=np.float64)
-        assert g.dtype == dtype and tuple(g.shape) == e.shape
+        # a reference-set op's count of terms stays in the float32 it was counted in
+        assert g.dtype == (torch.float32 if name.endswith("_ref") and index == 1 else dtype)
+        assert tuple(g.shape) == e.shape
         scale = max(np.abs(e).max(), 1e-3)
         np.testing.assert_allclose(g.double().numpy(), e, rtol=0, atol=HALF_RTOL[dtype] * scale)
 

@@ -22,11 +22,14 @@ from faceops.torch.functional import (
     cosface_loss,
     margin_softmax_loss,
     pair_loss,
+    pair_loss_terms,
     sample_classes,
     target_margin,
     triplet_loss,
     triplet_loss_explicit,
+    triplet_loss_terms,
 )
+from faceops.torch.memory import CrossBatchMemory
 from faceops.torch.modules import (
     ArcFace,
     CenterLoss,
@@ -51,6 +54,7 @@ __all__ = [
     "CenterLoss",
     "ContrastiveLoss",
     "CosFace",
+    "CrossBatchMemory",
     "MarginSoftmaxLoss",
     "PairLoss",
     "TripletLoss",
@@ -62,8 +66,10 @@ __all__ = [
     "cosface_loss",
     "margin_softmax_loss",
     "pair_loss",
+    "pair_loss_terms",
     "sample_classes",
     "target_margin",
     "triplet_loss",
     "triplet_loss_explicit",
+    "triplet_loss_terms",
 ]

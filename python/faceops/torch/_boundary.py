@@ -120,6 +120,24 @@ def check_values(device, check, finite, core_checked=(), labels=None, num_classe
                  f"labels: out of range; expected 0 <= label < {num_classes}")
 
 
+def check_self_index(device, check, self_index, labels, ref_labels, m):
+    """On demand (``check``), csrc/checks.h's check_self_index on CUDA, where the kernels rely on
+    it (the CPU core checks it itself): every entry -1 or a row of ref carrying the anchor's
+    label, no ref row named by two anchors."""
+    if not check or device != "cuda" or self_index.numel() == 0:
+        return
+    _require(device, ((self_index >= -1) & (self_index < m)).all(),
+             f"self_index: out of range; expected -1 (no own copy) or a row of ref, 0 <= entry < {m}")
+    owned = self_index >= 0
+    row = self_index.clamp(0, m - 1)
+    _require(device, (~owned | (ref_labels[row] == labels)).all(),
+             "self_index: an anchor's own copy has another label than the anchor; an own copy carries its "
+             "anchor's label")
+    uses = torch.zeros(m, dtype=torch.int64, device=self_index.device).index_add_(0, row, owned.to(torch.int64))
+    _require(device, (uses <= 1).all(),
+             "self_index: two anchors name the same ref row as their own copy; a ref row is at most one anchor's copy")
+
+
 def _require(device, condition, message):
     if device == "cuda" or torch.compiler.is_compiling():
         torch._assert_async(condition, message)

@@ -16,6 +16,8 @@ it would lose the write: it is left out and its callers pass x in the centres'
 dtype (faceops.torch.CenterLoss does).
 """
 
+from typing import Optional
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -221,6 +223,72 @@ def _explicit_backward(ctx, grad_loss, *_grad_gradients):
 triplet_loss_explicit.register_autograd(_explicit_backward, setup_context=lambda ctx, inputs, output: _save_gradients(ctx, output))
 
 
+# --- reference sets (triplet_loss.h, pair_loss.h: anchors of x, candidates of ref) ---------
+
+
+def _reference_inputs(x, labels, ref, ref_labels, self_index):
+    tensors = dict(x=x, labels=labels, ref=ref, ref_labels=ref_labels)
+    if self_index is not None:
+        tensors["self_index"] = self_index
+    device = _boundary.device_of(**tensors)
+    n, d = _boundary.check_matrix("x", x)
+    m, _ = _boundary.check_matrix("ref", ref, dtype=x.dtype, cols=d)
+    labels = _boundary.check_labels("labels", labels, n)
+    ref_labels = _boundary.check_labels("ref_labels", ref_labels, m)
+    if self_index is not None:
+        self_index = _boundary.check_labels("self_index", self_index, n)
+    return device, n, d, m, labels, ref_labels, self_index
+
+
+def _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m):
+    _boundary.check_values(device, check, {"x": x, "ref": ref}, ("x", "ref"))
+    if self_index is not None:
+        _boundary.check_self_index(device, check, self_index, labels, ref_labels, m)
+
+
+def _reference_setup(ctx, inputs, output):
+    """setup_context of a reference-set op returning (loss, count, dx, dref, *rest): keeps the
+    gradients; the count of terms is piecewise constant and gets none."""
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(*output[2:])
+
+
+@torch.library.custom_op("faceops::triplet_loss_ref", mutates_args=())
+def triplet_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor, self_index: Optional[Tensor],
+                     margin: float, mining: str, squared: bool, ref_grad: bool,
+                     check: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, count, dx, dref) of the triplet loss of the anchors x against the candidates ref;
+    count is the number of terms in the mean; dref is (0, D) when ref_grad is False."""
+    device, n, d, m, labels, ref_labels, self_index = _reference_inputs(x, labels, ref, ref_labels, self_index)
+    margin = _real("margin", margin, x.dtype)
+    mining = _params.choice("mining", mining, MINING_MODES)
+    _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m)
+    x_in, ref_in = _boundary.compute_input(x), _boundary.compute_input(ref)
+    loss, count, dx = _loss_like(x), _loss_like(x), torch.empty_like(x_in)
+    dref = torch.empty_like(ref_in) if ref_grad else ref_in.new_empty((0, d))
+    _boundary.call_kernel(_core.triplet_loss_ref, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(), n, d,
+                          ref_in.data_ptr(), ref_labels.data_ptr(), m, _boundary.address(self_index), margin,
+                          MINING_MODES[mining], squared, loss.data_ptr(), count.data_ptr(), dx.data_ptr(),
+                          _boundary.address(dref if ref_grad else None))
+    return _out(loss, x), count, _out(dx, x), _out(dref, ref)
+
+
+@triplet_loss_ref.register_fake
+def _(x, labels, ref, ref_labels, self_index, margin, mining, squared, ref_grad, check):
+    _, _, d, _, _, _, _ = _reference_inputs(x, labels, ref, ref_labels, self_index)
+    count = x.new_empty((), dtype=_boundary.compute_dtype(x.dtype))
+    return x.new_empty(()), count, torch.empty_like(x), ref.new_empty(ref.shape if ref_grad else (0, d))
+
+
+def _triplet_ref_backward(ctx, grad_loss, *_grad_outputs):
+    dx, dref = ctx.saved_tensors
+    dref = _scaled(grad_loss, dref) if ctx.needs_input_grad[2] else None
+    return _scaled(grad_loss, dx), None, dref, None, None, None, None, None, None, None
+
+
+triplet_loss_ref.register_autograd(_triplet_ref_backward, setup_context=_reference_setup)
+
+
 # --- pair loss (csrc/faceops/pair_loss.h) -------------------------------------------------
 
 
@@ -259,6 +327,43 @@ def _pair_backward(ctx, grad_loss, *_grad_gradients):
 
 
 pair_loss.register_autograd(_pair_backward, setup_context=lambda ctx, inputs, output: _save_gradients(ctx, output))
+
+
+@torch.library.custom_op("faceops::pair_loss_ref", mutates_args=())
+def pair_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor, self_index: Optional[Tensor],
+                  theta: Tensor, ref_grad: bool, check: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, count, dx, dref, dtheta) of the pair loss of the anchors x against the candidates
+    ref; theta is a 0-d tensor (read on the host, one synchronisation on CUDA)."""
+    device, n, d, m, labels, ref_labels, self_index = _reference_inputs(x, labels, ref, ref_labels, self_index)
+    _pair_inputs(x, labels, theta)
+    theta_value = _real("theta", theta.item(), x.dtype)
+    _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m)
+    x_in, ref_in = _boundary.compute_input(x), _boundary.compute_input(ref)
+    loss, count, dx, dtheta = _loss_like(x), _loss_like(x), torch.empty_like(x_in), _loss_like(x)
+    dref = torch.empty_like(ref_in) if ref_grad else ref_in.new_empty((0, d))
+    _boundary.call_kernel(_core.pair_loss_ref, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(), n, d,
+                          ref_in.data_ptr(), ref_labels.data_ptr(), m, _boundary.address(self_index), theta_value,
+                          loss.data_ptr(), count.data_ptr(), dx.data_ptr(),
+                          _boundary.address(dref if ref_grad else None), dtheta.data_ptr())
+    return _out(loss, x), count, _out(dx, x), _out(dref, ref), _out(dtheta, theta)
+
+
+@pair_loss_ref.register_fake
+def _(x, labels, ref, ref_labels, self_index, theta, ref_grad, check):
+    _, _, d, _, _, _, _ = _reference_inputs(x, labels, ref, ref_labels, self_index)
+    _pair_inputs(x, labels, theta)
+    count = x.new_empty((), dtype=_boundary.compute_dtype(x.dtype))
+    return (x.new_empty(()), count, torch.empty_like(x), ref.new_empty(ref.shape if ref_grad else (0, d)),
+            torch.empty_like(theta))
+
+
+def _pair_ref_backward(ctx, grad_loss, *_grad_outputs):
+    dx, dref, dtheta = ctx.saved_tensors
+    dref = _scaled(grad_loss, dref) if ctx.needs_input_grad[2] else None
+    return _scaled(grad_loss, dx), None, dref, None, None, _scaled(grad_loss, dtheta), None, None
+
+
+pair_loss_ref.register_autograd(_pair_ref_backward, setup_context=_reference_setup)
 
 
 # --- contrastive loss (csrc/faceops/contrastive_loss.h) -----------------------------------
@@ -408,8 +513,8 @@ def _target_margin_backward(ctx, grad_out):
 target_margin_forward.register_autograd(_target_margin_backward, setup_context=_target_margin_setup)
 
 
-OPS = (center_loss, center_update_direction, center_update, triplet_loss, triplet_loss_explicit, pair_loss,
-       contrastive_loss, margin_softmax_loss, target_margin_forward, target_margin_backward)
+OPS = (center_loss, center_update_direction, center_update, triplet_loss, triplet_loss_explicit, triplet_loss_ref,
+       pair_loss, pair_loss_ref, contrastive_loss, margin_softmax_loss, target_margin_forward, target_margin_backward)
 
 for _op in OPS:
     if _op is not center_update:

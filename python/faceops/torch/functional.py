@@ -58,11 +58,39 @@ def center_update_(x, labels, centers, alpha, *, check=True):
         _library.center_update(x.detach(), labels, centers, alpha, check)
 
 
-def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True, *, check=True):
+def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True, *, ref=None, ref_labels=None,
+                 self_index=None, check=True):
     """Triplet loss with in-batch mining: "semihard" (FaceNet / TensorFlow semantics),
-    "hard" (batch-hard) or "all" (batch-all); csrc/faceops/triplet_loss.h has the definitions."""
+    "hard" (batch-hard) or "all" (batch-all); csrc/faceops/triplet_loss.h has the definitions.
+
+    With a reference set ``ref`` (M, D) and ``ref_labels`` (M,), the anchors are the rows of x
+    and their positives and negatives the rows of ref only (pytorch-metric-learning's
+    ``ref_emb``); ``self_index`` (N,) gives the row of ref that is anchor i's own copy (-1:
+    none), which is never its positive.  Gradients reach x and ref."""
     _eager_checks(margin=margin, mining=mining, squared=squared, check=check)
-    return _library.triplet_loss(x, labels, margin, mining, squared, check)[0]
+    if ref is None and ref_labels is None and self_index is None:
+        return _library.triplet_loss(x, labels, margin, mining, squared, check)[0]
+    return triplet_loss_terms(x, labels, ref, ref_labels, margin, mining, squared, self_index, check=check)[0]
+
+
+def triplet_loss_terms(x, labels, ref, ref_labels, margin=0.2, mining="semihard", squared=True, self_index=None, *,
+                       check=True):
+    """(loss, count) of the reference-set triplet loss: count is the number of terms its mean
+    is over (a 0-d tensor, no gradient), so that several calls combine into one mean,
+    sum_k count_k loss_k / sum_k count_k (faceops.torch.distributed.GlobalBatchLoss)."""
+    _eager_checks(margin=margin, mining=mining, squared=squared, check=check)
+    _require_reference(ref, ref_labels)
+    ref_grad = torch.is_grad_enabled() and ref.requires_grad
+    loss, count, _, _ = _library.triplet_loss_ref(x, labels, ref, ref_labels, self_index, margin, mining, squared,
+                                                  ref_grad, check)
+    return loss, count
+
+
+def _require_reference(ref, ref_labels):
+    if ref is None or ref_labels is None:
+        given = "ref_labels without ref" if ref is None and ref_labels is not None else (
+            "ref without ref_labels" if ref is not None else "self_index without ref")
+        raise ValueError(f"ref, ref_labels: pass both (or neither, with no self_index), got {given}")
 
 
 def triplet_loss_explicit(anchor, positive, negative, margin=1.0, *, check=True):
@@ -71,13 +99,30 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0, *, check=True)
     return _library.triplet_loss_explicit(anchor, positive, negative, margin, check)[0]
 
 
-def pair_loss(x, labels, theta, *, check=True):
+def pair_loss(x, labels, theta, *, ref=None, ref_labels=None, self_index=None, check=True):
     """Multibatch pair loss (Tadmor et al., NIPS 2016) with threshold theta, a 0-d tensor
-    (learnable) or a number.  On CUDA reading theta costs one host synchronisation."""
+    (learnable) or a number.  On CUDA reading theta costs one host synchronisation.  ``ref``,
+    ``ref_labels`` and ``self_index`` as in triplet_loss: the pairs are (row of x, row of ref)."""
     _eager_checks(check=check)
-    if not isinstance(theta, torch.Tensor):
-        theta = torch.tensor(_params.real("theta", theta), dtype=x.dtype, device=x.device)
-    return _library.pair_loss(x, labels, theta, check)[0]
+    if ref is None and ref_labels is None and self_index is None:
+        return _library.pair_loss(x, labels, _theta_tensor(theta, x), check)[0]
+    return pair_loss_terms(x, labels, ref, ref_labels, theta, self_index, check=check)[0]
+
+
+def pair_loss_terms(x, labels, ref, ref_labels, theta, self_index=None, *, check=True):
+    """(loss, count) of the reference-set pair loss; count as in triplet_loss_terms."""
+    _eager_checks(check=check)
+    _require_reference(ref, ref_labels)
+    ref_grad = torch.is_grad_enabled() and ref.requires_grad
+    loss, count, _, _, _ = _library.pair_loss_ref(x, labels, ref, ref_labels, self_index, _theta_tensor(theta, x),
+                                                  ref_grad, check)
+    return loss, count
+
+
+def _theta_tensor(theta, x):
+    if isinstance(theta, torch.Tensor):
+        return theta
+    return torch.tensor(_params.real("theta", theta), dtype=x.dtype, device=x.device)
 
 
 def contrastive_loss(a, b, similar, margin=1.0, legacy=False, *, check=True):

@@ -21,8 +21,16 @@ class TripletLoss(nn.Module):
         self.squared = _params.flag("squared", squared)
         self.check = _params.flag("check", check)
 
-    def forward(self, embeddings, labels):
-        return functional.triplet_loss(embeddings, labels, self.margin, self.mining, self.squared, check=self.check)
+    def forward(self, embeddings, labels, ref=None, ref_labels=None, self_index=None):
+        """The loss of the batch, or of its rows as anchors against a reference set (see
+        functional.triplet_loss)."""
+        return functional.triplet_loss(embeddings, labels, self.margin, self.mining, self.squared, ref=ref,
+                                       ref_labels=ref_labels, self_index=self_index, check=self.check)
+
+    def reference_terms(self, embeddings, labels, ref, ref_labels, self_index=None):
+        """(loss, count) against a reference set: functional.triplet_loss_terms."""
+        return functional.triplet_loss_terms(embeddings, labels, ref, ref_labels, self.margin, self.mining,
+                                             self.squared, self_index, check=self.check)
 
     def extra_repr(self):
         return f"margin={self.margin}, mining={self.mining!r}, squared={self.squared}"
@@ -36,8 +44,14 @@ class PairLoss(nn.Module):
         self.theta = nn.Parameter(torch.tensor(_params.real("theta", theta), dtype=dtype))
         self.check = _params.flag("check", check)
 
-    def forward(self, embeddings, labels):
-        return functional.pair_loss(embeddings, labels, self.theta, check=self.check)
+    def forward(self, embeddings, labels, ref=None, ref_labels=None, self_index=None):
+        return functional.pair_loss(embeddings, labels, self.theta, ref=ref, ref_labels=ref_labels,
+                                    self_index=self_index, check=self.check)
+
+    def reference_terms(self, embeddings, labels, ref, ref_labels, self_index=None):
+        """(loss, count) against a reference set: functional.pair_loss_terms."""
+        return functional.pair_loss_terms(embeddings, labels, ref, ref_labels, self.theta, self_index,
+                                          check=self.check)
 
 
 class ContrastiveLoss(nn.Module):

@@ -1,0 +1,77 @@
+"""Cross-batch memory (Wang, Zhang, Huang, Scott, "Cross-Batch Memory for Embedding Learning",
+CVPR 2020): a FIFO queue of past embeddings and labels used as the reference set of a pairwise
+loss, so each anchor meets memory_size candidates instead of one batch's.
+"""
+
+import torch
+from torch import nn
+
+from faceops import _params
+
+
+class CrossBatchMemory(nn.Module):
+    """``loss_fn = CrossBatchMemory(faceops.torch.TripletLoss(0.2, "hard"), memory_size, dim)``,
+    then ``loss_fn(embeddings, labels)`` as with the loss itself.
+
+    Each call first writes the batch (detached) into the queue, overwriting the oldest rows, then
+    returns ``loss(embeddings, labels, ref=queue, ref_labels=queue_labels, self_index=slots)``:
+    the anchors are the batch's rows, their positives and negatives the queue's rows, the
+    batch's own copies included (as in pytorch-metric-learning's CrossBatchMemory) except that
+    a row's own copy is never its positive.  Until the queue is full only its filled rows count.
+    No gradient flows into the queue, and the loss's kernels hold no (N, memory_size) matrix:
+    the extra memory is O((N + memory_size) dim).
+
+    ``loss``: a faceops.torch TripletLoss or PairLoss (any module with ``reference_terms``).
+    The queue, its labels and its write position are in ``state_dict()``, so a resumed run
+    continues with the same memory.
+    """
+
+    def __init__(self, loss, memory_size, dim, *, dtype=torch.float32, device=None):
+        super().__init__()
+        if not callable(getattr(loss, "reference_terms", None)):
+            raise TypeError(f"loss: expected a faceops.torch loss that takes a reference set (TripletLoss, "
+                            f"PairLoss), got {type(loss).__name__}")
+        self.loss = loss
+        self.memory_size = _params.integer("memory_size", memory_size, low=1)
+        self.dim = _params.integer("dim", dim, low=1)
+        self.register_buffer("embeddings", torch.zeros(self.memory_size, self.dim, dtype=dtype, device=device))
+        self.register_buffer("labels", torch.zeros(self.memory_size, dtype=torch.int64, device=device))
+        self.next_slot = 0  # the row the next batch's first row goes to
+        self.filled = 0  # rows of the queue written so far (memory_size once it has wrapped)
+
+    def forward(self, embeddings, labels):
+        if not isinstance(embeddings, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise TypeError("embeddings, labels: expected torch tensors")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"embeddings: expected shape (N, {self.dim}), got {tuple(embeddings.shape)}")
+        n = embeddings.shape[0]
+        if not 1 <= n <= self.memory_size:
+            raise ValueError(f"embeddings: expected 1 <= N <= memory_size ({self.memory_size}) rows, got {n}")
+        if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"labels: expected an integer tensor of shape ({n},), got {labels.dtype} "
+                             f"of shape {tuple(labels.shape)}")
+        if embeddings.device != self.embeddings.device:
+            raise ValueError(f"embeddings: on {embeddings.device}, the memory is on {self.embeddings.device}; "
+                             "move the module with .to()")
+        slots = torch.arange(self.next_slot, self.next_slot + n, device=embeddings.device) % self.memory_size
+        with torch.no_grad():
+            self.embeddings.index_copy_(0, slots, embeddings.detach().to(self.embeddings.dtype))
+            self.labels.index_copy_(0, slots, labels.to(torch.int64))
+        self.next_slot = (self.next_slot + n) % self.memory_size
+        self.filled = min(self.filled + n, self.memory_size)
+        ref = self.embeddings[:self.filled]
+        if ref.dtype != embeddings.dtype:  # half embeddings against a float32 queue
+            embeddings = embeddings.to(ref.dtype)
+        return self.loss(embeddings, labels, ref=ref, ref_labels=self.labels[:self.filled], self_index=slots)
+
+    def get_extra_state(self):
+        return {"next_slot": self.next_slot, "filled": self.filled, "memory_size": self.memory_size}
+
+    def set_extra_state(self, state):
+        if state["memory_size"] != self.memory_size:
+            raise ValueError(f"checkpoint: saved a memory of {state['memory_size']} rows, this one has "
+                             f"{self.memory_size}")
+        self.next_slot, self.filled = int(state["next_slot"]), int(state["filled"])
+
+    def extra_repr(self):
+        return f"memory_size={self.memory_size}, dim={self.dim}, filled={self.filled}"
