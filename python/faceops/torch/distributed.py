@@ -1,6 +1,7 @@
 """Class-sharded margin softmax over torch.distributed: model-parallel Partial FC (An et al.,
 "Partial FC", CVPR 2022; insightface's partial_fc_v2), with the faceops kernel doing each rank's
-work and no (N_global, C_local) logits matrix anywhere.
+work and no (N_global, C_local) logits matrix anywhere; and the pairwise losses over the global
+batch (GlobalBatchLoss), each rank's anchors against every rank's rows.
 
 Rank r of a group of W ranks owns classes [start_r, end_r) of the class weights (and so of their
 optimiser state): the first C % W ranks one class more than the others.  Each step all-gathers the
@@ -43,6 +44,17 @@ def _all_gather_into(output, tensor, group):
     replaces all_gather_into_tensor in torch 2.13)."""
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(output, tensor, group=group)
+
+
+def _every_rank(numbers, group, world_size, device):
+    """Every rank's list of integers ``numbers`` (the same length on each), in rank order: the few
+    numbers ranks exchange about their inputs so that every rank raises the same error."""
+    mine = torch.tensor(numbers, dtype=torch.int64, device=device)
+    if world_size == 1:
+        return [numbers]
+    every = mine.new_empty((world_size * len(numbers),))
+    _all_gather_into(every, mine, group)
+    return every.view(world_size, len(numbers)).tolist()
 
 
 def _device_and_stream(t):
@@ -329,14 +341,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
             int(bool(torch.isfinite(x).all())) if x.is_floating_point() else 1,
             int(bool(torch.isfinite(self.weight).all())),
         ]
-        mine = torch.tensor(about, dtype=torch.int64, device=self.weight.device)
-        if self.world_size > 1:
-            every = mine.new_empty((self.world_size * len(about),))
-            _all_gather_into(every, mine, self.group)
-            every = every.view(self.world_size, len(about))
-        else:
-            every = mine[None]
-        every = every.tolist()
+        every = _every_rank(about, self.group, self.world_size, self.weight.device)
         for rank, (rows, cols, label_rows, shape_ok, labels_ok, dtype_ok, device_ok, labels_device_ok, bad_row,
                    bad_label, x_finite, weight_finite) in enumerate(every):
             where = f"rank {rank}: " if self.world_size > 1 else ""
@@ -358,3 +363,82 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
                 raise ValueError(f"x: {where}contains NaN or Inf; expected finite values")
             if not weight_finite:
                 raise ValueError(f"weight: {where}the shard contains NaN or Inf")
+
+
+# ---- pairwise losses over the global batch --------------------------------------------------------
+
+class GlobalBatchLoss(torch.nn.Module):
+    """A pairwise loss over the global batch: ``GlobalBatchLoss(faceops.torch.TripletLoss(0.2,
+    "hard"))(x, labels)`` on every rank of ``group`` (the default process group; one process when
+    torch.distributed is not initialised).  ``loss``: a faceops.torch TripletLoss or PairLoss.
+
+    Each rank all-gathers every rank's (N, D) ``x`` and labels (rank order; an all-gather whose
+    backward returns each rank the gradient of its own rows) and runs the loss's kernel with its
+    own rows as anchors and the gathered batch as the reference set, its own copies marked (a row
+    is never its own positive).  So the terms of rank r are exactly the terms of the single-process
+    loss whose anchors are rank r's rows.
+
+    Normalisation: every rank returns L = sum_r count_r L_r / sum_r count_r, the mean over all
+    terms of all ranks, which is the single-process loss over the concatenated batch (mean over
+    its pairs, anchors or triplets as the loss defines them); its backward gives each rank exactly
+    dL/dx for its own rows (and each rank its share of dL/dtheta for a PairLoss, summed over ranks
+    to the whole).  No world-size factor to apply.  (A DistributedDataParallel backbone averages
+    its gradients over ranks, i.e. divides dL/dparameters by W: register ``sum_gradients_hook``,
+    see docs/distributed.md.)  Every rank must pass the same N; bad input on any rank raises the
+    same ValueError on every rank, naming the rank.
+    """
+
+    def __init__(self, loss, *, group=None):
+        super().__init__()
+        if not callable(getattr(loss, "reference_terms", None)):
+            raise TypeError(f"loss: expected a faceops.torch loss that takes a reference set (TripletLoss, "
+                            f"PairLoss), got {type(loss).__name__}")
+        self.loss = loss
+        self.group = group
+        distributed = dist.is_available() and dist.is_initialized()
+        self.world_size = dist.get_world_size(group) if distributed else 1
+        self.rank = dist.get_rank(group) if distributed else 0
+
+    def forward(self, x, labels):
+        if not isinstance(x, Tensor) or not isinstance(labels, Tensor):
+            raise TypeError("x, labels: expected torch tensors")
+        self._check_inputs_on_every_rank(x, labels)
+        n = x.shape[0]
+        labels = labels.to(torch.int64)
+        if self.world_size > 1:
+            x_all = _gather_rows(x, self.group)
+            labels_all = labels.new_empty((self.world_size * n,))
+            _all_gather_into(labels_all, labels.contiguous(), self.group)
+        else:
+            x_all, labels_all = x, labels
+        self_index = torch.arange(self.rank * n, (self.rank + 1) * n, device=x.device)
+        loss, count = self.loss.reference_terms(x, labels, x_all, labels_all, self_index)
+        totals = torch.stack([loss.detach().to(count.dtype) * count, count])
+        if self.world_size > 1:
+            dist.all_reduce(totals, dist.ReduceOp.SUM, group=self.group)
+        terms = totals[1].clamp_min(1)  # no term anywhere: loss 0, zero gradients
+        local = loss * (count / terms).to(loss.dtype)
+        return local + (totals[0] / terms).to(loss.dtype).detach() - local.detach()
+
+    def _check_inputs_on_every_rank(self, x, labels):
+        labels_ok = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
+        about = [
+            x.dim(), x.shape[0] if x.dim() == 2 else -1, x.shape[1] if x.dim() == 2 else -1,
+            labels.shape[0] if labels.dim() == 1 else -1, int(labels_ok), int(x.device == labels.device),
+            int(bool(torch.isfinite(x).all())) if x.is_floating_point() else 1,
+        ]
+        every = _every_rank(about, self.group, self.world_size, x.device)
+        for rank, (dims, rows, cols, label_rows, labels_ok, same_device, finite) in enumerate(every):
+            where = f"rank {rank}: " if self.world_size > 1 else ""
+            if dims != 2 or rows < 1 or label_rows != rows:
+                raise ValueError(f"x, labels: {where}expected x (N, D) with N >= 1 and labels (N,), got x of "
+                                 f"{rows} rows and {label_rows} labels")
+            if (rows, cols) != tuple(every[0][1:3]):
+                raise ValueError(f"x: {where}shape ({rows}, {cols}), rank 0 has ({every[0][1]}, {every[0][2]}): "
+                                 "every rank must pass the same N and D")
+            if not labels_ok:
+                raise TypeError(f"labels: {where}expected an integer tensor")
+            if not same_device:
+                raise ValueError(f"x, labels: {where}expected both on one device")
+            if not finite:
+                raise ValueError(f"x: {where}contains NaN or Inf; expected finite values")
