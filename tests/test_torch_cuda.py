@@ -33,6 +33,9 @@ def _cases(dtype, device):
     labels = (torch.arange(24) % 6)[torch.randperm(24, generator=g)].to(device)
     x = randn(24, 8)
     cosine = ((torch.rand(24, 6, generator=g, dtype=torch.float64) * 1.8 - 0.9).to(dtype)).to(device)
+    ref = torch.cat([x, randn(7, 8)])  # the batch and 7 other rows; anchors 0-9 have their copies in it
+    ref_labels = torch.cat([labels, labels[:7]])
+    self_index = torch.arange(10, device=device)
     return {
         "center_loss": (x, labels, randn(6, 8), True, True),
         "center_update_direction": (x, labels, randn(6, 8), True),
@@ -43,6 +46,10 @@ def _cases(dtype, device):
         "margin_softmax_loss": (x, labels, randn(6, 8), 8.0, 1.0, 0.5, 0.0, True),
         "target_margin_forward": (cosine, labels, 1.0, 0.5, 0.0, True),
         "target_margin_backward": (cosine, labels, randn(24, 6), 1.0, 0.5, 0.0, True),
+        "triplet_loss_ref": (x[:10].contiguous(), labels[:10], ref, ref_labels, self_index, 0.2, "semihard", True,
+                             True, True),
+        "pair_loss_ref": (x[:10].contiguous(), labels[:10], ref, ref_labels, self_index,
+                          torch.tensor(1.0, dtype=dtype, device=device), True, True),
     }
 
 
@@ -221,3 +228,19 @@ def test_nan_on_cuda_is_a_device_assertion_when_checked():
                             env={**os.environ, "CUDA_LAUNCH_BLOCKING": "0"})
     assert "unchecked" in result.stdout  # check=False: no assertion (the value is undefined)
     assert result.returncode != 0 and "device-side assert" in result.stderr
+
+
+def test_reference_set_losses_on_cuda_never_synchronise_with_the_host():
+    """GlobalBatchLoss's and CrossBatchMemory's kernels, check=True: device assertions only."""
+    x, labels = _batch(2)
+    x.requires_grad_()
+    memory = ft.CrossBatchMemory(ft.TripletLoss(0.2, "hard"), 96, 16, device="cuda")
+    memory(x, labels).backward()  # first call: lazy initialisation may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        memory(x, labels).backward()
+        ft.triplet_loss(x, labels, 0.2, "semihard", ref=x.detach(), ref_labels=labels,
+                        self_index=torch.arange(32, device="cuda")).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
