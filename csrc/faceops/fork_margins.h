@@ -12,9 +12,14 @@
 //    the Chebyshev polynomial T_m, and the lambda annealing of the target logit.
 //  - AM-Softmax's LabelSpecificAdd (happynear): cos + bias where cos > -bias,
 //    with the bias annealed by iteration.
-//  - xialuxi/arcface-caffe's CosinAddm (ArcFace with insightface's fallback).
+//  - xialuxi/arcface-caffe's CosinAddm (ArcFace with insightface's fallback),
+//    and from its AdaCos/ directory NormL2 and AdaCosAddmScale's scale.
+//  - the FocalLoss of xialuxi/arcface-caffe's prototxts
+//    (zimenglan-sysu-512/Focal-Loss's layer, over a softmax).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "faceops/hostdevice.h"
@@ -33,6 +38,22 @@ FACEOPS_HD T fork_sqrt(T v) {
   return ::sqrt(v);
 #else
   return std::sqrt(v);
+#endif
+}
+template <typename T>
+FACEOPS_HD T fork_pow(T v, T e) {
+#if defined(__CUDA_ARCH__)
+  return ::pow(v, e);
+#else
+  return std::pow(v, e);
+#endif
+}
+template <typename T>
+FACEOPS_HD T fork_log(T v) {
+#if defined(__CUDA_ARCH__)
+  return ::log(v);
+#else
+  return std::log(v);
 #endif
 }
 }  // namespace detail
@@ -194,6 +215,106 @@ FACEOPS_HD T cosin_addm_derivative(T c, T m) {
   const T sin_theta = detail::fork_sqrt(T(1) - c * c);
   if (!(sin_theta > T(0))) return T(1);
   return faceops::detail::margin_cos(m) + faceops::detail::margin_sin(m) * c / sin_theta;
+}
+
+// ---- xialuxi/arcface-caffe's NormL2 (AdaCos/) ----
+// y = x / sqrt(||x||^2 + 1e-7): a zero row stays zero, with a finite gradient.
+
+constexpr double kNormL2Epsilon = 1e-7;
+
+// 1 / sqrt(||x||^2 + 1e-7) of one row.
+template <typename T>
+FACEOPS_HD T norml2_inverse_norm(const T* x, int64_t d) {
+  T squared = T(0);
+  for (int64_t k = 0; k < d; ++k) squared += x[k] * x[k];
+  return T(1) / detail::fork_sqrt(squared + T(kNormL2Epsilon));
+}
+
+template <typename T>
+FACEOPS_HD void norml2_row(const T* x, int64_t d, T* y) {
+  const T inverse = norml2_inverse_norm(x, d);
+  for (int64_t k = 0; k < d; ++k) y[k] = x[k] * inverse;
+}
+
+// The exact derivative of norml2_row (the fork's too):
+// dx = (dy - (y . dy) y) / sqrt(||x||^2 + 1e-7).
+template <typename T>
+FACEOPS_HD void norml2_row_backward(const T* x, const T* y, const T* dy, int64_t d, T* dx) {
+  const T inverse = norml2_inverse_norm(x, d);
+  T radial = T(0);
+  for (int64_t k = 0; k < d; ++k) radial += y[k] * dy[k];
+  for (int64_t k = 0; k < d; ++k) dx[k] = (dy[k] - radial * y[k]) * inverse;
+}
+
+// ---- xialuxi/arcface-caffe's AdaCosAddmScale (AdaCos/) ----
+// The target cosine gets CosinAddm's margin (cosin_addm_forward/derivative
+// above: the fork's code is the same), then every logit is multiplied by a
+// scale s recomputed at each forward pass from the previous one (AdaCos,
+// Zhang et al., CVPR 2019, eq. 15-16), as the fork computes it:
+//   s = log(B) / cos(min(theta_mean, pi / 4)),
+//   B = 1/N sum_i (1 + sum_{j != y_i} exp(s_previous c_ij)),
+// theta_mean the mean of arccos(c_ij) over all N x C cosines, targets
+// included.  Two departures of the fork from the paper, kept here: the
+// paper's theta_med is the median of the target angles, and its B_avg sums
+// the non-target terms only (the fork's target term exp(0) = 1 adds 1 per
+// sample).  The backward pass takes s as a constant, as the paper does.
+// The fork takes arccos of the raw input, NaN (and s NaN for the rest of
+// the run) once a cosine rounds above 1; here arccos sees it clamped to
+// [-1, 1].  B is summed in double, shifted by its largest exponent.
+
+// s before the first pass: sqrt(2) log(num_classes - 1) (eq. 11).
+inline double adacos_initial_scale(double num_classes) {
+  return std::sqrt(2.0) * std::log(num_classes - 1.0);
+}
+
+template <typename T>
+double adacos_scale(const T* cosine, const int64_t* labels, int64_t n, int64_t num_classes,
+                    double previous_scale) {
+  const double pi = 3.14159265358979323846;
+  double theta_sum = 0.0, largest = 0.0;  // largest exponent, >= 0 (the target's exp(0))
+  for (int64_t i = 0; i < n * num_classes; ++i) {
+    const double c = static_cast<double>(cosine[i]);
+    theta_sum += std::acos(std::min(1.0, std::max(-1.0, c)));
+    if (i % num_classes != labels[i / num_classes]) largest = std::max(largest, previous_scale * c);
+  }
+  double shifted_sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    shifted_sum += std::exp(-largest);  // the target's term exp(0)
+    for (int64_t j = 0; j < num_classes; ++j) {
+      if (j != labels[i])
+        shifted_sum += std::exp(previous_scale * static_cast<double>(cosine[i * num_classes + j]) -
+                                largest);
+    }
+  }
+  const double log_b = largest + std::log(shifted_sum) - std::log(static_cast<double>(n));
+  const double theta = std::min(theta_sum / static_cast<double>(n * num_classes), pi / 4);
+  return log_b / std::cos(theta);
+}
+
+// ---- FocalLoss (zimenglan-sysu-512/Focal-Loss, as xialuxi's prototxts use it) ----
+// Over p = softmax(x) along the class axis, for the target's probability p:
+//   FL(p) = -alpha (1 - p)^gamma log(max(p, FLT_MIN))   (Lin et al., eq. 5)
+
+constexpr double kFocalLogFloor = 1.17549435082228750797e-38;  // FLT_MIN, as the fork
+constexpr double kFocalOneMinusFloor = 1e-10;                    // the fork's max(1 - p, 1e-10)
+
+template <typename T>
+FACEOPS_HD T focal_loss_term(T p, T alpha, T gamma) {
+  const T floored = p > T(kFocalLogFloor) ? p : T(kFocalLogFloor);
+  return -alpha * detail::fork_pow(T(1) - p, gamma) * detail::fork_log(floored);
+}
+
+// q = -p dFL/dp, so that dFL/dx_j = q (p - 1) for the target j and q p_j for
+// the others:
+//   q = alpha (1 - p)^gamma - gamma alpha (1 - p)^gamma p log(p) / max(1 - p, 1e-10),
+// the fork's gradient.  The fork computes it as (alpha (1 - p)^gamma / p) p,
+// NaN when p underflows to 0; the product is taken first here (its limit).
+template <typename T>
+FACEOPS_HD T focal_loss_logit_scale(T p, T alpha, T gamma) {
+  const T power = alpha * detail::fork_pow(T(1) - p, gamma);
+  const T floored = p > T(kFocalLogFloor) ? p : T(kFocalLogFloor);
+  const T one_minus = T(1) - p > T(kFocalOneMinusFloor) ? T(1) - p : T(kFocalOneMinusFloor);
+  return power - gamma * power * p * detail::fork_log(floored) / one_minus;
 }
 
 }  // namespace fork

@@ -17,7 +17,8 @@ import pytest
 CAFFE_DIR = Path(os.environ.get("FACEOPS_CAFFE_DIR", Path.home() / ".cache/faceops/caffe"))
 PYCAFFE = CAFFE_DIR / "src/python"
 FACEOPS_LAYERS = {"CenterLoss", "TripletLoss", "PairLoss", "MarginSoftmaxLoss", "CombinedMargin",
-                  "CosinAddm", "LabelSpecificAdd", "Normalize", "MarginInnerProduct", "ChannelScale"}
+                  "CosinAddm", "LabelSpecificAdd", "Normalize", "MarginInnerProduct", "ChannelScale",
+                  "FocalLoss", "NormL2", "AdaCosAddmScale"}
 
 
 def _built_for():

@@ -117,6 +117,48 @@ layer { name: "fc6" type: "MarginInnerProduct" bottom: "fc5" bottom: "label" top
 layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label"
   top: "softmax_loss" }
 """ + ACCURACY
+# xialuxi/arcface-caffe cosin_add_m.prototxt: Normalize with bp_norm, the
+# normalised InnerProduct, CosinAddm, Scale, FocalLoss (type ORIGIN gamma alpha
+# beta), Accuracy layers in the TRAIN phase, over a Data layer.
+ARCFACE_FOCAL = TRUNK + """
+layer { name: "norm_fc5" type: "Normalize" bottom: "fc5" top: "norm_fc5"
+  normalize_param { bp_norm: true } }
+layer { name: "fc6" type: "InnerProduct" bottom: "norm_fc5" top: "fc6" param { lr_mult: 1 }
+  inner_product_param { num_output: %(classes)d normalize: true weight_filler { type: "xavier" }
+    bias_term: false } }
+layer { name: "cosin_add_m" type: "CosinAddm" bottom: "fc6" bottom: "label" top: "fc6_margin"
+  cosin_add_m_param { m: 0.5 } }
+layer { name: "fc6_margin_scale" type: "Scale" bottom: "fc6_margin" top: "fc6_margin_scale"
+  param { lr_mult: 0 decay_mult: 0 } scale_param { filler { type: "constant" value: 16 } } }
+layer { name: "focal_loss" type: "FocalLoss" bottom: "fc6_margin_scale" bottom: "label"
+  top: "focal_loss" focal_loss_param: { type: ORIGIN gamma: 2 alpha: 0.25 beta: 1 }
+  loss_weight: 1 }
+layer { name: "accuracy-t" type: "Accuracy" bottom: "fc6" bottom: "label" top: "accuracy-t"
+  include { phase: TRAIN } }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc6_margin_scale" bottom: "label"
+  top: "accuracy" include { phase: TRAIN } }
+"""
+# xialuxi/arcface-caffe AdaCos/adacos_add_m_scale.prototxt: NormL2, the
+# normalised InnerProduct, AdaCosAddmScale { m num_classes }, SoftmaxWithLoss.
+ADACOS = TRUNK + """
+layer { name: "norm_fc5" type: "NormL2" bottom: "fc5" top: "norm_fc5" }
+layer { name: "fc6" type: "InnerProduct" bottom: "norm_fc5" top: "fc6" param { lr_mult: 1 }
+  inner_product_param { num_output: %(classes)d normalize: true weight_filler { type: "xavier" }
+    bias_term: false } }
+layer { name: "adacos_add_m_scale" type: "AdaCosAddmScale" bottom: "fc6" bottom: "label"
+  top: "fc6_margin_scale" adacos_add_m_scale_param { m: 0.5 num_classes: %(classes)d } }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale" bottom: "label"
+  top: "softmax_loss" loss_weight: 1 }
+layer { name: "accuracy-t" type: "Accuracy" bottom: "fc6" bottom: "label" top: "accuracy-t"
+  include { phase: TRAIN } }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc6_margin_scale" bottom: "label"
+  top: "accuracy" include { phase: TRAIN } }
+"""
+# gehaocool/CombinedMargin-caffe's spherenet36 prototxt sets NetParameter's
+# mem_param (a memory optimisation: parsed, ignored) and transform_param
+# augmentation fields of another fork (not parsed: refused by protobuf).
+MEM_PARAM = """mem_param { optimize_train: true optimize_test: true exclude_blob: "fc5" }
+"""
 # ydwen/caffe-face face_example/face_train_test.prototxt: softmax plus
 # CenterLoss on fc5; as a native layer, or as the faceops Python layer that
 # the caffe binary's embedded Python imports (PYTHONPATH, see the README).
@@ -178,17 +220,23 @@ def _faces(tmp_path):
     return listing
 
 
-def _train(tmp_path, data, net, lr, python_path=None):
-    """Runs `caffe train`; returns [(iteration, displayed loss)]."""
-    net_path, solver_path = tmp_path / "train.prototxt", tmp_path / "solver.prototxt"
-    net_path.write_text(data + net % {"classes": SUBJECTS})
+def _run_caffe_train(tmp_path, text, lr, python_path=None, name="train"):
+    """Runs `caffe train` on the net `text`; returns the finished process."""
+    net_path, solver_path = tmp_path / f"{name}.prototxt", tmp_path / f"{name}_solver.prototxt"
+    net_path.write_text(text)
     solver_path.write_text(SOLVER % {"net": net_path, "lr": lr})
     env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")
     env.pop("PYTHONPATH", None)
     if python_path:
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in python_path)
-    run = subprocess.run([str(_tool("caffe")), "train", f"--solver={solver_path}"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(_tool("caffe")), "train", f"--solver={solver_path}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _train(tmp_path, data, net, lr, python_path=None, header="", name="train"):
+    """Runs `caffe train`; returns [(iteration, displayed loss)]."""
+    run = _run_caffe_train(tmp_path, header + data + net % {"classes": SUBJECTS}, lr,
+                           python_path, name)
     assert run.returncode == 0, run.stderr[-3000:]
     losses = [(int(i), float(loss)) for i, loss in LOSS.findall(run.stderr)]
     assert losses and losses[-1][0] >= 275, run.stderr[-3000:]
@@ -249,3 +297,33 @@ def test_python_layer_in_the_caffe_binary(tmp_path, caffe):
     losses = _train(tmp_path, _image_data(tmp_path), CAFFE_FACE + PYTHON_CENTER_LOSS, 0.01,
                     python_path=[site, CAFFE_DIR / "src/python"])
     _assert_learns(losses)
+
+
+@pytest.mark.parametrize("net", [ARCFACE_FOCAL, ADACOS], ids=["arcface-cosin_add_m", "arcface-adacos_add_m_scale"])
+def test_arcface_caffe_net_trains_on_lmdb(caffe, tmp_path, net):
+    _assert_learns(_train(tmp_path, _database(tmp_path, "lmdb"), net, 0.01))
+
+
+def test_mem_param_parses_and_changes_nothing(caffe, tmp_path):
+    """NetParameter.mem_param is accepted and ignored: the same seeded run gives
+    the same displayed losses with and without it."""
+    data = _image_data(tmp_path)
+    plain = _train(tmp_path, data, COMBINED_MARGIN, 0.01, name="plain")
+    with_mem_param = _train(tmp_path, data, COMBINED_MARGIN, 0.01, header=MEM_PARAM,
+                            name="mem_param")
+    assert with_mem_param == plain
+    _assert_learns(with_mem_param)
+
+
+def test_unsupported_fork_fields_stop_caffe_with_their_name(caffe, tmp_path):
+    data = _image_data(tmp_path)
+    augmented = data.replace("mirror: true", "mirror: true contrast_brightness_adjustment: true", 1)
+    run = _run_caffe_train(tmp_path, augmented + COMBINED_MARGIN % {"classes": SUBJECTS}, 0.01,
+                           name="augmented")
+    assert run.returncode != 0
+    assert 'no field named "contrast_brightness_adjustment"' in run.stderr, run.stderr[-2000:]
+    linear = ARCFACE_FOCAL.replace("type: ORIGIN", "type: LINEAR")
+    run = _run_caffe_train(tmp_path, data + linear % {"classes": SUBJECTS}, 0.01, name="linear")
+    assert run.returncode != 0
+    assert "FocalLoss layer 'focal_loss': focal_loss_param.type LINEAR is not supported" in run.stderr, \
+        run.stderr[-2000:]

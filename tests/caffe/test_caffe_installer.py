@@ -21,6 +21,10 @@ message FillerParameter {
   optional string type = 1 [default = 'constant']; // braces in comments: { }
 }
 
+message NetParameter {
+  optional string name = 1;
+}
+
 // LayerParameter next available layer-specific ID: 149 (last added: clip_param)
 message LayerParameter {
   optional string name = 1; // the layer name
@@ -92,6 +96,11 @@ def test_install_twice_changes_nothing_and_uninstall_restores(tree):
     assert "optional NormalizeParameter normalize_param = 156;" in proto
     assert "optional MarginInnerProductParameter margin_inner_product_param = 157;" in proto
     assert "optional ChannelScaleParameter channel_scale_param = 158;" in proto
+    assert "optional FocalLossParameter focal_loss_param = 159;" in proto
+    assert "optional AdaCosAddmScaleParameter adacos_add_m_scale_param = 160;" in proto
+    net = proto[proto.index("message NetParameter"):]
+    assert "optional MemoryOptimizationParameter mem_param = 200;" in net.split("}")[0]
+    assert "message MemoryOptimizationParameter {" in proto
     assert "message TripletLossParameter {" in proto and "message NormalizeParameter {" in proto
     inner_product = proto[proto.index("message InnerProductParameter"):]
     assert "optional bool normalize = 7 [default = false];" in inner_product.split("}")[0]

@@ -35,11 +35,17 @@ LAYER_FIELDS = (
     ("NormalizeParameter", "normalize_param"),
     ("MarginInnerProductParameter", "margin_inner_product_param"),  # wy1iu/sphereface
     ("ChannelScaleParameter", "channel_scale_param"),  # happynear (AM-Softmax)
+    ("FocalLossParameter", "focal_loss_param"),  # xialuxi/arcface-caffe
+    ("AdaCosAddmScaleParameter", "adacos_add_m_scale_param"),  # xialuxi/arcface-caffe
 )
+# Messages of the fragment that no LayerParameter field holds.
+OTHER_MESSAGES = ("MemoryOptimizationParameter",)
 # Fields the forks add to Caffe's own messages: {message: [(field, declaration)]}.
 # InnerProductParameter.normalize: weight rows L2-normalised (every margin fork).
 MESSAGE_FIELDS = {
     "InnerProductParameter": [("normalize", "optional bool normalize = 7 [default = false];")],
+    # NetParameter.mem_param: the forks' memory optimisation, parsed and ignored.
+    "NetParameter": [("mem_param", "optional MemoryOptimizationParameter mem_param = 200;")],
 }
 DEFAULT_FIRST_FIELD_ID = 149  # BVLC/Debian Caffe: swish_param = 147, clip_param = 148
 PROTO = Path("src/caffe/proto/caffe.proto")
@@ -126,7 +132,7 @@ def unpatch_proto(text):
 
 def patch_proto(text, fragment, first_field_id):
     """caffe.proto text (unpatched) -> text with the faceops fields and messages."""
-    for message, _ in LAYER_FIELDS:
+    for message in [message for message, _ in LAYER_FIELDS] + list(OTHER_MESSAGES):
         if re.search(r"^\s*message\s+%s\b" % message, _strip_comments(text), re.M):
             raise InstallError(
                 f"{PROTO} already defines `message {message}` (this tree has its own layer of "
