@@ -368,10 +368,15 @@ def child(impl, op, n, d, classes, repeats, mmap_off, timeout, mem_limit_gb=None
     if mmap_off:
         env["GLIBC_TUNABLES"] = MMAP_OFF
     cmd = [sys.executable, __file__, "--child", impl, op, str(n), str(d), str(classes or 0), str(repeats), str(budget_s)]
+    return watched(cmd, env, timeout, mem_limit_gb)
+
+
+def watched(cmd, env, timeout, mem_limit_gb=None):
+    """Runs cmd, a measurement printing one JSON object, under a watchdog instead of
+    communicate(timeout): it polls the child's resident memory (and the machine's) every
+    20 ms (a page fault costs ~1 us per 4 KB, so nothing grows by more than ~100 MB between
+    two looks) and kills it past the limits.  Returns the object, or {"skipped": why}."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # A watchdog instead of communicate(timeout): polls the child's resident
-    # memory (and the machine's) every 20 ms; a page fault costs ~1 us per 4 KB,
-    # so nothing grows by more than ~100 MB between two looks.
     start, killed = time.monotonic(), None
     while proc.poll() is None:
         time.sleep(0.02)

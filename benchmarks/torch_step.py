@@ -39,14 +39,13 @@ on the same float32 memory, at N = 1024, D = 128, in one process.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import mem_available_kb, rss_kb, torch_margin_softmax  # noqa: E402  (shared with the CPU suite)
+from run import mem_available_kb, torch_margin_softmax, watched  # noqa: E402  (shared with the CPU suite)
 
 PAIRWISE = ("triplet_semihard", "triplet_hard", "triplet_all", "pair", "contrastive", "center")
 MARGIN = {"arcface": 1.0, "arcface_pfc": 0.1}  # sample rate
@@ -296,25 +295,7 @@ def child_main(impl, loss, n, d, classes, repeats, budget_s):
 def run_child(impl, loss, n, d, classes, repeats, mem_limit_gb, timeout, budget_s):
     env = dict(os.environ, OMP_WAIT_POLICY="active")
     cmd = [sys.executable, __file__, "--child", impl, loss, str(n), str(d), str(classes), str(repeats), str(budget_s)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    start, killed = time.monotonic(), None
-    while proc.poll() is None:
-        time.sleep(0.02)
-        if time.monotonic() - start > timeout:
-            killed = f"over {timeout:.0f} s"
-        elif rss_kb(proc.pid) > mem_limit_gb * 2**20:
-            killed = f"over the {mem_limit_gb:.1f} GB memory limit (--mem-limit-gb)"
-        elif (mem_available_kb() or 2**40) < 1.5 * 2**20:
-            killed = "the machine had under 1.5 GB available"
-        if killed:
-            proc.kill()
-            break
-    stdout, stderr = proc.communicate()
-    if killed:
-        return {"skipped": killed}
-    if proc.returncode != 0:
-        return {"skipped": stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {proc.returncode}"}
-    return json.loads(stdout)
+    return watched(cmd, env, timeout, mem_limit_gb)
 
 
 def cases(quick):
