@@ -328,3 +328,22 @@ def test_valid_arguments_pass_and_a_list_is_refused():
         faceops.pair_loss_ref(args["x"], args["labels"], args["ref"], args["ref_labels"], 1.0, [0, -1, 3])
     with pytest.raises(ValueError, match="mining: expected one of"):
         faceops.triplet_loss_ref(args["x"], args["labels"], args["ref"], args["ref_labels"], mining="hardest")
+
+
+@pytest.mark.parametrize("self_index,message", [
+    ([0, -1, 3], None),
+    ([0, -2, 3], "self_index: entries must be -1"),
+    ([0, -1, 4], "self_index: entries must be -1"),
+    ([0, 3, -1], "another label than the anchor"),
+    ([0, -1, 0], "two anchors name the same ref row"),
+])
+def test_the_gpu_front_checks_self_index_as_the_cpu_core(self_index, message):
+    # The CUDA kernels rely on this check (run here on NumPy arrays: it is written for either library).
+    args = _valid()
+    check = faceops.ops._check_self_index_on_gpu
+    call = lambda: check(np.array(self_index), args["labels"], args["ref_labels"], 4, np)  # noqa: E731
+    if message is None:
+        call()
+        return
+    with pytest.raises(ValueError, match=message):
+        call()
