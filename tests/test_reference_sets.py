@@ -171,6 +171,22 @@ def test_triplet_chunks_against_the_batch_equal_the_in_batch_op(dtype, mining, s
                                atol=tol["atol"] if dtype == np.float32 else 1e-13)
 
 
+@pytest.mark.parametrize("mining,squared", product(MININGS, [True, False]))
+def test_chunks_over_several_tiles_and_threads(mining, squared):
+    # 300 x 300 x 64 multiply-adds: past the kernels' one-thread threshold, 5 x 5 tiles of 64.
+    rng = np.random.default_rng(3)
+    labels = pk_labels(60, 5, rng)
+    x = rng.standard_normal((300, 64))
+
+    def call(chunk, chunk_labels, own):
+        return faceops.triplet_loss_ref(chunk, chunk_labels, x, labels, 0.3, mining, squared, own)
+
+    loss, _, dx = combine_chunks(call, x, labels, 2)
+    batch_loss, batch_dx = faceops.triplet_loss(x, labels, 0.3, mining, squared)
+    assert loss == pytest.approx(batch_loss, rel=1e-12)
+    np.testing.assert_allclose(dx, batch_dx, rtol=1e-11, atol=1e-13)
+
+
 @pytest.mark.parametrize("dtype,parts", product(DTYPES, [1, 2, 4]))
 def test_pair_chunks_against_the_batch_equal_the_in_batch_op(dtype, parts):
     rng = np.random.default_rng(parts)
@@ -312,3 +328,22 @@ def test_valid_arguments_pass_and_a_list_is_refused():
         faceops.pair_loss_ref(args["x"], args["labels"], args["ref"], args["ref_labels"], 1.0, [0, -1, 3])
     with pytest.raises(ValueError, match="mining: expected one of"):
         faceops.triplet_loss_ref(args["x"], args["labels"], args["ref"], args["ref_labels"], mining="hardest")
+
+
+@pytest.mark.parametrize("self_index,message", [
+    ([0, -1, 3], None),
+    ([0, -2, 3], "self_index: entries must be -1"),
+    ([0, -1, 4], "self_index: entries must be -1"),
+    ([0, 3, -1], "another label than the anchor"),
+    ([0, -1, 0], "two anchors name the same ref row"),
+])
+def test_the_gpu_front_checks_self_index_as_the_cpu_core(self_index, message):
+    # The CUDA kernels rely on this check (run here on NumPy arrays: it is written for either library).
+    args = _valid()
+    check = faceops.ops._check_self_index_on_gpu
+    call = lambda: check(np.array(self_index), args["labels"], args["ref_labels"], 4, np)  # noqa: E731
+    if message is None:
+        call()
+        return
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -31,7 +31,7 @@
 // that is anchor a's own copy (e.g. after an all-gather), or -1; that row is
 // neither a positive nor a negative of a (it must carry a's label, and a ref
 // row is at most one anchor's copy), and stays a candidate of every other
-// anchor.  The definitions above then hold with "the batch" read as "ref
+// anchor; without self_index a copy of x_a in ref is an ordinary candidate.  The definitions above then hold with "the batch" read as "ref
 // less a's own copy" and indices as ref rows (ties, lowest index, the
 // exact-distance rule); the mean is over this call's terms -- semihard: pairs
 // (a, p) whose anchor has a negative; hard: anchors with a positive and a
