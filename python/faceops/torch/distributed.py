@@ -57,6 +57,20 @@ def _every_rank(numbers, group, world_size, device):
     return every.view(world_size, len(numbers)).tolist()
 
 
+def _gather_batch(module, x, labels):
+    """The global batch, (x_all, labels_all): every rank's x (differentiably) and int64 labels in
+    rank order, after ``module._check_inputs_on_every_rank`` has agreed that the inputs are valid."""
+    if not isinstance(x, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError("x, labels: expected torch tensors")
+    module._check_inputs_on_every_rank(x, labels)
+    labels = labels.to(torch.int64)
+    if module.world_size == 1:
+        return x, labels
+    labels_all = labels.new_empty((module.world_size * labels.shape[0],))
+    _all_gather_into(labels_all, labels.contiguous(), module.group)
+    return _gather_rows(x, module.group), labels_all
+
+
 def _device_and_stream(t):
     if t.is_cuda:
         return "cuda", torch.cuda.current_stream(t.device).cuda_stream
@@ -280,17 +294,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
 
     # -- the loss
     def forward(self, x, labels):
-        if not isinstance(x, Tensor) or not isinstance(labels, Tensor):
-            raise TypeError("x, labels: expected torch tensors")
-        self._check_inputs_on_every_rank(x, labels)
-        n = x.shape[0]
-        labels = labels.to(torch.int64)
-        if self.world_size > 1:
-            x_all = _gather_rows(x, self.group)
-            labels_all = labels.new_empty((self.world_size * n,))
-            _all_gather_into(labels_all, labels.contiguous(), self.group)
-        else:
-            x_all, labels_all = x, labels
+        x_all, labels_all = _gather_batch(self, x, labels)
         local = labels_all - self.class_start
         on_shard = (local >= 0) & (local < self.weight.shape[0])
         weight = self.weight
@@ -400,19 +404,10 @@ class GlobalBatchLoss(torch.nn.Module):
         self.rank = dist.get_rank(group) if distributed else 0
 
     def forward(self, x, labels):
-        if not isinstance(x, Tensor) or not isinstance(labels, Tensor):
-            raise TypeError("x, labels: expected torch tensors")
-        self._check_inputs_on_every_rank(x, labels)
+        x_all, labels_all = _gather_batch(self, x, labels)
         n = x.shape[0]
-        labels = labels.to(torch.int64)
-        if self.world_size > 1:
-            x_all = _gather_rows(x, self.group)
-            labels_all = labels.new_empty((self.world_size * n,))
-            _all_gather_into(labels_all, labels.contiguous(), self.group)
-        else:
-            x_all, labels_all = x, labels
         self_index = torch.arange(self.rank * n, (self.rank + 1) * n, device=x.device)
-        loss, count = self.loss.reference_terms(x, labels, x_all, labels_all, self_index)
+        loss, count = self.loss.reference_terms(x, labels_all[self_index], x_all, labels_all, self_index)
         totals = torch.stack([loss.detach().to(count.dtype) * count, count])
         if self.world_size > 1:
             dist.all_reduce(totals, dist.ReduceOp.SUM, group=self.group)
