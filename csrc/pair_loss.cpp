@@ -69,19 +69,9 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   const detail::GramRows<T> anchors(x, n, d), candidates(ref, m, d, true);
   const double pair_count = static_cast<double>(n) * static_cast<double>(m) - static_cast<double>(own_copies);
   const T inv_pairs = pair_count > 0 ? T(1.0 / pair_count) : T(0);
-  // The tiles write both gradients or neither: a spare buffer for the one not asked for.
-  std::vector<T> spare;
-  T* gx = dx;
-  T* gref = dref;
-  if (dx && !dref) {
-    spare.resize(m * d);
-    gref = spare.data();
-  } else if (dref && !dx) {
-    spare.resize(n * d);
-    gx = spare.data();
-  }
+  // Only the gradients asked for are written: no m x d buffer when dref is null.
   std::vector<double> loss_partial(omp_get_max_threads(), 0.0), dsquared_partial(loss_partial);
-  detail::for_each_cross_tile<T>(n, m, d, gx, gref, [&](detail::DistanceTile<T>& tile, int64_t i0,
+  detail::for_each_cross_tile<T>(n, m, d, dx, dref, [&](detail::DistanceTile<T>& tile, int64_t i0,
                                                         int64_t rows, int64_t j0, int64_t cols,
                                                         T* own_dx, T* own_dref) {
     tile.compute(anchors, i0, rows, candidates, j0, cols);
@@ -111,7 +101,7 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
     }
     loss_partial[omp_get_thread_num()] += tile_loss;
     dsquared_partial[omp_get_thread_num()] += tile_dsquared;
-    if (own_dx && any_active) tile.accumulate_gradient(x, i0, rows, ref, j0, cols, own_dx, own_dref);
+    if ((own_dx || own_dref) && any_active) tile.accumulate_gradient(x, i0, rows, ref, j0, cols, own_dx, own_dref);
   });
   const double loss_sum = std::accumulate(loss_partial.begin(), loss_partial.end(), 0.0);
   const double dloss_dsquared_sum =

@@ -121,8 +121,8 @@ class DistanceTile {
     accumulate_gradient(x, i0, rows, x, j0, cols, dx, columns_too ? dx : nullptr);
   }
 
-  // The same between rows of a (gradient da) and rows of b (gradient db, when
-  // non-null): da_i += sum_j C_ij (a_i - b_j), db_j += sum_i C_ij (b_j - a_i).
+  // The same between rows of a (gradient da) and rows of b (gradient db), each
+  // skipped when null: da_i += sum_j C_ij (a_i - b_j), db_j += sum_i C_ij (b_j - a_i).
   void accumulate_gradient(const T* a, int64_t i0, int64_t rows, const T* b, int64_t j0,
                            int64_t cols, T* da, T* db) {
     T* coef = coefficient_;
@@ -135,15 +135,17 @@ class DistanceTile {
           coef_t[c * kTileRows + r] = -coef[r * kTileRows + c];
         }
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      T row_sum = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        row_sum += coef[r * kTileRows + c];
-        coef[r * kTileRows + c] = -coef[r * kTileRows + c];
+    if (da) {
+      for (int64_t r = 0; r < rows; ++r) {
+        T row_sum = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          row_sum += coef[r * kTileRows + c];
+          coef[r * kTileRows + c] = -coef[r * kTileRows + c];
+        }
+        add_scaled_row(row_sum, a + (i0 + r) * d_, da + (i0 + r) * d_);
       }
-      add_scaled_row(row_sum, a + (i0 + r) * d_, da + (i0 + r) * d_);
+      gemm_accumulate<T>(rows, d_, cols, coef, kTileRows, b + j0 * d_, d_, da + i0 * d_, d_);
     }
-    gemm_accumulate<T>(rows, d_, cols, coef, kTileRows, b + j0 * d_, d_, da + i0 * d_, d_);
     if (!db) return;
     for (int64_t c = 0; c < cols; ++c)
       add_scaled_row(column_sum_[c], b + (j0 + c) * d_, db + (j0 + c) * d_);
@@ -216,30 +218,31 @@ void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
 // For losses between anchor rows (n of them) and the rows of a reference set
 // (m): calls tile_fn(tile, i0, rows, j0, cols, own_dx, own_dref) once per
 // kTileRows x kTileRows block pair of the n x m grid, in parallel; own_dx and
-// own_dref are the calling thread's own (n, d) and (m, d) gradient buffers
-// (null when dx is), summed into dx and dref at the end in thread order, as
-// for_each_symmetric_tile.
+// own_dref are the calling thread's own (n, d) and (m, d) gradient buffers,
+// each null where dx or dref is (no private buffer is allocated for a
+// gradient not asked for: a reference set of a million rows without one
+// costs no m x d buffer per thread), summed into dx and dref at the end in
+// thread order, as for_each_symmetric_tile.
 template <typename T, typename TileFn>
 void for_each_cross_tile(int64_t n, int64_t m, int64_t d, T* dx, T* dref, TileFn tile_fn) {
   const int64_t row_blocks = (n + kTileRows - 1) / kTileRows;
   const int64_t col_blocks = (m + kTileRows - 1) / kTileRows;
   const int64_t pairs = row_blocks * col_blocks;
   const int threads = n * m * d > kParallelWork * 16 ? omp_get_max_threads() : 1;
-  const size_t own_size = static_cast<size_t>(n + m) * d;  // dx then dref
-  const size_t private_size = dx ? static_cast<size_t>(threads - 1) * own_size : 0;
+  const int64_t dx_size = dx ? n * d : 0, dref_size = dref ? m * d : 0;
+  const int64_t own_size = dx_size + dref_size;  // dx then dref
+  const size_t private_size = static_cast<size_t>(threads - 1) * own_size;
   T* private_gradients = thread_scratch<T, kPrivateGradients>(private_size);
   std::fill_n(private_gradients, private_size, T(0));
-  if (dx) {
-    std::fill(dx, dx + n * d, T(0));
-    std::fill(dref, dref + m * d, T(0));
-  }
+  if (dx) std::fill(dx, dx + dx_size, T(0));
+  if (dref) std::fill(dref, dref + dref_size, T(0));
 #pragma omp parallel num_threads(threads)
   {
     DistanceTile<T> tile(d);
     const int t = omp_get_thread_num();
-    T* own = dx && t > 0 ? private_gradients + static_cast<size_t>(t - 1) * own_size : nullptr;
+    T* own = t > 0 ? private_gradients + static_cast<size_t>(t - 1) * own_size : nullptr;
     T* own_dx = !dx ? nullptr : t == 0 ? dx : own;
-    T* own_dref = !dx ? nullptr : t == 0 ? dref : own + n * d;
+    T* own_dref = !dref ? nullptr : t == 0 ? dref : own + dx_size;
 #pragma omp for schedule(static)
     for (int64_t pair = 0; pair < pairs; ++pair) {
       const int64_t i0 = pair / col_blocks * kTileRows, j0 = pair % col_blocks * kTileRows;
@@ -247,10 +250,10 @@ void for_each_cross_tile(int64_t n, int64_t m, int64_t d, T* dx, T* dref, TileFn
               own_dref);
     }
   }
-  if (!dx) return;
-#pragma omp parallel for schedule(static) if (threads > 1 && (n + m) * d > kParallelWork)
-  for (int64_t e = 0; e < (n + m) * d; ++e) {
-    T& out = e < n * d ? dx[e] : dref[e - n * d];
+  if (own_size == 0) return;
+#pragma omp parallel for schedule(static) if (threads > 1 && own_size > kParallelWork)
+  for (int64_t e = 0; e < own_size; ++e) {
+    T& out = e < dx_size ? dx[e] : dref[e - dx_size];
     for (int t = 1; t < threads; ++t) out += private_gradients[static_cast<size_t>(t - 1) * own_size + e];
   }
 }

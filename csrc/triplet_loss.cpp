@@ -397,10 +397,16 @@ void offer_farthest(const T* distances, int64_t first, const TieBreaker<T>& ties
 template <typename T>
 void add_pair_gradient(const T* a, int64_t i, const T* b, int64_t j, int64_t d, T coef, T* da,
                        T* db) {
-  for (int64_t e = 0; e < d; ++e) {
-    const T g = coef * (a[i * d + e] - b[j * d + e]);
-    da[i * d + e] += g;
-    db[j * d + e] -= g;
+  if (da && db) {
+    for (int64_t e = 0; e < d; ++e) {
+      const T g = coef * (a[i * d + e] - b[j * d + e]);
+      da[i * d + e] += g;
+      db[j * d + e] -= g;
+    }
+  } else if (da) {
+    for (int64_t e = 0; e < d; ++e) da[i * d + e] += coef * (a[i * d + e] - b[j * d + e]);
+  } else if (db) {
+    for (int64_t e = 0; e < d; ++e) db[j * d + e] -= coef * (a[i * d + e] - b[j * d + e]);
   }
 }
 
@@ -417,7 +423,8 @@ struct ActiveTriplet {
 };
 
 // Anchors are rows of x (gradient dx), positives and negatives rows of
-// candidates (gradient dcandidates; x and dx themselves within one batch).
+// candidates (gradient dcandidates; x and dx themselves within one batch);
+// a null gradient is skipped.
 template <typename T>
 void sparse_triplet_gradient(const T* x, const T* candidates, int64_t d, bool squared,
                              const std::vector<ActiveTriplet<T>>& active, T weight, T* dx,
@@ -776,7 +783,7 @@ void for_each_reference_negative_tile(const ReferenceSet<T>& set, bool squared,
 }
 
 // The miners against a reference set: the loss, and in `terms` the number of
-// terms of its mean; dx and dref are both null or both zeroed (n, d), (m, d).
+// terms of its mean; dx (n, d) and dref (m, d) each null (not asked for) or zeroed.
 template <typename T>
 T semihard_reference(const ReferenceSet<T>& set, T margin, bool squared,
                      const AnchorPositives<T>& pos, T* dx, T* dref, double& terms) {
@@ -794,7 +801,7 @@ T semihard_reference(const ReferenceSet<T>& set, T margin, bool squared,
   const double loss_sum = semihard_finish(ties, pos, margin, threads, pair_count, active);
   terms = static_cast<double>(pair_count);
   if (pair_count == 0) return T(0);
-  if (dx)
+  if (dx || dref)
     sparse_triplet_gradient(set.anchors.x, set.candidates.x, set.anchors.d, squared, active,
                             T(1) / static_cast<T>(pair_count), dx, dref);
   return static_cast<T>(loss_sum / static_cast<double>(pair_count));
@@ -819,7 +826,7 @@ T batch_hard_reference(const ReferenceSet<T>& set, T margin, bool squared,
   const double loss_sum = batch_hard_finish(ties, pos, margin, threads, anchor_count, active);
   terms = static_cast<double>(anchor_count);
   if (anchor_count == 0) return T(0);
-  if (dx)
+  if (dx || dref)
     sparse_triplet_gradient(set.anchors.x, set.candidates.x, set.anchors.d, squared, active,
                             T(1) / static_cast<T>(anchor_count), dx, dref);
   return static_cast<T>(loss_sum / static_cast<double>(anchor_count));
@@ -850,7 +857,7 @@ T batch_all_reference(const ReferenceSet<T>& set, T margin, bool squared,
     for (int64_t r = 0; r < rows; ++r)
       batch_all_anchor_row(ties, pos, margin, squared, i0 + r, negatives.row(r), j0,
                            counts + r * kTileRows, own);
-    if (!own_dx) return;
+    if (!own_dx && !own_dref) return;
     T* coef = tile.coefficients();
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) {
@@ -865,7 +872,7 @@ T batch_all_reference(const ReferenceSet<T>& set, T margin, bool squared,
   for (const BatchAllSums<T>& own : threads)
     for (const Vector<T>& lanes : own.anchor_loss)
       for (int lane = 0; lane < kLanes<T>; ++lane) loss_sum += lanes[lane];
-  if (!dx) return static_cast<T>(loss_sum / triplet_count);
+  if (!dx && !dref) return static_cast<T>(loss_sum / triplet_count);
   for (int64_t a = 0; a < n; ++a)
     for (int64_t s = pos.begin[a]; s < pos.begin[a + 1]; ++s) {
       double active_negatives = 0;
@@ -955,34 +962,22 @@ void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, c
     if (dref) std::fill(dref, dref + m * d, nan);
     return;
   }
-  // The miners write both gradients or neither: a spare buffer for the one not asked for.
-  std::vector<T> spare;
-  T* gx = dx;
-  T* gref = dref;
-  if (dx && !dref) {
-    spare.resize(m * d);
-    gref = spare.data();
-  } else if (dref && !dx) {
-    spare.resize(n * d);
-    gx = spare.data();
-  }
-  if (gx) {
-    std::fill(gx, gx + n * d, T(0));
-    std::fill(gref, gref + m * d, T(0));
-  }
+  // Only the gradients asked for are written: no m x d buffer when dref is null.
+  if (dx) std::fill(dx, dx + n * d, T(0));
+  if (dref) std::fill(dref, dref + m * d, T(0));
   const ReferenceSet<T> set{anchors, labels, candidates, ref_labels, self_index};
   const AnchorPositives<T> positives = find_reference_positives(set, squared);
   double terms = 0;
   T value = T(0);
   switch (mining) {
     case TripletMining::kSemihard:
-      value = semihard_reference(set, margin, squared, positives, gx, gref, terms);
+      value = semihard_reference(set, margin, squared, positives, dx, dref, terms);
       break;
     case TripletMining::kHard:
-      value = batch_hard_reference(set, margin, squared, positives, gx, gref, terms);
+      value = batch_hard_reference(set, margin, squared, positives, dx, dref, terms);
       break;
     case TripletMining::kAll:
-      value = batch_all_reference(set, margin, squared, positives, gx, gref, terms);
+      value = batch_all_reference(set, margin, squared, positives, dx, dref, terms);
       break;
   }
   if (loss) *loss = value;

@@ -59,7 +59,9 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         accumulate_row_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
       }
-      if (dcand) accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dcand);
+    }
+    if (dcand && tile_active) {
+      accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dcand);
     }
   }
   loss = block_sum(loss, reduce);
@@ -120,12 +122,9 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   detail::DeviceArray<T> norms(n, stream), ref_norms(m, stream), scalars(2, stream);
   detail::DeviceArray<double> partial(2 * blocks, stream);
   detail::DeviceArray<long long> partial_count(blocks, stream);
-  // The kernel writes both gradients or neither: a spare for the one not asked for.
-  detail::DeviceArray<T> spare(dx && !dref ? m * d : dref && !dx ? n * d : 0, stream);
-  T* gx = dx ? dx : dref ? spare.get() : nullptr;
-  T* gref = dref ? dref : dx ? spare.get() : nullptr;
-  detail::zero_async(gx, n * d * int64_t(sizeof(T)), stream);
-  detail::zero_async(gref, m * d * int64_t(sizeof(T)), stream);
+  // Only the gradients asked for are written: no m x d buffer when dref is null.
+  detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
+  detail::zero_async(dref, m * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, static_cast<int>(n), d, norms.get());
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(m),
@@ -136,7 +135,7 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   // 1 / (number of pairs) below.
   detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
                  norms.get(), labels, static_cast<int>(n), candidates, d, theta, T(2),
-                 static_cast<int>(splits), gx, gref, partial.get(), partial.get() + blocks,
+                 static_cast<int>(splits), dx, dref, partial.get(), partial.get() + blocks,
                  partial_count.get());
   T* inv_count = scalars.get();
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
@@ -147,12 +146,12 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   if (count)
     detail::launch("total_count_kernel", detail::total_count_kernel<T>, 1, stream,
                    partial_count.get(), blocks, count);
-  if (gx) {
+  if (dx)
     detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
-                   detail::grid_for(n * d), stream, gx, n * d, inv_count);
+                   detail::grid_for(n * d), stream, dx, n * d, inv_count);
+  if (dref)
     detail::launch("scale_by_device_scalar_kernel", detail::scale_by_device_scalar_kernel<T>,
-                   detail::grid_for(m * d), stream, gref, m * d, inv_count);
-  }
+                   detail::grid_for(m * d), stream, dref, m * d, inv_count);
 }
 
 template void pair_loss<float>(const float*, const int64_t*, int64_t, int64_t, float, float*,

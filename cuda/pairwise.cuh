@@ -231,16 +231,16 @@ __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const
 }
 
 // dx_i += coef (x_i - y_j), dy_j -= coef (x_i - y_j), y the candidates' rows:
-// the gradient of coef' * d_ij with coef = coef' * distance_gradient_scale(d_ij).
-// All threads of the block share the features; atomics since any block may
-// touch any row.
+// the gradient of coef' * d_ij with coef = coef' * distance_gradient_scale(d_ij);
+// a null dx or dy is skipped.  All threads of the block share the features;
+// atomics since any block may touch any row.
 template <typename T>
 __device__ void scatter_pair_gradient(const T* __restrict__ x, const T* __restrict__ y, int64_t d,
                                       int i, int j, T coef, T* dx, T* dy) {
   for (int64_t k = threadIdx.x; k < d; k += kThreads) {
     const T g = coef * (x[int64_t(i) * d + k] - y[int64_t(j) * d + k]);
-    atomicAdd(dx + int64_t(i) * d + k, g);
-    atomicAdd(dy + int64_t(j) * d + k, -g);
+    if (dx) atomicAdd(dx + int64_t(i) * d + k, g);
+    if (dy) atomicAdd(dy + int64_t(j) * d + k, -g);
   }
 }
 

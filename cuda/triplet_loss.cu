@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kThreads)
     near_index[m] = active ? near_j : -1;
   }
   __syncthreads();
-  if (dx) {
+  if (dx || dy) {
     for (int m = 0; m < kTileRows; ++m) {
       if (far_index[m] < 0) continue;
       scatter_pair_gradient(x, y, d, a0 + m, far_index[m],
@@ -436,7 +436,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncthreads();
-    if (dx) {
+    if (dx || dy) {
       for (int e = 0; e < kTileRows * kSlots; ++e) {
         const int mm = e / kSlots, s = e % kSlots;
         if (chosen_index[mm][s] < 0) continue;
@@ -520,7 +520,7 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       }
-      if (dx) {
+      if (dx || dy) {
         __syncthreads();  // the distances are overwritten below
         // Coefficients: this lane's columns against every slot.  For a
         // negative (a, b): dL/dd_ab = -(active positives) / triplets.
@@ -543,8 +543,8 @@ __global__ void __launch_bounds__(kThreads)
         }
         // Tiles of negatives all beyond the margin add nothing: skip them.
         if (__syncthreads_or(any_active)) {
-          accumulate_row_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
-          accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dy);
+          if (dx) accumulate_row_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
+          if (dy) accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dy);
         }
       }
       __syncthreads();
@@ -553,7 +553,7 @@ __global__ void __launch_bounds__(kThreads)
     // For a positive (a, p): dL/dd_ap = (active negatives) / triplets.
     for (int q = 0; q < kSlotsPerLane; ++q) active_negatives[m][lane + kLanes * q] = active[q];
     __syncthreads();
-    if (dx) {
+    if (dx || dy) {
       for (int e = 0; e < kTileRows * kSlots; ++e) {
         const int mm = e / kSlots, s = e % kSlots;
         if (slots.index[mm][s] < 0 || active_negatives[mm][s] == 0) continue;
@@ -723,12 +723,9 @@ void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, c
   detail::NvtxRange range("faceops::triplet_loss_ref");
   const cudaStream_t stream = detail::as_stream(stream_handle);
   detail::DeviceArray<T> norms(n, stream), ref_norms(m, stream), spare_loss(loss ? 0 : 1, stream);
-  // The kernels write both gradients or neither: a spare for the one not asked for.
-  detail::DeviceArray<T> spare(dx && !dref ? m * d : dref && !dx ? n * d : 0, stream);
-  T* gx = dx ? dx : dref ? spare.get() : nullptr;
-  T* gref = dref ? dref : dx ? spare.get() : nullptr;
-  detail::zero_async(gx, n * d * int64_t(sizeof(T)), stream);
-  detail::zero_async(gref, m * d * int64_t(sizeof(T)), stream);
+  // Only the gradients asked for are written: no m x d buffer when dref is null.
+  detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
+  detail::zero_async(dref, m * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, static_cast<int>(n), d, norms.get());
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(m),
@@ -736,7 +733,7 @@ void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, c
   const detail::Candidates<T> candidates{ref, ref_norms.get(), ref_labels, static_cast<int>(m),
                                          self_index, false};
   detail::run_triplet(x, norms.get(), labels, static_cast<int>(n), candidates, d, margin, mining,
-                      squared, loss ? loss : spare_loss.get(), count, gx, gref, stream);
+                      squared, loss ? loss : spare_loss.get(), count, dx, dref, stream);
 }
 
 template <typename T>

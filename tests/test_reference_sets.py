@@ -276,6 +276,57 @@ def test_no_positive_anywhere_gives_zero():
     assert (loss, count, dtheta) == (0.0, 0.0, 0.0) and not dx.any() and not dref.any()
 
 
+def _core_reference_call(op, x, labels, ref, ref_labels, self_index, want_dx, want_dref):
+    """The core kernel through the bindings with a null dx or dref where not wanted (the torch
+    front passes dref null when ref takes no gradient; the NumPy front always asks for both).
+    The gradients are pre-filled with NaN, so a gradient the kernel fails to write shows."""
+    from faceops import _core
+
+    n, d = x.shape
+    m = len(ref)
+    out = np.full(3, np.nan, x.dtype)  # loss, count, dtheta
+    dx = np.full_like(x, np.nan) if want_dx else None
+    dref = np.full_like(ref, np.nan) if want_dref else None
+
+    def address(a):
+        return 0 if a is None else a.ctypes.data
+
+    common = (x.dtype.name, "cpu", x.ctypes.data, labels.ctypes.data, n, d, ref.ctypes.data, ref_labels.ctypes.data,
+              m, address(self_index))
+    loss, count, dtheta = (address(out) + k * out.itemsize for k in range(3))
+    if op == "pair":
+        _core.pair_loss_ref(*common, 1.5, loss, count, address(dx), address(dref), dtheta, 0)
+    else:
+        _core.triplet_loss_ref(*common, 0.3, faceops.ops.MINING_MODES[op[0]], op[1], loss, count, address(dx),
+                               address(dref), 0)
+    return out, dx, dref
+
+
+@pytest.mark.parametrize("dtype,op,size", product(
+    DTYPES, [(mining, squared) for mining in MININGS for squared in (True, False)] + ["pair"],
+    # (300, 700, 32): past the kernels' one-thread threshold, where each thread has private gradients.
+    [(9, 20, 5), (300, 700, 32)]))
+def test_one_gradient_alone_is_bitwise_the_one_of_both(dtype, op, size):
+    """dref null (a queue that takes no gradient) or dx null: no buffer is written for the
+    gradient not asked for (writing through the null pointer would crash this process), and the
+    one asked for is bitwise the one computed with both."""
+    n, m, d = size
+    rng = np.random.default_rng(n)
+    ref = rng.standard_normal((m, d)).astype(dtype)
+    ref_labels = rng.integers(0, 6, m)
+    x = np.concatenate([ref[:4], rng.standard_normal((n - 4, d)).astype(dtype)])
+    labels = np.concatenate([ref_labels[:4], rng.integers(0, 6, n - 4)])
+    self_index = np.concatenate([np.arange(4), np.full(n - 4, -1)])
+    both = _core_reference_call(op, x, labels, ref, ref_labels, self_index, True, True)
+    dx_alone = _core_reference_call(op, x, labels, ref, ref_labels, self_index, True, False)
+    dref_alone = _core_reference_call(op, x, labels, ref, ref_labels, self_index, False, True)
+    assert np.isfinite(both[1]).all() and np.isfinite(both[2]).all() and both[2].any()
+    np.testing.assert_array_equal(dx_alone[0], both[0])
+    np.testing.assert_array_equal(dref_alone[0], both[0])
+    np.testing.assert_array_equal(dx_alone[1], both[1])
+    np.testing.assert_array_equal(dref_alone[2], both[2])
+
+
 def test_overflowing_rows_give_nan():
     x = np.array([[1.0, 0.0], [0.0, 1.0]])
     ref = np.array([[1e200, 0.0], [0.0, 1.0], [1.0, 1.0]])

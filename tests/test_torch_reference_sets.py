@@ -57,6 +57,24 @@ def test_pair_ref_op_is_bitwise_the_numpy_op(dtype):
         np.testing.assert_array_equal(g.numpy(), np.asarray(w, dtype=g.numpy().dtype))
 
 
+@pytest.mark.parametrize("loss", MININGS + ["pair"])
+def test_ref_without_gradient_gives_the_same_dx(loss):
+    """ref_grad=False (CrossBatchMemory's queue) passes dref null to the kernels: dx bitwise the one
+    computed with dref, over 300 x 700 x 32 (past the one-thread threshold: private gradients)."""
+    x, labels, ref, ref_labels = _batch(4, n=300, m=700, d=32)
+    if loss == "pair":
+        theta = torch.tensor(1.5, dtype=x.dtype)
+        with_ref = torch.ops.faceops.pair_loss_ref(x, labels, ref, ref_labels, None, theta, True, True)
+        without = torch.ops.faceops.pair_loss_ref(x, labels, ref, ref_labels, None, theta, False, True)
+    else:
+        with_ref = torch.ops.faceops.triplet_loss_ref(x, labels, ref, ref_labels, None, 0.2, loss, False, True, True)
+        without = torch.ops.faceops.triplet_loss_ref(x, labels, ref, ref_labels, None, 0.2, loss, False, False, True)
+    assert with_ref[3].shape == ref.shape and with_ref[3].abs().sum() > 0
+    assert without[3].shape == (0, 32)
+    for got, want in zip(without[:3] + without[4:], with_ref[:3] + with_ref[4:]):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 @pytest.mark.parametrize("mining", MININGS)
 @pytest.mark.parametrize("squared", [True, False])
 def test_gradcheck_triplet_through_x_and_ref(mining, squared):

@@ -444,6 +444,18 @@ void test_triplet_ref(int64_t n, int64_t m, int64_t d, int classes, bool own, bo
       expect<T>("  count", rel(cg, cc));
       expect<T>("  dx", max_rel(dxg, dxc));
       expect<T>("  dref", max_rel(drg, drc));
+      // One gradient at a time: the other one null (written through, it would crash here).
+      std::vector<T> dx_only(n * d, T(7)), dref_only(m * d, T(7));
+      faceops::cuda::triplet_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                         c.ref_labels.data(), m, self_index, T(0.2),
+                                         faceops::TripletMining(mode), sq, &lg, &cg, dx_only.data(),
+                                         nullptr, nullptr);
+      faceops::cuda::triplet_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                         c.ref_labels.data(), m, self_index, T(0.2),
+                                         faceops::TripletMining(mode), sq, nullptr, nullptr,
+                                         nullptr, dref_only.data(), nullptr);
+      expect<T>("  dx without dref", max_rel(dx_only, dxc));
+      expect<T>("  dref without dx", max_rel(dref_only, drc));
     }
 }
 
@@ -467,6 +479,16 @@ void test_pair_ref(int64_t n, int64_t m, int64_t d, int classes, bool own, std::
   expect<T>("  dtheta", rel(lg[2], lc[2]));
   expect<T>("  dx", max_rel(dxg, dxc));
   expect<T>("  dref", max_rel(drg, drc));
+  // One gradient at a time: the other one null (written through, it would crash here).
+  std::vector<T> dx_only(n * d, T(7)), dref_only(m * d, T(7));
+  faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                  c.ref_labels.data(), m, self_index, T(1.5), nullptr, nullptr,
+                                  dx_only.data(), nullptr, nullptr, nullptr);
+  faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                  c.ref_labels.data(), m, self_index, T(1.5), nullptr, nullptr,
+                                  nullptr, dref_only.data(), nullptr, nullptr);
+  expect<T>("  dx without dref", max_rel(dx_only, dxc));
+  expect<T>("  dref without dx", max_rel(dref_only, drc));
 }
 
 template <typename T>
