@@ -2,7 +2,7 @@
 // L2 Hypersphere Embedding for Face Verification", ACM MM 2017), as its Caffe
 // fork (happynear/caffe-windows) computes it, for faceops' compatibility
 // layers (caffe_layers/): the Accuracy ranking with min_is_better, the
-// Scale clamp, InnerDistance and GeneralContrastiveLoss.  Where the fork
+// Scale clamp, InnerDistance, GeneralContrastiveLoss and GeneralTripletLoss.  Where the fork
 // departs from the exact derivative, the function says so.
 #pragma once
 
@@ -197,6 +197,102 @@ void general_contrastive_backward(const T* d, const int64_t* y, int64_t num, int
         }
       }
     }
+  }
+  for (int64_t k = 0; k < num * dim; ++k) g[k] *= scale / T(num);
+}
+
+// ---- GeneralTripletLoss (NormFace's normalized_Euclidean_triplet) ----
+//
+// Over distances d (num x dim) to the class centres and labels y: each
+// negative j != y gets the triplet hinge v_ij = nw max(0, d_iy + margin -
+// d_ij) (the centre of the own class as positive, the other centres as
+// negatives); loss = sum |v| / num.  hardest_only keeps, per row, the
+// negative with the largest positive term (none when no hinge is active);
+// positive_first drops a row's negatives when d_iy > positive_upper_bound.
+// The fork's Backward, kept here, is not the derivative of that loss:
+//  - the positive gets pw once per row (where the hinges give nw per active
+//    negative), and with add_center_loss it gets pw even with no active
+//    hinge, a centre-loss gradient for a term the loss does not contain;
+//  - with hardest_only the kept negative gets -nw, except when its distance
+//    is exactly 0, where it keeps its forward term;
+//  - positive_first rows get pw on the positive and nothing else.
+// With hardest_only, add_center_loss false, pw = nw and every row's hinge
+// active (or none), it is the exact gradient.
+template <typename T>
+struct TripletParams {
+  T margin;
+  bool add_center_loss, hardest_only, positive_first;
+  T positive_upper_bound, positive_weight, negative_weight;
+};
+
+// Returns the loss; v (num x dim) and hardest (num, -1 for none) are the
+// backward pass's scratch; *positive_sum / *negative_sum are the sums of the
+// positive and negative distances (the second top: / num, / num / (dim - 1)).
+template <typename T>
+T general_triplet_forward(const T* d, const int64_t* y, int64_t num, int64_t dim,
+                          const TripletParams<T>& p, T* v, int64_t* hardest, T* positive_sum,
+                          T* negative_sum) {
+  *positive_sum = T(0);
+  *negative_sum = T(0);
+  T loss = T(0);
+  for (int64_t i = 0; i < num; ++i) {
+    const T* row = d + i * dim;
+    T* out = v + i * dim;
+    const T same = row[y[i]];
+    *positive_sum += same;
+    hardest[i] = -1;
+    for (int64_t j = 0; j < dim; ++j) {
+      if (j == y[i]) {
+        out[j] = T(0);
+        continue;
+      }
+      const T hinge = same + p.margin - row[j];
+      out[j] = (hinge > T(0) ? hinge : T(0)) * p.negative_weight;
+      *negative_sum += row[j];
+      if (p.hardest_only && out[j] > T(0) && (hardest[i] < 0 || out[j] > out[hardest[i]])) {
+        hardest[i] = j;
+      }
+    }
+    const bool drop_all = p.positive_first && same > p.positive_upper_bound;
+    for (int64_t j = 0; j < dim; ++j) {
+      if (j == y[i]) continue;
+      if (drop_all || (p.hardest_only && hardest[i] >= 0 && j != hardest[i])) out[j] = T(0);
+      loss += std::fabs(out[j]);
+    }
+  }
+  return loss / T(num);
+}
+
+// g (num x dim), the fork's gradient (see above) times scale / num.
+template <typename T>
+void general_triplet_backward(const T* d, const int64_t* y, int64_t num, int64_t dim,
+                              const TripletParams<T>& p, const T* v, const int64_t* hardest,
+                              T scale, T* g) {
+  for (int64_t i = 0; i < num; ++i) {
+    const T* row = d + i * dim;
+    T* out = g + i * dim;
+    const T same = row[y[i]];
+    if (p.positive_first && same > p.positive_upper_bound) {
+      for (int64_t j = 0; j < dim; ++j) out[j] = j == y[i] ? p.positive_weight : T(0);
+      continue;
+    }
+    int64_t active = 0;
+    if (p.hardest_only) {
+      for (int64_t j = 0; j < dim; ++j) out[j] = v[i * dim + j];
+      if (hardest[i] >= 0 && row[hardest[i]] != T(0)) {
+        out[hardest[i]] = -p.negative_weight;
+        ++active;
+      }
+    } else {
+      out[y[i]] = T(0);
+      for (int64_t j = 0; j < dim; ++j) {
+        if (j == y[i]) continue;
+        const bool hinge = same + p.margin > row[j];
+        out[j] = hinge ? -p.negative_weight : T(0);
+        active += hinge;
+      }
+    }
+    if (p.add_center_loss || active > 0) out[y[i]] = p.positive_weight;
   }
   for (int64_t k = 0; k < num * dim; ++k) g[k] *= scale / T(num);
 }

@@ -65,6 +65,8 @@ TYPED_TEST(GeneralContrastiveLossLayerTest, TestForward) {
   typedef typename TypeParam::Dtype Dtype;
   this->top_.push_back(this->mean_distance_);
   LayerParameter param;
+  param.add_loss_weight(1);  // one per top, as a loss layer's two tops need
+  param.add_loss_weight(0);
   param.mutable_general_contrastive_loss_param()->set_positive_weight(2);
   GeneralContrastiveLossLayer<Dtype> layer(param);
   layer.SetUp(this->bottom_, this->top_);
@@ -98,6 +100,8 @@ TYPED_TEST(GeneralContrastiveLossLayerTest, TestGradientWithMeanDistanceTop) {
   typedef typename TypeParam::Dtype Dtype;
   this->top_.push_back(this->mean_distance_);
   LayerParameter param;
+  param.add_loss_weight(1);  // one per top, as a loss layer's two tops need
+  param.add_loss_weight(0);
   GeneralContrastiveLossLayer<Dtype> layer(param);
   GradientChecker<Dtype> checker(1e-3, 1e-2, 1701);
   checker.CheckGradientSingle(&layer, this->bottom_, this->top_, 0, 0, 0);
@@ -198,6 +202,8 @@ TYPED_TEST(GeneralContrastiveLossLayerTest, TestAddIntraMae) {
   typedef typename TypeParam::Dtype Dtype;
   this->top_.push_back(this->mean_distance_);
   LayerParameter param;
+  param.add_loss_weight(1);  // one per top, as a loss layer's two tops need
+  param.add_loss_weight(0);
   param.mutable_general_contrastive_loss_param()->set_add_intra_mae(true);
   GeneralContrastiveLossLayer<Dtype> layer(param);
   layer.SetUp(this->bottom_, this->top_);
