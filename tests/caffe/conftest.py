@@ -18,7 +18,8 @@ CAFFE_DIR = Path(os.environ.get("FACEOPS_CAFFE_DIR", Path.home() / ".cache/faceo
 PYCAFFE = CAFFE_DIR / "src/python"
 FACEOPS_LAYERS = {"CenterLoss", "TripletLoss", "PairLoss", "MarginSoftmaxLoss", "CombinedMargin",
                   "CosinAddm", "LabelSpecificAdd", "Normalize", "MarginInnerProduct", "ChannelScale",
-                  "FocalLoss", "NormL2", "AdaCosAddmScale"}
+                  "FocalLoss", "NormL2", "AdaCosAddmScale", "InnerDistance",
+                  "GeneralContrastiveLoss", "GeneralTripletLoss"}
 
 
 def _built_for():

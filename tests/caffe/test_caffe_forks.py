@@ -183,6 +183,85 @@ layer { name: "fc6" type: "InnerProduct" bottom: "fc5" top: "fc6"
 layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label"
   top: "softmax_loss" }
 """ + ACCURACY
+# happynear/NormFace prototxt/scaled_cosine_softmax.prototxt: Normalize, the
+# normalised InnerProduct with the gaussian_unitball filler, a learned Scale
+# bounded below by min_value, Accuracy with min_is_better: false.
+NORMFACE_SCALED_COSINE = TRUNK + """
+layer { name: "normalize1" type: "Normalize" bottom: "fc5" top: "norm1" }
+layer { name: "cosine_layer" type: "InnerProduct" bottom: "norm1" top: "cosine"
+  param { lr_mult: 100 decay_mult: 0 }
+  inner_product_param { bias_term: false normalize: true num_output: %(classes)d
+    weight_filler { type: "gaussian_unitball" } } }
+layer { name: "cosine_scale" type: "Scale" bottom: "cosine" top: "cosine"
+  scale_param { num_axes: 0 bias_term: false min_value: 0.01 filler { value: 10 }
+    bias_filler { value: 0 } } }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "cosine" bottom: "label"
+  top: "softmax_loss" loss_weight: 1 }
+layer { name: "Accuracy" type: "Accuracy" bottom: "cosine" bottom: "label" top: "accuracy"
+  include { phase: TEST } accuracy_param { min_is_better: false } }
+"""
+# happynear/NormFace prototxt/normalized_Euclidean_contrastive.prototxt:
+# InnerDistance with its own normalised centres (gaussian_unitball, lr_mult
+# 100), GeneralContrastiveLoss with two tops, Accuracy on the distances.
+NORMFACE_EUCLIDEAN_CONTRASTIVE = TRUNK + """
+layer { name: "normalize1" type: "Normalize" bottom: "fc5" top: "norm1" }
+layer { name: "normalized_Euclidean" type: "InnerDistance" bottom: "norm1"
+  top: "normalized_Euclidean" param { lr_mult: 100 decay_mult: 0 }
+  inner_distance_param { bias_term: false distance_type: "L2" normalize: true
+    num_output: %(classes)d weight_filler { type: "gaussian_unitball" } } }
+layer { name: "contrastive_loss" type: "GeneralContrastiveLoss" bottom: "normalized_Euclidean"
+  bottom: "label" top: "contrastive_loss" top: "mean_distance" loss_weight: 1 loss_weight: 1
+  general_contrastive_loss_param { positive_margin: 0 negative_margin: 1 negative_weight: 1
+    exp_negative_weight: false } }
+layer { name: "Accuracy" type: "Accuracy" bottom: "normalized_Euclidean" bottom: "label"
+  top: "accuracy" include { phase: TEST } accuracy_param { min_is_better: true } }
+"""
+# happynear/NormFace prototxt/normalized_Euclidean_triplet.prototxt: centres
+# from a Parameter layer through Normalize, InnerDistance with the weight as
+# bottom[1], GeneralTripletLoss (hardest_only, add_center_loss) with two tops.
+NORMFACE_EUCLIDEAN_TRIPLET = TRUNK + """
+layer { name: "normalize1" type: "Normalize" bottom: "fc5" top: "norm1" }
+layer { name: "id_weight_l2" type: "Parameter" top: "id_weight_l2" param { lr_mult: 1 decay_mult: 0 }
+  parameter_param { shape { dim: %(classes)d dim: 32 } blob_filler { type: "gaussian_unitball" } } }
+layer { name: "id_weight_l2_normalize" type: "Normalize" bottom: "id_weight_l2"
+  top: "id_weight_l2_normalize" }
+layer { name: "normalized_Euclidean" type: "InnerDistance" bottom: "norm1"
+  bottom: "id_weight_l2_normalize" top: "normalized_Euclidean"
+  inner_distance_param { bias_term: false distance_type: "L2" } }
+layer { name: "triplet_loss" type: "GeneralTripletLoss" bottom: "normalized_Euclidean"
+  bottom: "label" top: "contrastive_loss" top: "mean_distance" loss_weight: 1 loss_weight: 1
+  general_triplet_loss_param { margin: 0.8 add_center_loss: true hardest_only: true
+    negative_weight: 1 } }
+layer { name: "Accuracy" type: "Accuracy" bottom: "normalized_Euclidean" bottom: "label"
+  top: "accuracy" include { phase: TEST } accuracy_param { min_is_better: true } }
+"""
+# happynear/NormFace mnist/lenet_train_test.prototxt (over an LMDB): a
+# 3-d embedding, class centres from a Parameter layer (gaussian_unitball
+# blob_filler) normalised by Normalize, InnerDistance to them, Accuracy on
+# the distances (min_is_better), GeneralContrastiveLoss with its second top
+# (loss_weight 1 on both) and the general_triplet_loss_param it does not read.
+# ip1's `gaussian` filler with `value` (not std) is the fork's: std stays 1.
+NORMFACE_MNIST = TRUNK + """
+layer { name: "ip1" type: "InnerProduct" bottom: "fc5" top: "ip1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" value: 0.01 }
+    bias_filler { type: "constant" value: 0 } } }
+layer { name: "normalize1" type: "Normalize" bottom: "ip1" top: "norm1"
+  normalize_param { normalize_type: "L2" } }
+layer { name: "id_weight" type: "Parameter" top: "id_weight" param { lr_mult: 1 decay_mult: 1 }
+  parameter_param { shape { dim: %(classes)d dim: 3 } blob_filler { type: "gaussian_unitball" } } }
+layer { name: "id_weight_normalize" type: "Normalize" bottom: "id_weight"
+  top: "id_weight_normalize" normalize_param { normalize_type: "L2" } }
+layer { name: "ip2" type: "InnerDistance" bottom: "norm1" bottom: "id_weight_normalize" top: "ip2" }
+layer { name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy"
+  accuracy_param { min_is_better: true } }
+layer { name: "loss" type: "GeneralContrastiveLoss" bottom: "ip2" bottom: "label"
+  top: "loss" top: "mean_distance" loss_weight: 1 loss_weight: 1
+  general_contrastive_loss_param { positive_margin: 0 negative_margin: 1 negative_weight: 1
+    square: false max_negative_only: false max_positive_only: false add_intra_mae: false }
+  general_triplet_loss_param { margin: 1 add_center_loss: true hardest_only: true
+    negative_weight: 1 positive_first: false positive_upper_bound: 1 } }
+"""
 SOLVER = """
 net: "%(net)s"
 test_iter: 2
@@ -327,3 +406,28 @@ def test_unsupported_fork_fields_stop_caffe_with_their_name(caffe, tmp_path):
     assert run.returncode != 0
     assert "FocalLoss layer 'focal_loss': focal_loss_param.type LINEAR is not supported" in run.stderr, \
         run.stderr[-2000:]
+
+
+TEST_ACCURACY = re.compile(r"Test net output #\d+: accuracy = (\S+)")
+
+
+@pytest.mark.parametrize("net", [NORMFACE_SCALED_COSINE, NORMFACE_EUCLIDEAN_CONTRASTIVE,
+                                 NORMFACE_EUCLIDEAN_TRIPLET],
+                         ids=["scaled_cosine_softmax", "normalized_Euclidean_contrastive",
+                              "normalized_Euclidean_triplet"])
+def test_normface_net_trains_on_image_data(caffe, tmp_path, net):
+    _assert_learns(_train(tmp_path, _image_data(tmp_path), net, 0.01))
+
+
+def test_normface_mnist_net_trains_on_lmdb(caffe, tmp_path):
+    run = _run_caffe_train(tmp_path, _database(tmp_path, "lmdb") + NORMFACE_MNIST % {"classes": SUBJECTS},
+                           0.01)
+    assert run.returncode == 0, run.stderr[-3000:]
+    losses = [(int(i), float(loss)) for i, loss in LOSS.findall(run.stderr)]
+    assert losses and losses[-1][0] >= 275, run.stderr[-3000:]
+    _assert_learns(losses)
+    # The nearest centre (min_is_better) is the subject for most test faces
+    # (chance: 1 / 8).
+    accuracies = [float(a) for a in TEST_ACCURACY.findall(run.stderr)]
+    assert accuracies and accuracies[-1] > 0.5, run.stderr[-3000:]
+

@@ -40,6 +40,70 @@ message InnerProductParameter {
   optional uint32 num_output = 1;
   optional bool transpose = 6 [default = false];
 %s}
+
+message ScaleParameter {
+  optional int32 axis = 1 [default = 1];
+  optional FillerParameter bias_filler = 5;
+%s}
+
+message AccuracyParameter {
+  optional uint32 top_k = 1 [default = 1];
+  optional int32 ignore_label = 3;
+}
+
+message BlobShape {
+  repeated int64 dim = 1 [packed = true];
+}
+
+message ParameterParameter {
+  optional BlobShape shape = 1;
+}
+"""
+# The parts of Caffe's scale_layer / accuracy_layer (cpp, cu), parameter_layer.hpp
+# and filler.hpp the installer patches for NormFace's fields.
+LAYER = """#include "caffe/layers/%(name)s_layer.hpp"
+#include "caffe/util/math_functions.hpp"
+
+namespace caffe {
+
+template <typename Dtype>
+void %(cls)sLayer<Dtype>::Forward_%(d)s(
+    const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  const Dtype* bottom_data = bottom[0]->%(d)s_data();
+}
+
+}  // namespace caffe
+"""
+PARAMETER_LAYER = """#include "caffe/layer.hpp"
+
+namespace caffe {
+    } else {
+      this->blobs_.resize(1);
+      this->blobs_[0].reset(new Blob<Dtype>());
+      this->blobs_[0]->Reshape(this->layer_param_.parameter_param().shape());
+    }
+}  // namespace caffe
+"""
+FILLER = """#ifndef CAFFE_FILLER_HPP
+#define CAFFE_FILLER_HPP
+namespace caffe {
+
+template <typename Dtype>
+Filler<Dtype>* GetFiller(const FillerParameter& param) {
+  const std::string& type = param.type();
+  if (type == "constant") {
+    return new ConstantFiller<Dtype>(param);
+  } else if (type == "bilinear") {
+    return new BilinearFiller<Dtype>(param);
+  } else {
+    CHECK(false) << "Unknown filler name: " << param.type();
+  }
+  return (Filler<Dtype>*)(NULL);
+}
+
+}  // namespace caffe
+
+#endif  // CAFFE_FILLER_HPP_
 """
 # The parts of Caffe's inner_product_layer.{cpp,cu} the installer patches.
 INNER_PRODUCT = """#include "caffe/layers/inner_product_layer.hpp"
@@ -68,10 +132,16 @@ void InnerProductLayer<Dtype>::Backward_%(d)s(const vector<Blob<Dtype>*>& top,
 def tree(tmp_path):
     root = tmp_path / "caffe"
     (root / "src/caffe/proto").mkdir(parents=True)
-    (root / "src/caffe/proto/caffe.proto").write_text(PROTO % ("", ""))
+    (root / "src/caffe/proto/caffe.proto").write_text(PROTO % ("", "", ""))
     (root / "src/caffe/layers").mkdir(parents=True)
     for suffix, device in (("cpp", "cpu"), ("cu", "gpu")):
         (root / f"src/caffe/layers/inner_product_layer.{suffix}").write_text(INNER_PRODUCT % {"d": device})
+        for name, cls in (("scale", "Scale"), ("accuracy", "Accuracy")):
+            (root / f"src/caffe/layers/{name}_layer.{suffix}").write_text(
+                LAYER % {"name": name, "cls": cls, "d": device})
+    (root / "include/caffe/layers").mkdir(parents=True)
+    (root / "include/caffe/layers/parameter_layer.hpp").write_text(PARAMETER_LAYER)
+    (root / "include/caffe/filler.hpp").write_text(FILLER)
     return root
 
 
@@ -110,6 +180,25 @@ def test_install_twice_changes_nothing_and_uninstall_restores(tree):
         assert layer.index(f"FaceopsNormalizeWeight_{device}(") > forward
         assert layer.index(f"FaceopsProjectWeightDiff_{device}(") > layer.index(f"Backward_{device}")
         assert '#include "caffe/util/faceops_inner_product.hpp"' in layer
+        scale = (tree / f"src/caffe/layers/scale_layer.{suffix}").read_text()
+        assert scale.index("FaceopsClampScale(") > scale.index(f"Forward_{device}")
+        accuracy = (tree / f"src/caffe/layers/accuracy_layer.{suffix}").read_text()
+        assert accuracy.index("accuracy_param().min_is_better()") > accuracy.index(f"Forward_{device}")
+        assert '#include "caffe/util/faceops_caffe_fields.hpp"' in scale and accuracy.count("faceops_caffe_fields") == 1
+    parameter = (tree / "include/caffe/layers/parameter_layer.hpp").read_text()
+    assert parameter.index("FaceopsFillParameter(") > parameter.index("->Reshape(")
+    filler = (tree / "include/caffe/filler.hpp").read_text()
+    assert filler.index("class FaceopsGaussianUnitBallFiller;") < filler.index("GetFiller(")
+    assert filler.index('type == "gaussian_unitball"') < filler.index("Unknown filler name")
+    assert filler.index('#include "caffe/util/faceops_fillers.hpp"') < filler.index("#endif")
+    for message, field in (("ScaleParameter", "optional float min_value = 6;"),
+                           ("ScaleParameter", "optional float max_value = 7;"),
+                           ("AccuracyParameter", "optional bool min_is_better = 4 [default = false];"),
+                           ("ParameterParameter", "optional FillerParameter blob_filler = 2;")):
+        assert field in proto[proto.index(f"message {message}"):].split("}")[0], field
+    assert "optional InnerDistanceParameter inner_distance_param = 161;" in proto
+    assert "optional GeneralContrastiveParameter general_contrastive_loss_param = 162;" in proto
+    assert "optional GeneralTripletParameter general_triplet_loss_param = 163;" in proto
     for path in ("include/caffe/layers/center_loss_layer.hpp", "src/caffe/layers/pair_loss_layer.cu",
                  "src/caffe/test/test_triplet_loss_layer.cpp", "include/faceops/center_loss.h",
                  "src/caffe/faceops/center_loss.cpp", "include/faceops/margin_softmax.h",
@@ -152,7 +241,7 @@ def test_existing_message_is_a_clear_error(tree, message):
 
 
 def test_taken_field_id_is_a_clear_error(tree):
-    (tree / install.PROTO).write_text(PROTO % ("  optional ClipParameter fork_param = 150;\n", ""))
+    (tree / install.PROTO).write_text(PROTO % ("  optional ClipParameter fork_param = 150;\n", "", ""))
     before = snapshot(tree)
     with pytest.raises(install.InstallError, match=r"id 150 is taken by `fork_param`; pass --first-field-id 151"):
         do_install(tree)
@@ -162,9 +251,26 @@ def test_taken_field_id_is_a_clear_error(tree):
 
 def test_fork_inner_product_is_a_clear_error(tree):
     """A fork's tree whose InnerProductParameter already has `normalize`."""
-    (tree / install.PROTO).write_text(PROTO % ("", "  optional bool normalize = 7;\n"))
+    (tree / install.PROTO).write_text(PROTO % ("", "  optional bool normalize = 7;\n", ""))
     before = snapshot(tree)
     with pytest.raises(install.InstallError, match="InnerProductParameter already has `normalize = 7`"):
+        do_install(tree)
+    assert snapshot(tree) == before
+
+
+def test_fork_scale_parameter_is_a_clear_error(tree):
+    """happynear's tree, whose ScaleParameter already has min_value."""
+    (tree / install.PROTO).write_text(PROTO % ("", "", "  optional float min_value = 6;\n"))
+    before = snapshot(tree)
+    with pytest.raises(install.InstallError, match="ScaleParameter already has `min_value = 6`"):
+        do_install(tree)
+    assert snapshot(tree) == before
+
+
+def test_unknown_filler_is_a_clear_error(tree):
+    (tree / "include/caffe/filler.hpp").write_text("// a fork's filler.hpp\n")
+    before = snapshot(tree)
+    with pytest.raises(install.InstallError, match='filler.hpp: .* cannot add the "gaussian_unitball" filler'):
         do_install(tree)
     assert snapshot(tree) == before
 
@@ -197,7 +303,7 @@ def test_installs_from_the_sources_a_package_ships(tree, tmp_path):
 
 def test_foreign_layer_file_is_a_clear_error(tree):
     foreign = tree / "include/caffe/layers/center_loss_layer.hpp"
-    foreign.parent.mkdir(parents=True)
+    foreign.parent.mkdir(parents=True, exist_ok=True)
     foreign.write_text("// caffe-face's center loss\n")
     with pytest.raises(install.InstallError, match="was not installed by faceops"):
         do_install(tree)

@@ -37,6 +37,10 @@ LAYER_FIELDS = (
     ("ChannelScaleParameter", "channel_scale_param"),  # happynear (AM-Softmax)
     ("FocalLossParameter", "focal_loss_param"),  # xialuxi/arcface-caffe
     ("AdaCosAddmScaleParameter", "adacos_add_m_scale_param"),  # xialuxi/arcface-caffe
+    # happynear's caffe-windows, under NormFace.
+    ("InnerDistanceParameter", "inner_distance_param"),
+    ("GeneralContrastiveParameter", "general_contrastive_loss_param"),
+    ("GeneralTripletParameter", "general_triplet_loss_param"),
 )
 # Messages of the fragment that no LayerParameter field holds.
 OTHER_MESSAGES = ("MemoryOptimizationParameter",)
@@ -46,6 +50,12 @@ MESSAGE_FIELDS = {
     "InnerProductParameter": [("normalize", "optional bool normalize = 7 [default = false];")],
     # NetParameter.mem_param: the forks' memory optimisation, parsed and ignored.
     "NetParameter": [("mem_param", "optional MemoryOptimizationParameter mem_param = 200;")],
+    # NormFace (happynear's caffe-windows, its ids): the scale's clamp, accuracy
+    # on distances, a filled Parameter blob (caffe/util/faceops_caffe_fields.hpp).
+    "ScaleParameter": [("min_value", "optional float min_value = 6;"),
+                       ("max_value", "optional float max_value = 7;")],
+    "AccuracyParameter": [("min_is_better", "optional bool min_is_better = 4 [default = false];")],
+    "ParameterParameter": [("blob_filler", "optional FillerParameter blob_filler = 2;")],
 }
 DEFAULT_FIRST_FIELD_ID = 149  # BVLC/Debian Caffe: swish_param = 147, clip_param = 148
 PROTO = Path("src/caffe/proto/caffe.proto")
@@ -174,20 +184,15 @@ def patch_proto(text, fragment, first_field_id):
 # Caffe's own InnerProduct learns `normalize: true` as the forks patch it: the
 # weight rows are normalised in place at each forward pass, and the weight's
 # diff loses its radial part (caffe/util/faceops_inner_product.hpp).
-# {file: device}: calls inserted at the start of Forward_<device> and the end
-# of Backward_<device>, between marker comments.
-SOURCE_PATCHES = {
-    Path("src/caffe/layers/inner_product_layer.cpp"): "cpu",
-    Path("src/caffe/layers/inner_product_layer.cu"): "gpu",
-}
 _INCLUDE = '#include "caffe/layers/inner_product_layer.hpp"\n'
+
+
+def _block(line, indent="  "):
+    return f"{indent}{BEGIN}\n{indent}{line}\n{indent}{END}\n"
 
 
 def patch_inner_product(text, device, name):
     """Caffe's inner_product_layer.{cpp,cu} (unpatched) -> text with normalize support."""
-    def block(line):
-        return f"  {BEGIN}\n  {line}\n  {END}\n"
-
     include = text.find(_INCLUDE)
     forward = re.search(r"InnerProductLayer<Dtype>::Forward_%s\([^)]*\)\s*\{\n" % device, text)
     backward = re.search(r"InnerProductLayer<Dtype>::Backward_%s\(" % device, text)
@@ -204,8 +209,79 @@ def patch_inner_product(text, device, name):
                      f"this->param_propagate_down_[0]) FaceopsProjectWeightDiff_{device}("
                      f"this->blobs_[0].get());")
     return (text[:include] + f"{BEGIN}\n#include \"caffe/util/faceops_inner_product.hpp\"\n{END}\n"
-            + text[include:forward.end()] + block(forward_call)
-            + text[forward.end():closing] + block(backward_call) + text[closing:])
+            + text[include:forward.end()] + _block(forward_call)
+            + text[forward.end():closing] + _block(backward_call) + text[closing:])
+
+
+def _insert(text, name, what, edits):
+    """text with each (pattern, code, indent) inserted, as a marked block, after
+    the one match of pattern (a regex); InstallError naming `what` otherwise."""
+    for pattern, code, indent in edits:
+        matches = list(re.finditer(pattern, text))
+        if len(matches) != 1:
+            raise InstallError(f"{name}: not Caffe's file as faceops knows it (no single match "
+                               f"of {pattern!r}): cannot add {what}")
+        at = matches[0].end()
+        text = text[:at] + "".join(f"{indent}{line}\n" for line in [BEGIN, *code, END]) + text[at:]
+    return text
+
+
+_FIELDS_INCLUDE = '#include "caffe/util/faceops_caffe_fields.hpp"'
+
+
+def patch_scale(text, device, name):
+    """scale_layer.{cpp,cu}: scale_param { min_value max_value } clamp the scale."""
+    return _insert(text, name, "scale_param.min_value / max_value", [
+        (r'#include "caffe/layers/scale_layer.hpp"\n', [_FIELDS_INCLUDE], ""),
+        (r"ScaleLayer<Dtype>::Forward_%s\([^)]*\)\s*\{\n" % device,
+         ["FaceopsClampScale(this->layer_param_, "
+          "bottom.size() > 1 ? bottom[1] : this->blobs_[0].get());"], "  ")])
+
+
+def patch_accuracy(text, device, name):
+    """accuracy_layer.{cpp,cu}: accuracy_param { min_is_better: true }."""
+    return _insert(text, name, "accuracy_param.min_is_better", [
+        (r'#include "caffe/layers/accuracy_layer.hpp"\n', [_FIELDS_INCLUDE], ""),
+        (r"AccuracyLayer<Dtype>::Forward_%s\([^)]*\)\s*\{\n" % device,
+         ["if (this->layer_param_.accuracy_param().min_is_better()) {",
+          "  FaceopsAccuracyMinIsBetter(bottom, top, top_k_, has_ignore_label_,",
+          "      has_ignore_label_ ? ignore_label_ : 0, label_axis_);",
+          "  return;",
+          "}"], "  ")])
+
+
+def patch_parameter(text, device, name):
+    """parameter_layer.hpp: parameter_param { blob_filler } fills the blob."""
+    return _insert(text, name, "parameter_param.blob_filler", [
+        (r'#include "caffe/layer.hpp"\n', [_FIELDS_INCLUDE], ""),
+        (r"this->blobs_\[0\]->Reshape\(this->layer_param_\.parameter_param\(\)\.shape\(\)\);\n",
+         ["FaceopsFillParameter(this->layer_param_, this->blobs_[0].get());"], "      ")])
+
+
+def patch_filler(text, device, name):
+    """filler.hpp: the `gaussian_unitball` filler in GetFiller."""
+    return _insert(text, name, 'the "gaussian_unitball" filler', [
+        (r"\n(?=template <typename Dtype>\nFiller<Dtype>\* GetFiller\()",
+         ["template <typename Dtype> class FaceopsGaussianUnitBallFiller;"], ""),
+        (r"return new BilinearFiller<Dtype>\(param\);\n",
+         ['} else if (type == "gaussian_unitball") {',
+          "  return new FaceopsGaussianUnitBallFiller<Dtype>(param);"], "  "),
+        (r"\n(?=#endif  // CAFFE_FILLER_HPP)",
+         ['#include "caffe/util/faceops_fillers.hpp"'], "")])
+
+
+# {Caffe file: (patch, device)}: calls into faceops inserted between marker
+# comments (uninstall removes the marked blocks).
+SOURCE_PATCHES = {
+    Path("src/caffe/layers/inner_product_layer.cpp"): (patch_inner_product, "cpu"),
+    Path("src/caffe/layers/inner_product_layer.cu"): (patch_inner_product, "gpu"),
+    Path("src/caffe/layers/scale_layer.cpp"): (patch_scale, "cpu"),
+    Path("src/caffe/layers/scale_layer.cu"): (patch_scale, "gpu"),
+    Path("src/caffe/layers/accuracy_layer.cpp"): (patch_accuracy, "cpu"),
+    Path("src/caffe/layers/accuracy_layer.cu"): (patch_accuracy, "gpu"),
+    Path("include/caffe/layers/parameter_layer.hpp"): (patch_parameter, None),
+    Path("include/caffe/filler.hpp"): (patch_filler, None),
+}
 
 
 def _read_manifest(caffe_root):
@@ -236,9 +312,9 @@ def install(caffe_root, faceops_root=None, first_field_id=DEFAULT_FIRST_FIELD_ID
     new_proto = patch_proto(unpatch_proto(old_proto), fragment, first_field_id)
     changed = []
     patched = {}
-    for path, device in SOURCE_PATCHES.items():
+    for path, (patch, device) in SOURCE_PATCHES.items():
         old = (caffe_root / path).read_text()
-        patched[path] = (old, patch_inner_product(unpatch_proto(old), device, path))
+        patched[path] = (old, patch(unpatch_proto(old), device, path))
     if new_proto != old_proto:
         proto.write_text(new_proto)
         changed.append(PROTO)
