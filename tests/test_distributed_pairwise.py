@@ -3,7 +3,8 @@
 batch-hard, batch-all, squared or not) and the pair loss over the global batch equal the
 single-process NumPy op over the concatenated batch, loss on every rank and each rank's gradient
 of its own rows (and the ranks' dtheta summed); a batch with no term anywhere; bad input on one
-rank raising the same error on every rank."""
+rank raising the same error on every rank; CrossBatchMemory over ranks as one queue of the
+global batches."""
 
 import numpy as np
 import pytest
@@ -17,6 +18,11 @@ from ranks import run_ranks  # noqa: E402
 
 ROWS, DIM, MARGIN, THETA = 6, 5, 0.3, 1.2  # rows per rank
 WORLD_SIZES = [1, 2, 4]
+XBM_STEPS = 3
+
+
+def memory_size(world_size):
+    return 2 * world_size * ROWS + 3  # the third step's batch wraps around
 TRIPLETS = [(mining, squared) for mining in ("semihard", "hard", "all") for squared in (True, False)]
 
 
@@ -58,6 +64,16 @@ def _checks(rank, world_size):
     out["pair"]["dtheta"] = pair.theta.grad.item()
     distinct = np.arange(world_size * ROWS)  # every label once: no positive anywhere
     out["no_terms"] = _step(ft.TripletLoss(MARGIN, "semihard"), x_all, distinct, rank, torch.float64)
+
+    memory = ft.CrossBatchMemory(ft.TripletLoss(MARGIN, "hard"), memory_size(world_size), DIM,
+                                 dtype=torch.float64)
+    out["xbm"] = []
+    for step in range(XBM_STEPS):
+        xs, ys = global_batch(world_size, seed=40 + step)
+        x = torch.tensor(_mine(xs, rank), requires_grad=True)
+        loss = memory(x, torch.tensor(_mine(ys, rank)))
+        loss.backward()
+        out["xbm"].append({"loss": loss.item(), "dx": x.grad.numpy().copy(), "queue": memory.embeddings.numpy().copy()})
 
     loss_fn = fdist.GlobalBatchLoss(ft.TripletLoss(MARGIN, "hard"))
     good_x = torch.tensor(_mine(x_all, rank))
@@ -112,6 +128,22 @@ def test_pair_equals_single_process_with_theta_summed_over_ranks(runs, world_siz
     ranks = [r["pair"] for r in runs[world_size]]
     _assert_matches(ranks, loss, dx, 1e-10)
     np.testing.assert_allclose(sum(r["dtheta"] for r in ranks), dtheta, rtol=1e-10)
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_cross_batch_memory_over_ranks_is_one_queue_of_the_global_batches(runs, world_size):
+    """Every rank's queue holds every rank's batches, the same on every rank, and the loss and
+    gradients are those of one process's CrossBatchMemory fed the concatenated batches."""
+    single = ft.CrossBatchMemory(ft.TripletLoss(MARGIN, "hard"), memory_size(world_size), DIM, dtype=torch.float64)
+    for step in range(XBM_STEPS):
+        xs, ys = global_batch(world_size, seed=40 + step)
+        x = torch.tensor(xs, requires_grad=True)
+        loss = single(x, torch.tensor(ys))
+        loss.backward()
+        ranks = [r["xbm"][step] for r in runs[world_size]]
+        _assert_matches(ranks, loss.item(), x.grad.numpy(), 1e-10)
+        for r in ranks:
+            np.testing.assert_array_equal(r["queue"], single.embeddings.numpy())
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)

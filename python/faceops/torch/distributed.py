@@ -408,32 +408,45 @@ class GlobalBatchLoss(torch.nn.Module):
         n = x.shape[0]
         self_index = torch.arange(self.rank * n, (self.rank + 1) * n, device=x.device)
         loss, count = self.loss.reference_terms(x, labels_all[self_index], x_all, labels_all, self_index)
-        totals = torch.stack([loss.detach().to(count.dtype) * count, count])
-        if self.world_size > 1:
-            dist.all_reduce(totals, dist.ReduceOp.SUM, group=self.group)
-        terms = totals[1].clamp_min(1)  # no term anywhere: loss 0, zero gradients
-        local = loss * (count / terms).to(loss.dtype)
-        return local + (totals[0] / terms).to(loss.dtype).detach() - local.detach()
+        return mean_over_ranks(loss, count, self.group, self.world_size)
 
     def _check_inputs_on_every_rank(self, x, labels):
-        labels_ok = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
-        about = [
-            x.dim(), x.shape[0] if x.dim() == 2 else -1, x.shape[1] if x.dim() == 2 else -1,
-            labels.shape[0] if labels.dim() == 1 else -1, int(labels_ok), int(x.device == labels.device),
-            int(bool(torch.isfinite(x).all())) if x.is_floating_point() else 1,
-        ]
-        every = _every_rank(about, self.group, self.world_size, x.device)
-        for rank, (dims, rows, cols, label_rows, labels_ok, same_device, finite) in enumerate(every):
-            where = f"rank {rank}: " if self.world_size > 1 else ""
-            if dims != 2 or rows < 1 or label_rows != rows:
-                raise ValueError(f"x, labels: {where}expected x (N, D) with N >= 1 and labels (N,), got x of "
-                                 f"{rows} rows and {label_rows} labels")
-            if (rows, cols) != tuple(every[0][1:3]):
-                raise ValueError(f"x: {where}shape ({rows}, {cols}), rank 0 has ({every[0][1]}, {every[0][2]}): "
-                                 "every rank must pass the same N and D")
-            if not labels_ok:
-                raise TypeError(f"labels: {where}expected an integer tensor")
-            if not same_device:
-                raise ValueError(f"x, labels: {where}expected both on one device")
-            if not finite:
-                raise ValueError(f"x: {where}contains NaN or Inf; expected finite values")
+        check_batch_on_every_rank(x, labels, self.group, self.world_size)
+
+
+def mean_over_ranks(loss, count, group, world_size):
+    """sum_r count_r loss_r / sum_r count_r from every rank's mean ``loss`` over ``count`` terms:
+    the value of the mean over all ranks' terms on every rank, with the gradient of this rank's
+    share, count_r / sum_r count_r times dloss_r (no term anywhere: loss 0, zero gradients)."""
+    totals = torch.stack([loss.detach().to(count.dtype) * count, count])
+    if world_size > 1:
+        dist.all_reduce(totals, dist.ReduceOp.SUM, group=group)
+    terms = totals[1].clamp_min(1)
+    local = loss * (count / terms).to(loss.dtype)
+    return local + (totals[0] / terms).to(loss.dtype).detach() - local.detach()
+
+
+def check_batch_on_every_rank(x, labels, group, world_size):
+    """x (N, D) and (N,) integer labels, finite, with the same N and D on every rank; a bad input
+    on any rank raises the same error on every rank, naming it."""
+    labels_ok = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
+    about = [
+        x.dim(), x.shape[0] if x.dim() == 2 else -1, x.shape[1] if x.dim() == 2 else -1,
+        labels.shape[0] if labels.dim() == 1 else -1, int(labels_ok), int(x.device == labels.device),
+        int(bool(torch.isfinite(x).all())) if x.is_floating_point() else 1,
+    ]
+    every = _every_rank(about, group, world_size, x.device)
+    for rank, (dims, rows, cols, label_rows, labels_ok, same_device, finite) in enumerate(every):
+        where = f"rank {rank}: " if world_size > 1 else ""
+        if dims != 2 or rows < 1 or label_rows != rows:
+            raise ValueError(f"x, labels: {where}expected x (N, D) with N >= 1 and labels (N,), got x of "
+                             f"{rows} rows and {label_rows} labels")
+        if (rows, cols) != tuple(every[0][1:3]):
+            raise ValueError(f"x: {where}shape ({rows}, {cols}), rank 0 has ({every[0][1]}, {every[0][2]}): "
+                             "every rank must pass the same N and D")
+        if not labels_ok:
+            raise TypeError(f"labels: {where}expected an integer tensor")
+        if not same_device:
+            raise ValueError(f"x, labels: {where}expected both on one device")
+        if not finite:
+            raise ValueError(f"x: {where}contains NaN or Inf; expected finite values")

@@ -24,9 +24,15 @@ class CrossBatchMemory(nn.Module):
     ``loss``: a faceops.torch TripletLoss or PairLoss (any module with ``reference_terms``).
     The queue, its labels and its write position are in ``state_dict()``, so a resumed run
     continues with the same memory.
+
+    Over torch.distributed (``group``, the default process group when initialised), every rank
+    writes every rank's batch (all-gathered, rank order) into its queue, so the queues of all
+    ranks are the same, and the loss is combined over ranks as GlobalBatchLoss combines it: every
+    rank returns the loss one process would with the concatenated batch and one queue, and gets
+    exactly its gradient for its own rows (every rank must pass the same N; memory_size >= W N).
     """
 
-    def __init__(self, loss, memory_size, dim, *, dtype=torch.float32, device=None):
+    def __init__(self, loss, memory_size, dim, *, group=None, dtype=torch.float32, device=None):
         super().__init__()
         if not callable(getattr(loss, "reference_terms", None)):
             raise TypeError(f"loss: expected a faceops.torch loss that takes a reference set (TripletLoss, "
@@ -38,31 +44,55 @@ class CrossBatchMemory(nn.Module):
         self.register_buffer("labels", torch.zeros(self.memory_size, dtype=torch.int64, device=device))
         self.next_slot = 0  # the row the next batch's first row goes to
         self.filled = 0  # rows of the queue written so far (memory_size once it has wrapped)
+        self.group = group
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.world_size = torch.distributed.get_world_size(group) if distributed else 1
+        self.rank = torch.distributed.get_rank(group) if distributed else 0
 
     def forward(self, embeddings, labels):
         if not isinstance(embeddings, torch.Tensor) or not isinstance(labels, torch.Tensor):
             raise TypeError("embeddings, labels: expected torch tensors")
+        if self.world_size > 1:  # first: the ranks agree on their inputs before any rank can raise alone
+            from faceops.torch import distributed
+
+            batch, batch_labels = distributed._gather_batch(self, embeddings.detach(), labels)
         if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"embeddings: expected shape (N, {self.dim}), got {tuple(embeddings.shape)}")
         n = embeddings.shape[0]
-        if not 1 <= n <= self.memory_size:
-            raise ValueError(f"embeddings: expected 1 <= N <= memory_size ({self.memory_size}) rows, got {n}")
+        if not 1 <= self.world_size * n <= self.memory_size:
+            raise ValueError(f"embeddings: expected 1 <= N <= memory_size ({self.memory_size}) rows"
+                             + (f" / world size ({self.world_size})" if self.world_size > 1 else "") + f", got {n}")
         if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels: expected an integer tensor of shape ({n},), got {labels.dtype} "
                              f"of shape {tuple(labels.shape)}")
         if embeddings.device != self.embeddings.device:
             raise ValueError(f"embeddings: on {embeddings.device}, the memory is on {self.embeddings.device}; "
                              "move the module with .to()")
-        slots = torch.arange(self.next_slot, self.next_slot + n, device=embeddings.device) % self.memory_size
+        if self.world_size == 1:
+            batch, batch_labels = embeddings.detach(), labels.to(torch.int64)
+        rows = batch.shape[0]
+        slots = torch.arange(self.next_slot, self.next_slot + rows, device=embeddings.device) % self.memory_size
         with torch.no_grad():
-            self.embeddings.index_copy_(0, slots, embeddings.detach().to(self.embeddings.dtype))
-            self.labels.index_copy_(0, slots, labels.to(torch.int64))
-        self.next_slot = (self.next_slot + n) % self.memory_size
-        self.filled = min(self.filled + n, self.memory_size)
+            self.embeddings.index_copy_(0, slots, batch.to(self.embeddings.dtype))
+            self.labels.index_copy_(0, slots, batch_labels)
+        self.next_slot = (self.next_slot + rows) % self.memory_size
+        self.filled = min(self.filled + rows, self.memory_size)
         ref = self.embeddings[:self.filled]
         if ref.dtype != embeddings.dtype:  # half embeddings against a float32 queue
             embeddings = embeddings.to(ref.dtype)
-        return self.loss(embeddings, labels, ref=ref, ref_labels=self.labels[:self.filled], self_index=slots)
+        own_slots = slots[self.rank * n:(self.rank + 1) * n]
+        loss, count = self.loss.reference_terms(embeddings, batch_labels[self.rank * n:(self.rank + 1) * n], ref,
+                                                self.labels[:self.filled], own_slots)
+        if self.world_size == 1:
+            return loss
+        from faceops.torch import distributed
+
+        return distributed.mean_over_ranks(loss, count, self.group, self.world_size)
+
+    def _check_inputs_on_every_rank(self, x, labels):
+        from faceops.torch import distributed
+
+        distributed.check_batch_on_every_rank(x, labels, self.group, self.world_size)
 
     def get_extra_state(self):
         return {"next_slot": self.next_slot, "filled": self.filled, "memory_size": self.memory_size}
