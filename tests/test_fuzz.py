@@ -7,7 +7,7 @@ class, every row its own class, a singleton beside a pair) and batches of one ro
 grids the mined losses are compared with the reference exactly as the rules say, not only where
 the input is kink-free.
 
-Profiles (FACEOPS_FUZZ_PROFILE): "ci" (the default, derandomised, 250 cases per test, 2,250 in
+Profiles (FACEOPS_FUZZ_PROFILE): "ci" (the default, derandomised, 250 cases per test, 2,750 in
 all, a minute or two on two cores) and "release" (2,500 per test, random seeds; docs/testing.md).
 """
 
@@ -103,6 +103,46 @@ def test_triplet_loss(batch, mining, squared, margin):
     ref_loss, ref_dx = reference.triplet_loss(x.astype(dtype).astype(np.float64), labels, margin, mining, squared)
     assert_loss(loss, ref_loss, dtype)
     assert_close(dx, ref_dx, dtype, "dx")
+
+
+@st.composite
+def reference_sets(draw):
+    """(x, labels, ref, ref_labels, self_index, dtype): the first n rows of a batch as anchors,
+    against either the whole batch with their own copies marked (the global-batch form) or the
+    other rows only, self_index None (the memory-queue form)."""
+    z, z_labels, dtype = draw(batches(max_rows=14, classes=3, general=True))
+    n = draw(st.integers(1, len(z)))
+    if n == len(z) or draw(st.booleans()):
+        return z[:n], z_labels[:n], z, z_labels, np.arange(n), dtype
+    return z[:n], z_labels[:n], z[n:], z_labels[n:], None, dtype
+
+
+@given(reference_sets(), st.sampled_from(["semihard", "hard", "all"]), st.booleans(), MARGINS)
+def test_triplet_loss_ref(case, mining, squared, margin):
+    x, labels, ref, ref_labels, self_index, dtype = case
+    x, ref = x.astype(dtype), ref.astype(dtype)
+    loss, count, dx, dref = faceops.triplet_loss_ref(x, labels, ref, ref_labels, margin, mining, squared,
+                                                     self_index=self_index)
+    want = reference.triplet_loss_ref(x.astype(np.float64), labels, ref.astype(np.float64), ref_labels, margin,
+                                      mining, squared, self_index=self_index)
+    assert_loss(loss, want[0], dtype)
+    assert count == want[1]
+    assert_close(dx, want[2], dtype, "dx")
+    assert_close(dref, want[3], dtype, "dref")
+
+
+@given(reference_sets(), st.sampled_from([-1.0, 0.0, 0.5, 1.0, 4.0]))
+def test_pair_loss_ref(case, theta):
+    x, labels, ref, ref_labels, self_index, dtype = case
+    x, ref = x.astype(dtype), ref.astype(dtype)
+    loss, count, dx, dref, dtheta = faceops.pair_loss_ref(x, labels, ref, ref_labels, theta, self_index=self_index)
+    want = reference.pair_loss_ref(x.astype(np.float64), labels, ref.astype(np.float64), ref_labels, theta,
+                                   self_index=self_index)
+    assert_loss(loss, want[0], dtype)
+    assert count == want[1]
+    assert_close(dx, want[2], dtype, "dx")
+    assert_close(dref, want[3], dtype, "dref")
+    assert dtheta == pytest.approx(want[4], abs=TOLERANCE[dtype]["atol"])
 
 
 @given(st.data(), DTYPES, MARGINS)
