@@ -276,8 +276,7 @@ def triplet_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor,
 @triplet_loss_ref.register_fake
 def _(x, labels, ref, ref_labels, self_index, margin, mining, squared, ref_grad, check):
     _, _, d, _, _, _, _ = _reference_inputs(x, labels, ref, ref_labels, self_index)
-    count = x.new_empty((), dtype=_boundary.compute_dtype(x.dtype))
-    return x.new_empty(()), count, torch.empty_like(x), ref.new_empty(ref.shape if ref_grad else (0, d))
+    return x.new_empty(()), _loss_like(x), torch.empty_like(x), ref.new_empty(ref.shape if ref_grad else (0, d))
 
 
 def _triplet_ref_backward(ctx, grad_loss, *_grad_outputs):
@@ -294,11 +293,15 @@ triplet_loss_ref.register_autograd(_triplet_ref_backward, setup_context=_referen
 
 def _pair_inputs(x, labels, theta):
     device, n, d, labels = _triplet_inputs(x, labels)
+    _check_theta(x, theta)
+    return device, n, d, labels
+
+
+def _check_theta(x, theta):
     _boundary.device_of(x=x, theta=theta)
     if theta.dim() != 0 or not theta.is_floating_point():
         raise ValueError(f"theta: expected a 0-d floating-point tensor, got shape {tuple(theta.shape)} "
                          f"and dtype {theta.dtype}")
-    return device, n, d, labels
 
 
 @torch.library.custom_op("faceops::pair_loss", mutates_args=())
@@ -335,7 +338,7 @@ def pair_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor, se
     """(loss, count, dx, dref, dtheta) of the pair loss of the anchors x against the candidates
     ref; theta is a 0-d tensor (read on the host, one synchronisation on CUDA)."""
     device, n, d, m, labels, ref_labels, self_index = _reference_inputs(x, labels, ref, ref_labels, self_index)
-    _pair_inputs(x, labels, theta)
+    _check_theta(x, theta)
     theta_value = _real("theta", theta.item(), x.dtype)
     _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m)
     x_in, ref_in = _boundary.compute_input(x), _boundary.compute_input(ref)
@@ -351,9 +354,8 @@ def pair_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor, se
 @pair_loss_ref.register_fake
 def _(x, labels, ref, ref_labels, self_index, theta, ref_grad, check):
     _, _, d, _, _, _, _ = _reference_inputs(x, labels, ref, ref_labels, self_index)
-    _pair_inputs(x, labels, theta)
-    count = x.new_empty((), dtype=_boundary.compute_dtype(x.dtype))
-    return (x.new_empty(()), count, torch.empty_like(x), ref.new_empty(ref.shape if ref_grad else (0, d)),
+    _check_theta(x, theta)
+    return (x.new_empty(()), _loss_like(x), torch.empty_like(x), ref.new_empty(ref.shape if ref_grad else (0, d)),
             torch.empty_like(theta))
 
 
