@@ -309,7 +309,14 @@ def test_a_kill_during_the_checkpoint_write_leaves_a_run_that_resumes_and_is_cle
 
 def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_the_resume_command(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
-    process = _start(run_dir, synthetic_root)
+    # A Ctrl-C in a terminal reaches a run whose SIGINT is at its default. A shell that starts pytest in the
+    # background ignores SIGINT, and an ignored signal stays ignored through fork and exec, so the run would
+    # finish normally; a handled one is reset to the default in the child.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = _start(run_dir, synthetic_root)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         _wait_for((run_dir / "checkpoint.npz").exists, process, pause=0.01)
         process.send_signal(signal.SIGINT)
@@ -330,6 +337,33 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_and_the_resume_command(tmp
     assert resume.returncode == 0, resume.stderr
     assert len(json.loads(_read(run_dir / "metrics.json"))["history"]) == epoch + 1
 
+
+@pytest.mark.parametrize("where", ["writing", "written"])
+def test_ctrl_c_around_a_checkpoint_write_names_the_epoch_that_is_on_disk(tmp_path, synthetic_root, monkeypatch,
+                                                                          capsys, where):
+    """Ctrl-C in epoch 2's checkpoint write (epoch 2 is not on disk: it was in epoch 2) and in the log line
+    just after it (epoch 2 is on disk: it was in epoch 3), which a signal sent when the file appears can hit."""
+    real_save, real_log = train.rundir.save_checkpoint, train.Log.__call__
+
+    def save(path, state):
+        if where == "writing" and int(state["epoch"]) == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    def log(self, message):
+        if where == "written" and message.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+        real_log(self, message)
+
+    monkeypatch.setattr(train.rundir, "save_checkpoint", save)
+    monkeypatch.setattr(train.Log, "__call__", log)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "4")
+    on_disk, in_epoch = (1, 2) if where == "writing" else (2, 3)
+    assert stopped.value.code == 130
+    assert (f"interrupted in epoch {in_epoch}/4; the last checkpoint is {run_dir / 'checkpoint.npz'} "
+            f"(after epoch {on_disk})") in capsys.readouterr().err
 
 # --- issue 16: a command line that explains itself -------------------------------------------------------------------
 

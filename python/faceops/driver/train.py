@@ -686,8 +686,8 @@ def _run(config, log, status, notes=()):
 
     checkpoint = os.path.join(status.run_dir, rundir.CHECKPOINT)
     status.progress = Progress(config.epochs, sampler.batches_per_epoch(), sys.stderr.isatty())
+    status.epoch = trainer.epoch
     while trainer.epoch < config.epochs:
-        status.epoch = trainer.epoch
         lr = learning_rate(config, trainer.epoch)
         losses, seen, epoch_start = [], 0, time.time()
         status.progress.start(trainer.epoch)
@@ -720,10 +720,10 @@ def _run(config, log, status, notes=()):
         trainer.epoch += 1
         trainer.history.append({"epoch": trainer.epoch, "loss": float(np.mean(losses)), "lr": lr})
         rundir.save_checkpoint(checkpoint, trainer.state())
+        status.epoch = trainer.epoch  # only now is the epoch on disk: a Ctrl-C from here on is in the next one
         log(f"epoch {trainer.epoch}/{config.epochs}: training loss {np.mean(losses):.4f} (mean over the epoch's "
             f"batches), lr {lr:.4f}, {seen / max(seconds, 1e-9):.0f} images/s")
 
-    status.epoch = trainer.epoch
     embeddings = trainer.net.embed(eval_descriptors) if trainer.uses_descriptor else trainer.embed(eval_images)
     trained, trained_roc = evaluate.verify(embeddings[eval_i], embeddings[eval_j], same)
     log(f"trained ({method_label(config)}), {measured_on}: {trained.summary()}")
