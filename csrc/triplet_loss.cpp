@@ -437,10 +437,16 @@ void sparse_triplet_gradient(const T* x, const T* candidates, int64_t d, bool sq
   }
 }
 
+// The mean of the loss over `count` terms (their sum loss_sum) of the active
+// triplets, and its gradient (dx, dcandidates as in sparse_triplet_gradient).
 template <typename T>
-void sparse_triplet_gradient(const T* x, int64_t d, bool squared,
-                             const std::vector<ActiveTriplet<T>>& active, T weight, T* dx) {
-  sparse_triplet_gradient(x, x, d, squared, active, weight, dx, dx);
+T active_triplet_mean(const T* x, const T* candidates, int64_t d, bool squared,
+                      const std::vector<ActiveTriplet<T>>& active, double loss_sum, int64_t count, T* dx,
+                      T* dcandidates) {
+  if (count == 0) return T(0);
+  if (dx || dcandidates)
+    sparse_triplet_gradient(x, candidates, d, squared, active, T(1) / static_cast<T>(count), dx, dcandidates);
+  return static_cast<T>(loss_sum / static_cast<double>(count));
 }
 
 // FaceNet semi-hard: per (anchor, positive) the nearest negative farther than
@@ -523,9 +529,7 @@ T semihard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, boo
   int64_t pair_count = 0;
   std::vector<ActiveTriplet<T>> active;
   const double loss_sum = semihard_finish(ties, pos, margin, threads, pair_count, active);
-  if (pair_count == 0) return T(0);
-  if (dx) sparse_triplet_gradient(gram.x, gram.d, squared, active, T(1) / static_cast<T>(pair_count), dx);
-  return static_cast<T>(loss_sum / static_cast<double>(pair_count));
+  return active_triplet_mean(gram.x, gram.x, gram.d, squared, active, loss_sum, pair_count, dx, dx);
 }
 
 // Batch-hard: the farthest positive and the nearest negative of each anchor.
@@ -578,9 +582,7 @@ T batch_hard(const detail::GramRows<T>& gram, const int64_t* labels, T margin, b
   int64_t anchor_count = 0;
   std::vector<ActiveTriplet<T>> active;
   const double loss_sum = batch_hard_finish(ties, pos, margin, threads, anchor_count, active);
-  if (anchor_count == 0) return T(0);
-  if (dx) sparse_triplet_gradient(gram.x, gram.d, squared, active, T(1) / static_cast<T>(anchor_count), dx);
-  return static_cast<T>(loss_sum / static_cast<double>(anchor_count));
+  return active_triplet_mean(gram.x, gram.x, gram.d, squared, active, loss_sum, anchor_count, dx, dx);
 }
 
 // Batch-all, one pass over the symmetric tiles.  A triplet (a, p, n) is
@@ -800,11 +802,8 @@ T semihard_reference(const ReferenceSet<T>& set, T margin, bool squared,
   std::vector<ActiveTriplet<T>> active;
   const double loss_sum = semihard_finish(ties, pos, margin, threads, pair_count, active);
   terms = static_cast<double>(pair_count);
-  if (pair_count == 0) return T(0);
-  if (dx || dref)
-    sparse_triplet_gradient(set.anchors.x, set.candidates.x, set.anchors.d, squared, active,
-                            T(1) / static_cast<T>(pair_count), dx, dref);
-  return static_cast<T>(loss_sum / static_cast<double>(pair_count));
+  return active_triplet_mean(set.anchors.x, set.candidates.x, set.anchors.d, squared, active, loss_sum, pair_count, dx,
+                             dref);
 }
 
 template <typename T>
@@ -825,11 +824,8 @@ T batch_hard_reference(const ReferenceSet<T>& set, T margin, bool squared,
   std::vector<ActiveTriplet<T>> active;
   const double loss_sum = batch_hard_finish(ties, pos, margin, threads, anchor_count, active);
   terms = static_cast<double>(anchor_count);
-  if (anchor_count == 0) return T(0);
-  if (dx || dref)
-    sparse_triplet_gradient(set.anchors.x, set.candidates.x, set.anchors.d, squared, active,
-                            T(1) / static_cast<T>(anchor_count), dx, dref);
-  return static_cast<T>(loss_sum / static_cast<double>(anchor_count));
+  return active_triplet_mean(set.anchors.x, set.candidates.x, set.anchors.d, squared, active, loss_sum, anchor_count, dx,
+                             dref);
 }
 
 // Batch-all over anchors x candidates tiles: as batch_all, with the anchors
