@@ -3,8 +3,11 @@ inputs: median forward+backward time, ms.  Needs a GPU, CuPy and PyTorch;
 exits with the reason otherwise.  The kernels carry NVTX ranges `faceops::<op>`
 and are named `<loss>_<stage>_kernel`, so `nsys`/`ncu` profiles read clearly.
 
-    python benchmarks/gpu.py [--only pairwise|center|margin_softmax|torch_step|sharded]
+    python benchmarks/gpu.py [--only pairwise|center|margin_softmax|torch_step|sharded] [--quick]
 
+pairwise is benchmarks/gpu_pairwise.py: issue 15's protocol for the pairwise losses
+(faceops.torch in float32 and bfloat16 against dense PyTorch with TF32 off and on, in
+bfloat16, torch.compile and pml; CUDA events; each figure beside its bound).
 torch_step is benchmarks/torch_gpu.py's training-step comparison (faceops.torch against
 pytorch-metric-learning and idiomatic PyTorch on CUDA tensors) and sharded is
 benchmarks/distributed_margin.py's GPU part (ShardedMarginSoftmaxLoss at world size 1
@@ -50,7 +53,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("pairwise", "center", "margin_softmax", "torch_step", "sharded"),
                         help="one part of the suite")
-    parser.add_argument("--quick", action="store_true", help="torch_step: the quick sizes")
+    parser.add_argument("--quick", action="store_true", help="pairwise and torch_step: the quick sizes")
     args = parser.parse_args()
     if not faceops.cuda_available():
         sys.exit("no CUDA device (faceops.cuda_available() is False): nothing to measure")
@@ -67,7 +70,9 @@ def main():
         torch.cuda.synchronize()
 
     if args.only in (None, "pairwise"):
-        pairwise(cp, torch, synchronize)
+        from gpu_pairwise import cases, run
+
+        run(cases("quick" if args.quick else "full"), out="benchmarks/results/gpu_pairwise.json")
     if args.only in (None, "center"):
         center(cp, synchronize)
     if args.only in (None, "margin_softmax"):
@@ -81,40 +86,6 @@ def main():
 
         for row in gpu_sharded_margin_softmax(synchronize):
             print(json.dumps(row), flush=True)
-
-
-def pairwise(cp, torch, synchronize):
-    for n, d in [(1024, 128), (4096, 128), (4096, 512), (65536, 128)]:
-        rng = np.random.default_rng(0)
-        x_host = (rng.standard_normal((n, d)) / np.sqrt(d)).astype(np.float32)
-        labels_host = np.repeat(np.arange(n // 4), 4)
-        x, labels = cp.asarray(x_host), cp.asarray(labels_host)
-        repeats = 3 if n == 65536 else 10
-        row = {f"faceops_triplet_{m}": timed(lambda m=m: faceops.triplet_loss(x, labels, 0.2, m), synchronize, repeats)
-               for m in ("semihard", "hard", "all")}
-        row["faceops_pair"] = timed(lambda: faceops.pair_loss(x, labels, 1.0), synchronize, repeats)
-        if n <= 4096:  # PyTorch's dense N x N matrices
-            xt = torch.as_tensor(x_host, device="cuda").requires_grad_(True)
-            yt = torch.as_tensor(labels_host, device="cuda")
-            eye = torch.eye(n, dtype=torch.bool, device="cuda")
-            same = yt[:, None] == yt[None]
-
-            def torch_hard():
-                dist = torch.cdist(xt, xt).pow(2)
-                hardest_positive = dist.masked_fill(~(same & ~eye), float("-inf")).max(1).values
-                hardest_negative = dist.masked_fill(same, float("inf")).min(1).values
-                xt.grad = None
-                torch.relu(hardest_positive - hardest_negative + 0.2).mean().backward()
-
-            def torch_pair():
-                sign = same.float() * 2 - 1
-                hinge = torch.relu(1 - sign * (1.0 - torch.cdist(xt, xt).pow(2))).masked_fill(eye, 0)
-                xt.grad = None
-                (hinge.sum() / (n * n - n)).backward()
-
-            row["torch_hard"] = timed(torch_hard, synchronize, repeats)
-            row["torch_pair"] = timed(torch_pair, synchronize, repeats)
-        print(f"N={n} D={d}", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
 
 
 def center(cp, synchronize):
