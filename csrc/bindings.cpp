@@ -173,12 +173,12 @@ PYBIND11_MODULE(_core, m) {
           });
         });
   m.def("pair_loss", [](const std::string& dtype, const std::string& device, uintptr_t x,
-                        uintptr_t labels, int64_t n, int64_t d, double theta, uintptr_t loss,
+                        uintptr_t labels, int64_t n, int64_t d, uintptr_t theta, uintptr_t loss,
                         uintptr_t dx, uintptr_t dtheta, uintptr_t stream) {
     dispatch(dtype, device, [&](auto zero, bool on_cuda) {
       using T = decltype(zero);
       FACEOPS_CALL(on_cuda, pair_loss<T>, reinterpret_cast<void*>(stream), as_pointer<const T>(x),
-                   as_pointer<const int64_t>(labels), n, d, static_cast<T>(theta),
+                   as_pointer<const int64_t>(labels), n, d, as_pointer<const T>(theta),
                    as_pointer<T>(loss), as_pointer<T>(dx), as_pointer<T>(dtheta));
     });
   });
@@ -214,14 +214,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("pair_loss_ref",
         [](const std::string& dtype, const std::string& device, uintptr_t x, uintptr_t labels,
            int64_t n, int64_t d, uintptr_t ref, uintptr_t ref_labels, int64_t m,
-           uintptr_t self_index, double theta, uintptr_t loss, uintptr_t count, uintptr_t dx,
+           uintptr_t self_index, uintptr_t theta, uintptr_t loss, uintptr_t count, uintptr_t dx,
            uintptr_t dref, uintptr_t dtheta, uintptr_t stream) {
           dispatch(dtype, device, [&](auto zero, bool on_cuda) {
             using T = decltype(zero);
             FACEOPS_CALL(on_cuda, pair_loss_ref<T>, reinterpret_cast<void*>(stream),
                          as_pointer<const T>(x), as_pointer<const int64_t>(labels), n, d,
                          as_pointer<const T>(ref), as_pointer<const int64_t>(ref_labels), m,
-                         as_pointer<const int64_t>(self_index), static_cast<T>(theta),
+                         as_pointer<const int64_t>(self_index), as_pointer<const T>(theta),
                          as_pointer<T>(loss), as_pointer<T>(count), as_pointer<T>(dx),
                          as_pointer<T>(dref), as_pointer<T>(dtheta));
           });

@@ -43,6 +43,15 @@ void check_finite(const char* name, const T* values, int64_t count) {
   require(finite, std::string(name) + ": contains NaN or Inf; expected finite values");
 }
 
+// The pair loss's threshold, one value by address: present and finite.
+template <typename T>
+T check_theta(const T* theta) {
+  require(theta != nullptr, "theta: expected the address of one value, got null");
+  require(std::isfinite(static_cast<double>(*theta)), "theta: expected a finite number, got " +
+                                                         std::to_string(static_cast<double>(*theta)));
+  return *theta;
+}
+
 // The rows of a (classes, d) matrix that a batch reads: O(n d) whatever the
 // number of classes (labels must be in range).
 template <typename T>

@@ -60,7 +60,7 @@
      T m1, T m2, T m3, T* d_cosine),                                                             \
     (cosine, labels, d_out, n, num_classes, m1, m2, m3, d_cosine))                               \
   X(pair_loss,                                                                                   \
-    (const T* x, const int64_t* labels, int64_t n, int64_t d, T theta, T* loss, T* dx,           \
+    (const T* x, const int64_t* labels, int64_t n, int64_t d, const T* theta, T* loss, T* dx,    \
      T* dtheta),                                                                                 \
     (x, labels, n, d, theta, loss, dx, dtheta))                                                  \
   X(triplet_loss,                                                                                \
@@ -69,7 +69,7 @@
     (x, labels, n, d, margin, mining, squared, loss, dx))                                        \
   X(pair_loss_ref,                                                                               \
     (const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,                      \
-     const int64_t* ref_labels, int64_t m, const int64_t* self_index, T theta, T* loss,          \
+     const int64_t* ref_labels, int64_t m, const int64_t* self_index, const T* theta, T* loss,   \
      T* count, T* dx, T* dref, T* dtheta),                                                       \
     (x, labels, n, d, ref, ref_labels, m, self_index, theta, loss, count, dx, dref, dtheta))     \
   X(triplet_loss_ref,                                                                            \

@@ -8,10 +8,11 @@ namespace faceops {
 namespace cpu {
 
 template <typename T>
-void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta, T* loss, T* dx,
-               T* dtheta) {
+void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* theta, T* loss,
+               T* dx, T* dtheta) {
   detail::check_batch("x", n, d);
   detail::check_finite("x", x, n * d);
+  const T theta_value = detail::check_theta(theta);
   const detail::GramRows<T> gram(x, n, d);
   const double pair_count = static_cast<double>(n) * static_cast<double>(n - 1);
   const T inv_pairs = pair_count > 0 ? T(1.0 / pair_count) : T(0);
@@ -32,7 +33,7 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
 #pragma omp simd reduction(+ : row_loss, row_dsquared, row_active)
       for (int64_t c = 0; c < cols; ++c) {
         T dterm = 0;
-        const T term = pair_term(distances[c], labels[j0 + c] == label, theta, &dterm);
+        const T term = pair_term(distances[c], labels[j0 + c] == label, theta_value, &dterm);
         const bool other = i0 + r != j0 + c;
         row_loss += other ? term : T(0);
         row_dsquared += other ? dterm : T(0);
@@ -59,12 +60,13 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
 
 template <typename T>
 void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
-                   const int64_t* ref_labels, int64_t m, const int64_t* self_index, T theta,
-                   T* loss, T* count, T* dx, T* dref, T* dtheta) {
+                   const int64_t* ref_labels, int64_t m, const int64_t* self_index,
+                   const T* theta, T* loss, T* count, T* dx, T* dref, T* dtheta) {
   detail::check_batch("x", n, d);
   detail::check_batch("ref", m, d);
   detail::check_finite("x", x, n * d);
   detail::check_finite("ref", ref, m * d);
+  const T theta_value = detail::check_theta(theta);
   const int64_t own_copies = detail::check_self_index(self_index, n, m, labels, ref_labels);
   const detail::GramRows<T> anchors(x, n, d), candidates(ref, m, d, true);
   const double pair_count = static_cast<double>(n) * static_cast<double>(m) - static_cast<double>(own_copies);
@@ -87,7 +89,7 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
 #pragma omp simd reduction(+ : row_loss, row_dsquared, row_active)
       for (int64_t c = 0; c < cols; ++c) {
         T dterm = 0;
-        const T term = pair_term(distances[c], ref_labels[j0 + c] == label, theta, &dterm);
+        const T term = pair_term(distances[c], ref_labels[j0 + c] == label, theta_value, &dterm);
         const bool other = c != own_column;
         row_loss += other ? term : T(0);
         row_dsquared += other ? dterm : T(0);
@@ -111,15 +113,15 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   if (dtheta) *dtheta = static_cast<T>(-dloss_dsquared_sum * inv_pairs);
 }
 
-template void pair_loss<float>(const float*, const int64_t*, int64_t, int64_t, float, float*,
+template void pair_loss<float>(const float*, const int64_t*, int64_t, int64_t, const float*, float*,
                                float*, float*);
-template void pair_loss<double>(const double*, const int64_t*, int64_t, int64_t, double, double*,
-                                double*, double*);
+template void pair_loss<double>(const double*, const int64_t*, int64_t, int64_t, const double*,
+                                double*, double*, double*);
 template void pair_loss_ref<float>(const float*, const int64_t*, int64_t, int64_t, const float*,
-                                   const int64_t*, int64_t, const int64_t*, float, float*, float*,
+                                   const int64_t*, int64_t, const int64_t*, const float*, float*, float*,
                                    float*, float*, float*);
 template void pair_loss_ref<double>(const double*, const int64_t*, int64_t, int64_t, const double*,
-                                    const int64_t*, int64_t, const int64_t*, double, double*,
+                                    const int64_t*, int64_t, const int64_t*, const double*, double*,
                                     double*, double*, double*, double*);
 
 }  // namespace cpu

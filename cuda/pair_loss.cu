@@ -25,13 +25,14 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pair_loss_tile_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                           const int64_t* __restrict__ labels, int n, Candidates<T> cand, int64_t d,
-                          T theta, T pair_weight, int splits, T* dx, T* dcand,
+                          const T* __restrict__ theta, T pair_weight, int splits, T* dx, T* dcand,
                           double* partial_loss, double* partial_dsquared,
                           long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ double reduce[kThreads];
   __shared__ long long reduce_count[kThreads];
   const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits;
+  const T theta_value = *theta;
   double loss = 0, dsquared = 0;
   long long pairs = 0;
   for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
@@ -43,7 +44,7 @@ __global__ void __launch_bounds__(kThreads)
       T coef = T(0);
       if (i < n && jj < cand.count && jj != cand.own_copy(i)) {
         T dterm = T(0);
-        loss += pair_term(tile.value[m][j], labels[i] == cand.labels[jj], theta, &dterm);
+        loss += pair_term(tile.value[m][j], labels[i] == cand.labels[jj], theta_value, &dterm);
         dsquared += dterm;
         ++pairs;
         coef = pair_weight * dterm;
@@ -77,9 +78,10 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace detail
 
 template <typename T>
-void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta, T* loss, T* dx,
-               T* dtheta, void* stream_handle) {
+void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* theta, T* loss,
+               T* dx, T* dtheta, void* stream_handle) {
   faceops::detail::check_batch("x", n, d);
+  faceops::detail::require(theta != nullptr, "theta: expected the address of one value, got null");
   detail::check_rows_fit_int("x", n);
   detail::NvtxRange range("faceops::pair_loss");
   const cudaStream_t stream = detail::as_stream(stream_handle);
@@ -108,9 +110,10 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta,
 
 template <typename T>
 void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
-                   const int64_t* ref_labels, int64_t m, const int64_t* self_index, T theta,
-                   T* loss, T* count, T* dx, T* dref, T* dtheta, void* stream_handle) {
+                   const int64_t* ref_labels, int64_t m, const int64_t* self_index,
+                   const T* theta, T* loss, T* count, T* dx, T* dref, T* dtheta, void* stream_handle) {
   faceops::detail::check_batch("x", n, d);
+  faceops::detail::require(theta != nullptr, "theta: expected the address of one value, got null");
   faceops::detail::check_batch("ref", m, d);
   detail::check_rows_fit_int("x", n);
   detail::check_rows_fit_int("ref", m);
@@ -154,15 +157,15 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
                    detail::grid_for(m * d), stream, dref, m * d, inv_count);
 }
 
-template void pair_loss<float>(const float*, const int64_t*, int64_t, int64_t, float, float*,
+template void pair_loss<float>(const float*, const int64_t*, int64_t, int64_t, const float*, float*,
                                float*, float*, void*);
-template void pair_loss<double>(const double*, const int64_t*, int64_t, int64_t, double, double*,
-                                double*, double*, void*);
+template void pair_loss<double>(const double*, const int64_t*, int64_t, int64_t, const double*,
+                                double*, double*, double*, void*);
 template void pair_loss_ref<float>(const float*, const int64_t*, int64_t, int64_t, const float*,
-                                   const int64_t*, int64_t, const int64_t*, float, float*, float*,
-                                   float*, float*, float*, void*);
+                                   const int64_t*, int64_t, const int64_t*, const float*, float*,
+                                   float*, float*, float*, float*, void*);
 template void pair_loss_ref<double>(const double*, const int64_t*, int64_t, int64_t, const double*,
-                                    const int64_t*, int64_t, const int64_t*, double, double*,
+                                    const int64_t*, int64_t, const int64_t*, const double*, double*,
                                     double*, double*, double*, double*, void*);
 
 }  // namespace cuda

@@ -295,7 +295,8 @@ def _core_reference_call(op, x, labels, ref, ref_labels, self_index, want_dx, wa
               m, address(self_index))
     loss, count, dtheta = (address(out) + k * out.itemsize for k in range(3))
     if op == "pair":
-        _core.pair_loss_ref(*common, 1.5, loss, count, address(dx), address(dref), dtheta, 0)
+        theta = np.array([1.5], x.dtype)  # by address, as the kernels take it
+        _core.pair_loss_ref(*common, theta.ctypes.data, loss, count, address(dx), address(dref), dtheta, 0)
     else:
         _core.triplet_loss_ref(*common, 0.3, faceops.ops.MINING_MODES[op[0]], op[1], loss, count, address(dx),
                                address(dref), 0)

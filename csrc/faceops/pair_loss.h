@@ -5,7 +5,9 @@
 //   y_ij = +1 if labels equal else -1
 //   L = 1/(N^2 - N) sum_{i != j} max(0, 1 - y_ij (theta - ||x_i - x_j||^2))
 //
-// theta is a learned threshold.  Shapes: x (n, d), labels (n,).
+// theta is a learned threshold, passed by address (one value: host memory for
+// the CPU kernels, device memory for the CUDA ones, so that a CUDA caller never
+// reads it on the host).  Shapes: x (n, d), labels (n,).
 //
 // Reference sets (pair_loss_ref): the ordered pairs (x_i, ref_j), ref (m, d)
 // with ref_labels (m,), less each anchor's own copy (self_index, nullable:
@@ -37,23 +39,23 @@ FACEOPS_HD T pair_term(T squared_distance, bool same_label, T theta, T* dterm_ds
 namespace cpu {
 // dx (n, d) overwritten and *dtheta written when non-null.
 template <typename T>
-void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta, T* loss, T* dx,
-               T* dtheta);
+void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* theta, T* loss,
+               T* dx, T* dtheta);
 // loss, count, dx (n, d), dref (m, d), dtheta written when non-null.
 template <typename T>
 void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
-                   const int64_t* ref_labels, int64_t m, const int64_t* self_index, T theta,
-                   T* loss, T* count, T* dx, T* dref, T* dtheta);
+                   const int64_t* ref_labels, int64_t m, const int64_t* self_index,
+                   const T* theta, T* loss, T* count, T* dx, T* dref, T* dtheta);
 }  // namespace cpu
 
 namespace cuda {
 template <typename T>
-void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T theta, T* loss, T* dx,
-               T* dtheta, void* stream);
+void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* theta, T* loss,
+               T* dx, T* dtheta, void* stream);
 template <typename T>
 void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* ref,
-                   const int64_t* ref_labels, int64_t m, const int64_t* self_index, T theta,
-                   T* loss, T* count, T* dx, T* dref, T* dtheta, void* stream);
+                   const int64_t* ref_labels, int64_t m, const int64_t* self_index,
+                   const T* theta, T* loss, T* count, T* dx, T* dref, T* dtheta, void* stream);
 }  // namespace cuda
 
 }  // namespace faceops

@@ -137,9 +137,10 @@ void test_pair(int64_t n, int64_t d, int classes, std::mt19937& rng) {
   std::vector<int64_t> labels(n);
   for (auto& l : labels) l = rng() % classes;
   T lc[2], lg[2];
+  const T theta = T(1.5);  // by address: the CUDA kernel reads it on the device
   std::vector<T> dc(n * d, T(7)), dg(n * d, T(7));
-  faceops::cpu::pair_loss<T>(x.data(), labels.data(), n, d, T(1.5), &lc[0], dc.data(), &lc[1]);
-  faceops::cuda::pair_loss<T>(x.data(), labels.data(), n, d, T(1.5), &lg[0], dg.data(), &lg[1],
+  faceops::cpu::pair_loss<T>(x.data(), labels.data(), n, d, &theta, &lc[0], dc.data(), &lc[1]);
+  faceops::cuda::pair_loss<T>(x.data(), labels.data(), n, d, &theta, &lg[0], dg.data(), &lg[1],
                               nullptr);
   char buf[200];
   std::snprintf(buf, sizeof buf, "pair n=%ld d=%ld loss %.6g/%.6g", (long)n, (long)d, (double)lg[0],
@@ -464,12 +465,13 @@ void test_pair_ref(int64_t n, int64_t m, int64_t d, int classes, bool own, std::
   const ReferenceCase<T> c = reference_case<T>(n, m, d, classes, own, false, rng);
   const int64_t* self_index = own ? c.self_index.data() : nullptr;
   T lc[3], lg[3];  // loss, count, dtheta
+  const T theta = T(1.5);
   std::vector<T> dxc(n * d, T(7)), dxg(n * d, T(7)), drc(m * d, T(7)), drg(m * d, T(7));
   faceops::cpu::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
-                                 c.ref_labels.data(), m, self_index, T(1.5), &lc[0], &lc[1],
+                                 c.ref_labels.data(), m, self_index, &theta, &lc[0], &lc[1],
                                  dxc.data(), drc.data(), &lc[2]);
   faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
-                                  c.ref_labels.data(), m, self_index, T(1.5), &lg[0], &lg[1],
+                                  c.ref_labels.data(), m, self_index, &theta, &lg[0], &lg[1],
                                   dxg.data(), drg.data(), &lg[2], nullptr);
   char buf[200];
   std::snprintf(buf, sizeof buf, "pair_ref n=%ld m=%ld d=%ld own=%d loss %.6g/%.6g", (long)n,
@@ -482,10 +484,10 @@ void test_pair_ref(int64_t n, int64_t m, int64_t d, int classes, bool own, std::
   // One gradient at a time: the other one null (written through, it would crash here).
   std::vector<T> dx_only(n * d, T(7)), dref_only(m * d, T(7));
   faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
-                                  c.ref_labels.data(), m, self_index, T(1.5), nullptr, nullptr,
+                                  c.ref_labels.data(), m, self_index, &theta, nullptr, nullptr,
                                   dx_only.data(), nullptr, nullptr, nullptr);
   faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
-                                  c.ref_labels.data(), m, self_index, T(1.5), nullptr, nullptr,
+                                  c.ref_labels.data(), m, self_index, &theta, nullptr, nullptr,
                                   nullptr, dref_only.data(), nullptr, nullptr);
   expect<T>("  dx without dref", max_rel(dx_only, dxc));
   expect<T>("  dref without dx", max_rel(dref_only, drc));

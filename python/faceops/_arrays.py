@@ -93,16 +93,22 @@ def check_labels(name, labels, n, xp, num_classes=None):
     labels = labels.astype(xp.int64, copy=False)
     # The CPU core checks ranges itself; CUDA kernels rely on this check.
     if num_classes is not None and xp is not np:
-        low, high = int(labels.min()), int(labels.max())
+        low, high = label_range(labels, xp)
         if low < 0 or high >= num_classes:
             raise ValueError(f"{name}: labels must satisfy 0 <= label < {num_classes}, got range [{low}, {high}]")
     return labels
 
 
+def label_range(labels, xp):
+    """(min, max) of labels as Python ints; on the GPU with one host synchronisation, not two."""
+    low, high = xp.stack((labels.min(), labels.max())).tolist()
+    return low, high
+
+
 def check_labels_in_range_cpu(name, labels, num_classes):
     """The CPU core checks label ranges itself, but a caller that renumbers labels
     first (center_loss's "rows" form) must check the original ones."""
-    low, high = int(labels.min()), int(labels.max())
+    low, high = label_range(labels, np)
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(f"{name}: label {bad} is out of range; expected 0 <= label < {num_classes}")
@@ -121,6 +127,12 @@ def address(array):
     if isinstance(array, np.ndarray):
         return array.__array_interface__["data"][0]
     return array.__cuda_array_interface__["data"][0]
+
+
+def element_addresses(vector):
+    """The address of each element of a contiguous 1-D array."""
+    start = address(vector)
+    return [start + k * vector.itemsize for k in range(vector.shape[0])]
 
 
 def current_stream(xp):

@@ -16,7 +16,7 @@ def _check(x, labels, weight, s, m1, m2, m3):
     num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
     labels = _arrays.check_labels("labels", labels, n, xp)
     if xp is not np and n > 0:  # the CPU core checks ranges itself
-        low, high = int(labels.min()), int(labels.max())
+        low, high = _arrays.label_range(labels, xp)
         if low < -1 or high >= num_classes:
             raise ValueError(f"labels: expected -1 (another shard) or 0 <= label < {num_classes}, "
                              f"got range [{low}, {high}]")

@@ -128,13 +128,13 @@ def pair_loss_ref(x, labels, ref, ref_labels, theta, self_index=None):
     device, xp, labels, ref_labels, self_index, n, d, m = _check_reference_inputs(x, labels, ref, ref_labels,
                                                                                   self_index)
     theta = _params.real("theta", theta, x.dtype)
-    out = xp.empty((3,), dtype=x.dtype)  # loss, count, dtheta
+    scalars = xp.array([theta, 0, 0, 0], dtype=x.dtype)  # theta in (by address); loss, count, dtheta out
+    theta_address, loss_address, count_address, dtheta_address = _arrays.element_addresses(scalars)
     dx, dref = xp.empty_like(x), xp.empty_like(ref)
     _call(_core.pair_loss_ref, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d,
-          _arrays.address(ref), _arrays.address(ref_labels), m, _arrays.address(self_index), theta,
-          _arrays.address(out), _arrays.address(out) + out.itemsize, _arrays.address(dx), _arrays.address(dref),
-          _arrays.address(out) + 2 * out.itemsize, xp=xp)
-    loss, count, dtheta = (float(v) for v in out.tolist())
+          _arrays.address(ref), _arrays.address(ref_labels), m, _arrays.address(self_index), theta_address,
+          loss_address, count_address, _arrays.address(dx), _arrays.address(dref), dtheta_address, xp=xp)
+    _, loss, count, dtheta = (float(v) for v in scalars.tolist())
     return loss, count, dx, dref, dtheta
 
 
@@ -158,7 +158,7 @@ def _check_reference_inputs(x, labels, ref, ref_labels, self_index):
 
 def _check_self_index_on_gpu(self_index, labels, ref_labels, m, xp):
     """check_self_index of csrc/checks.h, for the CUDA kernels (which rely on it)."""
-    low, high = int(self_index.min()), int(self_index.max())
+    low, high = _arrays.label_range(self_index, xp)
     if low < -1 or high >= m:
         raise ValueError(f"self_index: entries must be -1 (no own copy) or a row of ref, 0 <= entry < {m}; "
                          f"got range [{low}, {high}]")
@@ -199,11 +199,12 @@ def pair_loss(x, labels, theta):
     labels = _arrays.check_labels("labels", labels, n, xp)
     theta = _params.real("theta", theta, x.dtype)
     _arrays.check_finite_on_gpu("x", x, xp)
-    out = xp.empty((2,), dtype=x.dtype)  # loss, dtheta
+    scalars = xp.array([theta, 0, 0], dtype=x.dtype)  # theta in (by address); loss, dtheta out
+    theta_address, loss_address, dtheta_address = _arrays.element_addresses(scalars)
     dx = xp.empty_like(x)
-    _call(_core.pair_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d, theta,
-          _arrays.address(out), _arrays.address(dx), _arrays.address(out) + out.itemsize, xp=xp)
-    loss, dtheta = (float(v) for v in out.tolist())
+    _call(_core.pair_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d, theta_address,
+          loss_address, _arrays.address(dx), dtheta_address, xp=xp)
+    _, loss, dtheta = (float(v) for v in scalars.tolist())
     return loss, dx, dtheta
 
 

@@ -304,17 +304,22 @@ def _check_theta(x, theta):
                          f"and dtype {theta.dtype}")
 
 
+def _theta_input(theta, x_in):
+    """theta in the kernels' dtype, on its device: the kernels read it by address, so it is
+    never read on the host (no synchronisation on CUDA; a CUDA graph replays its current value)."""
+    return theta.detach().to(x_in.dtype)
+
+
 @torch.library.custom_op("faceops::pair_loss", mutates_args=())
 def pair_loss(x: Tensor, labels: Tensor, theta: Tensor, check: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, dx, dtheta) of the Multibatch pair loss; theta is a 0-d tensor.  The kernel
-    takes theta by value, so on CUDA reading it is one host synchronisation."""
+    """(loss, dx, dtheta) of the Multibatch pair loss; theta is a 0-d tensor."""
     device, n, d, labels = _pair_inputs(x, labels, theta)
-    theta_value = _real("theta", theta.item(), x.dtype)
-    _boundary.check_values(device, check, {"x": x}, ("x",))
     x_in = _boundary.compute_input(x)
+    theta_in = _theta_input(theta, x_in)
+    _boundary.check_values(device, check, {"x": x, "theta": theta_in}, ("x", "theta"))
     loss, dx, dtheta = _loss_like(x), torch.empty_like(x_in), _loss_like(x)
     _boundary.call_kernel(_core.pair_loss, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(), n, d,
-                          theta_value, loss.data_ptr(), dx.data_ptr(), dtheta.data_ptr())
+                          theta_in.data_ptr(), loss.data_ptr(), dx.data_ptr(), dtheta.data_ptr())
     return _out(loss, x), _out(dx, x), _out(dtheta, theta)
 
 
@@ -336,16 +341,17 @@ pair_loss.register_autograd(_pair_backward, setup_context=lambda ctx, inputs, ou
 def pair_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor, self_index: Optional[Tensor],
                   theta: Tensor, ref_grad: bool, check: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, count, dx, dref, dtheta) of the pair loss of the anchors x against the candidates
-    ref; theta is a 0-d tensor (read on the host, one synchronisation on CUDA)."""
+    ref; theta is a 0-d tensor."""
     device, n, d, m, labels, ref_labels, self_index = _reference_inputs(x, labels, ref, ref_labels, self_index)
     _check_theta(x, theta)
-    theta_value = _real("theta", theta.item(), x.dtype)
     _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m)
     x_in, ref_in = _boundary.compute_input(x), _boundary.compute_input(ref)
+    theta_in = _theta_input(theta, x_in)
+    _boundary.check_values(device, check, {"theta": theta_in}, ("theta",))
     loss, count, dx, dtheta = _loss_like(x), _loss_like(x), torch.empty_like(x_in), _loss_like(x)
     dref = torch.empty_like(ref_in) if ref_grad else ref_in.new_empty((0, d))
     _boundary.call_kernel(_core.pair_loss_ref, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(), n, d,
-                          ref_in.data_ptr(), ref_labels.data_ptr(), m, _boundary.address(self_index), theta_value,
+                          ref_in.data_ptr(), ref_labels.data_ptr(), m, _boundary.address(self_index), theta_in.data_ptr(),
                           loss.data_ptr(), count.data_ptr(), dx.data_ptr(),
                           _boundary.address(dref if ref_grad else None), dtheta.data_ptr())
     return _out(loss, x), count, _out(dx, x), _out(dref, ref), _out(dtheta, theta)

@@ -101,7 +101,8 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0, *, check=True)
 
 def pair_loss(x, labels, theta, *, ref=None, ref_labels=None, self_index=None, check=True):
     """Multibatch pair loss (Tadmor et al., NIPS 2016) with threshold theta, a 0-d tensor
-    (learnable) or a number.  On CUDA reading theta costs one host synchronisation.  ``ref``,
+    (learnable) or a number (copied to x's device on each call; the tensor is read there by the
+    kernel, never on the host, so a step with PairLoss's parameter replays as a CUDA graph).  ``ref``,
     ``ref_labels`` and ``self_index`` as in triplet_loss: the pairs are (row of x, row of ref)."""
     _eager_checks(check=check)
     if ref is None and ref_labels is None and self_index is None:

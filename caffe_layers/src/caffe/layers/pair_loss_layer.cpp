@@ -47,7 +47,7 @@ void PairLossLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   FaceopsCall(this->layer_param_, [&] {
     faceops::cpu::pair_loss<Dtype>(bottom[0]->cpu_data(),
         static_cast<const int64_t*>(labels_->cpu_data()), num_, dim_,
-        this->blobs_[0]->cpu_data()[0], top[0]->mutable_cpu_data(),
+        this->blobs_[0]->cpu_data(), top[0]->mutable_cpu_data(),
         feature_diff_.mutable_cpu_data(), theta_diff_.mutable_cpu_data());
   });
 }

@@ -16,7 +16,7 @@ void PairLossLayer<Dtype>::Forward_gpu(const vector<Blob<Dtype>*>& bottom,
   FaceopsCall(this->layer_param_, [&] {
     faceops::cuda::pair_loss<Dtype>(bottom[0]->gpu_data(),
         static_cast<const int64_t*>(labels_->gpu_data()), num_, dim_,
-        this->blobs_[0]->cpu_data()[0], top[0]->mutable_gpu_data(),
+        this->blobs_[0]->gpu_data(), top[0]->mutable_gpu_data(),
         feature_diff_.mutable_gpu_data(), theta_diff_.mutable_gpu_data(),
         NULL);
   });
