@@ -3,6 +3,8 @@
 
 #include "gtest/gtest.h"
 
+#include "faceops/fork_margins.h"
+
 #include "caffe/blob.hpp"
 #include "caffe/common.hpp"
 #include "caffe/filler.hpp"
@@ -212,6 +214,19 @@ TYPED_TEST(GlobalLSEMarginLayerTest, TestBackwardWithMargin) {
     }
   }
   EXPECT_NEAR(layer.blobs()[0]->cpu_diff()[0], s_diff, 1e-5);
+}
+
+// Where the fork's mean shift restarts forever (no margin within 0.1 of the
+// batch mean; a NaN margin), the mean is taken, and a NaN mode keeps m.
+TYPED_TEST(GlobalLSEMarginLayerTest, TestMeanShiftAlwaysEnds) {
+  const double split[4] = {-1, -1, 1, 1.1};
+  EXPECT_NEAR(faceops::fork::global_lse_mean_shift(split, 4, 0.025, 20), 0.025, 1e-12);
+  EXPECT_NEAR(faceops::fork::global_lse_margin_update(split, 4, 0.0), 0.025, 1e-12);
+  // From m = 1.02 one step: the window holds 1 and 1.1 (mode 1.05).
+  EXPECT_NEAR(faceops::fork::global_lse_margin_update(split, 4, 1.02), 0.9 * 1.02 + 0.1 * 1.05, 1e-12);
+  const double with_nan[3] = {0.3, NAN, 0.32};
+  EXPECT_EQ(faceops::fork::global_lse_margin_update(with_nan, 3, 0.0), 0.0);
+  EXPECT_NEAR(faceops::fork::global_lse_margin_update(with_nan, 3, 0.31), 0.9 * 0.31 + 0.1 * 0.31, 1e-12);
 }
 
 TYPED_TEST(GlobalLSEMarginLayerTest, TestBadInputIsAnError) {
