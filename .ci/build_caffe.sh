@@ -20,8 +20,8 @@ src="$dir/src"
 build="$dir/build"
 version="1.0.0+git20180821.99bd997-8"
 # The gtest filter for these tests (.ci/caffe_tests.sh uses it).
-FACEOPS_GTEST_FILTER="*CenterLoss*:*TripletLoss*:*PairLoss*:*MarginSoftmaxLoss*:*TargetMargin*:*NormalizeLayer*:*InnerProductNormalize*:*MarginInnerProduct*:*ChannelScale*:*FocalLoss*:*NormL2*:*AdaCosAddmScale*:*NormFaceFields*:*InnerDistance*:*GeneralContrastiveLoss*:*GeneralTripletLoss*"
-tests="center_loss_layer,triplet_loss_layer,pair_loss_layer,margin_softmax_loss_layer,target_margin_layer,normalize_layer,inner_product_normalize,margin_inner_product_layer,channel_scale_layer,focal_loss_layer,norm_l2_layer,adacos_add_m_scale_layer,normface_fields,inner_distance_layer,general_contrastive_loss_layer,general_triplet_loss_layer"
+FACEOPS_GTEST_FILTER="*CenterLoss*:*TripletLoss*:*PairLoss*:*MarginSoftmaxLoss*:*TargetMargin*:*NormalizeLayer*:*InnerProductNormalize*:*MarginInnerProduct*:*ChannelScale*:*FocalLoss*:*NormL2*:*AdaCosAddmScale*:*NormFaceFields*:*InnerDistance*:*GeneralContrastiveLoss*:*GeneralTripletLoss*:*FlipLayer*:*InnerProductWeightBottom*:*GlobalLSEMargin*"
+tests="center_loss_layer,triplet_loss_layer,pair_loss_layer,margin_softmax_loss_layer,target_margin_layer,normalize_layer,inner_product_normalize,margin_inner_product_layer,channel_scale_layer,focal_loss_layer,norm_l2_layer,adacos_add_m_scale_layer,normface_fields,inner_distance_layer,general_contrastive_loss_layer,general_triplet_loss_layer,flip_layer,inner_product_weight_bottom,global_lse_margin_layer"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -77,7 +77,7 @@ if ! make -C "$build" -j"${JOBS:-$(nproc)}" caffe caffe.bin convert_imageset pyc
   exit 1
 fi
 # Warnings in faceops code (Caffe's own are many and not ours).
-grep -E -A3 '(/src/caffe/faceops/|/include/faceops/|_loss_layer\.|target_margin_layer\.|normalize_layer\.|norm_l2_layer\.|adacos_add_m_scale_layer\.|inner_distance_layer\.|general_contrastive_loss_layer\.|general_triplet_loss_layer\.|faceops_caffe_fields|faceops_fillers|faceops_bridge)[^ :]*:[0-9]+:[0-9]+: warning' \
+grep -E -A3 '(/src/caffe/faceops/|/include/faceops/|_loss_layer\.|target_margin_layer\.|normalize_layer\.|norm_l2_layer\.|adacos_add_m_scale_layer\.|inner_distance_layer\.|general_contrastive_loss_layer\.|general_triplet_loss_layer\.|flip_layer\.|global_lse_margin_layer\.|faceops_caffe_fields|faceops_fillers|faceops_bridge)[^ :]*:[0-9]+:[0-9]+: warning' \
   "$build/make.log" || true
 
 # Caffe's CPU_ONLY build does not compile .cu files: compile the faceops ones

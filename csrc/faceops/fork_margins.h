@@ -16,6 +16,8 @@
 //    and from its AdaCos/ directory NormL2 and AdaCosAddmScale's scale.
 //  - the FocalLoss of xialuxi/arcface-caffe's prototxts
 //    (zimenglan-sysu-512/Focal-Loss's layer, over a softmax).
+//  - happynear's (caffe-windows) GlobalLSEMargin, AM-Softmax's "auto" net: a
+//    margin estimated from the batch, and Flip (NormFace's mirror-face net).
 #pragma once
 
 #include <algorithm>
@@ -315,6 +317,94 @@ FACEOPS_HD T focal_loss_logit_scale(T p, T alpha, T gamma) {
   const T floored = p > T(kFocalLogFloor) ? p : T(kFocalLogFloor);
   const T one_minus = T(1) - p > T(kFocalOneMinusFloor) ? T(1) - p : T(kFocalOneMinusFloor);
   return power - gamma * power * p * detail::fork_log(floored) / one_minus;
+}
+
+// ---- GlobalLSEMargin (happynear's caffe-windows, AM-Softmax's prototxt/auto) ----
+// Per sample i with scale s_i (the layer's s, or the feature norm of its
+// third bottom): LSE_i = (1/s_i) log sum_{j != y_i} exp(s_i x_ij), the soft
+// maximum of the non-target logits, and the sample's margin x_iy - LSE_i.
+// Summed in double, shifted by the largest non-target logit.  The fork shifts
+// by max(-1, that logit) (the same value for cosines); that floored maximum
+// is what it reports, so global_lse_max_negative returns it.
+template <typename T>
+T global_lse_max_negative(const T* row, int64_t dim, int64_t target) {
+  T largest = T(-1);
+  for (int64_t j = 0; j < dim; ++j)
+    if (j != target && row[j] > largest) largest = row[j];
+  return largest;
+}
+
+template <typename T>
+double global_lse_negatives(const T* row, int64_t dim, int64_t target, double scale) {
+  double largest = -HUGE_VAL;
+  for (int64_t j = 0; j < dim; ++j)
+    if (j != target) largest = std::max(largest, static_cast<double>(row[j]));
+  double sum = 0.0;
+  for (int64_t j = 0; j < dim; ++j)
+    if (j != target) sum += std::exp(scale * (static_cast<double>(row[j]) - largest));
+  return largest + std::log(sum) / scale;
+}
+
+// The fork's MeanShift: from mu, `loops` times mu = the mean of the margins
+// within 0.1 of mu, stopping when mu moves by less than 0.001.  When no
+// margin is within 0.1, mu restarts once from the mean of all margins, and
+// that iteration is not counted.  Where the fork would restart forever (no
+// margin within 0.1 of that mean either, or a NaN margin), the mean of all
+// margins is returned.
+inline double global_lse_mean_shift(const double* margins, int64_t n, double mu, int loops) {
+  double mean = 0.0;
+  for (int64_t i = 0; i < n; ++i) mean += margins[i];
+  mean /= static_cast<double>(n);
+  bool restarted = false;
+  double last = mu;
+  while (loops-- > 0) {
+    double sum = 0.0;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::fabs(margins[i] - mu) < 0.1) {
+        sum += margins[i];
+        ++count;
+      }
+    }
+    if (count == 0) {
+      if (restarted) return mean;
+      restarted = true;
+      mu = last = mean;
+      ++loops;
+      continue;
+    }
+    mu = sum / static_cast<double>(count);
+    if (std::fabs(last - mu) < 0.001) break;
+    last = mu;
+  }
+  return mu;
+}
+
+// The margin after a forward pass, from the previous one m (0 before the
+// first): m == 0 starts from the batch's mean-shift mode (20 iterations from
+// the mean margin); otherwise m moves a tenth of the way to the mode found in
+// one iteration from m.  A NaN mode leaves m unchanged.
+inline double global_lse_margin_update(const double* margins, int64_t n, double m) {
+  if (m == 0.0) {
+    double mean = 0.0;
+    for (int64_t i = 0; i < n; ++i) mean += margins[i];
+    const double mode = global_lse_mean_shift(margins, n, mean / static_cast<double>(n), 20);
+    return std::isnan(mode) ? m : mode;
+  }
+  const double mode = global_lse_mean_shift(margins, n, m, 1);
+  return std::isnan(mode) ? m : 0.9 * m + 0.1 * mode;
+}
+
+// ---- Flip (happynear's caffe-windows, NormFace's example_of_mirror_face) ----
+// The element of an (N, C, H, W) blob that element `index` of the flipped
+// blob comes from: w -> W - 1 - w with flip_width, h -> H - 1 - h with
+// flip_height.  The map is its own inverse, so the backward pass uses it too.
+FACEOPS_HD int64_t flip_source(int64_t index, int64_t height, int64_t width,
+                              bool flip_height, bool flip_width) {
+  const int64_t w = index % width;
+  const int64_t h = (index / width) % height;
+  const int64_t plane = index - h * width - w;
+  return plane + (flip_height ? height - 1 - h : h) * width + (flip_width ? width - 1 - w : w);
 }
 
 }  // namespace fork

@@ -19,7 +19,7 @@ PYCAFFE = CAFFE_DIR / "src/python"
 FACEOPS_LAYERS = {"CenterLoss", "TripletLoss", "PairLoss", "MarginSoftmaxLoss", "CombinedMargin",
                   "CosinAddm", "LabelSpecificAdd", "Normalize", "MarginInnerProduct", "ChannelScale",
                   "FocalLoss", "NormL2", "AdaCosAddmScale", "InnerDistance",
-                  "GeneralContrastiveLoss", "GeneralTripletLoss"}
+                  "GeneralContrastiveLoss", "GeneralTripletLoss", "Flip", "GlobalLSEMargin"}
 
 
 def _built_for():

@@ -105,6 +105,22 @@ layer { name: "fc6_margin_scale" type: "ChannelScale" bottom: "fc6_margin" botto
 layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale" bottom: "label"
   top: "softmax_loss" loss_weight: 1 }
 """ + ACCURACY
+# happynear/AMSoftmax prototxt/auto/face_train_test_auto.prototxt: the margin
+# estimated by GlobalLSEMargin (its statistics top, a net output), a learned
+# scale, SoftmaxWithLoss with caffe-windows' normalize_type, Accuracy with
+# min_is_better: false.
+AM_SOFTMAX_AUTO = TRUNK + """
+layer { name: "norm1" type: "Normalize" bottom: "fc5" top: "norm1" normalize_param { bp_norm: true } }
+layer { name: "fc6" type: "InnerProduct" bottom: "norm1" top: "fc6"
+  inner_product_param { num_output: %(classes)d normalize: true weight_filler { type: "xavier" }
+    bias_term: false } }
+layer { name: "margin" type: "GlobalLSEMargin" bottom: "fc6" bottom: "label" top: "fc6_margin"
+  top: "statistics" }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin" bottom: "label"
+  top: "softmax_loss" loss_weight: 1 softmax_param { normalize_type: "Softmax" } }
+layer { name: "Accuracy" type: "Accuracy" bottom: "fc6" bottom: "label" top: "accuracy"
+  include { phase: TEST } accuracy_param { min_is_better: false } }
+"""
 # wy1iu/sphereface train/code/sphereface_model.prototxt (and
 # sphereface_64_model.prototxt): MarginInnerProduct QUADRUPLE with its lambda
 # annealing and the lambda top.
@@ -262,6 +278,74 @@ layer { name: "loss" type: "GeneralContrastiveLoss" bottom: "ip2" bottom: "label
   general_triplet_loss_param { margin: 1 add_center_loss: true hardest_only: true
     negative_weight: 1 positive_first: false positive_upper_bound: 1 } }
 """
+# happynear/NormFace prototxt/combine_softmax_contrastive.prototxt (a head
+# without data layers; here on TRUNK): two Parameter blobs through Normalize,
+# one for InnerDistance + GeneralContrastiveLoss, one as InnerProduct's weight
+# bottom[1] + Scale + SoftmaxWithLoss with normalize_type.  The fork's file
+# gives its InnerDistance `inner_product_param { bias_term distance_type }`,
+# which no caffe-windows version can parse (InnerProductParameter has no
+# distance_type); here that layer has the inner_distance_param it reads.
+NORMFACE_COMBINE = TRUNK + """
+layer { name: "normalize1" type: "Normalize" bottom: "fc5" top: "norm1" }
+layer { name: "id_weight_l2" type: "Parameter" top: "id_weight_l2" param { lr_mult: 1 decay_mult: 1 }
+  parameter_param { shape { dim: %(classes)d dim: 32 } blob_filler { type: "gaussian_unitball" } } }
+layer { name: "id_weight_l2_normalize" type: "Normalize" bottom: "id_weight_l2"
+  top: "id_weight_l2_normalize" }
+layer { name: "id_weight_ip" type: "Parameter" top: "id_weight_ip" param { lr_mult: 1 decay_mult: 1 }
+  parameter_param { shape { dim: %(classes)d dim: 32 } blob_filler { type: "gaussian_unitball" } } }
+layer { name: "id_weight_ip_normalize" type: "Normalize" bottom: "id_weight_ip"
+  top: "id_weight_ip_normalize" }
+layer { name: "euclidean" type: "InnerDistance" bottom: "norm1" bottom: "id_weight_l2_normalize"
+  top: "euclidean" inner_distance_param { bias_term: false distance_type: "L2" } }
+layer { name: "cosine" type: "InnerProduct" bottom: "norm1" bottom: "id_weight_ip_normalize"
+  top: "cosine" inner_product_param { bias_term: false } }
+layer { name: "cosine_scale" type: "Scale" bottom: "cosine" top: "cosine"
+  scale_param { num_axes: 0 bias_term: false filler { value: 4 } bias_filler { value: 0 } } }
+layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "cosine" bottom: "label"
+  top: "softmax_loss" loss_weight: 1 softmax_param { normalize_type: "Softmax" } }
+layer { name: "contrastive_loss" type: "GeneralContrastiveLoss" bottom: "euclidean" bottom: "label"
+  top: "contrastive_loss" top: "mean_distance" loss_weight: 0.01 loss_weight: 1
+  general_contrastive_loss_param { positive_margin: 0 negative_margin: 1 negative_weight: 1
+    exp_negative_weight: false } }
+layer { name: "Accuracy" type: "Accuracy" bottom: "cosine" bottom: "label" top: "accuracy"
+  include { phase: TEST } accuracy_param { min_is_better: false } }
+"""
+# happynear/NormFace prototxt/example_of_mirror_face.prototxt, a deploy net:
+# Input, Flip (its defaults: flip_width), the batch and its mirror images
+# concatenated, Max-Feature-Map blocks (Slice + Eltwise MAX), the features of
+# each face and of its mirror image combined by an element-wise max.  The
+# second Flip has explicit fields (the other axis).
+MIRROR_FACE = """
+layer { name: "input" type: "Input" top: "data"
+  input_param { shape { dim: 4 dim: 1 dim: %(height)d dim: %(width)d } } }
+layer { name: "flip_data" type: "Flip" bottom: "data" top: "flip_data" }
+layer { name: "flip_height" type: "Flip" bottom: "data" top: "flip_height"
+  flip_param { flip_width: false flip_height: true } }
+layer { name: "concat_data" type: "Concat" bottom: "data" bottom: "flip_data" top: "concat_data"
+  concat_param { axis: 0 } }
+layer { name: "conv1" type: "Convolution" bottom: "concat_data" top: "conv1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  convolution_param { num_output: 8 pad: 2 kernel_size: 5 stride: 1
+    weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "slice1" type: "Slice" bottom: "conv1" top: "slice1_1" top: "slice1_2"
+  slice_param { slice_dim: 1 } }
+layer { name: "etlwise1" type: "Eltwise" bottom: "slice1_1" bottom: "slice1_2" top: "eltwise1"
+  eltwise_param { operation: MAX } }
+layer { name: "pool1" type: "Pooling" bottom: "eltwise1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc1" type: "InnerProduct" bottom: "pool1" top: "fc1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 16 weight_filler { type: "xavier" }
+    bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "slice_fc1" type: "Slice" bottom: "fc1" top: "slice_fc1_1" top: "slice_fc1_2"
+  slice_param { slice_dim: 1 } }
+layer { name: "etlwise_fc1" type: "Eltwise" bottom: "slice_fc1_1" bottom: "slice_fc1_2"
+  top: "eltwise_fc1" eltwise_param { operation: MAX } }
+layer { name: "slice_eltwise_fc1" type: "Slice" bottom: "eltwise_fc1" top: "eltwise_fc1_orig"
+  top: "eltwise_fc1_mirror" slice_param { axis: 0 } }
+layer { name: "eltmax_eltwise_fc1" type: "Eltwise" bottom: "eltwise_fc1_orig"
+  bottom: "eltwise_fc1_mirror" top: "eltmax_eltwise_fc1" eltwise_param { operation: MAX } }
+"""
 SOLVER = """
 net: "%(net)s"
 test_iter: 2
@@ -352,8 +436,10 @@ def _database(tmp_path, backend):
     return DATA_LAYER % {**dbs, "backend": backend.upper(), "batch": BATCH}
 
 
-@pytest.mark.parametrize("net, lr", [(AM_SOFTMAX, 0.01), (SPHEREFACE, 0.01), (COMBINED_MARGIN, 0.01)],
-                         ids=["AMSoftmax-face_train_test", "sphereface_model", "CombinedMargin-example"])
+@pytest.mark.parametrize("net, lr", [(AM_SOFTMAX, 0.01), (SPHEREFACE, 0.01), (COMBINED_MARGIN, 0.01),
+                                     (AM_SOFTMAX_AUTO, 0.01)],
+                         ids=["AMSoftmax-face_train_test", "sphereface_model", "CombinedMargin-example",
+                              "AMSoftmax-face_train_test_auto"])
 def test_fork_net_trains_on_image_data(caffe, tmp_path, net, lr):
     _assert_learns(_train(tmp_path, _image_data(tmp_path), net, lr))
 
@@ -406,15 +492,27 @@ def test_unsupported_fork_fields_stop_caffe_with_their_name(caffe, tmp_path):
     assert run.returncode != 0
     assert "FocalLoss layer 'focal_loss': focal_loss_param.type LINEAR is not supported" in run.stderr, \
         run.stderr[-2000:]
+    # caffe-windows' "L2" replaces the softmax by a normalisation: refused, by name.
+    l2 = AM_SOFTMAX_AUTO.replace('normalize_type: "Softmax"', 'normalize_type: "L2"')
+    run = _run_caffe_train(tmp_path, data + l2 % {"classes": SUBJECTS}, 0.01, name="l2")
+    assert run.returncode != 0
+    assert ("SoftmaxWithLoss layer 'softmax_loss': softmax_param.normalize_type is \"L2\"; faceops "
+            "supports only \"Softmax\"") in run.stderr, run.stderr[-2000:]
+    # The fork's combine_softmax_contrastive line, which caffe-windows cannot parse either.
+    fork_line = NORMFACE_COMBINE.replace('inner_distance_param { bias_term: false distance_type: "L2" }',
+                                         'inner_product_param { bias_term: false distance_type: "L2" }')
+    run = _run_caffe_train(tmp_path, data + fork_line % {"classes": SUBJECTS}, 0.01, name="fork_line")
+    assert run.returncode != 0
+    assert 'no field named "distance_type"' in run.stderr, run.stderr[-2000:]
 
 
 TEST_ACCURACY = re.compile(r"Test net output #\d+: accuracy = (\S+)")
 
 
 @pytest.mark.parametrize("net", [NORMFACE_SCALED_COSINE, NORMFACE_EUCLIDEAN_CONTRASTIVE,
-                                 NORMFACE_EUCLIDEAN_TRIPLET],
+                                 NORMFACE_EUCLIDEAN_TRIPLET, NORMFACE_COMBINE],
                          ids=["scaled_cosine_softmax", "normalized_Euclidean_contrastive",
-                              "normalized_Euclidean_triplet"])
+                              "normalized_Euclidean_triplet", "combine_softmax_contrastive"])
 def test_normface_net_trains_on_image_data(caffe, tmp_path, net):
     _assert_learns(_train(tmp_path, _image_data(tmp_path), net, 0.01))
 
@@ -431,3 +529,22 @@ def test_normface_mnist_net_trains_on_lmdb(caffe, tmp_path):
     accuracies = [float(a) for a in TEST_ACCURACY.findall(run.stderr)]
     assert accuracies and accuracies[-1] > 0.5, run.stderr[-3000:]
 
+
+def test_mirror_face_deploy_net_runs_forward(caffe, tmp_path):
+    """NormFace's example_of_mirror_face (a deploy net): Flip mirrors each face as
+    numpy does, and the features of a face and of its mirror image, max-combined,
+    are the same for the mirrored input."""
+    path = tmp_path / "mirror_face.prototxt"
+    path.write_text(MIRROR_FACE % {"height": HEIGHT, "width": WIDTH})
+    net = caffe.Net(str(path), caffe.TEST)
+    faces = np.random.default_rng(0).standard_normal((4, 1, HEIGHT, WIDTH)).astype(np.float32)
+    net.blobs["data"].data[...] = faces
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["flip_data"].data, faces[:, :, :, ::-1])
+    np.testing.assert_array_equal(net.blobs["flip_height"].data, faces[:, :, ::-1, :])
+    np.testing.assert_array_equal(net.blobs["concat_data"].data[4:], faces[:, :, :, ::-1])
+    features = net.blobs["eltmax_eltwise_fc1"].data.copy()
+    assert features.shape == (4, 8) and np.isfinite(features).all()
+    net.blobs["data"].data[...] = faces[:, :, :, ::-1]
+    net.forward()
+    np.testing.assert_allclose(net.blobs["eltmax_eltwise_fc1"].data, features, rtol=1e-5, atol=1e-6)

@@ -58,6 +58,10 @@ message BlobShape {
 message ParameterParameter {
   optional BlobShape shape = 1;
 }
+
+message SoftmaxParameter {
+  optional int32 axis = 2 [default = 1];
+}
 """
 # The parts of Caffe's scale_layer / accuracy_layer (cpp, cu), parameter_layer.hpp
 # and filler.hpp the installer patches for NormFace's fields.
@@ -105,11 +109,12 @@ Filler<Dtype>* GetFiller(const FillerParameter& param) {
 
 #endif  // CAFFE_FILLER_HPP_
 """
-# The parts of Caffe's inner_product_layer.{cpp,cu} the installer patches.
+# The parts of Caffe's inner_product_layer.{cpp,cu} the installer patches
+# (LayerSetUp and Reshape: the .cpp only).
 INNER_PRODUCT = """#include "caffe/layers/inner_product_layer.hpp"
 
 namespace caffe {
-
+%(setup)s
 template <typename Dtype>
 void InnerProductLayer<Dtype>::Forward_%(d)s(const vector<Blob<Dtype>*>& bottom,
     const vector<Blob<Dtype>*>& top) {
@@ -126,6 +131,40 @@ void InnerProductLayer<Dtype>::Backward_%(d)s(const vector<Blob<Dtype>*>& top,
 
 }  // namespace caffe
 """
+INNER_PRODUCT_SETUP = """
+template <typename Dtype>
+void InnerProductLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top) {
+  N_ = num_output;
+}
+
+template <typename Dtype>
+void InnerProductLayer<Dtype>::Reshape(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top) {
+  M_ = bottom[0]->count(0, axis);
+}
+"""
+INNER_PRODUCT_HEADER = """template <typename Dtype>
+class InnerProductLayer : public Layer<Dtype> {
+ public:
+  virtual inline const char* type() const { return "InnerProduct"; }
+  virtual inline int ExactNumBottomBlobs() const { return 1; }
+  virtual inline int ExactNumTopBlobs() const { return 1; }
+};
+"""
+SOFTMAX_LOSS = """#include "caffe/layers/softmax_loss_layer.hpp"
+
+namespace caffe {
+
+template <typename Dtype>
+void SoftmaxWithLossLayer<Dtype>::LayerSetUp(
+    const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  LossLayer<Dtype>::LayerSetUp(bottom, top);
+  LayerParameter softmax_param(this->layer_param_);
+}
+
+}  // namespace caffe
+"""
 
 
 @pytest.fixture
@@ -135,12 +174,15 @@ def tree(tmp_path):
     (root / "src/caffe/proto/caffe.proto").write_text(PROTO % ("", "", ""))
     (root / "src/caffe/layers").mkdir(parents=True)
     for suffix, device in (("cpp", "cpu"), ("cu", "gpu")):
-        (root / f"src/caffe/layers/inner_product_layer.{suffix}").write_text(INNER_PRODUCT % {"d": device})
+        (root / f"src/caffe/layers/inner_product_layer.{suffix}").write_text(
+            INNER_PRODUCT % {"d": device, "setup": INNER_PRODUCT_SETUP if suffix == "cpp" else ""})
         for name, cls in (("scale", "Scale"), ("accuracy", "Accuracy")):
             (root / f"src/caffe/layers/{name}_layer.{suffix}").write_text(
                 LAYER % {"name": name, "cls": cls, "d": device})
     (root / "include/caffe/layers").mkdir(parents=True)
     (root / "include/caffe/layers/parameter_layer.hpp").write_text(PARAMETER_LAYER)
+    (root / "include/caffe/layers/inner_product_layer.hpp").write_text(INNER_PRODUCT_HEADER)
+    (root / "src/caffe/layers/softmax_loss_layer.cpp").write_text(SOFTMAX_LOSS)
     (root / "include/caffe/filler.hpp").write_text(FILLER)
     return root
 
@@ -180,11 +222,25 @@ def test_install_twice_changes_nothing_and_uninstall_restores(tree):
         assert layer.index(f"FaceopsNormalizeWeight_{device}(") > forward
         assert layer.index(f"FaceopsProjectWeightDiff_{device}(") > layer.index(f"Backward_{device}")
         assert '#include "caffe/util/faceops_inner_product.hpp"' in layer
+        # The weight as bottom[1]: before the normalize call, and first in Backward.
+        assert forward < layer.index(f"FaceopsWeightBottomForward_{device}(") < layer.index(
+            f"FaceopsNormalizeWeight_{device}(")
+        assert layer.index(f"FaceopsWeightBottomBackward_{device}(") < layer.index("propagate_down[0]")
+        assert (layer.count("FaceopsWeightBottomOutputs(") == 2) == (suffix == "cpp")
         scale = (tree / f"src/caffe/layers/scale_layer.{suffix}").read_text()
         assert scale.index("FaceopsClampScale(") > scale.index(f"Forward_{device}")
         accuracy = (tree / f"src/caffe/layers/accuracy_layer.{suffix}").read_text()
         assert accuracy.index("accuracy_param().min_is_better()") > accuracy.index(f"Forward_{device}")
         assert '#include "caffe/util/faceops_caffe_fields.hpp"' in scale and accuracy.count("faceops_caffe_fields") == 1
+    header = (tree / "include/caffe/layers/inner_product_layer.hpp").read_text()
+    assert header.index("MaxBottomBlobs() const { return 2; }") < header.index("#if 0") < header.index(
+        "ExactNumBottomBlobs") < header.index("#endif") < header.index("ExactNumTopBlobs")
+    softmax_loss = (tree / "src/caffe/layers/softmax_loss_layer.cpp").read_text()
+    assert softmax_loss.index("LossLayer<Dtype>::LayerSetUp") < softmax_loss.index(
+        "FaceopsCheckSoftmaxNormalizeType(this->layer_param_);") < softmax_loss.index("softmax_param(")
+    softmax = proto[proto.index("message SoftmaxParameter"):].split("}")[0]
+    assert 'optional string normalize_type = 7 [default = "Softmax"];' in softmax
+    assert "optional FlipParameter flip_param = 164;" in proto and "message FlipParameter {" in proto
     parameter = (tree / "include/caffe/layers/parameter_layer.hpp").read_text()
     assert parameter.index("FaceopsFillParameter(") > parameter.index("->Reshape(")
     filler = (tree / "include/caffe/filler.hpp").read_text()

@@ -41,6 +41,7 @@ LAYER_FIELDS = (
     ("InnerDistanceParameter", "inner_distance_param"),
     ("GeneralContrastiveParameter", "general_contrastive_loss_param"),
     ("GeneralTripletParameter", "general_triplet_loss_param"),
+    ("FlipParameter", "flip_param"),
 )
 # Messages of the fragment that no LayerParameter field holds.
 OTHER_MESSAGES = ("MemoryOptimizationParameter",)
@@ -56,6 +57,9 @@ MESSAGE_FIELDS = {
                        ("max_value", "optional float max_value = 7;")],
     "AccuracyParameter": [("min_is_better", "optional bool min_is_better = 4 [default = false];")],
     "ParameterParameter": [("blob_filler", "optional FillerParameter blob_filler = 2;")],
+    # caffe-windows' SoftmaxWithLoss: "Softmax" (the default) is Caffe's own
+    # softmax; its "L1"/"L2" are refused (caffe/util/faceops_caffe_fields.hpp).
+    "SoftmaxParameter": [("normalize_type", 'optional string normalize_type = 7 [default = "Softmax"];')],
 }
 DEFAULT_FIRST_FIELD_ID = 149  # BVLC/Debian Caffe: swish_param = 147, clip_param = 148
 PROTO = Path("src/caffe/proto/caffe.proto")
@@ -192,10 +196,11 @@ def _block(line, indent="  "):
 
 
 def patch_inner_product(text, device, name):
-    """Caffe's inner_product_layer.{cpp,cu} (unpatched) -> text with normalize support."""
+    """Caffe's inner_product_layer.{cpp,cu} (unpatched) -> text with normalize
+    support and caffe-windows' weight as a second bottom."""
     include = text.find(_INCLUDE)
     forward = re.search(r"InnerProductLayer<Dtype>::Forward_%s\([^)]*\)\s*\{\n" % device, text)
-    backward = re.search(r"InnerProductLayer<Dtype>::Backward_%s\(" % device, text)
+    backward = re.search(r"InnerProductLayer<Dtype>::Backward_%s\([^)]*\)\s*\{\n" % device, text)
     closing = text.find("\n}\n", backward.end()) + 1 if backward else 0
     if include < 0 or not forward or closing <= 0:
         raise InstallError(
@@ -208,9 +213,43 @@ def patch_inner_product(text, device, name):
     backward_call = (f"if (this->layer_param_.inner_product_param().normalize() && "
                      f"this->param_propagate_down_[0]) FaceopsProjectWeightDiff_{device}("
                      f"this->blobs_[0].get());")
-    return (text[:include] + f"{BEGIN}\n#include \"caffe/util/faceops_inner_product.hpp\"\n{END}\n"
-            + text[include:forward.end()] + _block(forward_call)
-            + text[forward.end():closing] + _block(backward_call) + text[closing:])
+    weight_forward = (f"if (bottom.size() == 2) {{ FaceopsWeightBottomForward_{device}("
+                      f"bottom, top, M_, N_, K_); return; }}")
+    weight_backward = (f"if (bottom.size() == 2) {{ FaceopsWeightBottomBackward_{device}("
+                       f"top, propagate_down, bottom, M_, N_, K_); return; }}")
+    text = (text[:include] + f"{BEGIN}\n#include \"caffe/util/faceops_inner_product.hpp\"\n{END}\n"
+            + text[include:forward.end()] + _block(weight_forward) + _block(forward_call)
+            + text[forward.end():backward.end()] + _block(weight_backward)
+            + text[backward.end():closing] + _block(backward_call) + text[closing:])
+    if device != "cpu":
+        return text
+    # LayerSetUp and Reshape are in the .cpp only.
+    return _insert(text, name, "the weight as a second bottom", [
+        (r"InnerProductLayer<Dtype>::LayerSetUp\([^)]*\)\s*\{\n",
+         ["if (bottom.size() == 2) {",
+          "  K_ = bottom[0]->count(bottom[0]->CanonicalAxisIndex(",
+          "      this->layer_param_.inner_product_param().axis()));",
+          "  N_ = FaceopsWeightBottomOutputs(this->layer_param_, K_, bottom[1]->shape());",
+          "  bias_term_ = false;",
+          "  transpose_ = false;",
+          "  return;",
+          "}"], "  "),
+        (r"InnerProductLayer<Dtype>::Reshape\([^)]*\)\s*\{\n",
+         ["if (bottom.size() == 2) N_ = FaceopsWeightBottomOutputs(this->layer_param_, K_, "
+          "bottom[1]->shape());"], "  ")])
+
+
+def patch_inner_product_header(text, device, name):
+    """inner_product_layer.hpp: one or two bottoms (the weight as bottom[1]).
+    Caffe's ExactNumBottomBlobs() = 1 is kept out of the build by #if 0."""
+    exact = r"  virtual inline int ExactNumBottomBlobs\(\) const \{ return 1; \}\n"
+    return _insert(text, name, "the weight as a second bottom", [
+        (r"\n(?=%s)" % exact,
+         ["// caffe-windows' weight as bottom[1] (caffe/util/faceops_inner_product.hpp).",
+          "virtual inline int MinBottomBlobs() const { return 1; }",
+          "virtual inline int MaxBottomBlobs() const { return 2; }",
+          "#if 0"], "  "),
+        (exact, ["#endif"], "  ")])
 
 
 def _insert(text, name, what, edits):
@@ -250,6 +289,14 @@ def patch_accuracy(text, device, name):
           "}"], "  ")])
 
 
+def patch_softmax_loss(text, device, name):
+    """softmax_loss_layer.cpp: softmax_param.normalize_type other than "Softmax" refused."""
+    return _insert(text, name, "softmax_param.normalize_type", [
+        (r'#include "caffe/layers/softmax_loss_layer.hpp"\n', [_FIELDS_INCLUDE], ""),
+        (r"SoftmaxWithLossLayer<Dtype>::LayerSetUp\([^)]*\)\s*\{\n\s*LossLayer<Dtype>::LayerSetUp\(bottom, top\);\n",
+         ["FaceopsCheckSoftmaxNormalizeType(this->layer_param_);"], "  ")])
+
+
 def patch_parameter(text, device, name):
     """parameter_layer.hpp: parameter_param { blob_filler } fills the blob."""
     return _insert(text, name, "parameter_param.blob_filler", [
@@ -275,6 +322,8 @@ def patch_filler(text, device, name):
 SOURCE_PATCHES = {
     Path("src/caffe/layers/inner_product_layer.cpp"): (patch_inner_product, "cpu"),
     Path("src/caffe/layers/inner_product_layer.cu"): (patch_inner_product, "gpu"),
+    Path("include/caffe/layers/inner_product_layer.hpp"): (patch_inner_product_header, None),
+    Path("src/caffe/layers/softmax_loss_layer.cpp"): (patch_softmax_loss, None),
     Path("src/caffe/layers/scale_layer.cpp"): (patch_scale, "cpu"),
     Path("src/caffe/layers/scale_layer.cu"): (patch_scale, "gpu"),
     Path("src/caffe/layers/accuracy_layer.cpp"): (patch_accuracy, "cpu"),

@@ -26,7 +26,13 @@ namespace caffe {
  *   computes it on the CPU.
  * - `parameter_param { blob_filler }`: the Parameter layer's blob is filled
  *   by it at set-up (Caffe leaves it zero).
+ * - `softmax_param { normalize_type }` (SoftmaxWithLoss, FocalLoss): the
+ *   fork's "Softmax", its default, is Caffe's own softmax; its "L2" and "L1"
+ *   replace the softmax by a Normalize layer inside the loss, which faceops
+ *   does not implement: any other value stops Caffe with the field's name.
  */
+void FaceopsCheckSoftmaxNormalizeType(const LayerParameter& param);
+
 template <typename Dtype>
 void FaceopsClampScale(const LayerParameter& param, Blob<Dtype>* scale);
 

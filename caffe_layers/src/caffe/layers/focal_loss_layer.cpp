@@ -6,6 +6,7 @@
 
 #include "caffe/layer_factory.hpp"
 #include "caffe/layers/focal_loss_layer.hpp"
+#include "caffe/util/faceops_caffe_fields.hpp"
 #include "caffe/util/math_functions.hpp"
 
 namespace caffe {
@@ -29,6 +30,7 @@ void FocalLossLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       << "; expected a finite number >= 0";
   alpha_ = param.alpha();
   gamma_ = param.gamma();
+  FaceopsCheckSoftmaxNormalizeType(this->layer_param_);
 
   LayerParameter softmax_param(this->layer_param_);
   softmax_param.set_type("Softmax");

@@ -23,6 +23,14 @@ void FaceopsFillGaussianUnitBall(Blob<Dtype>* blob) {
   }
 }
 
+void FaceopsCheckSoftmaxNormalizeType(const LayerParameter& param) {
+  CHECK(param.softmax_param().normalize_type() == "Softmax") << param.type()
+      << " layer '" << param.name() << "': softmax_param.normalize_type is \""
+      << param.softmax_param().normalize_type() << "\"; faceops supports only "
+      << "\"Softmax\" (the default: Caffe's softmax), not caffe-windows' "
+      << "\"L2\" / \"L1\" normalisation in place of the softmax";
+}
+
 template <typename Dtype>
 void FaceopsClampScale(const LayerParameter& param, Blob<Dtype>* scale) {
   const ScaleParameter& p = param.scale_param();

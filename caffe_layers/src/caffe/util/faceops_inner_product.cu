@@ -2,6 +2,7 @@
 
 #include "caffe/common.hpp"
 #include "caffe/util/faceops_inner_product.hpp"
+#include "caffe/util/math_functions.hpp"
 
 namespace caffe {
 
@@ -43,6 +44,38 @@ void FaceopsProjectWeightDiff_gpu(Blob<Dtype>* weight) {
       weight->mutable_gpu_diff());
   CUDA_POST_KERNEL_CHECK;
 }
+
+template <typename Dtype>
+void FaceopsWeightBottomForward_gpu(const vector<Blob<Dtype>*>& bottom,
+    const vector<Blob<Dtype>*>& top, int M, int N, int K) {
+  caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasTrans, M, N, K, Dtype(1),
+      bottom[0]->gpu_data(), bottom[1]->gpu_data(), Dtype(0),
+      top[0]->mutable_gpu_data());
+}
+
+template <typename Dtype>
+void FaceopsWeightBottomBackward_gpu(const vector<Blob<Dtype>*>& top,
+    const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom,
+    int M, int N, int K) {
+  const Dtype* top_diff = top[0]->gpu_diff();
+  if (propagate_down[1]) {
+    caffe_gpu_gemm<Dtype>(CblasTrans, CblasNoTrans, N, K, M, Dtype(1),
+        top_diff, bottom[0]->gpu_data(), Dtype(0), bottom[1]->mutable_gpu_diff());
+  }
+  if (propagate_down[0]) {
+    caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, M, K, N, Dtype(1),
+        top_diff, bottom[1]->gpu_data(), Dtype(0), bottom[0]->mutable_gpu_diff());
+  }
+}
+
+template void FaceopsWeightBottomForward_gpu<float>(const vector<Blob<float>*>&,
+    const vector<Blob<float>*>&, int, int, int);
+template void FaceopsWeightBottomForward_gpu<double>(const vector<Blob<double>*>&,
+    const vector<Blob<double>*>&, int, int, int);
+template void FaceopsWeightBottomBackward_gpu<float>(const vector<Blob<float>*>&,
+    const vector<bool>&, const vector<Blob<float>*>&, int, int, int);
+template void FaceopsWeightBottomBackward_gpu<double>(const vector<Blob<double>*>&,
+    const vector<bool>&, const vector<Blob<double>*>&, int, int, int);
 
 template void FaceopsNormalizeWeight_gpu<float>(const LayerParameter&,
     Blob<float>*, bool);
