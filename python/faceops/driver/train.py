@@ -82,6 +82,8 @@ def resolve_defaults(config):
         config.backbone = "descriptor"
     if config.lr is None:
         config.lr = 0.1 if config.backbone == "cnn" else 0.5
+    if config.flip_test is None:
+        config.flip_test = config.backbone == "cnn"
 
 
 # Measured on this project's 2-core machine (docs/driver.md says how): the built-in default run.
@@ -144,6 +146,10 @@ def build_parser():
                           "(--backbone cnn: only the reference reported beside the trained model)")
     net.add_argument("--hidden", type=int, default=0,
                      help="0: the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units")
+    net.add_argument("--flip-test", action=argparse.BooleanOptionalAction,
+                     help="--backbone cnn: verify (and export) the sum of the embeddings of the image and of its "
+                          "horizontal mirror, L2-normalised, as insightface's flip test (default: on with "
+                          "--backbone cnn)")
     net.add_argument("--rank", type=int, default=128,
                      help="rank of the correction, or the MLP's (or the cnn's) embedding size")
     losses = p.add_argument_group("losses")
@@ -260,6 +266,8 @@ def resume_configuration(config, given):
     if "holdout" not in stored and stored.get("data") and not any(
             stored.get(k) for k in ("train_identities", "eval_root", "eval_pairs", "eval_identities")):
         resumed.holdout = 0.0  # faceops 0.1.0 trained and verified on all identities of --data alone
+    if "flip_test" not in stored:
+        resumed.flip_test = False  # a run from before --flip-test: verified without it
     resumed.run_dir, resumed.resume, resumed.overwrite = run_dir, True, False
     if given.get("overwrite"):
         raise ValueError("--resume continues a run and --overwrite replaces it: give one")
@@ -735,7 +743,7 @@ def _run(config, log, status, notes=()):
         onnx_path = export.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
                                    export.preprocessing_of(vars(config)))
     else:
-        onnx_path = torch_model.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
+        onnx_path = torch_model.to_onnx(trainer.verification_net(), os.path.join(status.run_dir, "model.onnx"),
                                         torch_model.preprocessing_of(vars(config)))
     metrics = {"measured_on": measured_on, "descriptor": baseline.as_dict(), "trained": trained.as_dict(),
                "history": trainer.history, "seconds": time.time() - started}
@@ -773,6 +781,9 @@ def check_arguments(config):
     margin = margin_term(weights)
     if config.backbone == "cnn":
         check_cnn_arguments(config)
+    elif config.flip_test:
+        raise ValueError("--flip-test: an option of --backbone cnn (the descriptor model's ONNX graph takes the "
+                         "descriptor, not the image it could mirror)")
     if config.method == "sst":
         if set(weights) != {margin}:
             raise ValueError(f"--method sst: --loss must be one margin-softmax term ({', '.join(MARGIN_LOSSES)}), "
