@@ -249,6 +249,14 @@ def test_no_flip_test_and_a_run_configured_before_it_verify_the_network_alone(tm
     assert resumed.flip_test is False
 
 
+def test_without_epochs_a_cnn_run_on_data_trains_the_cnn_default(tmp_path, synthetic_root, monkeypatch):
+    monkeypatch.setattr(train, "CNN_EPOCHS", 2)  # the wiring, not the 36 epochs themselves
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY)
+    assert _json(run_dir, "config.json")["epochs"] == 2
+    assert len(_json(run_dir, "metrics.json")["history"]) == 2
+
+
 def test_the_flip_test_is_refused_with_the_descriptor_backbone():
     with pytest.raises(ValueError, match=r"--flip-test: an option of --backbone cnn"):
         train.configure(["--flip-test"])
