@@ -181,8 +181,9 @@ def build_parser():
     method.add_argument("--queue-size", type=int,
                         help="sst: how many gallery features of earlier batches are kept as negative prototypes "
                              "(FIFO; default 512)")
-    method.add_argument("--epochs", type=int, help=f"default: 15 with --data (--backbone cnn: {CNN_EPOCHS}), 60 on the "
-                                                   "built-in synthetic set; with --resume, a larger value extends the run")
+    method.add_argument("--epochs", type=int,
+                        help=f"default: 15 with --data (--backbone cnn: {CNN_EPOCHS}), 60 on the built-in synthetic "
+                             f"set; with --resume, a larger value extends the run")
     method.add_argument("--identities-per-batch", "-P", type=int, default=16, help="identities in each batch")
     method.add_argument("--images-per-identity", "-K", type=int,
                         help="images of each identity in each batch (default 4; --method sst: 2, the only value)")
