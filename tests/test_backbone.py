@@ -1,7 +1,8 @@
 """`faceops train --backbone cnn`: the torch CNN trained with the faceops.torch losses.
 Its loss goes down and every trained tensor (network, class weights, centres, theta)
 moves; a resumed run equals an uninterrupted one bitwise; the ONNX export passes
-onnx.checker and OpenCV DNN reproduces the torch forward; `faceops export` and
+onnx.checker and OpenCV DNN reproduces the torch forward, with the flip test (the sum
+over the image and its mirror) in the graph; `faceops export` and
 `faceops eval` take cnn runs; options it does not support are refused by name, and
 without torch the option says how to install it."""
 
@@ -194,6 +195,72 @@ def test_onnx_export_runs_in_opencv_dnn_as_the_torch_forward_and_eval_reads_it(t
     assert "lbp descriptor alone" in out and f"ONNX model {path}" in out
     from_onnx = _json(onnx_out, "metrics.json")
     assert from_onnx["trained"]["auc"] == pytest.approx(trained["trained"]["auc"], abs=1e-3)
+
+
+def test_the_flip_test_embeds_the_sum_over_image_and_mirror_in_torch_and_in_opencv_dnn(tmp_path, synthetic_root):
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY, "--epochs", "1")  # --flip-test: the cnn's default
+    config = _json(run_dir, "config.json")
+    assert config["flip_test"] is True
+    embed, net = torch_model.load_run(run_dir, config)
+    faces = data.load_identity_folder(synthetic_root, 32, 1.0, train.expand_names("id_010-id_013"))
+    # The synthetic faces are drawn nearly symmetric; noise images are not.
+    images = np.concatenate([faces.images, np.random.default_rng(0).random((8, 32, 32), np.float32)])
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    with torch.no_grad():
+        raw = net.net.eval()  # the trained network itself, under the flip test's wrapper
+        one, other = (raw(torch.from_numpy(np.ascontiguousarray(x[:, None])).contiguous(
+            memory_format=torch.channels_last)) for x in (images, mirrored))
+    expected = torch.nn.functional.normalize(one + other, dim=1).numpy()
+    got = embed(images)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(embed(mirrored), got, atol=1e-6)  # a face and its mirror: one embedding
+    unflipped = torch.nn.functional.normalize(one, dim=1).numpy()
+    assert np.abs(got - unflipped).max() > 1e-2, "the flip test changed nothing: the mirror was not added"
+    loaded = onnx.load(os.path.join(run_dir, "model.onnx"))
+    assert json.loads({p.key: p.value for p in loaded.metadata_props}["preprocessing"])["flip_test"] is True
+    dnn = cv2.dnn.readNetFromONNX(os.path.join(run_dir, "model.onnx"))
+    dnn.setInput(np.ascontiguousarray(images[:, None]))
+    np.testing.assert_allclose(dnn.forward(), expected, atol=ONNX_TOLERANCE)
+
+
+def test_no_flip_test_and_a_run_configured_before_it_verify_the_network_alone(tmp_path, synthetic_root):
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY, "--epochs", "1", "--no-flip-test")
+    config = _json(run_dir, "config.json")
+    embed, net = torch_model.load_run(run_dir, config)
+    faces = data.load_identity_folder(synthetic_root, 32, 1.0, train.expand_names("id_010-id_013"))
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(net(torch.from_numpy(faces.images[:, None])), dim=1).numpy()
+    assert not hasattr(net, "net")
+    np.testing.assert_allclose(embed(faces.images), expected, atol=1e-6)
+    dnn = cv2.dnn.readNetFromONNX(os.path.join(run_dir, "model.onnx"))
+    dnn.setInput(np.ascontiguousarray(faces.images[:, None]))
+    np.testing.assert_allclose(dnn.forward(), expected, atol=ONNX_TOLERANCE)
+    # A checkpoint whose configuration has no flip_test (written before the option) resumes without it.
+    path = os.path.join(run_dir, "checkpoint.npz")
+    with np.load(path) as state:
+        state = dict(state)
+    old = json.loads(str(state["config"]))
+    del old["flip_test"]
+    state["config"] = np.asarray(json.dumps(old))
+    np.savez(path, **state)
+    resumed, _ = train.configure(["--run-dir", run_dir, "--resume", "--epochs", "2"])
+    assert resumed.flip_test is False
+
+
+def test_without_epochs_a_cnn_run_on_data_trains_the_cnn_default(tmp_path, synthetic_root, monkeypatch):
+    monkeypatch.setattr(train, "CNN_EPOCHS", 2)  # the wiring, not the 36 epochs themselves
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY)
+    assert _json(run_dir, "config.json")["epochs"] == 2
+    assert len(_json(run_dir, "metrics.json")["history"]) == 2
+
+
+def test_the_flip_test_is_refused_with_the_descriptor_backbone():
+    with pytest.raises(ValueError, match=r"--flip-test: an option of --backbone cnn"):
+        train.configure(["--flip-test"])
+    assert train.configure(["--epochs", "1"])[0].flip_test is False
 
 
 @pytest.mark.parametrize("options, message", [

@@ -77,6 +77,29 @@ def network_for(config):
     return build_network(config["rank"]).sized_for(config["image_size"])
 
 
+def with_flip_test(net):
+    """The network of the flip test (insightface, recognition/arcface_torch/eval/verification.py,
+    `test`): net(image) + net(mirrored image), before the L2 normalisation.  The mirror
+    (torch.flip over the width) exports as one ONNX Slice with step -1, which OpenCV DNN runs."""
+    torch = require_torch()
+
+    class FlipTest(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.embedding_size = net, net.embedding_size
+
+        def forward(self, images):
+            return self.net(images) + self.net(images.flip(3))
+
+    return FlipTest(net)
+
+
+def verification_network(net, config):
+    """What verification and the ONNX model run: the network, or with --flip-test its flip test.
+    A run configured before --flip-test existed (no flip_test key) had none."""
+    return with_flip_test(net) if config.get("flip_test") else net
+
+
 def _weight_decayed(parameter):
     """Weight decay on the convolution and linear weights, not on BN or biases (as the NumPy model)."""
     return parameter.dim() > 1
@@ -161,8 +184,11 @@ class TorchTrainer:
         self.optimizer.step()
         return float(total.detach())
 
+    def verification_net(self):
+        return verification_network(self.net, vars(self.config))
+
     def embed(self, images, batch=256):
-        return embed_images(self.net, images, self.device, batch)
+        return embed_images(self.verification_net(), images, self.device, batch)
 
     def state(self):
         from faceops.driver import train
@@ -223,9 +249,11 @@ def preprocessing_of(config):
     """The metadata's `preprocessing` of a cnn model: the graph takes the prepared image itself."""
     return {"backbone": "cnn", "input": "image", "reference_descriptor": config["descriptor"],
             "image_size": config["image_size"], "crop": config["crop"], "grey": True, "pixel_scale": "1/255",
+            "flip_test": bool(config.get("flip_test")),
             "steps": "grey, centre crop keeping `crop` of each side, resize to image_size (INTER_AREA), scale to "
                      "[0, 1], shape (N, 1, image_size, image_size); reference_descriptor is only the descriptor "
-                     "`faceops eval` reports beside the model"}
+                     "`faceops eval` reports beside the model; flip_test: the graph itself adds the embedding of "
+                     "the mirrored image (nothing to do for the caller)"}
 
 
 def to_onnx(net, path, preprocessing):
@@ -253,12 +281,13 @@ def to_onnx(net, path, preprocessing):
     graph = model.graph
     graph.node.append(helper.make_node("LpNormalization", ["unnormalised"], [OUTPUT_NAME], axis=1, p=2))
     dim = net.embedding_size
+    summed = "the sum of the embeddings of the image and of its mirror, " if preprocessing["flip_test"] else ""
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", dim]))
     model.producer_name = "faceops"
     metadata = {
         "input": f"{INPUT_NAME}: (N, 1, {size}, {size}) float32, the prepared grey face crop in [0, 1]",
-        "output": f"{OUTPUT_NAME}: (N, {dim}) float32, L2-normalised; compare faces by cosine similarity",
+        "output": f"{OUTPUT_NAME}: (N, {dim}) float32, {summed}L2-normalised; compare faces by cosine similarity",
         "preprocessing": json.dumps(preprocessing, sort_keys=True),
     }
     helper.set_model_props(model, metadata)
@@ -268,7 +297,7 @@ def to_onnx(net, path, preprocessing):
 
 
 def load_run(run_dir, config):
-    """(embed(images) -> embeddings, the trained network) of a cnn run's checkpoint.npz."""
+    """(embed(images) -> embeddings, the trained verification network) of a cnn run's checkpoint.npz."""
     with np.load(os.path.join(run_dir, "checkpoint.npz")) as state:
         if TORCH_STATE not in state.files:
             raise ValueError(f"{run_dir}: the checkpoint holds no {TORCH_STATE}, though its configuration says "
@@ -276,5 +305,5 @@ def load_run(run_dir, config):
         saved = _load_torch_state(state[TORCH_STATE])
     net = network_for(config).to(memory_format=require_torch().channels_last)  # as in training: the same sums
     net.load_state_dict(saved["net"])
-    net.eval()
+    net = verification_network(net, config).eval()
     return (lambda images: embed_images(net, images)), net

@@ -82,6 +82,8 @@ def resolve_defaults(config):
         config.backbone = "descriptor"
     if config.lr is None:
         config.lr = 0.1 if config.backbone == "cnn" else 0.5
+    if config.flip_test is None:
+        config.flip_test = config.backbone == "cnn"
 
 
 # Measured on this project's 2-core machine (docs/driver.md says how): the built-in default run.
@@ -144,6 +146,10 @@ def build_parser():
                           "(--backbone cnn: only the reference reported beside the trained model)")
     net.add_argument("--hidden", type=int, default=0,
                      help="0: the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units")
+    net.add_argument("--flip-test", action=argparse.BooleanOptionalAction,
+                     help="--backbone cnn: verify (and export) the sum of the embeddings of the image and of its "
+                          "horizontal mirror, L2-normalised, as insightface's flip test (default: on with "
+                          "--backbone cnn)")
     net.add_argument("--rank", type=int, default=128,
                      help="rank of the correction, or the MLP's (or the cnn's) embedding size")
     losses = p.add_argument_group("losses")
@@ -175,8 +181,9 @@ def build_parser():
     method.add_argument("--queue-size", type=int,
                         help="sst: how many gallery features of earlier batches are kept as negative prototypes "
                              "(FIFO; default 512)")
-    method.add_argument("--epochs", type=int, help="default: 15 with --data, 60 on the built-in synthetic set; "
-                                                   "with --resume, a larger value extends the run")
+    method.add_argument("--epochs", type=int,
+                        help=f"default: 15 with --data (--backbone cnn: {CNN_EPOCHS}), 60 on the built-in synthetic "
+                             f"set; with --resume, a larger value extends the run")
     method.add_argument("--identities-per-batch", "-P", type=int, default=16, help="identities in each batch")
     method.add_argument("--images-per-identity", "-K", type=int,
                         help="images of each identity in each batch (default 4; --method sst: 2, the only value)")
@@ -260,6 +267,8 @@ def resume_configuration(config, given):
     if "holdout" not in stored and stored.get("data") and not any(
             stored.get(k) for k in ("train_identities", "eval_root", "eval_pairs", "eval_identities")):
         resumed.holdout = 0.0  # faceops 0.1.0 trained and verified on all identities of --data alone
+    if "flip_test" not in stored:
+        resumed.flip_test = False  # a run from before --flip-test: verified without it
     resumed.run_dir, resumed.resume, resumed.overwrite = run_dir, True, False
     if given.get("overwrite"):
         raise ValueError("--resume continues a run and --overwrite replaces it: give one")
@@ -469,6 +478,7 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(str(state["rng"]))
 
 
+CNN_EPOCHS = 36
 SYNTHETIC = dict(identities=60, images_per_identity=8, train="id_000-id_039", eval="id_040-id_059", epochs=60)
 SYNTHETIC_NAME = "the built-in synthetic set"
 
@@ -630,7 +640,8 @@ def _run(config, log, status, notes=()):
                 f"{SYNTHETIC['eval']}")
         else:
             root, root_name = config.data, config.data
-        config.epochs = config.epochs or 15
+        # The cnn's default: its best measured length on LFW DevTrain (docs/driver.md, "On LFW DevTest").
+        config.epochs = config.epochs or (CNN_EPOCHS if config.backbone == "cnn" else 15)
         resolve_defaults(config)
         train_set, (eval_images, eval_i, eval_j, same), measured_on, skipped = load_faces(config, root, root_name)
     if skipped:
@@ -735,7 +746,7 @@ def _run(config, log, status, notes=()):
         onnx_path = export.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
                                    export.preprocessing_of(vars(config)))
     else:
-        onnx_path = torch_model.to_onnx(trainer.net, os.path.join(status.run_dir, "model.onnx"),
+        onnx_path = torch_model.to_onnx(trainer.verification_net(), os.path.join(status.run_dir, "model.onnx"),
                                         torch_model.preprocessing_of(vars(config)))
     metrics = {"measured_on": measured_on, "descriptor": baseline.as_dict(), "trained": trained.as_dict(),
                "history": trainer.history, "seconds": time.time() - started}
@@ -773,6 +784,9 @@ def check_arguments(config):
     margin = margin_term(weights)
     if config.backbone == "cnn":
         check_cnn_arguments(config)
+    elif config.flip_test:
+        raise ValueError("--flip-test: an option of --backbone cnn (the descriptor model's ONNX graph takes the "
+                         "descriptor, not the image it could mirror)")
     if config.method == "sst":
         if set(weights) != {margin}:
             raise ValueError(f"--method sst: --loss must be one margin-softmax term ({', '.join(MARGIN_LOSSES)}), "
