@@ -125,29 +125,31 @@ def faceops_loss(loss):
 
 class PoolHighWater:
     """The high-water mark of the device's default stream-ordered memory pool (faceops'
-    kernels take their scratch from it with cudaMallocAsync); None where it cannot be read."""
+    kernels take their scratch from it with cudaMallocAsync); None where it cannot be read
+    (cuda.bindings missing, or a call fails: the benchmark goes on without it)."""
 
     def __init__(self, device):
+        self.pool = None
         try:
-            from cuda.bindings import runtime
+            from cuda.bindings import driver, runtime
         except ImportError:
-            self.pool = None
             return
-        self.runtime = runtime
-        error, self.pool = runtime.cudaDeviceGetDefaultMemPool(device)
-        if error != runtime.cudaError_t.cudaSuccess:
-            self.pool = None
+        self.runtime, self.uint64 = runtime, driver.cuuint64_t
+        self.attribute = runtime.cudaMemPoolAttr.cudaMemPoolAttrUsedMemHigh
+        error, pool = runtime.cudaDeviceGetDefaultMemPool(device)
+        if error == runtime.cudaError_t.cudaSuccess:
+            self.pool = pool
 
     def reset(self):
         if self.pool is not None:
-            attribute = self.runtime.cudaMemPoolAttr.cudaMemPoolAttrUsedMemHigh
-            self.runtime.cudaMemPoolSetAttribute(self.pool, attribute, self.runtime.cuuint64_t(0))
+            (error,) = self.runtime.cudaMemPoolSetAttribute(self.pool, self.attribute, self.uint64(0))
+            if error != self.runtime.cudaError_t.cudaSuccess:
+                self.pool = None
 
     def read_mb(self):
         if self.pool is None:
             return None
-        error, value = self.runtime.cudaMemPoolGetAttribute(
-            self.pool, self.runtime.cudaMemPoolAttr.cudaMemPoolAttrUsedMemHigh)
+        error, value = self.runtime.cudaMemPoolGetAttribute(self.pool, self.attribute)
         return int(value) / 2**20 if error == self.runtime.cudaError_t.cudaSuccess else None
 
 
