@@ -189,6 +189,9 @@ def measure(torch, loss_fn, x, labels, repeats, pool=None):
         x.grad = None
         torch.cuda.empty_cache()
         return {"skipped": "out of GPU memory"}
+    except Exception as error:  # one failing implementation (a compile error, say) must not end the run
+        x.grad = None
+        return {"skipped": f"{type(error).__name__}: {error}"[:300]}
     row = {"ms": statistics.median(times)}
     if cuda:
         row["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
