@@ -345,6 +345,13 @@ double global_lse_negatives(const T* row, int64_t dim, int64_t target, double sc
   return largest + std::log(sum) / scale;
 }
 
+// The batch's mean margin.
+inline double global_lse_mean(const double* margins, int64_t n) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += margins[i];
+  return sum / static_cast<double>(n);
+}
+
 // The fork's MeanShift: from mu, `loops` times mu = the mean of the margins
 // within 0.1 of mu, stopping when mu moves by less than 0.001.  When no
 // margin is within 0.1, mu restarts once from the mean of all margins, and
@@ -352,9 +359,7 @@ double global_lse_negatives(const T* row, int64_t dim, int64_t target, double sc
 // margin within 0.1 of that mean either, or a NaN margin), the mean of all
 // margins is returned.
 inline double global_lse_mean_shift(const double* margins, int64_t n, double mu, int loops) {
-  double mean = 0.0;
-  for (int64_t i = 0; i < n; ++i) mean += margins[i];
-  mean /= static_cast<double>(n);
+  const double mean = global_lse_mean(margins, n);
   bool restarted = false;
   double last = mu;
   while (loops-- > 0) {
@@ -386,13 +391,18 @@ inline double global_lse_mean_shift(const double* margins, int64_t n, double mu,
 // one iteration from m.  A NaN mode leaves m unchanged.
 inline double global_lse_margin_update(const double* margins, int64_t n, double m) {
   if (m == 0.0) {
-    double mean = 0.0;
-    for (int64_t i = 0; i < n; ++i) mean += margins[i];
-    const double mode = global_lse_mean_shift(margins, n, mean / static_cast<double>(n), 20);
+    const double mode = global_lse_mean_shift(margins, n, global_lse_mean(margins, n), 20);
     return std::isnan(mode) ? m : mode;
   }
   const double mode = global_lse_mean_shift(margins, n, m, 1);
   return std::isnan(mode) ? m : 0.9 * m + 0.1 * mode;
+}
+
+// The layer's output is s_i times this: the cosine, less the margin m on the
+// target class once m is positive.
+template <typename T>
+FACEOPS_HD T global_lse_cosine(T cosine, bool target, T m) {
+  return target && m > T(0) ? cosine - m : cosine;
 }
 
 // ---- Flip (happynear's caffe-windows, NormFace's example_of_mirror_face) ----

@@ -108,7 +108,7 @@ void GlobalLSEMarginLayer<Dtype>::Forward_cpu(
     const Dtype scale = SampleScale(bottom, i);
     for (int j = 0; j < num_classes_; ++j) {
       const int k = i * num_classes_ + j;
-      out[k] = scale * (j == labels[i] && m[0] > 0 ? x[k] - m[0] : x[k]);
+      out[k] = scale * faceops::fork::global_lse_cosine(x[k], j == labels[i], m[0]);
     }
   }
   if (top.size() == 2) {
@@ -142,7 +142,7 @@ void GlobalLSEMarginLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
     for (int j = 0; j < num_classes_; ++j) {
       const int k = i * num_classes_ + j;
       if (bottom_diff) bottom_diff[k] = scale * top_diff[k];
-      row_diff += top_diff[k] * (j == labels[i] && m > 0 ? x[k] - m : x[k]);
+      row_diff += top_diff[k] * faceops::fork::global_lse_cosine(x[k], j == labels[i], m);
     }
     if (feature_norms_ && scale_diff) bottom[2]->mutable_cpu_diff()[i] = row_diff;
     s_diff += row_diff;
