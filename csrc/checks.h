@@ -43,10 +43,15 @@ void check_finite(const char* name, const T* values, int64_t count) {
   require(finite, std::string(name) + ": contains NaN or Inf; expected finite values");
 }
 
-// The pair loss's threshold, one value by address: present and finite.
+// The pair loss's threshold, one value by address: present (the CUDA entries,
+// whose theta is in device memory, check only this) and finite.
+inline void check_theta_address(const void* theta) {
+  require(theta != nullptr, "theta: expected the address of one value, got null");
+}
+
 template <typename T>
 T check_theta(const T* theta) {
-  require(theta != nullptr, "theta: expected the address of one value, got null");
+  check_theta_address(theta);
   require(std::isfinite(static_cast<double>(*theta)), "theta: expected a finite number, got " +
                                                          std::to_string(static_cast<double>(*theta)));
   return *theta;

@@ -81,7 +81,7 @@ template <typename T>
 void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T* theta, T* loss,
                T* dx, T* dtheta, void* stream_handle) {
   faceops::detail::check_batch("x", n, d);
-  faceops::detail::require(theta != nullptr, "theta: expected the address of one value, got null");
+  faceops::detail::check_theta_address(theta);
   detail::check_rows_fit_int("x", n);
   detail::NvtxRange range("faceops::pair_loss");
   const cudaStream_t stream = detail::as_stream(stream_handle);
@@ -113,7 +113,7 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
                    const int64_t* ref_labels, int64_t m, const int64_t* self_index,
                    const T* theta, T* loss, T* count, T* dx, T* dref, T* dtheta, void* stream_handle) {
   faceops::detail::check_batch("x", n, d);
-  faceops::detail::require(theta != nullptr, "theta: expected the address of one value, got null");
+  faceops::detail::check_theta_address(theta);
   faceops::detail::check_batch("ref", m, d);
   detail::check_rows_fit_int("x", n);
   detail::check_rows_fit_int("ref", m);
