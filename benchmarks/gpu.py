@@ -34,6 +34,7 @@ import numpy as np
 import faceops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bounds  # noqa: E402
 from run import MARGIN_OPS, SCALE, torch_margin_softmax  # noqa: E402  (the peer code shared with the CPU suite)
 
 
@@ -95,7 +96,8 @@ def center(cp, synchronize):
         labels = cp.random.randint(0, classes, 1024)
         loss_ms = timed(lambda: faceops.center_loss(x, labels, centers, center_grad="rows"), synchronize, 10)
         update_ms = timed(lambda: faceops.center_update(x, labels, centers, 0.5), synchronize, 10)
-        print(f"center N=1024 D=512 C={classes}: center_loss {loss_ms:.3f} ms, center_update {update_ms:.3f} ms")
+        print(f"center N=1024 D=512 C={classes}: center_loss {loss_ms:.3f} ms, center_update {update_ms:.3f} ms "
+              f"(bound {bounds.bound_ms(bytes_moved=bounds.center_bytes(1024, 512)):.4f} ms)")
 
 
 
@@ -117,7 +119,8 @@ def margin_softmax(cp, torch, synchronize, n=256, d=512, class_counts=(10_000, 1
         wt = torch.as_tensor(weight_host, device="cuda").requires_grad_(True)
         yt = torch.as_tensor(labels_host, device="cuda")
         for op, margin in MARGIN_OPS.items():
-            row = {}
+            row = {"bound_ms": bounds.bound_ms(bounds.margin_softmax_flops(n, d, classes),
+                                               bounds.margin_softmax_bytes(n, d, classes, "float32"))}
             sample_rng = cp.random.default_rng(1)
             synchronize()
             pool.free_all_blocks()

@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bounds  # noqa: E402
-from torch_step import TRIPLET_MARGIN, _pml_loss  # noqa: E402  (pml's settings shared with the CPU step)
+from torch_step import TRIPLET_MARGIN, _pml_loss, dense_pairwise_loss  # noqa: E402  (the CPU step's peers)
 
 LOSSES = ("pair", "triplet_semihard", "triplet_hard", "triplet_all")
 PER_IDENTITY = 4
@@ -52,67 +52,6 @@ def make_batch(torch, n, d, device, dtype=None, seed=0):
     x = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
     labels = torch.arange(n // PER_IDENTITY).repeat_interleave(PER_IDENTITY)[torch.randperm(n, generator=g)]
     return x.to(device=device, dtype=dtype or torch.float32).requires_grad_(), labels.to(device)
-
-
-def dense_loss(torch, loss, per_identity=PER_IDENTITY):
-    """The idiomatic dense PyTorch form of a faceops loss (csrc/faceops/triplet_loss.h,
-    pair_loss.h), for batches in which every identity has per_identity rows."""
-    positives = per_identity - 1
-
-    def squared_distances(x):
-        norms = (x * x).sum(1)
-        return (norms[:, None] + norms[None, :] - 2 * x @ x.T).clamp_min(0)
-
-    def masks(x, y):
-        same = y[:, None] == y[None, :]
-        return same, same & ~torch.eye(len(y), dtype=torch.bool, device=x.device)
-
-    def anchor_positive(dist, positive):  # (n, K - 1): each anchor's positive distances
-        return dist.masked_fill(~positive, float("-inf")).topk(positives, dim=1).values
-
-    if loss == "pair":
-        def pair(x, y):
-            n = len(y)
-            sign = (y[:, None] == y[None, :]).to(x.dtype) * 2 - 1
-            hinge = torch.relu(1 - sign * (THETA - squared_distances(x)))
-            return (hinge.sum() - hinge.diagonal().sum()) / (n * n - n)
-
-        return pair
-    if loss == "triplet_hard":
-        def hard(x, y):
-            dist = squared_distances(x)
-            same, positive = masks(x, y)
-            hardest_positive = dist.masked_fill(~positive, float("-inf")).max(1).values
-            hardest_negative = dist.masked_fill(same, float("inf")).min(1).values
-            return torch.relu(hardest_positive - hardest_negative + TRIPLET_MARGIN).mean()
-
-        return hard
-    if loss == "triplet_semihard":
-        # FaceNet (Schroff et al. 2015, eq. 4 and sec. 3.2): per (anchor, positive), the nearest
-        # negative farther than the positive; where there is none, the farthest negative.
-        def semihard(x, y):
-            dist = squared_distances(x)
-            same, positive = masks(x, y)
-            d_ap = anchor_positive(dist, positive)
-            negatives = dist.masked_fill(same, float("inf"))
-            farther = negatives[:, None, :] > d_ap[:, :, None]
-            nearest_farther = torch.where(farther, negatives[:, None, :], float("inf")).min(2).values
-            farthest = dist.masked_fill(same, float("-inf")).max(1, keepdim=True).values.expand_as(d_ap)
-            d_an = torch.where(torch.isinf(nearest_farther), farthest, nearest_farther)
-            return torch.relu(d_ap - d_an + TRIPLET_MARGIN).mean()
-
-        return semihard
-    if loss == "triplet_all":
-        def batch_all(x, y):  # the mean over every triplet, active or not
-            dist = squared_distances(x)
-            same, positive = masks(x, y)
-            d_ap = anchor_positive(dist, positive)
-            negatives = dist.masked_fill(same, float("inf"))
-            hinge = torch.relu(d_ap[:, :, None] - negatives[:, None, :] + TRIPLET_MARGIN)
-            return hinge.sum() / (len(y) * positives * (len(y) - per_identity))
-
-        return batch_all
-    raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
 
 
 def faceops_loss(loss):
@@ -204,7 +143,7 @@ def measure(torch, loss_fn, x, labels, repeats, pool=None):
 
 def implementations(torch, loss, compiled, pml):
     """name -> (loss_fn, embedding dtype, allow_tf32)."""
-    dense = dense_loss(torch, loss)
+    dense = dense_pairwise_loss(torch, loss, THETA, PER_IDENTITY)
     impls = {"faceops_fp32": (faceops_loss(loss), torch.float32, False),
              "faceops_bf16": (faceops_loss(loss), torch.bfloat16, False),
              "torch_fp32": (dense, torch.float32, False),
@@ -258,7 +197,8 @@ def run(case_list, device="cuda", repeats=20, compile_peer=True, out=None):
         pml = True
     except ImportError:
         pml = False
-    compiled = {loss: torch.compile(dense_loss(torch, loss), dynamic=True) for loss in LOSSES} if compile_peer else None
+    compiled = {loss: torch.compile(dense_pairwise_loss(torch, loss, THETA, PER_IDENTITY), dynamic=True)
+                for loss in LOSSES} if compile_peer else None
     pool = PoolHighWater(torch.cuda.current_device()) if device == "cuda" else None
     rows = []
     for loss, n, d in case_list:

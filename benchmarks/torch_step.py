@@ -139,33 +139,78 @@ def torch_arange(n, device):
     return torch.arange(n, device=device)
 
 
-def _torch_loss(loss, classes, d, device, half):
-    import torch
+def squared_distances(x):
+    norms = (x * x).sum(1)
+    return (norms[:, None] + norms[None, :] - 2 * x @ x.T).clamp_min(0)
 
-    def squared_distances(x):
-        norms = (x * x).sum(1)
-        return (norms[:, None] + norms[None, :] - 2 * x @ x.T).clamp_min(0)
 
-    if loss == "triplet_hard":
-        def hard(x, y):
-            dist = squared_distances(x)
-            same = y[:, None] == y[None, :]
-            eye = torch.eye(len(y), dtype=torch.bool, device=x.device)
-            hardest_positive = dist.masked_fill(~same | eye, float("-inf")).max(1).values
-            hardest_negative = dist.masked_fill(same, float("inf")).min(1).values
-            return torch.relu(hardest_positive - hardest_negative + TRIPLET_MARGIN).mean()
+def dense_pairwise_loss(torch, loss, theta=None, per_identity=4):
+    """The idiomatic dense PyTorch form of a faceops pairwise loss (csrc/faceops/triplet_loss.h,
+    pair_loss.h; checked against faceops.reference in tests/test_benchmark_peers.py), for batches
+    in which every identity has per_identity rows; theta (a number or a 0-d tensor) is the pair
+    loss's."""
+    positives = per_identity - 1
 
-        return hard, []
+    def masks(x, y):
+        same = y[:, None] == y[None, :]
+        return same, same & ~torch.eye(len(y), dtype=torch.bool, device=x.device)
+
+    def anchor_positive(dist, positive):  # (n, K - 1): each anchor's positive distances
+        return dist.masked_fill(~positive, float("-inf")).topk(positives, dim=1).values
+
     if loss == "pair":
-        theta = torch.nn.Parameter(torch.tensor(1.0, device=device))
-
         def pair(x, y):
             n = len(y)
             sign = (y[:, None] == y[None, :]).to(x.dtype) * 2 - 1
             hinge = torch.relu(1 - sign * (theta - squared_distances(x)))
             return (hinge.sum() - hinge.diagonal().sum()) / (n * n - n)
 
-        return pair, [theta]
+        return pair
+    if loss == "triplet_hard":
+        def hard(x, y):
+            dist = squared_distances(x)
+            same, positive = masks(x, y)
+            hardest_positive = dist.masked_fill(~positive, float("-inf")).max(1).values
+            hardest_negative = dist.masked_fill(same, float("inf")).min(1).values
+            return torch.relu(hardest_positive - hardest_negative + TRIPLET_MARGIN).mean()
+
+        return hard
+    if loss == "triplet_semihard":
+        # FaceNet (Schroff et al. 2015, eq. 4 and sec. 3.2): per (anchor, positive), the nearest
+        # negative farther than the positive; where there is none, the farthest negative.
+        def semihard(x, y):
+            dist = squared_distances(x)
+            same, positive = masks(x, y)
+            d_ap = anchor_positive(dist, positive)
+            negatives = dist.masked_fill(same, float("inf"))
+            farther = negatives[:, None, :] > d_ap[:, :, None]
+            nearest_farther = torch.where(farther, negatives[:, None, :], float("inf")).min(2).values
+            farthest = dist.masked_fill(same, float("-inf")).max(1, keepdim=True).values.expand_as(d_ap)
+            d_an = torch.where(torch.isinf(nearest_farther), farthest, nearest_farther)
+            return torch.relu(d_ap - d_an + TRIPLET_MARGIN).mean()
+
+        return semihard
+    if loss == "triplet_all":
+        def batch_all(x, y):  # the mean over every triplet, active or not
+            dist = squared_distances(x)
+            same, positive = masks(x, y)
+            d_ap = anchor_positive(dist, positive)
+            negatives = dist.masked_fill(same, float("inf"))
+            hinge = torch.relu(d_ap[:, :, None] - negatives[:, None, :] + TRIPLET_MARGIN)
+            return hinge.sum() / (len(y) * positives * (len(y) - per_identity))
+
+        return batch_all
+    raise ValueError(f"loss: expected a pairwise loss, got {loss!r}")
+
+
+def _torch_loss(loss, classes, d, device, half):
+    import torch
+
+    if loss == "triplet_hard":
+        return dense_pairwise_loss(torch, loss), []
+    if loss == "pair":
+        theta = torch.nn.Parameter(torch.tensor(1.0, device=device))
+        return dense_pairwise_loss(torch, loss, theta), [theta]
     if loss == "contrastive":
         def contrastive(x, y):
             s = (y[:half] == y[half:]).to(x.dtype)
@@ -176,7 +221,7 @@ def _torch_loss(loss, classes, d, device, half):
     if loss == "center":
         centers = torch.nn.Parameter(torch.zeros(classes, d, device=device))
         return (lambda x, y: ((x - centers[y]) ** 2).sum() / (2 * len(x))), [centers]
-    return None  # semi-hard and batch-all: no dense form short of N x N x N
+    return None  # semi-hard and batch-all: dense, (N, 3, N) (gpu_pairwise.py times them on the GPU)
 
 
 def make_step(impl, loss, n, d, classes, device="cpu"):

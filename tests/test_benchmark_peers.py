@@ -72,7 +72,7 @@ def test_gpu_dense_peer_matches_reference(loss):
     x, labels = gpu_pairwise.make_batch(torch, 48, 6, "cpu", torch.float64, seed=3)
     with torch.no_grad():
         x.mul_(0.6)
-    value = gpu_pairwise.dense_loss(torch, loss)(x, labels)
+    value = gpu_pairwise.dense_pairwise_loss(torch, loss, gpu_pairwise.THETA)(x, labels)
     value.backward()
     kind, mining = GPU_PEERS[loss]
     x_np, labels_np = x.detach().numpy(), labels.numpy()
