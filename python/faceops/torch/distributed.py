@@ -199,8 +199,19 @@ def sum_gradients_hook(state, bucket):
     """A DistributedDataParallel communication hook that sums the ranks' gradients (DDP's default
     averages them, dividing by the world size): with it, a backbone trained on this module's loss
     gets the gradient of the global-batch loss, as one process would.
-    ``ddp.register_comm_hook(None, sum_gradients_hook)``."""
-    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+    ``ddp.register_comm_hook(None, sum_gradients_hook)``.
+
+    The reduction is issued on the calling thread and the hook returns an already completed future:
+    a ``.then`` callback (torch's own hooks use one) would run Python on the backend's thread, and
+    DDP keeps the process group alive past ``destroy_process_group``, so a callback still in flight
+    when the interpreter shuts down aborts the process (tests/test_distributed_recipe.py).  With
+    NCCL the collective is ordered on the stream and the host does not wait; with gloo each
+    bucket's reduction blocks the backward instead of overlapping it."""
+    gradients = bucket.buffer()
+    dist.all_reduce(gradients)
+    done = torch.futures.Future(devices=[gradients.device] if gradients.is_cuda else None)
+    done.set_result(gradients)
+    return done
 
 
 # ---- the loss ----------------------------------------------------------------------------------------
