@@ -2,12 +2,16 @@
 // against faceops::cpu, the ground truth, on random batches: every op, both
 // dtypes, every mining mode, squared or not, ties, several rounds of
 // positives, batches of one row; the margin softmax under every margin; the
-// triplet and pair losses against reference sets.
+// triplet and pair losses against reference sets; and every op whose
+// gradients several blocks contribute to gives the same bits whatever order
+// the blocks run in.
 // Exit status 0 when all agree.
 #include <cuda_runtime.h>  // the emulation: allocation and launch counters
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -506,6 +510,93 @@ void run_reference_sets(std::mt19937& rng) {
   test_triplet_ref<T>(33, 300, 16, 64, true, false, rng);
 }
 
+// Runs op (which returns every output of one call) with the blocks of each
+// grid in launch order and again in reverse order, and counts the output
+// elements whose bits differ: a result that blocks add into in the order
+// they happen to run (float atomics) shows up here, since float addition is
+// not associative.  Outputs start at 0.25 where they are accumulated into.
+template <typename T, typename Op>
+void expect_block_order_independent(const std::string& what, Op op) {
+  const std::vector<T> forward = op();
+  g_reverse_blocks = true;
+  const std::vector<T> reversed = op();
+  g_reverse_blocks = false;
+  long differing = 0;
+  for (size_t e = 0; e < forward.size(); ++e)
+    differing += std::memcmp(&forward[e], &reversed[e], sizeof(T)) != 0;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "%s: %ld of %zu differ in reverse block order", what.c_str(),
+                differing, forward.size());
+  expect<T>(buf, double(differing));
+}
+
+template <typename T>
+std::vector<T> joined(std::initializer_list<std::vector<T>> parts) {
+  std::vector<T> all;
+  for (const auto& p : parts) all.insert(all.end(), p.begin(), p.end());
+  return all;
+}
+
+// Every gradient that several blocks contribute to, at sizes where each
+// element gets at least three contributions (two would commute exactly):
+// n = 300 splits the pair loss's and batch-all's candidates over 5 blocks.
+template <typename T>
+void run_block_order(std::mt19937& rng) {
+  const int64_t n = 300, m = 260, d = 6, classes = 12;
+  const ReferenceCase<T> c = reference_case<T>(n, m, d, classes, false, false, rng);
+  const T theta = T(1.5);
+  expect_block_order_independent<T>("pair n=300 dx, dtheta", [&] {
+    std::vector<T> dx(n * d), scalars(2);
+    faceops::cuda::pair_loss<T>(c.x.data(), c.labels.data(), n, d, &theta, &scalars[0], dx.data(),
+                                &scalars[1], nullptr);
+    return joined<T>({dx, scalars});
+  });
+  expect_block_order_independent<T>("pair_ref n=300 m=260 dx, dref", [&] {
+    std::vector<T> dx(n * d), dref(m * d), scalars(3);
+    faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                    c.ref_labels.data(), m, nullptr, &theta, &scalars[0],
+                                    &scalars[1], dx.data(), dref.data(), &scalars[2], nullptr);
+    return joined<T>({dx, dref, scalars});
+  });
+  for (int mode = 0; mode < 3; ++mode) {
+    const auto mining = faceops::TripletMining(mode);
+    expect_block_order_independent<T>("triplet mode=" + std::to_string(mode) + " n=300 dx", [&] {
+      std::vector<T> dx(n * d), loss(1);
+      faceops::cuda::triplet_loss<T>(c.x.data(), c.labels.data(), n, d, T(0.2), mining, false,
+                                     &loss[0], dx.data(), nullptr);
+      return joined<T>({dx, loss});
+    });
+    expect_block_order_independent<T>(
+        "triplet_ref mode=" + std::to_string(mode) + " n=300 m=260 dx, dref", [&] {
+          std::vector<T> dx(n * d), dref(m * d), scalars(2);
+          faceops::cuda::triplet_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
+                                             c.ref_labels.data(), m, nullptr, T(0.2), mining,
+                                             false, &scalars[0], &scalars[1], dx.data(),
+                                             dref.data(), nullptr);
+          return joined<T>({dx, dref, scalars});
+        });
+  }
+  auto centers = randn<T>(classes * d, rng);
+  expect_block_order_independent<T>("center n=300 dx, dcenters", [&] {
+    std::vector<T> dx(n * d), dcenters(classes * d, T(0.25)), loss(1);
+    faceops::cuda::center_loss<T>(c.x.data(), c.labels.data(), centers.data(), n, d, classes,
+                                  &loss[0], dx.data(), dcenters.data(), nullptr);
+    return joined<T>({dx, dcenters, loss});
+  });
+  expect_block_order_independent<T>("center_update_direction n=300", [&] {
+    std::vector<T> direction(classes * d, T(0.25));
+    faceops::cuda::center_update_direction<T>(c.x.data(), c.labels.data(), centers.data(), n, d,
+                                              classes, direction.data(), nullptr);
+    return direction;
+  });
+  expect_block_order_independent<T>("center_update n=300", [&] {
+    auto moved = centers;
+    faceops::cuda::center_update<T>(c.x.data(), c.labels.data(), moved.data(), n, d, classes,
+                                    T(0.5), nullptr);
+    return moved;
+  });
+}
+
 // On a generator of their own, so that the other checks keep their inputs.
 template <typename T>
 void run_margin_softmax(std::mt19937& rng) {
@@ -539,6 +630,9 @@ int main() {
   std::mt19937 reference_rng(2468);
   run_reference_sets<double>(reference_rng);
   run_reference_sets<float>(reference_rng);
+  std::mt19937 order_rng(1357);
+  run_block_order<double>(order_rng);
+  run_block_order<float>(order_rng);
   std::printf("%d failures, %ld live allocations, %ld launches\n", failures, g_live_allocations,
               g_launches);
   return failures != 0 || g_live_allocations != 0;

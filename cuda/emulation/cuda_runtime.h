@@ -1,8 +1,10 @@
 // A CPU emulation of the part of the CUDA runtime that faceops' kernels use,
 // so that their logic (tiling, masking, mining, barriers) is tested where no
 // GPU exists: one std::thread per CUDA thread, the blocks of a grid one after
-// another, __shared__ as function statics, atomics under one mutex, streams
-// ignored.  A missing __syncthreads shows up as a data race under
+// another (in launch order, or in reverse when g_reverse_blocks is set, so
+// that check_kernels can show a result not to depend on the order in which
+// blocks run), __shared__ as function statics, atomics under one mutex,
+// streams ignored.  A missing __syncthreads shows up as a data race under
 // -fsanitize=thread.  It says nothing about speed, warp-level behaviour or
 // memory limits.  Used by run.sh only; never part of the library.
 #pragma once
@@ -94,6 +96,7 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
 }
 
 inline long g_launches = 0;
+inline bool g_reverse_blocks = false;
 template <typename... Params, typename... Args>
 void emulated_launch(void (*kernel)(Params...), unsigned grid, unsigned threads, Args&&... args) {
   ++g_launches;
@@ -106,7 +109,7 @@ void emulated_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
       blockDim = dim3(threads);
       gridDim = dim3(grid);
       for (unsigned b = 0; b < grid; ++b) {
-        blockIdx.x = b;
+        blockIdx.x = g_reverse_blocks ? grid - 1 - b : b;
         kernel(static_cast<Params>(args)...);
         barrier.arrive_and_wait();  // the next block reuses the "shared" statics
       }
