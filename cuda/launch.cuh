@@ -162,6 +162,20 @@ __global__ void scale_by_device_scalar_kernel(T* x, int64_t count, const T* fact
     x[e] *= f;
 }
 
+// first[e] += rest[e] + rest[count + e] + ... (`more` arrays of count after
+// first), added in that order: the partial sums of split blocks, reduced the
+// same way whatever order the blocks ran in.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    sum_splits_kernel(T* first, const T* rest, int64_t more, int64_t count) {
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < count;
+       e += int64_t(gridDim.x) * kThreads) {
+    T sum = first[e];
+    for (int64_t s = 0; s < more; ++s) sum += rest[s * count + e];
+    first[e] = sum;
+  }
+}
+
 }  // namespace detail
 }  // namespace cuda
 }  // namespace faceops

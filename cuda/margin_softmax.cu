@@ -374,18 +374,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// partial[e] = sum over s of partial[s count + e], in split order.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    sum_splits_kernel(T* partial, int64_t splits, int64_t count) {
-  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < count;
-       e += int64_t(gridDim.x) * kThreads) {
-    T sum = partial[e];
-    for (int64_t s = 1; s < splits; ++s) sum += partial[s * count + e];
-    partial[e] = sum;
-  }
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     target_margin_forward_kernel(const T* cosine, const int64_t* __restrict__ labels, int64_t n,
@@ -450,8 +438,8 @@ template <typename T>
 void finish_gradient(const NormalizedRows<T>& normalized, T* partial, int64_t splits, int64_t rows,
                      int64_t d, T* gradient, cudaStream_t stream) {
   if (splits > 1)
-    launch("sum_splits_kernel", sum_splits_kernel<T>, grid_for(rows * d), stream, partial, splits,
-           rows * d);
+    launch("sum_splits_kernel", sum_splits_kernel<T>, grid_for(rows * d), stream, partial,
+           partial + rows * d, splits - 1, rows * d);
   launch("normalize_rows_backward_kernel", normalize_rows_backward_kernel<T>, grid_for(rows),
          stream, normalized.values(), normalized.norms(), partial, rows, d, gradient);
 }

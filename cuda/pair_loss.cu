@@ -1,13 +1,16 @@
 // Multibatch pair loss on the GPU; math in csrc/faceops/pair_loss.h.  Each
 // block owns kTileRows rows and streams over every splits-th candidate tile
 // once: loss, dL/dtheta and (because y_ij and D_ij are symmetric) the gradient
-// of its own rows from those candidates.  With one split (N >= 32768) dx needs
-// no atomics and is deterministic; smaller batches are split over more blocks
-// and add into dx with atomics.  The loss is reduced in a fixed order.
-// Memory: O(N) (squared norms and per-block partial sums).  Against a
-// reference set (pair_loss_ref) the candidates are the rows of ref less each
-// anchor's own copy; each pair also moves its candidate (column gradients,
-// atomics), and dx, dref are scaled by 1 / (number of pairs) on the device.
+// of its own rows from those candidates.  With one split (N >= 32768) the
+// block adds into dx directly; smaller batches are split over more blocks,
+// each of which adds into its own slice of a scratch, summed into dx in split
+// order (SplitRowPartials).  The loss and dx are bitwise reproducible.
+// Memory: O(N) (squared norms and per-block partial sums) plus, for N <
+// 32768, fewer than 32768 x D elements of split slices.  Against a reference
+// set (pair_loss_ref) the candidates are the rows of ref less each anchor's
+// own copy; each pair also moves its candidate (column gradients, with float
+// atomics: dref's last bits may vary from run to run), and dx, dref are
+// scaled by 1 / (number of pairs) on the device.
 #include "faceops/pair_loss.h"
 
 #include "launch.cuh"
@@ -25,7 +28,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pair_loss_tile_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                           const int64_t* __restrict__ labels, int n, Candidates<T> cand, int64_t d,
-                          const T* __restrict__ theta, T pair_weight, int splits, T* dx, T* dcand,
+                          const T* __restrict__ theta, T pair_weight, int splits, T* dx,
+                          T* dx_partial, T* dcand,
                           double* partial_loss, double* partial_dsquared,
                           long long* partial_count) {
   __shared__ DistanceTile<T> tile;
@@ -54,13 +58,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     // A tile of inactive hinges adds nothing to dx: skip its product.
     const bool tile_active = __syncthreads_or(any_active);
-    if (dx && tile_active) {
-      if (splits > 1) {
-        accumulate_row_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
-      } else {
-        accumulate_row_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
-      }
-    }
+    if (dx && tile_active)
+      accumulate_row_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile,
+                                        split_rows(dx, dx_partial, split, n, d));
     if (dcand && tile_active) {
       accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dcand);
     }
@@ -92,6 +92,7 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T*
 
   detail::DeviceArray<T> norms(n, stream);
   detail::DeviceArray<double> partial(2 * blocks, stream);
+  const detail::SplitRowPartials<T> dx_partial(dx, n, d, splits, stream);
   if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, static_cast<int>(n), d, norms.get());
@@ -99,8 +100,9 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T*
   // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
   detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
                  norms.get(), labels, static_cast<int>(n), batch, d, theta,
-                 static_cast<T>(4 * inv_pairs), static_cast<int>(splits), dx, nullptr,
-                 partial.get(), partial.get() + blocks, nullptr);
+                 static_cast<T>(4 * inv_pairs), static_cast<int>(splits), dx, dx_partial.get(),
+                 nullptr, partial.get(), partial.get() + blocks, nullptr);
+  dx_partial.sum_into_dx(stream);
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
                  nullptr, blocks, inv_pairs, loss, nullptr);
   if (dtheta)
@@ -125,6 +127,7 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   detail::DeviceArray<T> norms(n, stream), ref_norms(m, stream), scalars(2, stream);
   detail::DeviceArray<double> partial(2 * blocks, stream);
   detail::DeviceArray<long long> partial_count(blocks, stream);
+  const detail::SplitRowPartials<T> dx_partial(dx, n, d, splits, stream);
   // Only the gradients asked for are written: no m x d buffer when dref is null.
   detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::zero_async(dref, m * d * int64_t(sizeof(T)), stream);
@@ -138,8 +141,9 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   // 1 / (number of pairs) below.
   detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
                  norms.get(), labels, static_cast<int>(n), candidates, d, theta, T(2),
-                 static_cast<int>(splits), dx, dref, partial.get(), partial.get() + blocks,
-                 partial_count.get());
+                 static_cast<int>(splits), dx, dx_partial.get(), dref, partial.get(),
+                 partial.get() + blocks, partial_count.get());
+  dx_partial.sum_into_dx(stream);
   T* inv_count = scalars.get();
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
                  partial_count.get(), blocks, 1.0, loss ? loss : scalars.get() + 1, inv_count);

@@ -7,7 +7,11 @@
 //
 // Gradients go through the same tile: the loss overwrites the distances with
 // coefficients C_ij and accumulate_*_gradient add dx_i += sum_j C_ij (x_i - x_j)
-// (rows) or dx_j += sum_i C_ij (x_j - x_i) (columns).
+// (rows) or dx_j += sum_i C_ij (x_j - x_i) (columns).  When a row tile's
+// candidates are split over several blocks, each split adds its rows into a
+// slice of its own (SplitRowPartials, plain stores) and the slices are summed
+// in split order afterwards: the row gradient does not depend on the order
+// the blocks run in.
 #pragma once
 
 #include <cmath>
@@ -59,6 +63,39 @@ inline int64_t candidate_splits(int64_t n, int64_t m) {
   return splits < 1 ? 1 : splits > tiles ? tiles : splits;
 }
 inline int64_t candidate_splits(int64_t n) { return candidate_splits(n, n); }
+
+// The row gradient of a grid of (row tile, split) blocks: split 0 adds into
+// dx itself, split s > 0 into slice s - 1 of the scratch, each block into its
+// own rows (no two blocks write one element); sum_into_dx then adds the
+// slices into dx in split order.  Scratch: (splits - 1) n d elements, fewer
+// than kTargetBlocks kTileRows d = 32768 d whatever n (splits - 1 <
+// kTargetBlocks / row_blocks and n <= kTileRows row_blocks); none for one
+// split (n >= 32768) or a null dx.
+template <typename T>
+class SplitRowPartials {
+ public:
+  SplitRowPartials(T* dx, int64_t n, int64_t d, int64_t splits, cudaStream_t stream)
+      : dx_(dx), count_(n * d), more_(dx ? splits - 1 : 0), partial_(more_ * count_, stream) {
+    zero_async(partial_.get(), more_ * count_ * int64_t(sizeof(T)), stream);
+  }
+  T* get() const { return partial_.get(); }
+  void sum_into_dx(cudaStream_t stream) const {
+    if (more_ > 0)
+      launch("sum_splits_kernel", sum_splits_kernel<T>, grid_for(count_), stream, dx_,
+             partial_.get(), more_, count_);
+  }
+
+ private:
+  T* dx_;
+  int64_t count_, more_;
+  DeviceArray<T> partial_;
+};
+
+// The rows split `split` adds into (see SplitRowPartials).
+template <typename T>
+__device__ __forceinline__ T* split_rows(T* dx, T* partial, int split, int n, int64_t d) {
+  return split == 0 ? dx : partial + int64_t(split - 1) * n * d;
+}
 
 // The pairwise kernels' shared memory (about 30 KB for double).  Rows of the
 // staging arrays are padded by 16 bytes: aligned for vector loads, and the
@@ -177,9 +214,10 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
 
 // dx[a0 + m] += sum_j tile.value[m][j] * (x[a0 + m] - y[c0 + j]), y the
 // candidates' rows (ny of them).  The caller zeroes the coefficients of pairs
-// outside the batch.  Plain stores when the block owns the rows, atomics when
-// other blocks add to them too.  Every thread must call it; it ends with a
-// barrier.
+// outside the batch.  Plain stores when the block owns the rows (one split,
+// or its split's slice: split_rows), atomics when other blocks add to them
+// too (batch-all, whose column gradients add into the same rows).  Every
+// thread must call it; it ends with a barrier.
 template <typename T, bool kAtomic>
 __device__ void accumulate_row_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
                                         int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,

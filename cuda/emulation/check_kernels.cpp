@@ -11,7 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <initializer_list>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -390,6 +390,7 @@ void run_all(std::mt19937& rng) {
   test_triplet_duplicates<T>(rng);
   test_triplet_overflow<T>(rng);
   test_center<T>(50, 3, 1000000, rng);   // labels spread over a large table
+  test_pair<T>(300, 6, 12, rng);         // 5 splits: 4 slices summed into dx
 }
 
 // A reference set: ref (m, d) whose first n rows are x (with x's labels) when
@@ -508,33 +509,31 @@ void run_reference_sets(std::mt19937& rng) {
   test_triplet_ref<T>(40, 100, 9, 12, false, false, rng);
   test_triplet_ref<T>(66, 80, 8, 6, true, true, rng);  // ties
   test_triplet_ref<T>(33, 300, 16, 64, true, false, rng);
+  test_pair_ref<T>(300, 260, 6, 12, false, rng);  // 5 splits
 }
 
-// Runs op (which returns every output of one call) with the blocks of each
-// grid in launch order and again in reverse order, and counts the output
-// elements whose bits differ: a result that blocks add into in the order
+// Runs op (which returns every output of one call, named) with the blocks of
+// each grid in launch order and again in reverse order, and counts per output
+// the elements whose bits differ: a result that blocks add into in the order
 // they happen to run (float atomics) shows up here, since float addition is
 // not associative.  Outputs start at 0.25 where they are accumulated into.
+template <typename T>
+using NamedOutputs = std::vector<std::pair<std::string, std::vector<T>>>;
 template <typename T, typename Op>
 void expect_block_order_independent(const std::string& what, Op op) {
-  const std::vector<T> forward = op();
+  const NamedOutputs<T> forward = op();
   g_reverse_blocks = true;
-  const std::vector<T> reversed = op();
+  const NamedOutputs<T> reversed = op();
   g_reverse_blocks = false;
-  long differing = 0;
-  for (size_t e = 0; e < forward.size(); ++e)
-    differing += std::memcmp(&forward[e], &reversed[e], sizeof(T)) != 0;
-  char buf[200];
-  std::snprintf(buf, sizeof buf, "%s: %ld of %zu differ in reverse block order", what.c_str(),
-                differing, forward.size());
-  expect<T>(buf, double(differing));
-}
-
-template <typename T>
-std::vector<T> joined(std::initializer_list<std::vector<T>> parts) {
-  std::vector<T> all;
-  for (const auto& p : parts) all.insert(all.end(), p.begin(), p.end());
-  return all;
+  for (size_t o = 0; o < forward.size(); ++o) {
+    const std::vector<T>&a = forward[o].second, &b = reversed[o].second;
+    long differing = 0;
+    for (size_t e = 0; e < a.size(); ++e) differing += std::memcmp(&a[e], &b[e], sizeof(T)) != 0;
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%s %s: %ld of %zu differ in reverse block order",
+                  what.c_str(), forward[o].first.c_str(), differing, a.size());
+    expect<T>(buf, double(differing));
+  }
 }
 
 // Every gradient that several blocks contribute to, at sizes where each
@@ -545,55 +544,55 @@ void run_block_order(std::mt19937& rng) {
   const int64_t n = 300, m = 260, d = 6, classes = 12;
   const ReferenceCase<T> c = reference_case<T>(n, m, d, classes, false, false, rng);
   const T theta = T(1.5);
-  expect_block_order_independent<T>("pair n=300 dx, dtheta", [&] {
+  expect_block_order_independent<T>("pair n=300", [&] {
     std::vector<T> dx(n * d), scalars(2);
     faceops::cuda::pair_loss<T>(c.x.data(), c.labels.data(), n, d, &theta, &scalars[0], dx.data(),
                                 &scalars[1], nullptr);
-    return joined<T>({dx, scalars});
+    return NamedOutputs<T>{{"dx", dx}, {"loss, dtheta", scalars}};
   });
-  expect_block_order_independent<T>("pair_ref n=300 m=260 dx, dref", [&] {
+  expect_block_order_independent<T>("pair_ref n=300 m=260", [&] {
     std::vector<T> dx(n * d), dref(m * d), scalars(3);
     faceops::cuda::pair_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
                                     c.ref_labels.data(), m, nullptr, &theta, &scalars[0],
                                     &scalars[1], dx.data(), dref.data(), &scalars[2], nullptr);
-    return joined<T>({dx, dref, scalars});
+    return NamedOutputs<T>{{"dx", dx}, {"dref", dref}, {"loss, count, dtheta", scalars}};
   });
   for (int mode = 0; mode < 3; ++mode) {
     const auto mining = faceops::TripletMining(mode);
-    expect_block_order_independent<T>("triplet mode=" + std::to_string(mode) + " n=300 dx", [&] {
+    expect_block_order_independent<T>("triplet mode=" + std::to_string(mode) + " n=300", [&] {
       std::vector<T> dx(n * d), loss(1);
       faceops::cuda::triplet_loss<T>(c.x.data(), c.labels.data(), n, d, T(0.2), mining, false,
                                      &loss[0], dx.data(), nullptr);
-      return joined<T>({dx, loss});
+      return NamedOutputs<T>{{"dx", dx}, {"loss", loss}};
     });
     expect_block_order_independent<T>(
-        "triplet_ref mode=" + std::to_string(mode) + " n=300 m=260 dx, dref", [&] {
+        "triplet_ref mode=" + std::to_string(mode) + " n=300 m=260", [&] {
           std::vector<T> dx(n * d), dref(m * d), scalars(2);
           faceops::cuda::triplet_loss_ref<T>(c.x.data(), c.labels.data(), n, d, c.ref.data(),
                                              c.ref_labels.data(), m, nullptr, T(0.2), mining,
                                              false, &scalars[0], &scalars[1], dx.data(),
                                              dref.data(), nullptr);
-          return joined<T>({dx, dref, scalars});
+          return NamedOutputs<T>{{"dx", dx}, {"dref", dref}, {"loss, count", scalars}};
         });
   }
   auto centers = randn<T>(classes * d, rng);
-  expect_block_order_independent<T>("center n=300 dx, dcenters", [&] {
+  expect_block_order_independent<T>("center n=300", [&] {
     std::vector<T> dx(n * d), dcenters(classes * d, T(0.25)), loss(1);
     faceops::cuda::center_loss<T>(c.x.data(), c.labels.data(), centers.data(), n, d, classes,
                                   &loss[0], dx.data(), dcenters.data(), nullptr);
-    return joined<T>({dx, dcenters, loss});
+    return NamedOutputs<T>{{"dx", dx}, {"dcenters", dcenters}, {"loss", loss}};
   });
   expect_block_order_independent<T>("center_update_direction n=300", [&] {
     std::vector<T> direction(classes * d, T(0.25));
     faceops::cuda::center_update_direction<T>(c.x.data(), c.labels.data(), centers.data(), n, d,
                                               classes, direction.data(), nullptr);
-    return direction;
+    return NamedOutputs<T>{{"direction", direction}};
   });
   expect_block_order_independent<T>("center_update n=300", [&] {
     auto moved = centers;
     faceops::cuda::center_update<T>(c.x.data(), c.labels.data(), moved.data(), n, d, classes,
                                     T(0.5), nullptr);
-    return moved;
+    return NamedOutputs<T>{{"centers", moved}};
   });
 }
 
