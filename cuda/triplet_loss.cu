@@ -133,28 +133,27 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Thread m < kTileRows merges anchor a0 + m's splits (ties to the lower
-// index, so the order of the splits does not matter) and takes its hinge;
-// then the block scatters the active triplets' gradients.
+// index, so the order of the splits does not matter), takes its hinge and
+// writes its two pairs for triplet_hard_gradient_kernel: pair_index[2a] the
+// farthest positive, pair_index[2a + 1] the closest negative (-1 when the
+// hinge is inactive), pair_coef their dL/dd times dd/dD.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    triplet_hard_finish_kernel(const T* __restrict__ x, int n, const T* __restrict__ y, int64_t d,
-                               T margin, bool squared, int splits,
+    triplet_hard_finish_kernel(int n, T margin, bool squared, int splits,
                                const T* __restrict__ far_distance_in,
                                const int* __restrict__ far_index_in,
                                const T* __restrict__ near_distance_in,
-                               const int* __restrict__ near_index_in, T* dx, T* dy,
-                               double* partial_loss, long long* partial_count) {
-  __shared__ T far_distance[kTileRows], near_distance[kTileRows];
-  __shared__ int far_index[kTileRows], near_index[kTileRows];  // -1: no gradient
+                               const int* __restrict__ near_index_in, int* pair_index,
+                               T* pair_coef, double* partial_loss, long long* partial_count) {
   __shared__ BlockReduce reduce;
   const int a0 = blockIdx.x * kTileRows;
   double loss = 0;
   long long count = 0;
-  if (threadIdx.x < kTileRows) {
-    const int m = threadIdx.x, a = a0 + m;
+  if (threadIdx.x < kTileRows && a0 + int(threadIdx.x) < n) {
+    const int a = a0 + threadIdx.x;
     T far_d = T(0), near_d = T(0);
     int far_j = -1, near_j = -1;
-    for (int split = 0; a < n && split < splits; ++split) {
+    for (int split = 0; split < splits; ++split) {
       const int64_t in = int64_t(a) * splits + split;
       if (far_index_in[in] >= 0 &&
           farther_candidate(far_distance_in[in], far_index_in[in], far_d, far_j))
@@ -170,22 +169,48 @@ __global__ void __launch_bounds__(kThreads)
       count = 1;
       active = hinge > T(0);
     }
-    far_distance[m] = far_d;
-    near_distance[m] = near_d;
-    far_index[m] = active ? far_j : -1;
-    near_index[m] = active ? near_j : -1;
-  }
-  __syncthreads();
-  if (dx || dy) {
-    for (int m = 0; m < kTileRows; ++m) {
-      if (far_index[m] < 0) continue;
-      scatter_pair_gradient(x, y, d, a0 + m, far_index[m],
-                            distance_gradient_scale(far_distance[m], squared), dx, dy);
-      scatter_pair_gradient(x, y, d, a0 + m, near_index[m],
-                            -distance_gradient_scale(near_distance[m], squared), dx, dy);
-    }
+    pair_index[2 * a] = active ? far_j : -1;
+    pair_index[2 * a + 1] = active ? near_j : -1;
+    pair_coef[2 * a] = distance_gradient_scale(far_d, squared);
+    pair_coef[2 * a + 1] = -distance_gradient_scale(near_d, squared);
   }
   write_partials(loss, count, reduce, partial_loss, partial_count);
+}
+
+// The gradient of batch-hard's pairs (a, pair_index[t]), t = 2a, 2a + 1, with
+// coefficients pair_coef[t]: dx_r = sum over row r's own pairs of
+// coef (x_r - y_j), dy_r = -sum over the pairs whose candidate is r, in
+// anchor order, of coef (x_a - y_r); within the batch (dy == dx) the two add
+// up in one element.  One block per row, its threads over the features: no
+// two blocks write one element, so nothing depends on the order blocks run
+// in.  Each block reads the 2n pair indices once per kThreads features.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    triplet_hard_gradient_kernel(const T* __restrict__ x, int n, const T* __restrict__ y, int ny,
+                                 int64_t d, const int* __restrict__ pair_index,
+                                 const T* __restrict__ pair_coef, T* dx, T* dy) {
+  const int rows = dy && ny > n ? ny : n;
+  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    for (int64_t k = threadIdx.x; k < d; k += kThreads) {
+      T own = T(0), as_candidate = T(0);
+      if (dx && r < n) {
+        for (int t = 2 * r; t < 2 * r + 2; ++t)
+          if (pair_index[t] >= 0)
+            own += pair_coef[t] * (x[int64_t(r) * d + k] - y[int64_t(pair_index[t]) * d + k]);
+      }
+      if (dy && r < ny) {
+        for (int t = 0; t < 2 * n; ++t)
+          if (pair_index[t] == r)
+            as_candidate -= pair_coef[t] * (x[int64_t(t / 2) * d + k] - y[int64_t(r) * d + k]);
+      }
+      if (dx == dy) {
+        dx[int64_t(r) * d + k] = own + as_candidate;
+      } else {
+        if (dx && r < n) dx[int64_t(r) * d + k] = own;
+        if (dy && r < ny) dy[int64_t(r) * d + k] = as_candidate;
+      }
+    }
+  }
 }
 
 // ------------------------------------------- rounds of positives per anchor
@@ -639,13 +664,21 @@ void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const
   if (mining == TripletMining::kHard) {
     DeviceArray<T> far_distance(n * splits, stream), near_distance(n * splits, stream);
     DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);
+    DeviceArray<int> pair_index(2 * int64_t(n), stream);
+    DeviceArray<T> pair_coef(2 * int64_t(n), stream);
     launch("triplet_hard_mine_kernel", triplet_hard_mine_kernel<T>, blocks * splits, stream, x,
            norms, labels, n, cand, d, squared, static_cast<int>(splits), far_distance.get(),
            far_index.get(), near_distance.get(), near_index.get());
-    launch("triplet_hard_finish_kernel", triplet_hard_finish_kernel<T>, blocks, stream, x, n,
-           cand.rows, d, margin, squared, static_cast<int>(splits), far_distance.get(),
-           far_index.get(), near_distance.get(), near_index.get(), dx, dcand, partial_loss.get(),
-           partial_count.get());
+    launch("triplet_hard_finish_kernel", triplet_hard_finish_kernel<T>, blocks, stream, n, margin,
+           squared, static_cast<int>(splits), far_distance.get(), far_index.get(),
+           near_distance.get(), near_index.get(), pair_index.get(), pair_coef.get(),
+           partial_loss.get(), partial_count.get());
+    if (dx || dcand) {
+      const int64_t rows = dcand && cand.count > n ? cand.count : n;
+      launch("triplet_hard_gradient_kernel", triplet_hard_gradient_kernel<T>,
+             rows < kMaxBlocks ? rows : kMaxBlocks, stream, x, n, cand.rows, cand.count, d,
+             pair_index.get(), pair_coef.get(), dx, dcand);
+    }
   } else if (mining == TripletMining::kSemihard) {
     const int64_t split_slots = splits > 1 ? n * splits * kSlots : 0;
     DeviceArray<T> best_distance(split_slots, stream);
