@@ -4,13 +4,16 @@
 // of its own rows from those candidates.  With one split (N >= 32768) the
 // block adds into dx directly; smaller batches are split over more blocks,
 // each of which adds into its own slice of a scratch, summed into dx in split
-// order (SplitRowPartials).  The loss and dx are bitwise reproducible.
-// Memory: O(N) (squared norms and per-block partial sums) plus, for N <
-// 32768, fewer than 32768 x D elements of split slices.  Against a reference
-// set (pair_loss_ref) the candidates are the rows of ref less each anchor's
-// own copy; each pair also moves its candidate (column gradients, with float
-// atomics: dref's last bits may vary from run to run), and dx, dref are
-// scaled by 1 / (number of pairs) on the device.
+// order (SplitPartials).  No atomics: loss, dtheta and dx are bitwise
+// reproducible.  Memory: O(N) (squared norms and per-block partial sums) plus,
+// for N < 32768, fewer than 32768 x D elements of split slices.  Against a
+// reference set (pair_loss_ref) the candidates are the rows of ref less each
+// anchor's own copy; each pair also moves its candidate: when dref is asked
+// for, a second pass (pair_loss_column_kernel) has blocks own candidate tiles
+// and walk the anchors, recomputing the same distance tiles (twice the
+// distance work), split the same way (fewer than 65536 x D scratch elements
+// for M < 65536).  dx, dref are scaled by 1 / (number of pairs) on the device;
+// all of it is bitwise reproducible too.
 #include "faceops/pair_loss.h"
 
 #include "launch.cuh"
@@ -20,17 +23,44 @@ namespace faceops {
 namespace cuda {
 namespace detail {
 
+// Overwrites tile (a0, c0)'s distances with the pairs' coefficients
+// pair_weight * dterm (0 outside the batch and for own copies) and adds this
+// thread's share of the loss, the dterm sum and the pair count.  Returns, in
+// every thread, whether any coefficient is non-zero.  Every thread must call
+// it.
+template <typename T>
+__device__ bool pair_coefficients(const int64_t* __restrict__ labels, int n,
+                                  const Candidates<T>& cand, int a0, int c0, T theta,
+                                  T pair_weight, DistanceTile<T>& tile, double* loss,
+                                  double* dsquared, long long* pairs) {
+  bool any_active = false;
+  for (int e = threadIdx.x; e < kTileRows * kTileCols; e += kThreads) {
+    const int m = e / kTileCols, j = e % kTileCols;
+    const int i = a0 + m, jj = c0 + j;
+    T coef = T(0);
+    if (i < n && jj < cand.count && jj != cand.own_copy(i)) {
+      T dterm = T(0);
+      *loss += pair_term(tile.value[m][j], labels[i] == cand.labels[jj], theta, &dterm);
+      *dsquared += dterm;
+      ++*pairs;
+      coef = pair_weight * dterm;
+    }
+    tile.value[m][j] = coef;
+    any_active = any_active || coef != T(0);
+  }
+  return __syncthreads_or(any_active);
+}
+
 // Within the batch a pair's coefficient is pair_weight * dterm for its row
 // only (the block of the other row adds the mirror); against a reference set
-// (dcand non-null) the same coefficient moves the anchor and the candidate,
-// and partial_count receives the block's number of pairs.
+// partial_count receives the block's number of pairs, and the candidates'
+// gradient comes from pair_loss_column_kernel.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pair_loss_tile_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                           const int64_t* __restrict__ labels, int n, Candidates<T> cand, int64_t d,
                           const T* __restrict__ theta, T pair_weight, int splits, T* dx,
-                          T* dx_partial, T* dcand,
-                          double* partial_loss, double* partial_dsquared,
+                          T* dx_partial, double* partial_loss, double* partial_dsquared,
                           long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ double reduce[kThreads];
@@ -41,29 +71,12 @@ __global__ void __launch_bounds__(kThreads)
   long long pairs = 0;
   for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
     compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
-    bool any_active = false;
-    for (int e = threadIdx.x; e < kTileRows * kTileCols; e += kThreads) {
-      const int m = e / kTileCols, j = e % kTileCols;
-      const int i = a0 + m, jj = c0 + j;
-      T coef = T(0);
-      if (i < n && jj < cand.count && jj != cand.own_copy(i)) {
-        T dterm = T(0);
-        loss += pair_term(tile.value[m][j], labels[i] == cand.labels[jj], theta_value, &dterm);
-        dsquared += dterm;
-        ++pairs;
-        coef = pair_weight * dterm;
-      }
-      tile.value[m][j] = coef;
-      any_active = any_active || coef != T(0);
-    }
     // A tile of inactive hinges adds nothing to dx: skip its product.
-    const bool tile_active = __syncthreads_or(any_active);
-    if (dx && tile_active)
+    if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &loss,
+                          &dsquared, &pairs) &&
+        dx)
       accumulate_row_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile,
                                         split_rows(dx, dx_partial, split, n, d));
-    if (dcand && tile_active) {
-      accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dcand);
-    }
   }
   loss = block_sum(loss, reduce);
   dsquared = block_sum(dsquared, reduce);
@@ -72,6 +85,30 @@ __global__ void __launch_bounds__(kThreads)
     partial_loss[blockIdx.x] = loss;
     partial_dsquared[blockIdx.x] = dsquared;
     if (partial_count) partial_count[blockIdx.x] = pairs;
+  }
+}
+
+// The candidates' gradient against a reference set: block (candidate tile,
+// split) walks every splits-th anchor tile, recomputes the tiles of
+// pair_loss_tile_kernel (bitwise the same distances and coefficients) and
+// adds into its own candidates' rows of its split's slice (split_rows).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pair_loss_column_kernel(const T* __restrict__ x, const T* __restrict__ norms,
+                            const int64_t* __restrict__ labels, int n, Candidates<T> cand,
+                            int64_t d, const T* __restrict__ theta, T pair_weight, int splits,
+                            T* dcand, T* dcand_partial) {
+  __shared__ DistanceTile<T> tile;
+  const int c0 = (blockIdx.x / splits) * kTileCols, split = blockIdx.x % splits;
+  const T theta_value = *theta;
+  double loss = 0, dsquared = 0;
+  long long pairs = 0;
+  for (int a0 = split * kTileRows; a0 < n; a0 += splits * kTileRows) {
+    compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
+    if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &loss,
+                          &dsquared, &pairs))
+      accumulate_column_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile,
+                                           split_rows(dcand, dcand_partial, split, cand.count, d));
   }
 }
 
@@ -92,7 +129,7 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T*
 
   detail::DeviceArray<T> norms(n, stream);
   detail::DeviceArray<double> partial(2 * blocks, stream);
-  const detail::SplitRowPartials<T> dx_partial(dx, n, d, splits, stream);
+  const detail::SplitPartials<T> dx_partial(dx, n, d, splits, stream);
   if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, static_cast<int>(n), d, norms.get());
@@ -101,8 +138,8 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T*
   detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
                  norms.get(), labels, static_cast<int>(n), batch, d, theta,
                  static_cast<T>(4 * inv_pairs), static_cast<int>(splits), dx, dx_partial.get(),
-                 nullptr, partial.get(), partial.get() + blocks, nullptr);
-  dx_partial.sum_into_dx(stream);
+                 partial.get(), partial.get() + blocks, nullptr);
+  dx_partial.sum_into(stream);
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
                  nullptr, blocks, inv_pairs, loss, nullptr);
   if (dtheta)
@@ -127,7 +164,7 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   detail::DeviceArray<T> norms(n, stream), ref_norms(m, stream), scalars(2, stream);
   detail::DeviceArray<double> partial(2 * blocks, stream);
   detail::DeviceArray<long long> partial_count(blocks, stream);
-  const detail::SplitRowPartials<T> dx_partial(dx, n, d, splits, stream);
+  const detail::SplitPartials<T> dx_partial(dx, n, d, splits, stream);
   // Only the gradients asked for are written: no m x d buffer when dref is null.
   detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::zero_async(dref, m * d * int64_t(sizeof(T)), stream);
@@ -141,9 +178,19 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
   // 1 / (number of pairs) below.
   detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
                  norms.get(), labels, static_cast<int>(n), candidates, d, theta, T(2),
-                 static_cast<int>(splits), dx, dx_partial.get(), dref, partial.get(),
+                 static_cast<int>(splits), dx, dx_partial.get(), partial.get(),
                  partial.get() + blocks, partial_count.get());
-  dx_partial.sum_into_dx(stream);
+  dx_partial.sum_into(stream);
+  if (dref) {
+    const int64_t column_splits = detail::candidate_splits(m, n, detail::kTileCols,
+                                                           detail::kTileRows);
+    const detail::SplitPartials<T> dref_partial(dref, m, d, column_splits, stream);
+    detail::launch("pair_loss_column_kernel", detail::pair_loss_column_kernel<T>,
+                   (m + detail::kTileCols - 1) / detail::kTileCols * column_splits, stream, x,
+                   norms.get(), labels, static_cast<int>(n), candidates, d, theta, T(2),
+                   static_cast<int>(column_splits), dref, dref_partial.get());
+    dref_partial.sum_into(stream);
+  }
   T* inv_count = scalars.get();
   detail::launch("finalize_sum_kernel", detail::finalize_sum_kernel<T>, 1, stream, partial.get(),
                  partial_count.get(), blocks, 1.0, loss ? loss : scalars.get() + 1, inv_count);

@@ -9,7 +9,7 @@
 // coefficients C_ij and accumulate_*_gradient add dx_i += sum_j C_ij (x_i - x_j)
 // (rows) or dx_j += sum_i C_ij (x_j - x_i) (columns).  When a row tile's
 // candidates are split over several blocks, each split adds its rows into a
-// slice of its own (SplitRowPartials, plain stores) and the slices are summed
+// slice of its own (SplitPartials, plain stores) and the slices are summed
 // in split order afterwards: the row gradient does not depend on the order
 // the blocks run in.
 #pragma once
@@ -55,43 +55,47 @@ struct Candidates {
 // Blocks that small batches are split into (anchor blocks x candidate
 // splits) so that they still fill the GPU; from N = 32768 every anchor block
 // walks all candidates alone.
+// The same split the other way round (owners: candidate tiles of kTileCols,
+// walking anchor tiles of kTileRows) serves the column passes.
 constexpr int64_t kTargetBlocks = 1024;
-inline int64_t candidate_splits(int64_t n, int64_t m) {
-  const int64_t row_blocks = (n + kTileRows - 1) / kTileRows;
-  const int64_t tiles = (m + kTileCols - 1) / kTileCols;
+inline int64_t candidate_splits(int64_t n, int64_t m, int64_t owner_rows = kTileRows,
+                                int64_t walked_rows = kTileCols) {
+  const int64_t row_blocks = (n + owner_rows - 1) / owner_rows;
+  const int64_t tiles = (m + walked_rows - 1) / walked_rows;
   const int64_t splits = (kTargetBlocks + row_blocks - 1) / row_blocks;
   return splits < 1 ? 1 : splits > tiles ? tiles : splits;
 }
 inline int64_t candidate_splits(int64_t n) { return candidate_splits(n, n); }
 
-// The row gradient of a grid of (row tile, split) blocks: split 0 adds into
-// dx itself, split s > 0 into slice s - 1 of the scratch, each block into its
-// own rows (no two blocks write one element); sum_into_dx then adds the
-// slices into dx in split order.  Scratch: (splits - 1) n d elements, fewer
-// than kTargetBlocks kTileRows d = 32768 d whatever n (splits - 1 <
-// kTargetBlocks / row_blocks and n <= kTileRows row_blocks); none for one
-// split (n >= 32768) or a null dx.
+// The gradient of a grid of (tile, split) blocks, each tile owning rows of
+// out (anchors: dx; candidates in a column pass: dref): split 0 adds into out
+// itself, split s > 0 into slice s - 1 of the scratch, each block into its
+// own rows (no two blocks write one element); sum_into then adds the slices
+// into out in split order.  Scratch: (splits - 1) rows d elements, fewer than
+// kTargetBlocks x (rows per owner tile) x d whatever the rows (splits - 1 <
+// kTargetBlocks / owner tiles): 32768 d for dx, 65536 d for dref; none for
+// one split (from 32768 anchors, 65536 candidates) or a null out.
 template <typename T>
-class SplitRowPartials {
+class SplitPartials {
  public:
-  SplitRowPartials(T* dx, int64_t n, int64_t d, int64_t splits, cudaStream_t stream)
-      : dx_(dx), count_(n * d), more_(dx ? splits - 1 : 0), partial_(more_ * count_, stream) {
+  SplitPartials(T* out, int64_t rows, int64_t d, int64_t splits, cudaStream_t stream)
+      : out_(out), count_(rows * d), more_(out ? splits - 1 : 0), partial_(more_ * count_, stream) {
     zero_async(partial_.get(), more_ * count_ * int64_t(sizeof(T)), stream);
   }
   T* get() const { return partial_.get(); }
-  void sum_into_dx(cudaStream_t stream) const {
+  void sum_into(cudaStream_t stream) const {
     if (more_ > 0)
-      launch("sum_splits_kernel", sum_splits_kernel<T>, grid_for(count_), stream, dx_,
+      launch("sum_splits_kernel", sum_splits_kernel<T>, grid_for(count_), stream, out_,
              partial_.get(), more_, count_);
   }
 
  private:
-  T* dx_;
+  T* out_;
   int64_t count_, more_;
   DeviceArray<T> partial_;
 };
 
-// The rows split `split` adds into (see SplitRowPartials).
+// The rows split `split` adds into (see SplitPartials).
 template <typename T>
 __device__ __forceinline__ T* split_rows(T* dx, T* partial, int split, int n, int64_t d) {
   return split == 0 ? dx : partial + int64_t(split - 1) * n * d;
@@ -244,9 +248,11 @@ __device__ void accumulate_row_gradient(const T* __restrict__ x, int n, const T*
   }
 }
 
-// dy[c0 + j] += sum_m tile.value[m][j] * (y[c0 + j] - x[a0 + m]), with
-// atomics.  Every thread must call it; it ends with a barrier.
-template <typename T>
+// dy[c0 + j] += sum_m tile.value[m][j] * (y[c0 + j] - x[a0 + m]).  Plain
+// stores when the block owns the columns (a column pass), atomics when other
+// blocks add to them too (batch-all).  Every thread must call it; it ends
+// with a barrier.
+template <typename T, bool kAtomic>
 __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
                                            int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,
                                            T* dy) {
@@ -261,7 +267,11 @@ __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const
         const T yj = y[row * d + col];
         T sum = 0;
         for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j] * (yj - tile.rows[k][m]);
-        atomicAdd(dy + row * d + col, sum);
+        if (kAtomic) {
+          atomicAdd(dy + row * d + col, sum);
+        } else {
+          dy[row * d + col] += sum;
+        }
       }
     }
     __syncthreads();

@@ -569,7 +569,8 @@ __global__ void __launch_bounds__(kThreads)
         // Tiles of negatives all beyond the margin add nothing: skip them.
         if (__syncthreads_or(any_active)) {
           if (dx) accumulate_row_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
-          if (dy) accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dy);
+          if (dy)
+            accumulate_column_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dy);
         }
       }
       __syncthreads();
