@@ -281,7 +281,8 @@ __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const
 // dx_i += coef (x_i - y_j), dy_j -= coef (x_i - y_j), y the candidates' rows:
 // the gradient of coef' * d_ij with coef = coef' * distance_gradient_scale(d_ij);
 // a null dx or dy is skipped.  All threads of the block share the features;
-// atomics since any block may touch any row.
+// atomics since any block may touch any row (semi-hard's pairs: their sums
+// depend on the order blocks run in).
 template <typename T>
 __device__ void scatter_pair_gradient(const T* __restrict__ x, const T* __restrict__ y, int64_t d,
                                       int i, int j, T coef, T* dx, T* dy) {

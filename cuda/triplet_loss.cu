@@ -7,7 +7,8 @@
 //  hard      one pass: each lane keeps the farthest positive and the closest
 //            negative of its columns; lanes merge by (distance, index).
 //            Small batches split the candidates over several blocks (as the
-//            pair loss), merged by a second kernel.
+//            pair loss), merged by a second kernel, which writes each
+//            anchor's two pairs for the gradient's gather.
 //  semihard  rounds of kSlots positives per anchor (positives in index order):
 //            pass 1 finds the round's positives from the labels alone and
 //            computes their few distances directly (bit-equal to the tiles'),
@@ -25,9 +26,13 @@
 // less each anchor's own copy; the candidates' gradient goes to dref.
 //
 // Ties go to the lowest index (closer_candidate).  Losses are reduced in a
-// fixed order; dx is accumulated unscaled with atomics (its last bits may vary
-// between runs), then scaled by 1 / (number of pairs, anchors or triplets),
-// read on the device.
+// fixed order.  The gradients are accumulated unscaled, then scaled by 1 /
+// (number of pairs, anchors or triplets), read on the device.  Batch-hard's
+// are gathered (triplet_hard_gradient_kernel: each row sums its terms in a
+// fixed order; scratch 2N) and bitwise reproducible; semi-hard's scattered
+// pairs and batch-all's tiles add with float atomics, so their last bits may
+// vary between runs (except semi-hard's dx against a reference set, whose
+// rows only their own block touches).
 #include "faceops/triplet_loss.h"
 
 #include "launch.cuh"
@@ -183,7 +188,9 @@ __global__ void __launch_bounds__(kThreads)
 // anchor order, of coef (x_a - y_r); within the batch (dy == dx) the two add
 // up in one element.  One block per row, its threads over the features: no
 // two blocks write one element, so nothing depends on the order blocks run
-// in.  Each block reads the 2n pair indices once per kThreads features.
+// in.  Each row reads all 2n pair indices (once per kThreads features):
+// O(N M) index reads in all, against the mining's O(N M D) products; a
+// row -> pairs index (as center_loss.cu builds for classes) would cut that.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_hard_gradient_kernel(const T* __restrict__ x, int n, const T* __restrict__ y, int ny,
