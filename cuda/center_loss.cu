@@ -1,24 +1,23 @@
 // Center loss on the GPU; math in csrc/faceops/center_loss.h.
 //
 // Rows are grouped by label in an open-addressing table of 2N..4N slots, so
-// time and scratch memory do not depend on num_classes: a slot counts its
-// rows (n_j) and keeps its first row; each class's rows are then laid out
-// in a segment of a row list and sorted there by row index (rank = rows of
-// the segment below it).  Which slot and segment a class gets depends on the
-// order threads run in; what a segment holds, and so every sum, does not.
-// One thread per (class, feature) then sums that class's rows in row order,
-// as the CPU kernels do (the same bits): dcenters, the eq. 4 direction, and
-// center_update's new centre (the only thread that reads or writes that
-// element).  center_loss's loss is reduced in a fixed order, dx is
-// elementwise.  No float atomics: every result is bitwise reproducible.
-// Scratch O(N) (table and row lists); time O(N D + sum_j n_j^2) (the sort),
-// and a class's sum is one thread's loop over its n_j rows.
+// time and scratch memory do not depend on num_classes; the rows of each slot
+// are then laid out in row order (ItemGroups, grouping.cuh: which slot and
+// segment a class gets depends on the order threads run in, what a segment
+// holds does not).  One thread per (class, feature) then sums that class's
+// rows in row order, as the CPU kernels do (the same bits): dcenters, the
+// eq. 4 direction, and center_update's new centre (the only thread that
+// reads or writes that element).  center_loss's loss is reduced in a fixed
+// order, dx is elementwise.  No float atomics: every result is bitwise
+// reproducible.  Scratch O(N); time O(N D + sum_j n_j^2) (the grouping's
+// sort), and a class's sum is one thread's loop over its n_j rows.
 //
 // Labels must lie in [0, num_classes) (python/faceops checks them; the CPU
 // path throws).  Rows whose label does not are skipped rather than written
 // out of bounds.
 #include "faceops/center_loss.h"
 
+#include "grouping.cuh"
 #include "launch.cuh"
 
 namespace faceops {
@@ -62,13 +61,11 @@ __global__ void center_loss_forward_kernel(const T* __restrict__ x,
   if (threadIdx.x == 0) partial[blockIdx.x] = loss;
 }
 
-// Inserts every row's label into the table (keys), and per slot counts the
-// rows (count) and keeps the first row (first_row).  keys and first_row start
-// all-ones, count zero.
+// Inserts every row's label into the table (keys, all-ones at the start) and
+// gives each row its slot (-1 for a label out of range).
 __global__ void center_group_kernel(const int64_t* __restrict__ labels, int64_t n,
                                     int64_t num_classes, unsigned long long* keys,
-                                    int64_t table_mask, int64_t* slot_of_row, int* count,
-                                    unsigned long long* first_row) {
+                                    int64_t table_mask, int64_t* slot_of_row) {
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * kThreads) {
     const int64_t label = labels[i];
@@ -86,64 +83,24 @@ __global__ void center_group_kernel(const int64_t* __restrict__ labels, int64_t 
       slot = (slot + 1) & table_mask;
     }
     slot_of_row[i] = slot;
-    atomicAdd(count + slot, 1);
-    atomicMin(first_row + slot, static_cast<unsigned long long>(i));
   }
 }
 
-// Each slot with rows gets a segment of `count` entries of the row list.
-__global__ void center_segment_kernel(const int* __restrict__ count, int64_t table_size,
-                                      unsigned long long* cursor, int64_t* begin) {
-  for (int64_t slot = blockIdx.x * int64_t(kThreads) + threadIdx.x; slot < table_size;
-       slot += int64_t(gridDim.x) * kThreads)
-    if (count[slot] > 0)
-      begin[slot] = static_cast<int64_t>(
-          atomicAdd(cursor, static_cast<unsigned long long>(count[slot])));
-}
-
-// Every row into its class's segment, in any order.  filled starts zero.
-__global__ void center_fill_kernel(int64_t n, const int64_t* __restrict__ slot_of_row,
-                                   const int64_t* __restrict__ begin, int* filled,
-                                   int64_t* members) {
-  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * kThreads) {
-    const int64_t slot = slot_of_row[i];
-    if (slot >= 0) members[begin[slot] + atomicAdd(filled + slot, 1)] = i;
-  }
-}
-
-// sorted = members with each segment in row order.  Entries past the rows
-// with a valid label stay -1 in both.
-__global__ void center_sort_kernel(int64_t n, const int64_t* __restrict__ slot_of_row,
-                                   const int64_t* __restrict__ begin,
-                                   const int* __restrict__ count,
-                                   const int64_t* __restrict__ members, int64_t* sorted) {
-  for (int64_t p = blockIdx.x * int64_t(kThreads) + threadIdx.x; p < n;
-       p += int64_t(gridDim.x) * kThreads) {
-    const int64_t i = members[p];
-    if (i < 0) continue;
-    const int64_t slot = slot_of_row[i], first = begin[slot], end = first + count[slot];
-    int64_t rank = 0;
-    for (int64_t q = first; q < end; ++q) rank += members[q] < i;
-    sorted[first + rank] = i;
-  }
-}
-
-// The rows of one class in row order: sorted[p .. p + count), for the p that
-// holds the class's first row.
+// The rows of one class in row order: sorted[p .. p + n_j), for the p where
+// the class's segment begins.
 struct ClassRows {
   const int64_t* sorted;
   const int64_t* slot_of_row;
-  const int* count;
-  const unsigned long long* first_row;
+  const int64_t* begin;
+  const int* size;
 
   // Whether position p starts a class; then *rows = n_j.
   __device__ __forceinline__ bool starts_class(int64_t p, int64_t* rows) const {
     const int64_t i = sorted[p];
     if (i < 0) return false;
     const int64_t slot = slot_of_row[i];
-    if (static_cast<int64_t>(first_row[slot]) != i) return false;
-    *rows = count[slot];
+    if (begin[slot] != p) return false;
+    *rows = size[slot];
     return true;
   }
 };
@@ -200,32 +157,16 @@ class LabelGroups {
   LabelGroups(const int64_t* labels, int64_t n, int64_t num_classes, cudaStream_t stream)
       : table_size_(table_size(n)),
         keys_(table_size_, stream),
-        first_row_(table_size_, stream),
-        cursor_(1, stream),
-        count_(table_size_, stream),
-        filled_(table_size_, stream),
         slot_of_row_(n, stream),
-        begin_(table_size_, stream),
-        members_(n, stream),
-        sorted_(n, stream) {
-    fill_ones(keys_.get(), table_size_ * sizeof(unsigned long long), stream);
-    fill_ones(first_row_.get(), table_size_ * sizeof(unsigned long long), stream);
-    fill_ones(members_.get(), n * sizeof(int64_t), stream);
-    fill_ones(sorted_.get(), n * sizeof(int64_t), stream);
-    zero_async(cursor_.get(), int64_t(sizeof(unsigned long long)), stream);
-    zero_async(count_.get(), table_size_ * int64_t(sizeof(int)), stream);
-    zero_async(filled_.get(), table_size_ * int64_t(sizeof(int)), stream);
+        rows_(n, table_size_, stream) {
+    check(cudaMemsetAsync(keys_.get(), 0xff, table_size_ * sizeof(unsigned long long), stream),
+          "cudaMemsetAsync");
     launch("center_group_kernel", center_group_kernel, grid_for(n), stream, labels, n, num_classes,
-           keys_.get(), table_size_ - 1, slot_of_row_.get(), count_.get(), first_row_.get());
-    launch("center_segment_kernel", center_segment_kernel, grid_for(table_size_), stream,
-           count_.get(), table_size_, cursor_.get(), begin_.get());
-    launch("center_fill_kernel", center_fill_kernel, grid_for(n), stream, n, slot_of_row_.get(),
-           begin_.get(), filled_.get(), members_.get());
-    launch("center_sort_kernel", center_sort_kernel, grid_for(n), stream, n, slot_of_row_.get(),
-           begin_.get(), count_.get(), members_.get(), sorted_.get());
+           keys_.get(), table_size_ - 1, slot_of_row_.get());
+    rows_.group(slot_of_row_.get(), stream);
   }
   ClassRows rows() const {
-    return ClassRows{sorted_.get(), slot_of_row_.get(), count_.get(), first_row_.get()};
+    return ClassRows{rows_.sorted(), slot_of_row_.get(), rows_.begin(), rows_.size()};
   }
 
  private:
@@ -235,13 +176,10 @@ class LabelGroups {
     while (size < 2 * n) size *= 2;
     return size;
   }
-  static void fill_ones(void* data, size_t bytes, cudaStream_t stream) {
-    check(cudaMemsetAsync(data, 0xff, bytes, stream), "cudaMemsetAsync");
-  }
   int64_t table_size_;
-  DeviceArray<unsigned long long> keys_, first_row_, cursor_;
-  DeviceArray<int> count_, filled_;
-  DeviceArray<int64_t> slot_of_row_, begin_, members_, sorted_;
+  DeviceArray<unsigned long long> keys_;
+  DeviceArray<int64_t> slot_of_row_;
+  ItemGroups<int64_t> rows_;
 };
 
 inline void check_center_inputs(int64_t n, int64_t d, int64_t num_classes) {

@@ -29,12 +29,13 @@
 // fixed order.  The gradients are accumulated unscaled, then scaled by 1 /
 // (number of pairs, anchors or triplets), read on the device.  Batch-hard's
 // are gathered (triplet_hard_gradient_kernel: each row sums its terms in a
-// fixed order; scratch 2N) and bitwise reproducible; semi-hard's scattered
+// fixed order; scratch O(N + M)) and bitwise reproducible; semi-hard's scattered
 // pairs and batch-all's tiles add with float atomics, so their last bits may
 // vary between runs (except semi-hard's dx against a reference set, whose
 // rows only their own block touches).
 #include "faceops/triplet_loss.h"
 
+#include "grouping.cuh"
 #include "launch.cuh"
 #include "pairwise.cuh"
 
@@ -184,20 +185,23 @@ __global__ void __launch_bounds__(kThreads)
 
 // The gradient of batch-hard's pairs (a, pair_index[t]), t = 2a, 2a + 1, with
 // coefficients pair_coef[t]: dx_r = sum over row r's own pairs of
-// coef (x_r - y_j), dy_r = -sum over the pairs whose candidate is r, in
-// anchor order, of coef (x_a - y_r); within the batch (dy == dx) the two add
-// up in one element.  One block per row, its threads over the features: no
-// two blocks write one element, so nothing depends on the order blocks run
-// in.  Each row reads all 2n pair indices (once per kThreads features):
-// O(N M) index reads in all, against the mining's O(N M D) products; a
-// row -> pairs index (as center_loss.cu builds for classes) would cut that.
+// coef (x_r - y_j), dy_r = -sum over the pairs whose candidate is r, in pair
+// order (`by_candidate`: the pairs grouped by candidate, grouping.cuh), of
+// coef (x_a - y_r); within the batch (dy == dx) the two add up in one
+// element.  One block per row, its threads over the features: no two blocks
+// write one element, so nothing depends on the order blocks run in.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_hard_gradient_kernel(const T* __restrict__ x, int n, const T* __restrict__ y, int ny,
                                  int64_t d, const int* __restrict__ pair_index,
-                                 const T* __restrict__ pair_coef, T* dx, T* dy) {
+                                 const T* __restrict__ pair_coef,
+                                 const int64_t* __restrict__ group_begin,
+                                 const int* __restrict__ group_size,
+                                 const int64_t* __restrict__ by_candidate, T* dx, T* dy) {
   const int rows = dy && ny > n ? ny : n;
   for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t first = dy && r < ny && group_size[r] > 0 ? group_begin[r] : 0;
+    const int64_t end = dy && r < ny ? first + group_size[r] : 0;
     for (int64_t k = threadIdx.x; k < d; k += kThreads) {
       T own = T(0), as_candidate = T(0);
       if (dx && r < n) {
@@ -205,10 +209,9 @@ __global__ void __launch_bounds__(kThreads)
           if (pair_index[t] >= 0)
             own += pair_coef[t] * (x[int64_t(r) * d + k] - y[int64_t(pair_index[t]) * d + k]);
       }
-      if (dy && r < ny) {
-        for (int t = 0; t < 2 * n; ++t)
-          if (pair_index[t] == r)
-            as_candidate -= pair_coef[t] * (x[int64_t(t / 2) * d + k] - y[int64_t(r) * d + k]);
+      for (int64_t q = first; q < end; ++q) {
+        const int64_t t = by_candidate[q];
+        as_candidate -= pair_coef[t] * (x[(t / 2) * d + k] - y[int64_t(r) * d + k]);
       }
       if (dx == dy) {
         dx[int64_t(r) * d + k] = own + as_candidate;
@@ -682,10 +685,13 @@ void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const
            near_distance.get(), near_index.get(), pair_index.get(), pair_coef.get(),
            partial_loss.get(), partial_count.get());
     if (dx || dcand) {
+      ItemGroups<int> by_candidate(dcand ? 2 * int64_t(n) : 0, dcand ? cand.count : 0, stream);
+      if (dcand) by_candidate.group(pair_index.get(), stream);
       const int64_t rows = dcand && cand.count > n ? cand.count : n;
       launch("triplet_hard_gradient_kernel", triplet_hard_gradient_kernel<T>,
              rows < kMaxBlocks ? rows : kMaxBlocks, stream, x, n, cand.rows, cand.count, d,
-             pair_index.get(), pair_coef.get(), dx, dcand);
+             pair_index.get(), pair_coef.get(), by_candidate.begin(), by_candidate.size(),
+             by_candidate.sorted(), dx, dcand);
     }
   } else if (mining == TripletMining::kSemihard) {
     const int64_t split_slots = splits > 1 ? n * splits * kSlots : 0;
