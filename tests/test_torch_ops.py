@@ -217,6 +217,22 @@ def test_autograd_gradients_are_the_kernels_scaled():
     torch.testing.assert_close(x.grad, torch.from_numpy(3.0 * dx), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", sorted(set(DIFFERENTIABLE) - {"target_margin_forward"}))
+def test_backward_makes_no_zero_gradients_for_the_gradient_outputs(name):
+    """A loss op returns its gradients beside the loss; they get no gradient themselves, and
+    autograd must not build N x D zeros for them on every backward (materialize_grads off)."""
+    args = list(_op_cases(torch.float64)[name])
+    for position in DIFFERENTIABLE[name]:
+        args[position] = args[position].clone().requires_grad_()
+    loss = getattr(_library, name)(*args)[0]
+    with torch.profiler.profile() as profile:
+        loss.backward()
+    made = {event.name for event in profile.events()}
+    assert not made & {"aten::zeros", "aten::zero_", "aten::zeros_like"}, made
+    for position in DIFFERENTIABLE[name]:
+        assert args[position].grad is not None and torch.isfinite(args[position].grad).all()
+
+
 def test_int32_labels_and_bool_similar_match_int64():
     x, labels = _batch(12)
     assert torch.equal(ft.triplet_loss(x, labels.int()), ft.triplet_loss(x, labels))

@@ -48,6 +48,11 @@ def _out(tensor, like):
 
 
 def _scaled(grad_loss, gradient):
+    """gradient times the loss's incoming gradient, in gradient's dtype.  An undefined
+    incoming gradient (None: no gradients are materialized, see _save_gradients) is a
+    zero one, and so is the result (None)."""
+    if grad_loss is None:
+        return None
     scaled = grad_loss * gradient  # 0-d theta's gradient can promote to the loss's dtype
     return scaled if scaled.dtype == gradient.dtype else scaled.to(gradient.dtype)
 
@@ -56,6 +61,8 @@ def _save_gradients(ctx, output):
     """setup_context of a loss op returning (loss, *gradients): keeps the gradients,
     which are not themselves differentiable."""
     gradients = output[1:]
+    # Otherwise autograd hands the backward an N x D tensor of zeros for each gradient output.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*gradients)
     ctx.mark_non_differentiable(*gradients)
 
@@ -249,6 +256,7 @@ def _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m):
 def _reference_setup(ctx, inputs, output):
     """setup_context of a reference-set op returning (loss, count, dx, dref, *rest): keeps the
     gradients; the count of terms is piecewise constant and gets none."""
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(*output[2:])
 
