@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "../fixed_point.cuh"  // the accumulator of semi-hard's and batch-all's gradients
 #include "faceops/faceops.h"
 
 static int failures = 0;
@@ -608,6 +609,58 @@ void run_block_order(std::mt19937& rng) {
   });
 }
 
+// Block b adds terms[b] into element element_of[b].
+template <typename T>
+__global__ void add_terms_kernel(faceops::cuda::detail::FixedPointSum<T> sum, const T* terms,
+                                 const int* element_of) {
+  if (threadIdx.x == 0) sum.add(element_of[blockIdx.x], terms[blockIdx.x]);
+}
+
+// fixed_point.cuh on terms of a few to 2^100 units 2^e (2^60 for float) that
+// cancel and cross zero: the words are the same in both block orders, and
+// the values are the exact sums of the rounded terms: bit for bit where the
+// sum fits an int64 (a lost carry or a cancellation against the high word
+// would show), within the final rounding to double elsewhere.
+template <typename T>
+void test_fixed_point() {
+  namespace d = faceops::cuda::detail;
+  const int e = -40;
+  const double big = sizeof(T) == 4 ? 0x1p60 : 0x1p100;
+  const std::vector<std::vector<double>> units = {
+      {big, 3, -big, -5, 0.5, 1.5, -2.5, 0x1p57, -0x1p57 - 2048, big / 3, -big / 3},
+      {big / 3, -big / 7, 0x1p40 + 1, -7, 12, -big, 0x1p52 + 1},
+      {-0x1p61, 0x1p61 + 4096, -0x1p52, 0x1p52, -1, 11, -big / 9, big / 9}};
+  const int elements = int(units.size());
+  std::vector<T> terms;
+  std::vector<int> element_of;
+  std::vector<__int128> exact(elements, 0);  // the sums of the rounded terms
+  for (int i = 0; i < elements; ++i)
+    for (double u : units[i]) {
+      terms.push_back(T(std::ldexp(u, e)));
+      element_of.push_back(i);
+      exact[i] += static_cast<__int128>(std::nearbyint(std::ldexp(double(terms.back()), -e)));
+    }
+  std::vector<unsigned long long> words[2];
+  for (int reversed = 0; reversed < 2; ++reversed) {
+    words[reversed].assign(elements * d::kFixedPointWords<T>, 0);
+    g_reverse_blocks = reversed;
+    d::launch("add_terms_kernel", add_terms_kernel<T>, int64_t(terms.size()), nullptr,
+              d::FixedPointSum<T>{words[reversed].data(), elements, &e}, terms.data(),
+              element_of.data());
+    g_reverse_blocks = false;
+  }
+  expect<T>("fixed point: words differ in reverse block order", double(words[0] != words[1]));
+  const d::FixedPointSum<T> sum{words[0].data(), elements, &e};
+  for (int i = 0; i < elements; ++i) {
+    const double want = std::ldexp(double(exact[i]), e), got = sum.value(i);
+    const bool fits = exact[i] == static_cast<long long>(exact[i]);
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "fixed point: element %d, %s sum %.17g", i,
+                  fits ? "int64" : "wider", double(exact[i]));
+    expect<T>(buf, fits ? double(got != want) : rel(got, want) > 0x1p-52);
+  }
+}
+
 // On a generator of their own, so that the other checks keep their inputs.
 template <typename T>
 void run_margin_softmax(std::mt19937& rng) {
@@ -632,6 +685,8 @@ int main() {
     std::printf("FAIL cuda_available() must be false and built_with_cuda() true here\n");
     return 1;
   }
+  test_fixed_point<double>();
+  test_fixed_point<float>();
   std::mt19937 rng(1234);
   run_all<double>(rng);
   run_all<float>(rng);
