@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -519,14 +518,10 @@ void run_reference_sets(std::mt19937& rng) {
 // the elements whose bits differ: a result that blocks add into in the order
 // they happen to run (float atomics) shows up here, since float addition is
 // not associative.  Outputs start at 0.25 where they are accumulated into.
-// The outputs named in `known` still depend on the order (docs/ops.md says
-// which): they must differ here, so that fixing one fails until it leaves
-// the list.
 template <typename T>
 using NamedOutputs = std::vector<std::pair<std::string, std::vector<T>>>;
 template <typename T, typename Op>
-void expect_block_order_independent(const std::string& what, Op op,
-                                    const std::set<std::string>& known = {}) {
+void expect_block_order_independent(const std::string& what, Op op) {
   const NamedOutputs<T> forward = op();
   g_reverse_blocks = true;
   const NamedOutputs<T> reversed = op();
@@ -535,12 +530,10 @@ void expect_block_order_independent(const std::string& what, Op op,
     const std::vector<T>&a = forward[o].second, &b = reversed[o].second;
     long differing = 0;
     for (size_t e = 0; e < a.size(); ++e) differing += std::memcmp(&a[e], &b[e], sizeof(T)) != 0;
-    const bool is_known = known.count(forward[o].first) > 0;
     char buf[200];
-    std::snprintf(buf, sizeof buf, "%s %s: %ld of %zu differ in reverse block order%s",
-                  what.c_str(), forward[o].first.c_str(), differing, a.size(),
-                  is_known ? " (known)" : "");
-    expect<T>(buf, is_known ? double(differing == 0) : double(differing));
+    std::snprintf(buf, sizeof buf, "%s %s: %ld of %zu differ in reverse block order",
+                  what.c_str(), forward[o].first.c_str(), differing, a.size());
+    expect<T>(buf, double(differing));
   }
 }
 
@@ -565,11 +558,6 @@ void run_block_order(std::mt19937& rng) {
                                     &scalars[1], dx.data(), dref.data(), &scalars[2], nullptr);
     return NamedOutputs<T>{{"dx", dx}, {"dref", dref}, {"loss, count, dtheta", scalars}};
   });
-  // Semi-hard and batch-all still add with float atomics (unfinished): the
-  // anchors' dx against a reference set is owned by their blocks under
-  // semi-hard, not under batch-all (split row tiles).
-  const std::set<std::string> known_batch[3] = {{"dx"}, {}, {"dx"}};
-  const std::set<std::string> known_ref[3] = {{"dref"}, {}, {"dx", "dref"}};
   for (int mode = 0; mode < 3; ++mode) {
     const auto mining = faceops::TripletMining(mode);
     expect_block_order_independent<T>("triplet mode=" + std::to_string(mode) + " n=300", [&] {
@@ -577,7 +565,7 @@ void run_block_order(std::mt19937& rng) {
       faceops::cuda::triplet_loss<T>(c.x.data(), c.labels.data(), n, d, T(0.2), mining, false,
                                      &loss[0], dx.data(), nullptr);
       return NamedOutputs<T>{{"dx", dx}, {"loss", loss}};
-    }, known_batch[mode]);
+    });
     expect_block_order_independent<T>(
         "triplet_ref mode=" + std::to_string(mode) + " n=300 m=260", [&] {
           std::vector<T> dx(n * d), dref(m * d), scalars(2);
@@ -586,7 +574,7 @@ void run_block_order(std::mt19937& rng) {
                                              false, &scalars[0], &scalars[1], dx.data(),
                                              dref.data(), nullptr);
           return NamedOutputs<T>{{"dx", dx}, {"dref", dref}, {"loss, count", scalars}};
-        }, known_ref[mode]);
+        });
   }
   auto centers = randn<T>(classes * d, rng);
   expect_block_order_independent<T>("center n=300", [&] {
