@@ -14,18 +14,19 @@
 // Rounding at most doubles a nonzero term's integer (|k| <= 2 |v| 2^-e), and
 // a factor 2 more covers the floating-point rounding of the bounds and of
 // the partial sums, so:
-//  float   one int64 word, 2^e > G W 2^-59: the sum stays below 2^61, it
-//          cannot wrap.  Each term is off by at most 2^(e-1) <= G W 2^-59
-//          (batch-all within a batch of N = 4,096: 2^-33 G; N = 131,072:
-//          2^-23 G, still no more than the 2^-24 relative rounding of each
-//          float atomic add wherever an element's running sum exceeds 2 G).
-//  double  two words, a 128-bit integer (low word; the carry and the high
-//          part of a term go into the high word), 2^e > G 2^-61 and 2^e > G W
-//          2^-123: the sum stays below 2^125.  Each term is off by at most
-//          G 2^-61, 2^-8 G below a double ulp of a running sum of G.  A term
-//          within the bound of one pair (semi-hard's; batch-all's small tile
-//          sums) fits the low word, so the high word is added to only when
-//          the low word's running sum wraps (crosses zero, say).
+//  one word    (float, W <= 2^29) 2^e > G W 2^-59: the sum stays below 2^61,
+//              it cannot wrap.  Each term is off by at most 2^(e-1) <= G W
+//              2^-59 <= 2^-30 G (batch-all within a batch of N = 4,096: 2^-33
+//              G), 2^-6 of the float rounding of a running sum of G.
+//  two words   (double; float past W = 2^29, e.g. batch-all within a batch
+//              of N > 13,377) a 128-bit integer (low word; the carry and the
+//              high part of a term go into the high word), 2^e > G 2^-61 and
+//              2^e > G W 2^-123: the sum stays below 2^125.  Each term is off
+//              by at most G 2^-61 (W < 2^62), 2^-8 of a double ulp of G.  A
+//              term within the bound of one pair (semi-hard's; batch-all's
+//              small tile sums) fits the low word, so the high word is added
+//              to only when the low word's running sum wraps (crosses zero,
+//              say); the low word's add returns its old value, for the carry.
 #pragma once
 
 #include <cmath>
@@ -37,9 +38,12 @@ namespace faceops {
 namespace cuda {
 namespace detail {
 
-// int64 words per element: one for float, two (low, high) for double.
+// int64 words per element for rows of at most `weight` terms (see the top):
+// one for float up to 2^29, else two (low, high: a 128-bit integer).
 template <typename T>
-constexpr int kFixedPointWords = sizeof(T) == 4 ? 1 : 2;
+inline int fixed_point_words(double weight) {
+  return sizeof(T) == 4 && weight <= 0x1p29 ? 1 : 2;
+}
 
 // The few math functions below, on the device and in the emulation.
 __device__ __forceinline__ double scale_by_power_of_two(double v, int e) {
@@ -85,12 +89,13 @@ __device__ __forceinline__ int binary_exponent(double w) {
 }
 
 // The elements of one gradient in fixed point: words[i] (and words[count +
-// i], the high words, for double) with value words * 2^*exponent.  A null
-// `words` is a gradient not asked for.
+// i], the high words, with two words per element) with value words *
+// 2^*exponent.  A null `words` is a gradient not asked for.
 template <typename T>
 struct FixedPointSum {
   unsigned long long* words;
   int64_t count;
+  int words_per_element;  // fixed_point_words
   const int* exponent;
 
   __device__ explicit operator bool() const { return words != nullptr; }
@@ -98,7 +103,7 @@ struct FixedPointSum {
   // element += value (rounded to a multiple of 2^exponent).
   __device__ void add(int64_t element, T value) const {
     const double w = scale_by_power_of_two(static_cast<double>(value), -*exponent);
-    if (kFixedPointWords<T> == 1) {
+    if (words_per_element == 1) {  // |w| < 2^61 (see the top)
       atomicAdd(words + element, static_cast<unsigned long long>(round_to_int64(w)));
       return;
     }
@@ -122,7 +127,7 @@ struct FixedPointSum {
 
   __device__ double value(int64_t element) const {
     const int e = *exponent;
-    if (kFixedPointWords<T> == 1)
+    if (words_per_element == 1)
       return scale_by_power_of_two(static_cast<double>(static_cast<long long>(words[element])), e);
     // high * 2^64 + low with low signed (|low| <= 2^63): a value that fits
     // in int64 is then rounded once, with no cancellation against high.
@@ -147,11 +152,11 @@ __device__ __forceinline__ double finite_positive(double bound) {
 // distances, |(x_a - y_b)_k| / d_ab <= sqrt(true d^2 / computed d^2) <=
 // sqrt(1 + 100 (4 D + 8) eps): a Gram-form value is more than 1e-2 of the
 // norm sum and off by at most (4 D + 8) eps of it (distance_rounding_window,
-// refined_squared_distance), a direct one is off by less.
+// refined_squared_distance), a direct one is off by less (D eps < 1/4).
 template <typename T>
 __global__ void fixed_point_exponent_kernel(const T* __restrict__ norms, int n,
                                             const T* __restrict__ cand_norms, int m, bool squared,
-                                            int64_t d, double weight, int* exponent) {
+                                            int64_t d, double weight, int words, int* exponent) {
   __shared__ double largest[2][kThreads];
   double x_max = 0, y_max = 0;
   if (squared) {
@@ -172,11 +177,10 @@ __global__ void fixed_point_exponent_kernel(const T* __restrict__ norms, int n,
     const double eps = sizeof(T) == 4 ? 0x1p-23 : 0x1p-52;
     const double g = squared ? 2 * (square_root(x_max) + square_root(y_max))
                              : square_root(1 + 100 * (4 * double(d) + 8) * eps);
-    const int sum_exponent = binary_exponent(finite_positive(g * weight)) + 1 -
-                             (kFixedPointWords<T> == 1 ? 59 : 123);
+    const int sum_exponent =
+        binary_exponent(finite_positive(g * weight)) + 1 - (words == 1 ? 59 : 123);
     const int term_exponent = binary_exponent(finite_positive(g)) + 1 - 61;
-    *exponent = kFixedPointWords<T> == 1 || sum_exponent > term_exponent ? sum_exponent
-                                                                         : term_exponent;
+    *exponent = words == 1 || sum_exponent > term_exponent ? sum_exponent : term_exponent;
   }
 }
 
@@ -194,12 +198,14 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 class FixedPointGradient {
  public:
-  FixedPointGradient(int64_t count, const int* exponent, cudaStream_t stream)
-      : count_(count), exponent_(exponent), words_(count * kFixedPointWords<T>, stream) {
-    zero_async(words_.get(), count * kFixedPointWords<T> * int64_t(sizeof(unsigned long long)),
-               stream);
+  FixedPointGradient(int64_t count, int words, const int* exponent, cudaStream_t stream)
+      : count_(count),
+        words_per_element_(words),
+        exponent_(exponent),
+        words_(count * words, stream) {
+    zero_async(words_.get(), count * words * int64_t(sizeof(unsigned long long)), stream);
   }
-  FixedPointSum<T> sum() const { return {words_.get(), count_, exponent_}; }
+  FixedPointSum<T> sum() const { return {words_.get(), count_, words_per_element_, exponent_}; }
   // out = the sums times *factor (a device scalar).
   void write(T* out, const T* factor, cudaStream_t stream) const {
     if (count_ > 0)
@@ -209,6 +215,7 @@ class FixedPointGradient {
 
  private:
   int64_t count_;
+  int words_per_element_;
   const int* exponent_;
   DeviceArray<unsigned long long> words_;
 };

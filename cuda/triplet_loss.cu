@@ -32,11 +32,12 @@
 // each row sums its terms in a fixed order; scratch O(N + M)).  Semi-hard's
 // scattered pairs and batch-all's tiles, which any block may add into any
 // row, are added as integers in fixed point (fixed_point.cuh: one int64 word
-// per element for float, two for double; scratch (N + M) D words), one
-// integer atomic add where a float one was (double: its low word's add
-// returns the old value, for the carry, and the high word is added to only
-// when the low word wraps or a term is past one pair's bound), and converted
-// and scaled at the end (fixed_point_to_gradient_kernel).
+// per element for float up to about N = 13,000, two for double and beyond;
+// scratch (N + M) D elements), one integer atomic add where a float one was
+// (two words: the low word's add returns the old value, for the carry, and
+// the high word is added to only when the low word wraps or a term is past
+// one pair's bound), and converted and scaled at the end
+// (fixed_point_to_gradient_kernel).
 #include "faceops/triplet_loss.h"
 
 #include "grouping.cuh"
@@ -686,14 +687,15 @@ void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const
   const double anchors = n, cands = cand.count;
   const double weight = mining == TripletMining::kSemihard ? 2 * cands + anchors + anchors * cands
                                                            : cands * (cands + 2 * anchors);
+  const int words = fixed_point_words<T>(weight);
   DeviceArray<int> exponent(fixed_point ? 1 : 0, stream);
-  FixedPointGradient<T> dx_sum(fixed_point && dx ? n * d : 0, exponent.get(), stream);
-  FixedPointGradient<T> dcand_sum(fixed_point && dcand && dcand != dx ? cand.count * d : 0,
+  FixedPointGradient<T> dx_sum(fixed_point && dx ? n * d : 0, words, exponent.get(), stream);
+  FixedPointGradient<T> dcand_sum(fixed_point && dcand && dcand != dx ? cand.count * d : 0, words,
                                   exponent.get(), stream);
   const FixedPointSum<T> dcand_target = dcand == dx ? dx_sum.sum() : dcand_sum.sum();
   if (fixed_point)
     launch("fixed_point_exponent_kernel", fixed_point_exponent_kernel<T>, 1, stream, norms, n,
-           cand.norms, cand.count, squared, d, weight, exponent.get());
+           cand.norms, cand.count, squared, d, weight, words, exponent.get());
   if (mining == TripletMining::kHard) {
     DeviceArray<T> far_distance(n * splits, stream), near_distance(n * splits, stream);
     DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);

@@ -70,9 +70,9 @@ def test_pair_center_contrastive_gpu_match_cpu(cupy, dtype):
 # docs/ops.md says every CUDA result is free of float atomics; on a GPU the
 # blocks run in a different order every time, so repeated calls must agree bit
 # for bit (cuda/emulation checks the same with a reversed block order).
-# Semi-hard and batch-all add in fixed point: both dtypes (one int64 word per
-# element for float32, two for float64), one round of positives (K = 8) and
-# several (K = 32), within the batch and against a reference set.
+# Semi-hard and batch-all add in fixed point: both dtypes (one or two int64
+# words per element for float32, two for float64), one round of positives
+# (K = 8) and several (K = 32), within the batch and against reference sets.
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_results_bitwise_reproducible(cupy, dtype):
     rng = np.random.default_rng(23)
@@ -95,6 +95,12 @@ def test_gpu_results_bitwise_reproducible(cupy, dtype):
         ops[f"triplet_loss_ref {mining}"] = (
             lambda m=mining: faceops.triplet_loss_ref(x[:300], few_classes[:300] % 40, ref,
                                                       ref_labels, 0.3, m, False))
+    # Batch-all against 24,000 rows: a count bound past 2^29, where float32 takes
+    # two words per element too (fixed_point_words in cuda/fixed_point.cuh).
+    many = cupy.asarray(rng.standard_normal((24000, 64)).astype(dtype))
+    many_labels = cupy.asarray(rng.integers(0, 40, 24000))
+    ops["triplet_loss_ref all, 24,000 candidates"] = lambda: faceops.triplet_loss_ref(
+        x[:64], few_classes[:64] % 40, many, many_labels, 0.3, "all", False)
     for name, op in ops.items():
         first = [cupy.asnumpy(cupy.asarray(r)) for r in op()]
         for _ in range(4):

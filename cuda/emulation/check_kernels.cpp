@@ -604,16 +604,16 @@ __global__ void add_terms_kernel(faceops::cuda::detail::FixedPointSum<T> sum, co
   if (threadIdx.x == 0) sum.add(element_of[blockIdx.x], terms[blockIdx.x]);
 }
 
-// fixed_point.cuh on terms of a few to 2^100 units 2^e (2^60 for float) that
-// cancel and cross zero: the words are the same in both block orders, and
-// the values are the exact sums of the rounded terms: bit for bit where the
-// sum fits an int64 (a lost carry or a cancellation against the high word
-// would show), within the final rounding to double elsewhere.
+// fixed_point.cuh on terms of a few to 2^100 units 2^e (2^60 with one
+// word) that cancel and cross zero: the words are the same in both block
+// orders, and the values are the exact sums of the rounded terms: bit for bit
+// where the sum fits an int64 (a lost carry or a cancellation against the
+// high word would show), within the final rounding to double elsewhere.
 template <typename T>
-void test_fixed_point() {
+void test_fixed_point(int words_per_element) {
   namespace d = faceops::cuda::detail;
   const int e = -40;
-  const double big = sizeof(T) == 4 ? 0x1p60 : 0x1p100;
+  const double big = words_per_element == 1 ? 0x1p60 : 0x1p100;
   const std::vector<std::vector<double>> units = {
       {big, 3, -big, -5, 0.5, 1.5, -2.5, 0x1p57, -0x1p57 - 2048, big / 3, -big / 3},
       {big / 3, -big / 7, 0x1p40 + 1, -7, 12, -big, 0x1p52 + 1},
@@ -630,20 +630,21 @@ void test_fixed_point() {
     }
   std::vector<unsigned long long> words[2];
   for (int reversed = 0; reversed < 2; ++reversed) {
-    words[reversed].assign(elements * d::kFixedPointWords<T>, 0);
+    words[reversed].assign(elements * words_per_element, 0);
     g_reverse_blocks = reversed;
     d::launch("add_terms_kernel", add_terms_kernel<T>, int64_t(terms.size()), nullptr,
-              d::FixedPointSum<T>{words[reversed].data(), elements, &e}, terms.data(),
-              element_of.data());
+              d::FixedPointSum<T>{words[reversed].data(), elements, words_per_element, &e},
+              terms.data(), element_of.data());
     g_reverse_blocks = false;
   }
-  expect<T>("fixed point: words differ in reverse block order", double(words[0] != words[1]));
-  const d::FixedPointSum<T> sum{words[0].data(), elements, &e};
+  const std::string what = "fixed point, " + std::to_string(words_per_element) + " word(s): ";
+  expect<T>(what + "words differ in reverse block order", double(words[0] != words[1]));
+  const d::FixedPointSum<T> sum{words[0].data(), elements, words_per_element, &e};
   for (int i = 0; i < elements; ++i) {
     const double want = std::ldexp(double(exact[i]), e), got = sum.value(i);
     const bool fits = exact[i] == static_cast<long long>(exact[i]);
     char buf[200];
-    std::snprintf(buf, sizeof buf, "fixed point: element %d, %s sum %.17g", i,
+    std::snprintf(buf, sizeof buf, "%selement %d, %s sum %.17g", what.c_str(), i,
                   fits ? "int64" : "wider", double(exact[i]));
     expect<T>(buf, fits ? double(got != want) : rel(got, want) > 0x1p-52);
   }
@@ -673,8 +674,9 @@ int main() {
     std::printf("FAIL cuda_available() must be false and built_with_cuda() true here\n");
     return 1;
   }
-  test_fixed_point<double>();
-  test_fixed_point<float>();
+  test_fixed_point<double>(2);
+  test_fixed_point<float>(1);
+  test_fixed_point<float>(2);
   std::mt19937 rng(1234);
   run_all<double>(rng);
   run_all<float>(rng);
