@@ -75,8 +75,8 @@ __global__ void __launch_bounds__(kThreads)
     if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &loss,
                           &dsquared, &pairs) &&
         dx)
-      accumulate_row_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile,
-                                        split_rows(dx, dx_partial, split, n, d));
+      accumulate_row_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile,
+                              PlainSum<T>{split_rows(dx, dx_partial, split, n, d)});
   }
   loss = block_sum(loss, reduce);
   dsquared = block_sum(dsquared, reduce);
@@ -107,8 +107,9 @@ __global__ void __launch_bounds__(kThreads)
     compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
     if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &loss,
                           &dsquared, &pairs))
-      accumulate_column_gradient<T, false>(x, n, cand.rows, cand.count, d, a0, c0, tile,
-                                           split_rows(dcand, dcand_partial, split, cand.count, d));
+      accumulate_column_gradient(
+          x, n, cand.rows, cand.count, d, a0, c0, tile,
+          PlainSum<T>{split_rows(dcand, dcand_partial, split, cand.count, d)});
   }
 }
 

@@ -11,12 +11,15 @@
 // candidates are split over several blocks, each split adds its rows into a
 // slice of its own (SplitPartials, plain stores) and the slices are summed
 // in split order afterwards: the row gradient does not depend on the order
-// the blocks run in.
+// the blocks run in.  Rows that any block may add into (batch-all's columns
+// and split rows, semi-hard's pairs) are summed in fixed point instead
+// (FixedPointSum, fixed_point.cuh).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "fixed_point.cuh"
 #include "launch.cuh"
 
 namespace faceops {
@@ -216,16 +219,23 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
   __syncthreads();
 }
 
+// Rows that only the calling block adds into (one split, or its split's
+// slice: split_rows): plain stores.  Rows that other blocks add into too go
+// through a FixedPointSum (fixed_point.cuh) instead.
+template <typename T>
+struct PlainSum {
+  T* out;
+  __device__ void add(int64_t element, T value) const { out[element] += value; }
+};
+
 // dx[a0 + m] += sum_j tile.value[m][j] * (x[a0 + m] - y[c0 + j]), y the
-// candidates' rows (ny of them).  The caller zeroes the coefficients of pairs
-// outside the batch.  Plain stores when the block owns the rows (one split,
-// or its split's slice: split_rows), atomics when other blocks add to them
-// too (batch-all, whose column gradients add into the same rows).  Every
+// candidates' rows (ny of them), through dx.add (PlainSum or FixedPointSum).
+// The caller zeroes the coefficients of pairs outside the batch.  Every
 // thread must call it; it ends with a barrier.
-template <typename T, bool kAtomic>
+template <typename T, typename Sum>
 __device__ void accumulate_row_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
                                         int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,
-                                        T* dx) {
+                                        const Sum& dx) {
   const int k = threadIdx.x % kTileDepth, m0 = threadIdx.x / kTileDepth;
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
     stage_rows<T, kTileCols>(y, ny, d, c0, k0, tile.cols);
@@ -237,25 +247,20 @@ __device__ void accumulate_row_gradient(const T* __restrict__ x, int n, const T*
         const T xa = x[row * d + col];
         T sum = 0;
         for (int j = 0; j < kTileCols; ++j) sum += tile.value[m][j] * (xa - tile.cols[k][j]);
-        if (kAtomic) {
-          atomicAdd(dx + row * d + col, sum);
-        } else {
-          dx[row * d + col] += sum;
-        }
+        dx.add(row * d + col, sum);
       }
     }
     __syncthreads();
   }
 }
 
-// dy[c0 + j] += sum_m tile.value[m][j] * (y[c0 + j] - x[a0 + m]).  Plain
-// stores when the block owns the columns (a column pass), atomics when other
-// blocks add to them too (batch-all).  Every thread must call it; it ends
-// with a barrier.
-template <typename T, bool kAtomic>
+// dy[c0 + j] += sum_m tile.value[m][j] * (y[c0 + j] - x[a0 + m]), through
+// dy.add (PlainSum in a column pass, which owns its columns; FixedPointSum
+// under batch-all).  Every thread must call it; it ends with a barrier.
+template <typename T, typename Sum>
 __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
                                            int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,
-                                           T* dy) {
+                                           const Sum& dy) {
   const int k = threadIdx.x % kTileDepth, j0 = threadIdx.x / kTileDepth;
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
     stage_rows<T, kTileRows>(x, n, d, a0, k0, tile.rows);
@@ -267,11 +272,7 @@ __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const
         const T yj = y[row * d + col];
         T sum = 0;
         for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j] * (yj - tile.rows[k][m]);
-        if (kAtomic) {
-          atomicAdd(dy + row * d + col, sum);
-        } else {
-          dy[row * d + col] += sum;
-        }
+        dy.add(row * d + col, sum);
       }
     }
     __syncthreads();
@@ -281,15 +282,15 @@ __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const
 // dx_i += coef (x_i - y_j), dy_j -= coef (x_i - y_j), y the candidates' rows:
 // the gradient of coef' * d_ij with coef = coef' * distance_gradient_scale(d_ij);
 // a null dx or dy is skipped.  All threads of the block share the features;
-// atomics since any block may touch any row (semi-hard's pairs: their sums
-// depend on the order blocks run in).
+// fixed point since any block may touch any row (semi-hard's pairs).
 template <typename T>
 __device__ void scatter_pair_gradient(const T* __restrict__ x, const T* __restrict__ y, int64_t d,
-                                      int i, int j, T coef, T* dx, T* dy) {
+                                      int i, int j, T coef, const FixedPointSum<T>& dx,
+                                      const FixedPointSum<T>& dy) {
   for (int64_t k = threadIdx.x; k < d; k += kThreads) {
     const T g = coef * (x[int64_t(i) * d + k] - y[int64_t(j) * d + k]);
-    if (dx) atomicAdd(dx + int64_t(i) * d + k, g);
-    if (dy) atomicAdd(dy + int64_t(j) * d + k, -g);
+    if (dx) dx.add(int64_t(i) * d + k, g);
+    if (dy) dy.add(int64_t(j) * d + k, -g);
   }
 }
 

@@ -27,12 +27,17 @@
 //
 // Ties go to the lowest index (closer_candidate).  Losses are reduced in a
 // fixed order.  The gradients are accumulated unscaled, then scaled by 1 /
-// (number of pairs, anchors or triplets), read on the device.  Batch-hard's
-// are gathered (triplet_hard_gradient_kernel: each row sums its terms in a
-// fixed order; scratch O(N + M)) and bitwise reproducible; semi-hard's scattered
-// pairs and batch-all's tiles add with float atomics, so their last bits may
-// vary between runs (except semi-hard's dx against a reference set, whose
-// rows only their own block touches).
+// (number of pairs, anchors or triplets), read on the device; all of them are
+// bitwise reproducible.  Batch-hard's are gathered (triplet_hard_gradient_kernel:
+// each row sums its terms in a fixed order; scratch O(N + M)).  Semi-hard's
+// scattered pairs and batch-all's tiles, which any block may add into any
+// row, are added as integers in fixed point (fixed_point.cuh: one int64 word
+// per element for float up to about N = 13,000, two for double and beyond;
+// scratch (N + M) D elements), one integer atomic add where a float one was
+// (two words: the low word's add returns the old value, for the carry, and
+// the high word is added to only when the low word wraps or a term is past
+// one pair's bound), and converted and scaled at the end
+// (fixed_point_to_gradient_kernel).
 #include "faceops/triplet_loss.h"
 
 #include "grouping.cuh"
@@ -418,7 +423,8 @@ __global__ void __launch_bounds__(kThreads)
                                  const T* __restrict__ split_best_distance,
                                  const int* __restrict__ split_best_index,
                                  const T* __restrict__ split_far_distance,
-                                 const int* __restrict__ split_far_index, T* dx, T* dy,
+                                 const int* __restrict__ split_far_index,
+                                 FixedPointSum<T> dx, FixedPointSum<T> dy,
                                  double* partial_loss, long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ PositiveSlots<T> slots;
@@ -515,8 +521,9 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     triplet_all_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                             const int64_t* __restrict__ labels, int n, Candidates<T> cand,
-                            int64_t d, T margin, bool squared, int splits, T* dx, T* dy,
-                            double* partial_loss, long long* partial_count) {
+                            int64_t d, T margin, bool squared, int splits,
+                            FixedPointSum<T> dx, FixedPointSum<T> dy, double* partial_loss,
+                            long long* partial_count) {
   __shared__ DistanceTile<T> tile;
   __shared__ PositiveSlots<T> slots;
   __shared__ int active_negatives[kTileRows][kSlots];
@@ -578,9 +585,8 @@ __global__ void __launch_bounds__(kThreads)
         }
         // Tiles of negatives all beyond the margin add nothing: skip them.
         if (__syncthreads_or(any_active)) {
-          if (dx) accumulate_row_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
-          if (dy)
-            accumulate_column_gradient<T, true>(x, n, cand.rows, cand.count, d, a0, c0, tile, dy);
+          if (dx) accumulate_row_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dx);
+          if (dy) accumulate_column_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile, dy);
         }
       }
       __syncthreads();
@@ -672,6 +678,24 @@ void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const
   DeviceArray<double> partial_loss(partials, stream);
   DeviceArray<long long> partial_count(partials, stream);
   DeviceArray<T> inv_count(1, stream);
+  // Semi-hard's and batch-all's gradients in fixed point (fixed_point.cuh),
+  // with the largest total count of terms of one row (W there): semi-hard,
+  // 2 per positive as anchor, 1 per anchor as a positive, 1 per (anchor,
+  // positive) as a negative; batch-all, 2 per triplet as anchor (at most
+  // m^2 / 4 triplets), n m as a positive and n m as a negative.
+  const bool fixed_point = mining != TripletMining::kHard && (dx || dcand);
+  const double anchors = n, cands = cand.count;
+  const double weight = mining == TripletMining::kSemihard ? 2 * cands + anchors + anchors * cands
+                                                           : cands * (cands + 2 * anchors);
+  const int words = fixed_point_words<T>(weight);
+  DeviceArray<int> exponent(fixed_point ? 1 : 0, stream);
+  FixedPointGradient<T> dx_sum(fixed_point && dx ? n * d : 0, words, exponent.get(), stream);
+  FixedPointGradient<T> dcand_sum(fixed_point && dcand && dcand != dx ? cand.count * d : 0, words,
+                                  exponent.get(), stream);
+  const FixedPointSum<T> dcand_target = dcand == dx ? dx_sum.sum() : dcand_sum.sum();
+  if (fixed_point)
+    launch("fixed_point_exponent_kernel", fixed_point_exponent_kernel<T>, 1, stream, norms, n,
+           cand.norms, cand.count, squared, d, weight, words, exponent.get());
   if (mining == TripletMining::kHard) {
     DeviceArray<T> far_distance(n * splits, stream), near_distance(n * splits, stream);
     DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);
@@ -705,12 +729,12 @@ void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const
              best_distance.get(), best_index.get(), far_distance.get(), far_index.get());
     launch("triplet_semihard_mine_kernel", triplet_semihard_mine_kernel<T>, blocks, stream, x,
            norms, labels, n, cand, d, margin, squared, static_cast<int>(splits),
-           best_distance.get(), best_index.get(), far_distance.get(), far_index.get(), dx, dcand,
-           partial_loss.get(), partial_count.get());
+           best_distance.get(), best_index.get(), far_distance.get(), far_index.get(),
+           dx_sum.sum(), dcand_target, partial_loss.get(), partial_count.get());
   } else {
     launch("triplet_all_mine_kernel", triplet_all_mine_kernel<T>, blocks * all_splits, stream, x,
-           norms, labels, n, cand, d, margin, squared, static_cast<int>(all_splits), dx, dcand,
-           partial_loss.get(), partial_count.get());
+           norms, labels, n, cand, d, margin, squared, static_cast<int>(all_splits), dx_sum.sum(),
+           dcand_target, partial_loss.get(), partial_count.get());
   }
   launch("finalize_sum_kernel", finalize_sum_kernel<T>, 1, stream, partial_loss.get(),
          partial_count.get(), partials, 1.0, loss, inv_count.get());
@@ -722,13 +746,18 @@ void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const
   if (!cand.in_batch)
     launch("triplet_overflow_kernel", triplet_overflow_kernel<T>, grid_for(cand.count), stream,
            cand.norms, cand.count, loss, inv_count.get(), count);
-  if (dx)
-    launch("scale_by_device_scalar_kernel", scale_by_device_scalar_kernel<T>, grid_for(n * d),
-           stream, dx, n * d, inv_count.get());
-  if (dcand && dcand != dx)
-    launch("scale_by_device_scalar_kernel", scale_by_device_scalar_kernel<T>,
-           grid_for(int64_t(cand.count) * d), stream, dcand, int64_t(cand.count) * d,
-           inv_count.get());
+  if (fixed_point) {
+    if (dx) dx_sum.write(dx, inv_count.get(), stream);
+    if (dcand && dcand != dx) dcand_sum.write(dcand, inv_count.get(), stream);
+  } else {
+    if (dx)
+      launch("scale_by_device_scalar_kernel", scale_by_device_scalar_kernel<T>, grid_for(n * d),
+             stream, dx, n * d, inv_count.get());
+    if (dcand && dcand != dx)
+      launch("scale_by_device_scalar_kernel", scale_by_device_scalar_kernel<T>,
+             grid_for(int64_t(cand.count) * d), stream, dcand, int64_t(cand.count) * d,
+             inv_count.get());
+  }
 }
 
 inline void check_mining(TripletMining mining) {

@@ -67,19 +67,40 @@ def test_pair_center_contrastive_gpu_match_cpu(cupy, dtype):
     assert_same(gpu[1], cpu[1], dtype)
 
 
-# docs/ops.md lists the CUDA results without float atomics; on a GPU their
+# docs/ops.md says every CUDA result is free of float atomics; on a GPU the
 # blocks run in a different order every time, so repeated calls must agree bit
 # for bit (cuda/emulation checks the same with a reversed block order).
-def test_gpu_results_bitwise_reproducible(cupy):
+# Semi-hard and batch-all add in fixed point: both dtypes (one or two int64
+# words per element for float32, two for float64), one round of positives
+# (K = 8) and several (K = 32), within the batch and against reference sets.
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_results_bitwise_reproducible(cupy, dtype):
     rng = np.random.default_rng(23)
-    x = cupy.asarray(rng.standard_normal((1024, 64)).astype(np.float32))  # 16 candidate splits
+    x = cupy.asarray(rng.standard_normal((1024, 64)).astype(dtype))  # 16 candidate splits
     labels = cupy.asarray(pk_labels(128, 8, rng))
-    centers = cupy.asarray(rng.standard_normal((1000, 64)).astype(np.float32))
+    few_classes = cupy.asarray(pk_labels(32, 32, rng))
+    ref = cupy.asarray(rng.standard_normal((700, 64)).astype(dtype))
+    ref_labels = cupy.asarray(rng.integers(0, 40, 700))
+    centers = cupy.asarray(rng.standard_normal((1000, 64)).astype(dtype))
     ops = {
         "pair_loss": lambda: faceops.pair_loss(x, labels, 60.0),
-        "triplet_loss hard": lambda: faceops.triplet_loss(x, labels, 0.3, "hard"),
         "center_loss": lambda: faceops.center_loss(x, labels, centers),
     }
+    for mining in MININGS:
+        for squared in (True, False):
+            ops[f"triplet_loss {mining} squared={squared}"] = (
+                lambda m=mining, s=squared: faceops.triplet_loss(x, labels, 0.3, m, s))
+        ops[f"triplet_loss {mining} K=32"] = (
+            lambda m=mining: faceops.triplet_loss(x, few_classes, 0.3, m, False))
+        ops[f"triplet_loss_ref {mining}"] = (
+            lambda m=mining: faceops.triplet_loss_ref(x[:300], few_classes[:300] % 40, ref,
+                                                      ref_labels, 0.3, m, False))
+    # Batch-all against 24,000 rows: a count bound past 2^29, where float32 takes
+    # two words per element too (fixed_point_words in cuda/fixed_point.cuh).
+    many = cupy.asarray(rng.standard_normal((24000, 64)).astype(dtype))
+    many_labels = cupy.asarray(rng.integers(0, 40, 24000))
+    ops["triplet_loss_ref all, 24,000 candidates"] = lambda: faceops.triplet_loss_ref(
+        x[:64], few_classes[:64] % 40, many, many_labels, 0.3, "all", False)
     for name, op in ops.items():
         first = [cupy.asnumpy(cupy.asarray(r)) for r in op()]
         for _ in range(4):

@@ -12,11 +12,11 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "../fixed_point.cuh"  // the accumulator of semi-hard's and batch-all's gradients
 #include "faceops/faceops.h"
 
 static int failures = 0;
@@ -518,14 +518,10 @@ void run_reference_sets(std::mt19937& rng) {
 // the elements whose bits differ: a result that blocks add into in the order
 // they happen to run (float atomics) shows up here, since float addition is
 // not associative.  Outputs start at 0.25 where they are accumulated into.
-// The outputs named in `known` still depend on the order (docs/ops.md says
-// which): they must differ here, so that fixing one fails until it leaves
-// the list.
 template <typename T>
 using NamedOutputs = std::vector<std::pair<std::string, std::vector<T>>>;
 template <typename T, typename Op>
-void expect_block_order_independent(const std::string& what, Op op,
-                                    const std::set<std::string>& known = {}) {
+void expect_block_order_independent(const std::string& what, Op op) {
   const NamedOutputs<T> forward = op();
   g_reverse_blocks = true;
   const NamedOutputs<T> reversed = op();
@@ -534,12 +530,10 @@ void expect_block_order_independent(const std::string& what, Op op,
     const std::vector<T>&a = forward[o].second, &b = reversed[o].second;
     long differing = 0;
     for (size_t e = 0; e < a.size(); ++e) differing += std::memcmp(&a[e], &b[e], sizeof(T)) != 0;
-    const bool is_known = known.count(forward[o].first) > 0;
     char buf[200];
-    std::snprintf(buf, sizeof buf, "%s %s: %ld of %zu differ in reverse block order%s",
-                  what.c_str(), forward[o].first.c_str(), differing, a.size(),
-                  is_known ? " (known)" : "");
-    expect<T>(buf, is_known ? double(differing == 0) : double(differing));
+    std::snprintf(buf, sizeof buf, "%s %s: %ld of %zu differ in reverse block order",
+                  what.c_str(), forward[o].first.c_str(), differing, a.size());
+    expect<T>(buf, double(differing));
   }
 }
 
@@ -564,11 +558,6 @@ void run_block_order(std::mt19937& rng) {
                                     &scalars[1], dx.data(), dref.data(), &scalars[2], nullptr);
     return NamedOutputs<T>{{"dx", dx}, {"dref", dref}, {"loss, count, dtheta", scalars}};
   });
-  // Semi-hard and batch-all still add with float atomics (unfinished): the
-  // anchors' dx against a reference set is owned by their blocks under
-  // semi-hard, not under batch-all (split row tiles).
-  const std::set<std::string> known_batch[3] = {{"dx"}, {}, {"dx"}};
-  const std::set<std::string> known_ref[3] = {{"dref"}, {}, {"dx", "dref"}};
   for (int mode = 0; mode < 3; ++mode) {
     const auto mining = faceops::TripletMining(mode);
     expect_block_order_independent<T>("triplet mode=" + std::to_string(mode) + " n=300", [&] {
@@ -576,7 +565,7 @@ void run_block_order(std::mt19937& rng) {
       faceops::cuda::triplet_loss<T>(c.x.data(), c.labels.data(), n, d, T(0.2), mining, false,
                                      &loss[0], dx.data(), nullptr);
       return NamedOutputs<T>{{"dx", dx}, {"loss", loss}};
-    }, known_batch[mode]);
+    });
     expect_block_order_independent<T>(
         "triplet_ref mode=" + std::to_string(mode) + " n=300 m=260", [&] {
           std::vector<T> dx(n * d), dref(m * d), scalars(2);
@@ -585,7 +574,7 @@ void run_block_order(std::mt19937& rng) {
                                              false, &scalars[0], &scalars[1], dx.data(),
                                              dref.data(), nullptr);
           return NamedOutputs<T>{{"dx", dx}, {"dref", dref}, {"loss, count", scalars}};
-        }, known_ref[mode]);
+        });
   }
   auto centers = randn<T>(classes * d, rng);
   expect_block_order_independent<T>("center n=300", [&] {
@@ -606,6 +595,59 @@ void run_block_order(std::mt19937& rng) {
                                     T(0.5), nullptr);
     return NamedOutputs<T>{{"centers", moved}};
   });
+}
+
+// Block b adds terms[b] into element element_of[b].
+template <typename T>
+__global__ void add_terms_kernel(faceops::cuda::detail::FixedPointSum<T> sum, const T* terms,
+                                 const int* element_of) {
+  if (threadIdx.x == 0) sum.add(element_of[blockIdx.x], terms[blockIdx.x]);
+}
+
+// fixed_point.cuh on terms of a few to 2^100 units 2^e (2^60 with one
+// word) that cancel and cross zero: the words are the same in both block
+// orders, and the values are the exact sums of the rounded terms: bit for bit
+// where the sum fits an int64 (a lost carry or a cancellation against the
+// high word would show), within the final rounding to double elsewhere.
+template <typename T>
+void test_fixed_point(int words_per_element) {
+  namespace d = faceops::cuda::detail;
+  const int e = -40;
+  const double big = words_per_element == 1 ? 0x1p60 : 0x1p100;
+  const std::vector<std::vector<double>> units = {
+      {big, 3, -big, -5, 0.5, 1.5, -2.5, 0x1p57, -0x1p57 - 2048, big / 3, -big / 3},
+      {big / 3, -big / 7, 0x1p40 + 1, -7, 12, -big, 0x1p52 + 1},
+      {-0x1p61, 0x1p61 + 4096, -0x1p52, 0x1p52, -1, 11, -big / 9, big / 9}};
+  const int elements = int(units.size());
+  std::vector<T> terms;
+  std::vector<int> element_of;
+  std::vector<__int128> exact(elements, 0);  // the sums of the rounded terms
+  for (int i = 0; i < elements; ++i)
+    for (double u : units[i]) {
+      terms.push_back(T(std::ldexp(u, e)));
+      element_of.push_back(i);
+      exact[i] += static_cast<__int128>(std::nearbyint(std::ldexp(double(terms.back()), -e)));
+    }
+  std::vector<unsigned long long> words[2];
+  for (int reversed = 0; reversed < 2; ++reversed) {
+    words[reversed].assign(elements * words_per_element, 0);
+    g_reverse_blocks = reversed;
+    d::launch("add_terms_kernel", add_terms_kernel<T>, int64_t(terms.size()), nullptr,
+              d::FixedPointSum<T>{words[reversed].data(), elements, words_per_element, &e},
+              terms.data(), element_of.data());
+    g_reverse_blocks = false;
+  }
+  const std::string what = "fixed point, " + std::to_string(words_per_element) + " word(s): ";
+  expect<T>(what + "words differ in reverse block order", double(words[0] != words[1]));
+  const d::FixedPointSum<T> sum{words[0].data(), elements, words_per_element, &e};
+  for (int i = 0; i < elements; ++i) {
+    const double want = std::ldexp(double(exact[i]), e), got = sum.value(i);
+    const bool fits = exact[i] == static_cast<long long>(exact[i]);
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%selement %d, %s sum %.17g", what.c_str(), i,
+                  fits ? "int64" : "wider", double(exact[i]));
+    expect<T>(buf, fits ? double(got != want) : rel(got, want) > 0x1p-52);
+  }
 }
 
 // On a generator of their own, so that the other checks keep their inputs.
@@ -632,6 +674,9 @@ int main() {
     std::printf("FAIL cuda_available() must be false and built_with_cuda() true here\n");
     return 1;
   }
+  test_fixed_point<double>(2);
+  test_fixed_point<float>(1);
+  test_fixed_point<float>(2);
   std::mt19937 rng(1234);
   run_all<double>(rng);
   run_all<float>(rng);
