@@ -23,16 +23,21 @@ namespace faceops {
 namespace cuda {
 namespace detail {
 
+// A block's share of the loss, the dterm sum and the pair count.
+struct PairSums {
+  double loss = 0, dsquared = 0;
+  long long pairs = 0;
+};
+
 // Overwrites tile (a0, c0)'s distances with the pairs' coefficients
-// pair_weight * dterm (0 outside the batch and for own copies) and adds this
-// thread's share of the loss, the dterm sum and the pair count.  Returns, in
-// every thread, whether any coefficient is non-zero.  Every thread must call
-// it.
+// pair_weight * dterm (0 outside the batch and for own copies) and, unless
+// sums is null, adds this thread's share of the loss, the dterm sum and the
+// pair count to it.  Returns, in every thread, whether any coefficient is
+// non-zero.  Every thread must call it.
 template <typename T>
 __device__ bool pair_coefficients(const int64_t* __restrict__ labels, int n,
                                   const Candidates<T>& cand, int a0, int c0, T theta,
-                                  T pair_weight, DistanceTile<T>& tile, double* loss,
-                                  double* dsquared, long long* pairs) {
+                                  T pair_weight, DistanceTile<T>& tile, PairSums* sums) {
   bool any_active = false;
   for (int e = threadIdx.x; e < kTileRows * kTileCols; e += kThreads) {
     const int m = e / kTileCols, j = e % kTileCols;
@@ -40,9 +45,12 @@ __device__ bool pair_coefficients(const int64_t* __restrict__ labels, int n,
     T coef = T(0);
     if (i < n && jj < cand.count && jj != cand.own_copy(i)) {
       T dterm = T(0);
-      *loss += pair_term(tile.value[m][j], labels[i] == cand.labels[jj], theta, &dterm);
-      *dsquared += dterm;
-      ++*pairs;
+      const T term = pair_term(tile.value[m][j], labels[i] == cand.labels[jj], theta, &dterm);
+      if (sums) {
+        sums->loss += term;
+        sums->dsquared += dterm;
+        ++sums->pairs;
+      }
       coef = pair_weight * dterm;
     }
     tile.value[m][j] = coef;
@@ -67,20 +75,17 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ long long reduce_count[kThreads];
   const int a0 = (blockIdx.x / splits) * kTileRows, split = blockIdx.x % splits;
   const T theta_value = *theta;
-  double loss = 0, dsquared = 0;
-  long long pairs = 0;
+  PairSums sums;
   for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
     compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
     // A tile of inactive hinges adds nothing to dx: skip its product.
-    if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &loss,
-                          &dsquared, &pairs) &&
-        dx)
+    if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &sums) && dx)
       accumulate_row_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile,
                               PlainSum<T>{split_rows(dx, dx_partial, split, n, d)});
   }
-  loss = block_sum(loss, reduce);
-  dsquared = block_sum(dsquared, reduce);
-  if (partial_count) pairs = block_sum(pairs, reduce_count);
+  const double loss = block_sum(sums.loss, reduce);
+  const double dsquared = block_sum(sums.dsquared, reduce);
+  const long long pairs = partial_count ? block_sum(sums.pairs, reduce_count) : 0;
   if (threadIdx.x == 0) {
     partial_loss[blockIdx.x] = loss;
     partial_dsquared[blockIdx.x] = dsquared;
@@ -101,12 +106,9 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ DistanceTile<T> tile;
   const int c0 = (blockIdx.x / splits) * kTileCols, split = blockIdx.x % splits;
   const T theta_value = *theta;
-  double loss = 0, dsquared = 0;
-  long long pairs = 0;
   for (int a0 = split * kTileRows; a0 < n; a0 += splits * kTileRows) {
     compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
-    if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &loss,
-                          &dsquared, &pairs))
+    if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, nullptr))
       accumulate_column_gradient(
           x, n, cand.rows, cand.count, d, a0, c0, tile,
           PlainSum<T>{split_rows(dcand, dcand_partial, split, cand.count, d)});
