@@ -2,6 +2,7 @@
 is the result of its copy (the kernels read through the view's address)."""
 
 import numpy as np
+import pytest
 
 import faceops
 from faceops import _arrays
@@ -44,3 +45,35 @@ def test_outputs_have_the_inputs_dtype_and_kind():
 def test_cuda_available_is_false_without_a_device_and_never_raises():
     assert isinstance(faceops.cuda_available(), bool)
     assert isinstance(faceops.__version__, str) and faceops.__version__
+
+
+def test_device_checks_raise_the_first_failure_in_the_order_queued():
+    # Written for either library (the ops use it on CuPy arrays); run here on NumPy arrays.
+    finite, broken = np.ones(3), np.array([1.0, np.nan])
+    checks = _arrays.DeviceChecks(np)
+    checks.finite("a", finite)
+    checks.in_range("labels", np.array([0, 5, 2]), 0, 4, "expected 0 <= label < 4")
+    checks.finite("b", broken)
+    with pytest.raises(ValueError, match=r"^labels: expected 0 <= label < 4, got range \[0, 5\]$"):
+        checks.run()
+    checks = _arrays.DeviceChecks(np)
+    checks.in_range("labels", np.array([-1, 3]), -1, 4, "expected -1 or 0 <= label < 4")
+    checks.holds(np.array(True), "never raised")
+    checks.finite("b", broken)
+    with pytest.raises(ValueError, match="^b: contains NaN or Inf"):
+        checks.run()
+
+
+def test_device_checks_pass_valid_values_and_queue_nothing_for_numpy_ops():
+    checks = _arrays.DeviceChecks(np)
+    checks.in_range("labels", np.array([-1, 3]), -1, 4, "unused")
+    checks.finite("x", np.zeros((2, 2)))
+    checks.holds(np.array(True), "unused")
+    checks.run()
+    # The ops' instance for NumPy arrays leaves these checks to the CPU core, which makes its own.
+    cpu_checks = _arrays.device_checks(np)
+    cpu_checks.finite("x", np.array([np.nan]))
+    cpu_checks.in_range("labels", np.array([7]), 0, 1, "unused")
+    cpu_checks.run()
+    with pytest.raises(ValueError, match="x"):
+        faceops.triplet_loss(np.array([[np.nan], [0.0]]), np.array([0, 0]))

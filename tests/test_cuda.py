@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import faceops
+from faceops import _shard
 from testing import DTYPES, MININGS, TOLERANCE, pk_labels, product
 
 pytestmark = pytest.mark.skipif(
@@ -134,3 +135,42 @@ def test_gpu_bad_input(cupy):
         faceops.triplet_loss(bad, cupy.asarray([0, 0, 1, 1]))
     with pytest.raises(TypeError, match="mix NumPy"):
         faceops.triplet_loss(x, np.array([0, 0, 1, 1]))
+
+
+def _gpu_bad_calls(cupy):
+    """(call, message) for each device-value check the CUDA kernels rely on."""
+    x = cupy.asarray(np.random.default_rng(5).standard_normal((4, 3)), cupy.float32)
+    labels, weight = cupy.asarray([0, 0, 1, 1]), cupy.ones((2, 3), cupy.float32)
+    nan_row = cupy.ones((3, 3), cupy.float32)
+    nan_row[2, 0] = cupy.nan
+    ref, ref_labels = x.copy(), labels.copy()
+    cosine = cupy.zeros((4, 2), cupy.float32)
+    return [
+        (lambda: faceops.margin_softmax_loss(x, cupy.asarray([0, 2, 1, 1]), weight),
+         r"labels.*0 <= label < 2.*\[0, 2\]"),
+        (lambda: faceops.margin_softmax_loss(x, labels, nan_row[1:]), "weight: contains NaN"),
+        # A NaN in a centre row that the batch reads (rows it does not read are not checked).
+        (lambda: faceops.center_loss(x, cupy.asarray([0, 2, 1, 1]), nan_row), "centers: contains NaN"),
+        (lambda: faceops.center_loss(x, cupy.asarray([-1, 0, 1, 1]), nan_row), r"labels.*\[-1, 1\]"),
+        (lambda: faceops.target_margin_backward(cosine, labels, cupy.full((4, 2), cupy.nan, cupy.float32)),
+         "d_out: contains NaN"),
+        (lambda: faceops.triplet_loss_ref(x, labels, ref, ref_labels, self_index=cupy.asarray([0, -1, 4, -1])),
+         "self_index: entries must be -1"),
+        (lambda: faceops.triplet_loss_ref(x, labels, ref, ref_labels, self_index=cupy.asarray([2, -1, -1, -1])),
+         "another label than the anchor"),
+        (lambda: faceops.pair_loss_ref(x, labels, ref, ref_labels, 1.0, cupy.asarray([0, 0, -1, -1])),
+         "two anchors name the same ref row"),
+        (lambda: faceops.contrastive_loss(x, cupy.full((4, 3), cupy.nan, cupy.float32), labels), "b: contains NaN"),
+        (lambda: _shard.margin_softmax_shard_forward(x, cupy.asarray([0, -2, 1, 1]), weight),
+         r"labels: expected -1 \(another shard\).*\[-2, 1\]"),
+    ]
+
+
+def test_gpu_device_value_checks_name_the_argument(cupy):
+    for call, message in _gpu_bad_calls(cupy):
+        with pytest.raises(ValueError, match=message):
+            call()
+    # The valid calls beside them pass the same checks.
+    x = cupy.asarray(np.random.default_rng(5).standard_normal((4, 3)), cupy.float32)
+    faceops.triplet_loss_ref(x, cupy.asarray([0, 0, 1, 1]), x.copy(), cupy.asarray([0, 0, 1, 1]),
+                             self_index=cupy.asarray([0, 1, -1, 3]))

@@ -392,10 +392,10 @@ def test_valid_arguments_pass_and_a_list_is_refused():
 def test_the_gpu_front_checks_self_index_as_the_cpu_core(self_index, message):
     # The CUDA kernels rely on this check (run here on NumPy arrays: it is written for either library).
     args = _valid()
-    check = faceops.ops._check_self_index_on_gpu
-    call = lambda: check(np.array(self_index), args["labels"], args["ref_labels"], 4, np)  # noqa: E731
+    checks = faceops._arrays.DeviceChecks(np)
+    faceops.ops._queue_self_index_checks(checks, np.array(self_index), args["labels"], args["ref_labels"], 4, np)
     if message is None:
-        call()
+        checks.run()
         return
     with pytest.raises(ValueError, match=message):
-        call()
+        checks.run()

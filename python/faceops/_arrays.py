@@ -82,42 +82,75 @@ def check_writeable(name, array, **inputs):
             raise ValueError(f"{name}: shares memory with {other}, but this op updates it in place; pass a copy")
 
 
-def check_labels(name, labels, n, xp, num_classes=None):
-    """Checks (n,) integer labels; returns them as int64 (the only copy made: int32 widening)."""
+def check_labels(name, labels, n, xp):
+    """Checks (n,) integer labels; returns them as int64 (the only copy made: int32 widening).
+    Their range is the core's to check on the CPU, DeviceChecks.in_range's on the GPU."""
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"{name}: expected shape ({n},), got {tuple(labels.shape)}")
     if np.dtype(labels.dtype) not in LABEL_DTYPES:
         raise TypeError(f"{name}: expected dtype int32 or int64, got {labels.dtype}")
     if not labels.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array")
-    labels = labels.astype(xp.int64, copy=False)
-    # The CPU core checks ranges itself; CUDA kernels rely on this check.
-    if num_classes is not None and xp is not np:
-        low, high = label_range(labels, xp)
-        if low < 0 or high >= num_classes:
-            raise ValueError(f"{name}: labels must satisfy 0 <= label < {num_classes}, got range [{low}, {high}]")
-    return labels
+    return labels.astype(xp.int64, copy=False)
 
 
-def label_range(labels, xp):
-    """(min, max) of labels as Python ints; on the GPU with one host synchronisation, not two."""
-    low, high = xp.stack((labels.min(), labels.max())).tolist()
-    return low, high
+class DeviceChecks:
+    """The checks of device values that the CUDA kernels rely on (the CPU core makes its own),
+    read back with one host synchronisation in all: each check queues device scalars and a
+    verdict on their values (an error message, or None); run() copies every queued scalar to the
+    host in one transfer and raises the first failure in the order queued.  Written for either
+    array library; device_checks(xp) gives the ops one that queues nothing on NumPy arrays."""
+
+    def __init__(self, xp, enabled=True):
+        self._xp = xp
+        self._enabled = enabled
+        self._scalars = []
+        self._verdicts = []  # (number of scalars, verdict)
+
+    def _queue(self, scalars, verdict):
+        if self._enabled:
+            self._scalars.extend(scalars)
+            self._verdicts.append((len(scalars), verdict))
+
+    def finite(self, name, array):
+        if self._enabled:
+            self._queue([self._xp.isfinite(array).all()],
+                        lambda ok: None if ok else f"{name}: contains NaN or Inf; expected finite values")
+
+    def in_range(self, name, values, low, high, expected):
+        """low <= every value < high; ``expected`` says so in the message, before the range found."""
+        if self._enabled:
+            self._queue([values.min(), values.max()],
+                        lambda least, most: None if low <= least and most < high else
+                        f"{name}: {expected}, got range [{least}, {most}]")
+
+    def holds(self, condition, message):
+        """A 0-d boolean device array that must be True."""
+        self._queue([condition], lambda ok: None if ok else message)
+
+    def run(self):
+        if not self._scalars:
+            return
+        values = self._xp.stack([scalar.astype(self._xp.int64) for scalar in self._scalars]).tolist()
+        start = 0
+        for count, verdict in self._verdicts:
+            message = verdict(*values[start:start + count])
+            start += count
+            if message is not None:
+                raise ValueError(message)
+
+
+def device_checks(xp):
+    return DeviceChecks(xp, enabled=xp is not np)
 
 
 def check_labels_in_range_cpu(name, labels, num_classes):
     """The CPU core checks label ranges itself, but a caller that renumbers labels
     first (center_loss's "rows" form) must check the original ones."""
-    low, high = label_range(labels, np)
+    low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(f"{name}: label {bad} is out of range; expected 0 <= label < {num_classes}")
-
-
-def check_finite_on_gpu(name, array, xp):
-    """The CPU core rejects NaN/Inf itself; on the GPU this check does it."""
-    if xp is not np and not bool(xp.isfinite(array).all()):
-        raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
 
 
 def address(array):

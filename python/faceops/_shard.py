@@ -11,27 +11,26 @@ from faceops import _arrays, _core, _params
 
 
 def _check(x, labels, weight, s, m1, m2, m3):
+    """The host-side checks, and the device-side ones queued on the returned DeviceChecks."""
     device, xp = _arrays.device_of(x=x, labels=labels, weight=weight)
     n, d = _arrays.check_matrix("x", x)
     num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
     labels = _arrays.check_labels("labels", labels, n, xp)
-    if xp is not np and n > 0:  # the CPU core checks ranges itself
-        low, high = _arrays.label_range(labels, xp)
-        if low < -1 or high >= num_classes:
-            raise ValueError(f"labels: expected -1 (another shard) or 0 <= label < {num_classes}, "
-                             f"got range [{low}, {high}]")
-    _arrays.check_finite_on_gpu("x", x, xp)
-    _arrays.check_finite_on_gpu("weight", weight, xp)
     s = _params.real("s", s, x.dtype, low=0, low_open=True)
     m1, m2, m3 = _params.margins(m1, m2, m3, x.dtype)
-    return device, xp, labels, n, d, num_classes, (s, m1, m2, m3)
+    checks = _arrays.device_checks(xp)
+    checks.in_range("labels", labels, -1, num_classes, f"expected -1 (another shard) or 0 <= label < {num_classes}")
+    checks.finite("x", x)
+    checks.finite("weight", weight)
+    return device, xp, labels, n, d, num_classes, (s, m1, m2, m3), checks
 
 
 def margin_softmax_shard_forward(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0):
     """Per row of x (N, D) over this shard's classes: (row_max, row_sum, target_logit), each (N,):
     the largest logit, sum_j exp(logit_j - row_max), and s * psi(cos) of the row's target when it
     is on this shard (labels[i] >= 0), else 0."""
-    device, xp, labels, n, d, num_classes, margin = _check(x, labels, weight, s, m1, m2, m3)
+    device, xp, labels, n, d, num_classes, margin, checks = _check(x, labels, weight, s, m1, m2, m3)
+    checks.run()
     row_max, row_sum, target_logit = (xp.empty((n,), dtype=x.dtype) for _ in range(3))
     _core.margin_softmax_shard_forward(
         np.dtype(x.dtype).name, device, _arrays.address(x), _arrays.address(labels), _arrays.address(weight),
@@ -54,11 +53,12 @@ def margin_softmax_shard_backward(x, labels, weight, log_sum_exp, loss_scale, s=
     (dx, dweight), dx (N, D) through this shard's classes only (the shards' dx add up to the whole),
     dweight (C_r, D) complete (None when ``weight_grad`` is False).  loss_scale = 1 / N over a
     global batch of N rows gives the mean cross-entropy's gradients."""
-    device, xp, labels, n, d, num_classes, margin = _check(x, labels, weight, s, m1, m2, m3)
+    device, xp, labels, n, d, num_classes, margin, checks = _check(x, labels, weight, s, m1, m2, m3)
     if log_sum_exp.shape != (n,) or log_sum_exp.dtype != x.dtype or not log_sum_exp.flags.c_contiguous:
         raise ValueError(f"log_sum_exp: expected a contiguous ({n},) array of {np.dtype(x.dtype).name}, got "
                          f"{tuple(log_sum_exp.shape)} {log_sum_exp.dtype}")
-    _arrays.check_finite_on_gpu("log_sum_exp", log_sum_exp, xp)
+    checks.finite("log_sum_exp", log_sum_exp)
+    checks.run()
     loss_scale = _params.real("loss_scale", loss_scale, x.dtype)
     dx = xp.empty_like(x)
     dweight = xp.empty_like(weight) if weight_grad else None

@@ -77,7 +77,9 @@ def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True):
     mining = _params.choice("mining", mining, MINING_MODES)
     margin = _params.real("margin", margin, x.dtype, low=0.0)
     squared = _params.flag("squared", squared)
-    _arrays.check_finite_on_gpu("x", x, xp)
+    checks = _arrays.device_checks(xp)
+    checks.finite("x", x)
+    checks.run()
     loss = _loss_buffer(xp, x.dtype)
     dx = xp.empty_like(x)
     _call(_core.triplet_loss, device, x.dtype, _arrays.address(x), _arrays.address(labels), n, d,
@@ -147,29 +149,33 @@ def _check_reference_inputs(x, labels, ref, ref_labels, self_index):
     m, _ = _arrays.check_matrix("ref", ref, dtype=x.dtype, cols=d)
     labels = _arrays.check_labels("labels", labels, n, xp)
     ref_labels = _arrays.check_labels("ref_labels", ref_labels, m, xp)
+    checks = _arrays.device_checks(xp)
     if self_index is not None:
         self_index = _arrays.check_labels("self_index", self_index, n, xp)
         if xp is not np:  # the CPU core checks self_index itself
-            _check_self_index_on_gpu(self_index, labels, ref_labels, m, xp)
-    _arrays.check_finite_on_gpu("x", x, xp)
-    _arrays.check_finite_on_gpu("ref", ref, xp)
+            _queue_self_index_checks(checks, self_index, labels, ref_labels, m, xp)
+    checks.finite("x", x)
+    checks.finite("ref", ref)
+    checks.run()
     return device, xp, labels, ref_labels, self_index, n, d, m
 
 
-def _check_self_index_on_gpu(self_index, labels, ref_labels, m, xp):
-    """check_self_index of csrc/checks.h, for the CUDA kernels (which rely on it)."""
-    low, high = _arrays.label_range(self_index, xp)
-    if low < -1 or high >= m:
-        raise ValueError(f"self_index: entries must be -1 (no own copy) or a row of ref, 0 <= entry < {m}; "
-                         f"got range [{low}, {high}]")
+def _queue_self_index_checks(checks, self_index, labels, ref_labels, m, xp):
+    """check_self_index of csrc/checks.h, for the CUDA kernels (which rely on it), queued on
+    ``checks``: rows are clipped into ref so that the later checks index safely even when the
+    range check fails (it is queued first, so its message is the one raised)."""
+    checks.in_range("self_index", self_index, -1, m, f"entries must be -1 (no own copy) or a row of ref, "
+                    f"0 <= entry < {m}")
     owned = self_index >= 0
-    rows = self_index[owned]
-    if bool((ref_labels[rows] != labels[owned]).any()):
-        raise ValueError("self_index: an anchor's own copy has another label than the anchor; an own copy "
-                         "carries its anchor's label")
-    if len(xp.unique(rows)) != len(rows):
-        raise ValueError("self_index: two anchors name the same ref row as their own copy; a ref row is at "
-                         "most one anchor's copy")
+    rows = self_index.clip(0, m - 1)
+    checks.holds(~(owned & (ref_labels[rows] != labels)).any(),
+                 "self_index: an anchor's own copy has another label than the anchor; an own copy carries "
+                 "its anchor's label")
+    # Owned rows as keys, a distinct negative key for each anchor without one: sorted, no two adjacent equal.
+    keys = xp.sort(xp.where(owned, self_index, -1 - xp.arange(len(self_index))))
+    checks.holds((keys[1:] != keys[:-1]).all(),
+                 "self_index: two anchors name the same ref row as their own copy; a ref row is at most one "
+                 "anchor's copy")
 
 
 def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
@@ -180,8 +186,10 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
     _arrays.check_matrix("positive", positive, dtype=anchor.dtype, rows=n, cols=d)
     _arrays.check_matrix("negative", negative, dtype=anchor.dtype, rows=n, cols=d)
     margin = _params.real("margin", margin, anchor.dtype, low=0.0)
+    checks = _arrays.device_checks(xp)
     for name, array in (("anchor", anchor), ("positive", positive), ("negative", negative)):
-        _arrays.check_finite_on_gpu(name, array, xp)
+        checks.finite(name, array)
+    checks.run()
     loss = _loss_buffer(xp, anchor.dtype)
     grads = [xp.empty_like(anchor) for _ in range(3)]
     _call(_core.triplet_loss_explicit, device, anchor.dtype, _arrays.address(anchor),
@@ -198,7 +206,9 @@ def pair_loss(x, labels, theta):
     n, d = _arrays.check_matrix("x", x)
     labels = _arrays.check_labels("labels", labels, n, xp)
     theta = _params.real("theta", theta, x.dtype)
-    _arrays.check_finite_on_gpu("x", x, xp)
+    checks = _arrays.device_checks(xp)
+    checks.finite("x", x)
+    checks.run()
     scalars = xp.array([theta, 0, 0], dtype=x.dtype)  # theta in (by address); loss, dtheta out
     theta_address, loss_address, dtheta_address = _arrays.element_addresses(scalars)
     dx = xp.empty_like(x)
@@ -220,8 +230,10 @@ def contrastive_loss(a, b, similar, margin=1.0, legacy=False):
     similar = _arrays.check_labels("similar", similar, n, xp)
     margin = _params.real("margin", margin, a.dtype, low=0.0)
     legacy = _params.flag("legacy", legacy)
-    _arrays.check_finite_on_gpu("a", a, xp)
-    _arrays.check_finite_on_gpu("b", b, xp)
+    checks = _arrays.device_checks(xp)
+    checks.finite("a", a)
+    checks.finite("b", b)
+    checks.run()
     loss = _loss_buffer(xp, a.dtype)
     da, db = xp.empty_like(a), xp.empty_like(b)
     _call(_core.contrastive_loss, device, a.dtype, _arrays.address(a), _arrays.address(b),
@@ -258,15 +270,18 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     device, xp = _arrays.device_of(x=x, labels=labels, weight=weight)
     n, d = _arrays.check_matrix("x", x)
     num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
-    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    labels = _arrays.check_labels("labels", labels, n, xp)
     s = _params.real("s", s, x.dtype, low=0.0, low_open=True, what="a scale > 0")
     m1, m2, m3 = _params.margins(m1, m2, m3, x.dtype)
     sample_rate = _params.real("sample_rate", sample_rate, x.dtype, low=0.0, high=1.0, low_open=True,
                                what="0 < sample_rate <= 1")
     rng = _params.generator("rng", rng)
     weight_grad = _params.flag("weight_grad", weight_grad)
-    _arrays.check_finite_on_gpu("x", x, xp)
-    _arrays.check_finite_on_gpu("weight", weight, xp)
+    checks = _arrays.device_checks(xp)
+    checks.in_range("labels", labels, 0, num_classes, _label_range_expected(num_classes))
+    checks.finite("x", x)
+    checks.finite("weight", weight)
+    checks.run()
     classes = None
     if sample_rate < 1:
         if xp is np:
@@ -311,11 +326,14 @@ def _check_target_margin(cosine, labels, m1, m2, m3, d_out=None):
     n, num_classes = _arrays.check_matrix("cosine", cosine)
     if d_out is not None:
         _arrays.check_matrix("d_out", d_out, dtype=cosine.dtype, rows=n, cols=num_classes)
-    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
+    labels = _arrays.check_labels("labels", labels, n, xp)
     margin = _params.margins(m1, m2, m3, cosine.dtype)
-    _arrays.check_finite_on_gpu("cosine", cosine, xp)
+    checks = _arrays.device_checks(xp)
+    checks.in_range("labels", labels, 0, num_classes, _label_range_expected(num_classes))
+    checks.finite("cosine", cosine)
     if d_out is not None:
-        _arrays.check_finite_on_gpu("d_out", d_out, xp)
+        checks.finite("d_out", d_out)
+    checks.run()
     return device, xp, labels, n, num_classes, margin
 
 
@@ -323,11 +341,18 @@ def _check_center_inputs(x, labels, centers):
     device, xp = _arrays.device_of(x=x, labels=labels, centers=centers)
     n, d = _arrays.check_matrix("x", x)
     num_classes, _ = _arrays.check_matrix("centers", centers, dtype=x.dtype, cols=d, classes=True)
-    labels = _arrays.check_labels("labels", labels, n, xp, num_classes=num_classes)
-    _arrays.check_finite_on_gpu("x", x, xp)
-    if xp is not np:  # the rows the batch reads (the CPU core checks them itself)
-        _arrays.check_finite_on_gpu("centers", centers[labels], xp)
+    labels = _arrays.check_labels("labels", labels, n, xp)
+    checks = _arrays.device_checks(xp)
+    checks.in_range("labels", labels, 0, num_classes, _label_range_expected(num_classes))
+    checks.finite("x", x)
+    if xp is not np:  # the rows the batch reads, clipped: an out-of-range label fails the check above first
+        checks.finite("centers", centers[labels.clip(0, num_classes - 1)])
+    checks.run()
     return device, xp, labels, n, d, num_classes
+
+
+def _label_range_expected(num_classes):
+    return f"labels must satisfy 0 <= label < {num_classes}"
 
 
 def _sample_classes(labels, num_classes, sample_rate, rng, xp):
