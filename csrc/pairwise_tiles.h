@@ -217,45 +217,50 @@ void for_each_symmetric_tile(int64_t n, int64_t d, T* dx, TileFn tile_fn) {
 
 // For losses between anchor rows (n of them) and the rows of a reference set
 // (m): calls tile_fn(tile, i0, rows, j0, cols, own_dx, own_dref) once per
-// kTileRows x kTileRows block pair of the n x m grid, in parallel; own_dx and
-// own_dref are the calling thread's own (n, d) and (m, d) gradient buffers,
-// each null where dx or dref is (no private buffer is allocated for a
-// gradient not asked for: a reference set of a million rows without one
-// costs no m x d buffer per thread), summed into dx and dref at the end in
-// thread order, as for_each_symmetric_tile.
+// kTileRows x kTileRows block pair of the n x m grid, in parallel.  Each thread
+// takes whole blocks of the side with more blocks (static schedule) against
+// every block of the other side, so it writes that side's gradient in place and
+// alone; only the other side's gradient -- the shorter one -- is a private
+// buffer per thread past the first, summed in at the end in thread order, as
+// for_each_symmetric_tile.  A gradient not asked for (null) gets no buffer: a
+// reference set of a million rows without one costs no m x d buffer per thread.
+// Shapes whose longer side has fewer blocks than threads use fewer threads.
 template <typename T, typename TileFn>
 void for_each_cross_tile(int64_t n, int64_t m, int64_t d, T* dx, T* dref, TileFn tile_fn) {
   const int64_t row_blocks = (n + kTileRows - 1) / kTileRows;
   const int64_t col_blocks = (m + kTileRows - 1) / kTileRows;
-  const int64_t pairs = row_blocks * col_blocks;
-  const int threads = n * m * d > kParallelWork * 16 ? omp_get_max_threads() : 1;
-  const int64_t dx_size = dx ? n * d : 0, dref_size = dref ? m * d : 0;
-  const int64_t own_size = dx_size + dref_size;  // dx then dref
-  const size_t private_size = static_cast<size_t>(threads - 1) * own_size;
+  const bool split_rows = row_blocks >= col_blocks;
+  const int64_t split_blocks = split_rows ? row_blocks : col_blocks;
+  const int64_t other_blocks = split_rows ? col_blocks : row_blocks;
+  const int threads = n * m * d > kParallelWork * 16
+                          ? static_cast<int>(std::min<int64_t>(omp_get_max_threads(), split_blocks))
+                          : 1;
+  T* shared = split_rows ? dref : dx;  // the gradient that every thread adds to
+  const int64_t shared_size = shared ? (split_rows ? m : n) * d : 0;
+  const size_t private_size = static_cast<size_t>(threads - 1) * shared_size;
   T* private_gradients = thread_scratch<T, kPrivateGradients>(private_size);
   std::fill_n(private_gradients, private_size, T(0));
-  if (dx) std::fill(dx, dx + dx_size, T(0));
-  if (dref) std::fill(dref, dref + dref_size, T(0));
+  if (dx) std::fill(dx, dx + n * d, T(0));
+  if (dref) std::fill(dref, dref + m * d, T(0));
 #pragma omp parallel num_threads(threads)
   {
     DistanceTile<T> tile(d);
     const int t = omp_get_thread_num();
-    T* own = t > 0 ? private_gradients + static_cast<size_t>(t - 1) * own_size : nullptr;
-    T* own_dx = !dx ? nullptr : t == 0 ? dx : own;
-    T* own_dref = !dref ? nullptr : t == 0 ? dref : own + dx_size;
+    T* own_shared = !shared ? nullptr : t == 0 ? shared : private_gradients + static_cast<size_t>(t - 1) * shared_size;
+    T* own_dx = split_rows ? dx : own_shared;
+    T* own_dref = split_rows ? own_shared : dref;
 #pragma omp for schedule(static)
-    for (int64_t pair = 0; pair < pairs; ++pair) {
-      const int64_t i0 = pair / col_blocks * kTileRows, j0 = pair % col_blocks * kTileRows;
-      tile_fn(tile, i0, std::min(kTileRows, n - i0), j0, std::min(kTileRows, m - j0), own_dx,
-              own_dref);
-    }
+    for (int64_t split = 0; split < split_blocks; ++split)
+      for (int64_t other = 0; other < other_blocks; ++other) {
+        const int64_t i0 = (split_rows ? split : other) * kTileRows;
+        const int64_t j0 = (split_rows ? other : split) * kTileRows;
+        tile_fn(tile, i0, std::min(kTileRows, n - i0), j0, std::min(kTileRows, m - j0), own_dx, own_dref);
+      }
   }
-  if (own_size == 0) return;
-#pragma omp parallel for schedule(static) if (threads > 1 && own_size > kParallelWork)
-  for (int64_t e = 0; e < own_size; ++e) {
-    T& out = e < dx_size ? dx[e] : dref[e - dx_size];
-    for (int t = 1; t < threads; ++t) out += private_gradients[static_cast<size_t>(t - 1) * own_size + e];
-  }
+  if (shared_size == 0) return;
+#pragma omp parallel for schedule(static) if (threads > 1 && shared_size > kParallelWork)
+  for (int64_t e = 0; e < shared_size; ++e)
+    for (int t = 1; t < threads; ++t) shared[e] += private_gradients[static_cast<size_t>(t - 1) * shared_size + e];
 }
 
 }  // namespace detail

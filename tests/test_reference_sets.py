@@ -173,10 +173,10 @@ def test_triplet_chunks_against_the_batch_equal_the_in_batch_op(dtype, mining, s
 
 @pytest.mark.parametrize("mining,squared", product(MININGS, [True, False]))
 def test_chunks_over_several_tiles_and_threads(mining, squared):
-    # 300 x 300 x 64 multiply-adds: past the kernels' one-thread threshold, 5 x 5 tiles of 64.
+    # Chunks of 200 x 400 x 64 multiply-adds: past the kernels' one-thread threshold (2^22), 4 x 7 tiles of 64.
     rng = np.random.default_rng(3)
-    labels = pk_labels(60, 5, rng)
-    x = rng.standard_normal((300, 64))
+    labels = pk_labels(80, 5, rng)
+    x = rng.standard_normal((400, 64))
 
     def call(chunk, chunk_labels, own):
         return faceops.triplet_loss_ref(chunk, chunk_labels, x, labels, 0.3, mining, squared, own)
@@ -185,6 +185,25 @@ def test_chunks_over_several_tiles_and_threads(mining, squared):
     batch_loss, batch_dx = faceops.triplet_loss(x, labels, 0.3, mining, squared)
     assert loss == pytest.approx(batch_loss, rel=1e-12)
     np.testing.assert_allclose(dx, batch_dx, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("op,n,m", [(op, n, m) for op in ("pair", "all") for n, m in ((96, 700), (700, 96))])
+def test_threads_split_the_longer_side_and_both_gradients_match_the_reference(op, n, m):
+    # n x m x 64 past the one-thread threshold (2^22); the threads split the side with more tiles of 64
+    # (ref, then x) and keep a private copy of the other side's gradient.
+    rng = np.random.default_rng(n)
+    x, ref = rng.standard_normal((n, 64)) * 0.2, rng.standard_normal((m, 64)) * 0.2
+    labels, ref_labels = rng.integers(0, 8, n), rng.integers(0, 8, m)
+    if op == "pair":
+        loss, count, dx, dref, _ = faceops.pair_loss_ref(x, labels, ref, ref_labels, 1.5)
+        expected = reference.pair_loss_ref(x, labels, ref, ref_labels, 1.5)
+    else:
+        loss, count, dx, dref = faceops.triplet_loss_ref(x, labels, ref, ref_labels, 0.3, "all")
+        expected = reference.triplet_loss_ref(x, labels, ref, ref_labels, 0.3, "all")
+    assert count == expected[1] > 0
+    assert loss == pytest.approx(expected[0], rel=1e-12)
+    np.testing.assert_allclose(dx, expected[2], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(dref, expected[3], rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype,parts", product(DTYPES, [1, 2, 4]))
