@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "faceops/hostdevice.h"
 #include "launch.cuh"
 
 namespace faceops {
@@ -43,49 +44,6 @@ namespace detail {
 template <typename T>
 inline int fixed_point_words(double weight) {
   return sizeof(T) == 4 && weight <= 0x1p29 ? 1 : 2;
-}
-
-// The few math functions below, on the device and in the emulation.
-__device__ __forceinline__ double scale_by_power_of_two(double v, int e) {
-#if defined(__CUDA_ARCH__)
-  return ::ldexp(v, e);
-#else
-  return std::ldexp(v, e);
-#endif
-}
-
-// An integer-valued double in (-2^63, 2^63) as int64; ties to even.
-__device__ __forceinline__ long long round_to_int64(double w) {
-#if defined(__CUDA_ARCH__)
-  return ::llrint(w);
-#else
-  return std::llrint(w);
-#endif
-}
-
-__device__ __forceinline__ double floor_of(double w) {
-#if defined(__CUDA_ARCH__)
-  return ::floor(w);
-#else
-  return std::floor(w);
-#endif
-}
-
-__device__ __forceinline__ double square_root(double w) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrt(w);
-#else
-  return std::sqrt(w);
-#endif
-}
-
-// floor(log2(w)) of a positive finite w.
-__device__ __forceinline__ int binary_exponent(double w) {
-#if defined(__CUDA_ARCH__)
-  return ::ilogb(w);
-#else
-  return std::ilogb(w);
-#endif
 }
 
 // The elements of one gradient in fixed point: words[i] (and words[count +
@@ -102,9 +60,9 @@ struct FixedPointSum {
 
   // element += value (rounded to a multiple of 2^exponent).
   __device__ void add(int64_t element, T value) const {
-    const double w = scale_by_power_of_two(static_cast<double>(value), -*exponent);
+    const double w = math::ldexp(static_cast<double>(value), -*exponent);
     if (words_per_element == 1) {  // |w| < 2^61 (see the top)
-      atomicAdd(words + element, static_cast<unsigned long long>(round_to_int64(w)));
+      atomicAdd(words + element, static_cast<unsigned long long>(math::llrint(w)));
       return;
     }
     // w rounded, as high * 2^64 + low, low in [0, 2^64).  From |w| >= 2^63 on
@@ -112,11 +70,11 @@ struct FixedPointSum {
     long long high;
     unsigned long long low;
     if (w > -0x1p63 && w < 0x1p63) {
-      const long long k = round_to_int64(w);
+      const long long k = math::llrint(w);
       high = k < 0 ? -1 : 0;
       low = static_cast<unsigned long long>(k);
     } else {
-      const double h = floor_of(w * 0x1p-64);
+      const double h = math::floor(w * 0x1p-64);
       high = static_cast<long long>(h);
       low = static_cast<unsigned long long>(w - h * 0x1p64);
     }
@@ -128,18 +86,18 @@ struct FixedPointSum {
   __device__ double value(int64_t element) const {
     const int e = *exponent;
     if (words_per_element == 1)
-      return scale_by_power_of_two(static_cast<double>(static_cast<long long>(words[element])), e);
+      return math::ldexp(static_cast<double>(static_cast<long long>(words[element])), e);
     // high * 2^64 + low with low signed (|low| <= 2^63): a value that fits
     // in int64 is then rounded once, with no cancellation against high.
     long long high = static_cast<long long>(words[count + element]);
     const long long low = static_cast<long long>(words[element]);
     if (low < 0) ++high;
-    return scale_by_power_of_two(static_cast<double>(high), e + 64) +
-           scale_by_power_of_two(static_cast<double>(low), e);
+    return math::ldexp(static_cast<double>(high), e + 64) +
+           math::ldexp(static_cast<double>(low), e);
   }
 };
 
-// A bound for binary_exponent: 1 for none (no terms, or all zero), the
+// A bound for math::ilogb: 1 for none (no terms, or all zero), the
 // largest double past it (overflowing norms: the results are NaN anyway).
 __device__ __forceinline__ double finite_positive(double bound) {
   if (!(bound > 0)) return 1;
@@ -175,11 +133,11 @@ __global__ void fixed_point_exponent_kernel(const T* __restrict__ norms, int n,
       y_max = largest[1][t] > y_max ? largest[1][t] : y_max;
     }
     const double eps = sizeof(T) == 4 ? 0x1p-23 : 0x1p-52;
-    const double g = squared ? 2 * (square_root(x_max) + square_root(y_max))
-                             : square_root(1 + 100 * (4 * double(d) + 8) * eps);
+    const double g = squared ? 2 * (math::sqrt(x_max) + math::sqrt(y_max))
+                             : math::sqrt(1 + 100 * (4 * double(d) + 8) * eps);
     const int sum_exponent =
-        binary_exponent(finite_positive(g * weight)) + 1 - (words == 1 ? 59 : 123);
-    const int term_exponent = binary_exponent(finite_positive(g)) + 1 - 61;
+        math::ilogb(finite_positive(g * weight)) + 1 - (words == 1 ? 59 : 123);
+    const int term_exponent = math::ilogb(finite_positive(g)) + 1 - 61;
     *exponent = words == 1 || sum_exponent > term_exponent ? sum_exponent : term_exponent;
   }
 }

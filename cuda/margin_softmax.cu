@@ -53,23 +53,6 @@ constexpr int64_t kMaxPartialBytes = int64_t(64) << 20;
 constexpr int kLanes = kThreads / kTileRows;
 static_assert(kLanes * kTileRows == kThreads, "each tile row gets the same number of lanes");
 
-template <typename T>
-__device__ __forceinline__ T exp_of(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::exp(v);
-#else
-  return std::exp(v);
-#endif
-}
-template <typename T>
-__device__ __forceinline__ T log_of(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::log(v);
-#else
-  return std::log(v);
-#endif
-}
-
 // -inf as a start for running maxima (numeric_limits is host-only for nvcc).
 template <typename T>
 __device__ __forceinline__ T minus_infinity() {
@@ -227,10 +210,10 @@ template <typename T>
 __device__ __forceinline__ void merge_exp_sum(T other_max, T other_sum, T* max, T* sum) {
   if (other_sum == T(0)) return;
   if (other_max > *max) {
-    *sum = *sum * exp_of(*max - other_max) + other_sum;
+    *sum = *sum * math::exp(*max - other_max) + other_sum;
     *max = other_max;
   } else {
-    *sum += other_sum * exp_of(other_max - *max);
+    *sum += other_sum * math::exp(other_max - *max);
   }
 }
 
@@ -259,10 +242,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = lane; i < n && j < kTileCols && c0 + j < num_classes; j += kLanes) {
       const T logit = c0 + j == label ? target_logit[i] : scale * tile.value[m][j];
       if (logit > max) {  // online log-sum-exp: rescale the sum to the new max
-        sum = sum * exp_of(max - logit) + T(1);
+        sum = sum * math::exp(max - logit) + T(1);
         max = logit;
       } else {
-        sum += exp_of(logit - max);
+        sum += math::exp(logit - max);
       }
     }
     __syncthreads();  // the next tile overwrites tile.value
@@ -297,7 +280,7 @@ __global__ void __launch_bounds__(kThreads)
       row_sum[i] = sum;
       continue;
     }
-    lse[i] = max + log_of(sum);
+    lse[i] = max + math::log(sum);
     row_loss[i] = static_cast<double>(lse[i]) - static_cast<double>(target_logit[i]);
   }
 }

@@ -116,21 +116,10 @@ struct DistanceTile {
   T value[kTileRows][kTileCols + 1];  // squared distance of (a0 + m, c0 + j), then C_mj
 };
 
-// a * b + c rounded once, written out so that the tiles and
-// pair_squared_distance give the same bits for the same pair whatever the
-// compiler contracts.
-template <typename T>
-__device__ __forceinline__ T multiply_add(T a, T b, T c) {
-#if defined(__CUDA_ARCH__)
-  return ::fma(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-
 // The squared distance of rows i and j, bit for bit what compute_distance_tile
-// gives for them (the same fused products in the same order): for the few
-// pairs known in advance, without a tile.
+// gives for them (the same fused products in the same order, math::fma written
+// out whatever the compiler contracts): for the few pairs known in advance,
+// without a tile.
 template <typename T>
 __device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict__ norms,
                                    const Candidates<T>& cand, int64_t d, int i, int j) {
@@ -138,7 +127,7 @@ __device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict_
   const T* x_i = x + int64_t(i) * d;
   const T* x_j = cand.rows + int64_t(j) * d;
   T dot = T(0);
-  for (int64_t k = 0; k < d; ++k) dot = multiply_add(x_i[k], x_j[k], dot);
+  for (int64_t k = 0; k < d; ++k) dot = math::fma(x_i[k], x_j[k], dot);
   return refined_squared_distance(norms[i], cand.norms[j], dot, x_i, x_j, d);
 }
 
@@ -189,7 +178,7 @@ __device__ __forceinline__ void tile_dot_products(const T* __restrict__ a, int n
       for (int r = 0; r < kMicroRows; ++r) a_k[r] = a_stage[k][kMicroRows * ty + r];
       for (int c = 0; c < kMicroCols; ++c) b_k[c] = b_stage[k][kMicroCols * tx + c];
       for (int r = 0; r < kMicroRows; ++r)
-        for (int c = 0; c < kMicroCols; ++c) acc[r][c] = multiply_add(a_k[r], b_k[c], acc[r][c]);
+        for (int c = 0; c < kMicroCols; ++c) acc[r][c] = math::fma(a_k[r], b_k[c], acc[r][c]);
     }
     __syncthreads();
   }

@@ -33,39 +33,12 @@ namespace fork {
 // caffe-windows adds 1e-12 to the squared norm of each weight row.
 constexpr double kWeightNormEpsilon = 1e-12;
 
-namespace detail {
-template <typename T>
-FACEOPS_HD T fork_sqrt(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrt(v);
-#else
-  return std::sqrt(v);
-#endif
-}
-template <typename T>
-FACEOPS_HD T fork_pow(T v, T e) {
-#if defined(__CUDA_ARCH__)
-  return ::pow(v, e);
-#else
-  return std::pow(v, e);
-#endif
-}
-template <typename T>
-FACEOPS_HD T fork_log(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::log(v);
-#else
-  return std::log(v);
-#endif
-}
-}  // namespace detail
-
 // row <- row / sqrt(||row||^2 + 1e-12).  A zero row stays zero.
 template <typename T>
 FACEOPS_HD void normalize_weight_row(T* row, int64_t d) {
   T squared = T(0);
   for (int64_t k = 0; k < d; ++k) squared += row[k] * row[k];
-  const T inverse = T(1) / detail::fork_sqrt(squared + T(kWeightNormEpsilon));
+  const T inverse = T(1) / math::sqrt(squared + T(kWeightNormEpsilon));
   for (int64_t k = 0; k < d; ++k) row[k] *= inverse;
 }
 
@@ -129,7 +102,7 @@ FACEOPS_HD void sphereface_feature_coefficients(T c, T x_norm, int m, bool as_fo
   *coeff_w = dpsi;
   *coeff_x = (psi - c * dpsi) / x_norm;
   if (as_fork) {
-    const T length = detail::fork_sqrt(*coeff_w * *coeff_w + *coeff_x * *coeff_x);
+    const T length = math::sqrt(*coeff_w * *coeff_w + *coeff_x * *coeff_x);
     if (length > T(0)) {
       *coeff_w /= length;
       *coeff_x /= length;
@@ -201,9 +174,9 @@ FACEOPS_HD T label_specific_add(T c, T bias) {
 template <typename T>
 FACEOPS_HD T cosin_addm_forward(T c, T m) {
   if (c > T(1)) c = T(1);
-  if (c <= -faceops::detail::margin_cos(m)) return c - m * faceops::detail::margin_sin(m);
-  return c * faceops::detail::margin_cos(m) -
-         detail::fork_sqrt(T(1) - c * c) * faceops::detail::margin_sin(m);
+  if (c <= -math::cos(m)) return c - m * math::sin(m);
+  return c * math::cos(m) -
+         math::sqrt(T(1) - c * c) * math::sin(m);
 }
 
 // dpsi/dc as the fork back-propagates it: cos m + sin m c / sin(theta), and 1
@@ -213,10 +186,10 @@ FACEOPS_HD T cosin_addm_forward(T c, T m) {
 // as in the fork.
 template <typename T>
 FACEOPS_HD T cosin_addm_derivative(T c, T m) {
-  if (c >= T(1) || c <= -faceops::detail::margin_cos(m)) return T(1);
-  const T sin_theta = detail::fork_sqrt(T(1) - c * c);
+  if (c >= T(1) || c <= -math::cos(m)) return T(1);
+  const T sin_theta = math::sqrt(T(1) - c * c);
   if (!(sin_theta > T(0))) return T(1);
-  return faceops::detail::margin_cos(m) + faceops::detail::margin_sin(m) * c / sin_theta;
+  return math::cos(m) + math::sin(m) * c / sin_theta;
 }
 
 // ---- xialuxi/arcface-caffe's NormL2 (AdaCos/) ----
@@ -229,7 +202,7 @@ template <typename T>
 FACEOPS_HD T norml2_inverse_norm(const T* x, int64_t d) {
   T squared = T(0);
   for (int64_t k = 0; k < d; ++k) squared += x[k] * x[k];
-  return T(1) / detail::fork_sqrt(squared + T(kNormL2Epsilon));
+  return T(1) / math::sqrt(squared + T(kNormL2Epsilon));
 }
 
 template <typename T>
@@ -303,7 +276,7 @@ constexpr double kFocalOneMinusFloor = 1e-10;                    // the fork's m
 template <typename T>
 FACEOPS_HD T focal_loss_term(T p, T alpha, T gamma) {
   const T floored = p > T(kFocalLogFloor) ? p : T(kFocalLogFloor);
-  return -alpha * detail::fork_pow(T(1) - p, gamma) * detail::fork_log(floored);
+  return -alpha * math::pow(T(1) - p, gamma) * math::log(floored);
 }
 
 // q = -p dFL/dp, so that dFL/dx_j = q (p - 1) for the target j and q p_j for
@@ -313,10 +286,10 @@ FACEOPS_HD T focal_loss_term(T p, T alpha, T gamma) {
 // NaN when p underflows to 0; the product is taken first here (its limit).
 template <typename T>
 FACEOPS_HD T focal_loss_logit_scale(T p, T alpha, T gamma) {
-  const T power = alpha * detail::fork_pow(T(1) - p, gamma);
+  const T power = alpha * math::pow(T(1) - p, gamma);
   const T floored = p > T(kFocalLogFloor) ? p : T(kFocalLogFloor);
   const T one_minus = T(1) - p > T(kFocalOneMinusFloor) ? T(1) - p : T(kFocalOneMinusFloor);
-  return power - gamma * power * p * detail::fork_log(floored) / one_minus;
+  return power - gamma * power * p * math::log(floored) / one_minus;
 }
 
 // ---- GlobalLSEMargin (happynear's caffe-windows, AM-Softmax's prototxt/auto) ----

@@ -13,17 +13,41 @@
 
 namespace faceops {
 
+// The math functions of the FACEOPS_HD code under one name: device code calls
+// CUDA's global overloads (::sqrt, ...), the host and cuda/emulation the
+// standard library's.  Each forwards its arguments unchanged (fma stays one
+// fused rounding).
+namespace math {
+#if defined(__CUDA_ARCH__)
+#define FACEOPS_MATH_FUNCTION(name) \
+  template <typename... Args>       \
+  FACEOPS_HD auto name(Args... args) { return ::name(args...); }
+#else
+#define FACEOPS_MATH_FUNCTION(name) \
+  template <typename... Args>       \
+  FACEOPS_HD auto name(Args... args) { return std::name(args...); }
+#endif
+FACEOPS_MATH_FUNCTION(sqrt)
+FACEOPS_MATH_FUNCTION(exp)
+FACEOPS_MATH_FUNCTION(log)
+FACEOPS_MATH_FUNCTION(pow)
+FACEOPS_MATH_FUNCTION(cos)
+FACEOPS_MATH_FUNCTION(sin)
+FACEOPS_MATH_FUNCTION(acos)
+FACEOPS_MATH_FUNCTION(floor)
+FACEOPS_MATH_FUNCTION(fma)
+FACEOPS_MATH_FUNCTION(ldexp)
+FACEOPS_MATH_FUNCTION(llrint)
+FACEOPS_MATH_FUNCTION(ilogb)
+#undef FACEOPS_MATH_FUNCTION
+}  // namespace math
+
 // Distance between two rows from their squared distance.  When `squared`,
 // d = s; otherwise d = sqrt(s).  Negative s (Gram-formula round-off) is 0.
 template <typename T>
 FACEOPS_HD T distance_from_squared(T squared_distance, bool squared) {
   const T s = squared_distance > T(0) ? squared_distance : T(0);
-  if (squared) return s;
-#if defined(__CUDA_ARCH__)
-  return ::sqrt(s);
-#else
-  return std::sqrt(s);
-#endif
+  return squared ? s : math::sqrt(s);
 }
 
 // dd/dx_i = scale * (x_i - x_j).  For d = ||.||^2 the scale is 2; for
@@ -41,7 +65,7 @@ FACEOPS_HD T distance_gradient_scale(T distance, bool squared) {
 template <typename T>
 FACEOPS_HD T gram_squared_distance(T norm_i, T norm_j, T dot) {
 #if defined(__CUDA_ARCH__)
-  return ::fma(T(-2), dot, norm_i + norm_j);
+  return math::fma(T(-2), dot, norm_i + norm_j);
 #else
   return norm_i + norm_j - T(2) * dot;
 #endif

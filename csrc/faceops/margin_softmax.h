@@ -38,41 +38,6 @@ namespace faceops {
 
 constexpr double kNormFloor = 1e-12;
 
-namespace detail {
-template <typename T>
-FACEOPS_HD T margin_cos(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::cos(v);
-#else
-  return std::cos(v);
-#endif
-}
-template <typename T>
-FACEOPS_HD T margin_sin(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::sin(v);
-#else
-  return std::sin(v);
-#endif
-}
-template <typename T>
-FACEOPS_HD T margin_acos(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::acos(v);
-#else
-  return std::acos(v);
-#endif
-}
-template <typename T>
-FACEOPS_HD T margin_floor(T v) {
-#if defined(__CUDA_ARCH__)
-  return ::floor(v);
-#else
-  return std::floor(v);
-#endif
-}
-}  // namespace detail
-
 template <typename T>
 FACEOPS_HD T margin_sin_floor();
 template <>
@@ -89,15 +54,15 @@ FACEOPS_HD T margin_target_cosine(T c, T m1, T m2, T m3, T* derivative) {
     return c - m3;
   }
   const T clamped = c > T(1) ? T(1) : (c < T(-1) ? T(-1) : c);
-  const T theta = detail::margin_acos(clamped);
+  const T theta = math::acos(clamped);
   const T angle = m1 * theta + m2;
-  const T k = detail::margin_floor(angle / T(3.14159265358979323846));
+  const T k = math::floor(angle / T(3.14159265358979323846));
   const T sign = (static_cast<int64_t>(k) % 2 == 0) ? T(1) : T(-1);
   const T sin_squared = T(1) - clamped * clamped;
   const T sin_theta = distance_from_squared(sin_squared, false);
   const T sin_floored = sin_theta > margin_sin_floor<T>() ? sin_theta : margin_sin_floor<T>();
-  *derivative = sign * m1 * detail::margin_sin(angle) / sin_floored;
-  return sign * detail::margin_cos(angle) - T(2) * k - m3;
+  *derivative = sign * m1 * math::sin(angle) / sin_floored;
+  return sign * math::cos(angle) - T(2) * k - m3;
 }
 
 // dL/dc of one cosine, from its logit and its row's log-sum-exp:
@@ -105,11 +70,7 @@ FACEOPS_HD T margin_target_cosine(T c, T m1, T m2, T m3, T* derivative) {
 template <typename T>
 FACEOPS_HD T margin_softmax_cosine_gradient(T logit, T log_sum_exp, bool is_target,
                                             T target_derivative, T scale, T inv_n) {
-#if defined(__CUDA_ARCH__)
-  const T softmax = ::exp(logit - log_sum_exp);
-#else
-  const T softmax = std::exp(logit - log_sum_exp);
-#endif
+  const T softmax = math::exp(logit - log_sum_exp);
   return is_target ? (softmax - T(1)) * scale * target_derivative * inv_n
                    : softmax * scale * inv_n;
 }
