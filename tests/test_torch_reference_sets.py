@@ -209,6 +209,28 @@ def test_cross_batch_memory_state_dict_round_trip_continues_the_same_queue():
         CrossBatchMemory(ft.PairLoss(1.0), 12, 5, dtype=torch.float64).load_state_dict(first.state_dict())
 
 
+def test_a_batch_the_loss_refuses_leaves_the_queue_as_it_was():
+    """A NaN batch or a non-contiguous one fails in the loss after the write: the queue, its
+    labels and its position are restored, so the next calls match a memory that never saw it."""
+    batches = _batches(3)
+    for loss in (ft.TripletLoss(0.3, "hard"), ft.PairLoss(1.0, dtype=torch.float64)):
+        memory = CrossBatchMemory(loss, 14, 5, dtype=torch.float64)
+        clean = CrossBatchMemory(loss, 14, 5, dtype=torch.float64)
+        for x, labels in batches[:2]:
+            memory(x, labels)
+            clean(x, labels)
+        x, labels = batches[2]
+        poisoned = x.clone()
+        poisoned[0, 0] = float("nan")
+        with pytest.raises(ValueError, match="x: contains NaN or Inf"):
+            memory(poisoned, labels)
+        with pytest.raises(ValueError, match="x: expected a contiguous tensor"):
+            memory(x.t().contiguous().t(), labels)
+        assert (memory.next_slot, memory.filled) == (clean.next_slot, clean.filled)
+        assert torch.equal(memory.embeddings, clean.embeddings) and torch.equal(memory.labels, clean.labels)
+        assert memory(x, labels).item() == clean(x, labels).item()
+
+
 def test_cross_batch_memory_refuses_what_it_cannot_use():
     with pytest.raises(TypeError, match="loss: expected a faceops.torch loss"):
         CrossBatchMemory(torch.nn.MSELoss(), 8, 5)

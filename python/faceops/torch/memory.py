@@ -13,8 +13,8 @@ class CrossBatchMemory(nn.Module):
     """``loss_fn = CrossBatchMemory(faceops.torch.TripletLoss(0.2, "hard"), memory_size, dim)``,
     then ``loss_fn(embeddings, labels)`` as with the loss itself.
 
-    Each call first writes the batch (detached) into the queue, overwriting the oldest rows, then
-    returns ``loss(embeddings, labels, ref=queue, ref_labels=queue_labels, self_index=slots)``:
+    Each call first writes the batch (detached) into the queue, overwriting the oldest rows (a
+    batch the loss refuses, e.g. one holding NaN, is taken out again), then returns ``loss(embeddings, labels, ref=queue, ref_labels=queue_labels, self_index=slots)``:
     the anchors are the batch's rows, their positives and negatives the queue's rows, the
     batch's own copies included (as in pytorch-metric-learning's CrossBatchMemory) except that
     a row's own copy is never its positive.  Until the queue is full only its filled rows count.
@@ -72,17 +72,25 @@ class CrossBatchMemory(nn.Module):
             batch, batch_labels = embeddings.detach(), labels.to(torch.int64)
         rows = batch.shape[0]
         slots = torch.arange(self.next_slot, self.next_slot + rows, device=embeddings.device) % self.memory_size
+        filled = min(self.filled + rows, self.memory_size)
         with torch.no_grad():
+            overwritten = self.embeddings[slots], self.labels[slots]
             self.embeddings.index_copy_(0, slots, batch.to(self.embeddings.dtype))
             self.labels.index_copy_(0, slots, batch_labels)
-        self.next_slot = (self.next_slot + rows) % self.memory_size
-        self.filled = min(self.filled + rows, self.memory_size)
-        ref = self.embeddings[:self.filled]
+        ref = self.embeddings[:filled]
         if ref.dtype != embeddings.dtype:  # half embeddings against a float32 queue
             embeddings = embeddings.to(ref.dtype)
         own_slots = slots[self.rank * n:(self.rank + 1) * n]
-        loss, count = self.loss.reference_terms(embeddings, batch_labels[self.rank * n:(self.rank + 1) * n], ref,
-                                                self.labels[:self.filled], own_slots)
+        try:
+            loss, count = self.loss.reference_terms(embeddings, batch_labels[self.rank * n:(self.rank + 1) * n], ref,
+                                                    self.labels[:filled], own_slots)
+        except Exception:  # a batch the loss refuses leaves the queue as it was
+            with torch.no_grad():
+                self.embeddings.index_copy_(0, slots, overwritten[0])
+                self.labels.index_copy_(0, slots, overwritten[1])
+            raise
+        self.next_slot = (self.next_slot + rows) % self.memory_size
+        self.filled = filled
         if self.world_size == 1:
             return loss
         from faceops.torch import distributed
