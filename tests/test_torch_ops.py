@@ -477,6 +477,120 @@ def test_labels_out_of_range_are_refused():
         ft.center_loss(x, torch.cat([torch.tensor([-1]), labels[1:]]), torch.zeros(4, 6, dtype=torch.float64))
 
 
+def test_partial_fc_refuses_labels_out_of_range_on_the_cpu_even_with_check_off():
+    """Partial FC renumbers the labels before the kernel sees them (a -1 would pass as class
+    C - 1), so on the CPU the op checks them itself, whatever check says."""
+    x, labels = _batch(23)
+    weight = torch.randn(4, 6, dtype=torch.float64)
+    for bad in (-1, -4, 4):
+        wrong = torch.cat([torch.tensor([bad]), labels[1:]])
+        with pytest.raises(ValueError, match="labels: out of range; expected 0 <= label < 4"):
+            ft.margin_softmax_loss(x, wrong, weight, sample_rate=0.5, check=False)
+        with pytest.raises(ValueError, match="labels: out of range; expected 0 <= label < 4"):
+            ft.sample_classes(wrong, 4, 0.5, check=False)
+    with pytest.raises(ValueError, match=r"labels: expected shape \(N,\), got \(3, 4\)"):
+        ft.sample_classes(labels.reshape(3, 4), 4, 0.5)
+    with pytest.raises(ValueError, match="sample_rate: expected 0 < sample_rate <= 1"):
+        ft.sample_classes(labels, 4, 0.0)
+
+
+def test_center_update_refuses_x_that_shares_memory_with_the_centers():
+    """x a view of the centres would be read while the kernel writes them (as the NumPy front)."""
+    centers = torch.randn(6, 4, dtype=torch.float64)
+    labels = torch.tensor([1, 2, 0])
+    before = centers.clone()
+    with pytest.raises(ValueError, match="centers: shares memory with x"):
+        ft.center_update_(centers[:3], labels, centers, 0.5)
+    assert torch.equal(centers, before)
+    x = centers[3:].clone()
+    ft.center_update_(x, labels, centers[:3], 0.5)  # a view of other rows of the same storage is fine
+    expected = before[:3].numpy().copy()
+    reference.center_update(x.numpy(), labels.numpy(), expected, 0.5)
+    np.testing.assert_allclose(centers[:3].numpy(), expected, rtol=1e-12)
+
+
+def test_direct_op_calls_that_turn_a_wanted_gradient_off_are_refused():
+    """torch.ops.faceops.* with centers_grad / ref_grad False while that input requires grad:
+    a clear error in the backward instead of a dropped gradient or autograd's shape error."""
+    x, labels = _batch(25)
+    x.requires_grad_(True)
+    centers = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    ref_labels = torch.arange(9) % 4
+    calls = {
+        "centers_grad": lambda: torch.ops.faceops.center_loss(x, labels, centers, False, True),
+        "ref_grad": lambda: torch.ops.faceops.triplet_loss_ref(x, labels, ref, ref_labels, None, 0.2, "hard", True,
+                                                               False, True),
+        "ref_grad ": lambda: torch.ops.faceops.pair_loss_ref(x, labels, ref, ref_labels, None,
+                                                             torch.tensor(1.0, dtype=torch.float64), False, True),
+    }
+    for flag, call in calls.items():
+        with pytest.raises(ValueError, match=f"{flag.strip()}: the op ran with {flag.strip()}=False, but"):
+            call()[0].backward()
+
+
+# The same hyperparameter gets the same check and message from the NumPy op and the torch
+# function (faceops._params): (name, NumPy call, torch call, message) on x, labels.
+_ZERO_WEIGHT = np.zeros((4, 6))
+_SAME_CHECK_CASES = [
+    ("triplet margin < 0", lambda x, y: faceops.triplet_loss(x, y, -1.0),
+     lambda x, y: ft.triplet_loss(x, y, -1.0), "margin: expected a number >= 0.0, got -1.0"),
+    ("contrastive margin < 0", lambda x, y: faceops.contrastive_loss(x[:6], x[6:], y[:6] % 2, -1.0),
+     lambda x, y: ft.contrastive_loss(x[:6], x[6:], y[:6] % 2, -1.0), "margin: expected a number >= 0.0"),
+    ("explicit margin < 0", lambda x, y: faceops.triplet_loss_explicit(x[:4], x[4:8], x[8:], -1.0),
+     lambda x, y: ft.triplet_loss_explicit(x[:4], x[4:8], x[8:], -1.0), "margin: expected a number >= 0.0"),
+    ("alpha > 1", lambda x, y: faceops.center_update(x, y, np.zeros((4, 6)), 7.0),
+     lambda x, y: ft.center_update_(x, y, torch.zeros(4, 6, dtype=x.dtype), 7.0),
+     r"alpha: expected 0.0 <= value <= 1.0, got 7.0"),
+    ("alpha < 0", lambda x, y: faceops.center_update(x, y, np.zeros((4, 6)), -5.0),
+     lambda x, y: ft.center_update_(x, y, torch.zeros(4, 6, dtype=x.dtype), -5.0), "alpha: expected 0.0 <= value"),
+    ("s underflows to 0 in float32", lambda x, y: faceops.margin_softmax_loss(x.astype(np.float32), y,
+                                                                             _ZERO_WEIGHT.astype(np.float32), s=1e-46),
+     lambda x, y: ft.margin_softmax_loss(x.float(), y, torch.zeros(4, 6), s=1e-46),
+     "s: expected a scale > 0, got 1e-46, which is 0.0 in float32"),
+    ("huge integer margin", lambda x, y: faceops.triplet_loss(x, y, 2**1100),
+     lambda x, y: ft.TripletLoss(2**1100)(x, y), "margin: expected a finite number, got an integer beyond float64"),
+]
+
+
+@pytest.mark.parametrize("case", _SAME_CHECK_CASES, ids=[case[0] for case in _SAME_CHECK_CASES])
+def test_numpy_and_torch_fronts_check_hyperparameters_alike(case):
+    _, numpy_call, torch_call, message = case
+    x, labels = _batch(26)
+    with pytest.raises(ValueError, match=message):
+        numpy_call(x.numpy(), labels.numpy())
+    with pytest.raises(ValueError, match=message):
+        torch_call(x, labels)
+
+
+def test_a_range_bound_itself_passes_in_float32():
+    """m2 = pi is an angle in [-pi, pi] although float32's pi lies just above it; 2**1023 is a
+    finite float64."""
+    x, labels = _batch(27)
+    weight = torch.randn(4, 6, dtype=torch.float64)
+    for m2 in (np.pi, -np.pi):
+        got = ft.margin_softmax_loss(x.float(), labels, weight.float(), m2=m2)
+        ours = faceops.margin_softmax_loss(x.float().numpy(), labels.numpy(), weight.float().numpy(), m2=m2)[0]
+        assert torch.isfinite(got) and float(got) == pytest.approx(float(ours), rel=1e-6)
+    assert faceops._params.hinge_margin(2**1023) == 2.0**1023
+
+
+def test_modules_name_the_embeddings_and_check_parameter_dtypes():
+    with pytest.raises(ValueError, match=r"embeddings: expected shape \(N, 6\), the module's dim, got \(4, 5\)"):
+        ft.ArcFace(3, 6)(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"embeddings: expected shape \(N, 6\)"):
+        ft.CenterLoss(3, 6)(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(TypeError, match="dtype: expected torch.float16, torch.bfloat16, torch.float32 or"):
+        ft.PairLoss(dtype=torch.int32)
+    with pytest.raises(ValueError, match="theta: expected a finite number, got 70000.0, which is not finite in "
+                                         "torch.float16"):
+        ft.PairLoss(theta=7e4, dtype=torch.float16)
+    with pytest.raises(ValueError, match="m2: expected an angle in"):
+        ft.MarginSoftmaxLoss(3, 6, margin=(1.0, 10.0, 0.0))
+    with pytest.raises(TypeError, match=r"margin: expected one of .* or \(m1, m2, m3\), got tuple"):
+        ft.MarginSoftmaxLoss(3, 6, margin=(1.0, 0.5))
+
+
 @pytest.mark.parametrize("call,error,message", [
     (lambda x, y: ft.triplet_loss(x, y, margin="0.3"), TypeError, "margin: expected a real number, got the string '0.3'"),
     (lambda x, y: ft.triplet_loss(x, y, margin=True), TypeError, "margin: expected a real number, got the bool True"),
@@ -488,7 +602,7 @@ def test_labels_out_of_range_are_refused():
     (lambda x, y: ft.margin_softmax_loss(x, y, torch.zeros(4, 6, dtype=x.dtype), s=0.0), ValueError, "s: expected"),
     (lambda x, y: ft.margin_softmax_loss(x, y, torch.zeros(4, 6, dtype=x.dtype), m1=-1.0), ValueError, "m1: expected"),
     (lambda x, y: ft.margin_softmax_loss(x, y, torch.zeros(4, 6, dtype=x.dtype), sample_rate=1.5), ValueError,
-     "sample_rate: expected 0.0 < value <= 1.0"),
+     "sample_rate: expected 0 < sample_rate <= 1"),
     (lambda x, y: ft.center_update_(x, y, torch.zeros(4, 6, dtype=x.dtype), float("nan")), ValueError,
      "alpha: expected a finite number, got NaN"),
     (lambda x, y: ft.pair_loss(x, y, torch.tensor(float("inf"), dtype=x.dtype)), ValueError, "theta: expected a finite"),

@@ -14,23 +14,38 @@ import numpy as np
 
 
 def real(name, value, dtype=np.float64, *, low=None, high=None, low_open=False, high_open=False, what=None):
-    """``value`` as a Python float, after checking that it is a real number that
-    stays finite in ``dtype`` (1e39 is finite in float64 but inf in float32) and
-    lies in [low, high] (``low_open``/``high_open`` exclude the bound); ``what``
-    describes the range in the message (e.g. "a scale > 0")."""
+    """``value`` as a Python float in ``dtype`` (the cast the kernel gets), after checking
+    that it is a real number that stays finite in ``dtype`` (1e39 is finite in float64 but
+    inf in float32) and lies in [low, high] (``low_open``/``high_open`` exclude the bound);
+    ``what`` describes the range in the message (e.g. "a scale > 0").  The range is checked
+    on the value as given, so that a bound itself passes (pi is an angle <= pi even though
+    float32's pi is slightly above it), and an open bound also on the cast (1e-46 is > 0
+    but 0 in float32)."""
     number = _as_real(name, value)
     dtype = np.dtype(dtype)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         cast = dtype.type(number)
     if not np.isfinite(cast):
-        kind = "NaN" if np.isnan(number) else f"{number!r}, which is not finite in {dtype.name}"
+        if np.isnan(number):
+            kind = "NaN"
+        elif np.isinf(number) and isinstance(value, (numbers.Integral, np.integer)):
+            kind = "an integer beyond float64's range"
+        else:
+            kind = f"{number!r}, which is not finite in {dtype.name}"
         raise ValueError(f"{name}: expected a finite number, got {kind}")
     cast = float(cast)
-    below = low is not None and (cast < low or (low_open and cast == low))
-    above = high is not None and (cast > high or (high_open and cast == high))
-    if below or above:
-        raise ValueError(f"{name}: expected {what or _range(low, high, low_open, high_open)}, got {number!r}")
+    expected = what or _range(low, high, low_open, high_open)
+    if _outside(number, low, high, low_open, high_open):
+        raise ValueError(f"{name}: expected {expected}, got {number!r}")
+    if (low_open and cast == low) or (high_open and cast == high):
+        raise ValueError(f"{name}: expected {expected}, got {number!r}, which is {cast!r} in {dtype.name}")
     return cast
+
+
+def _outside(value, low, high, low_open, high_open):
+    below = low is not None and (value < low or (low_open and value == low))
+    above = high is not None and (value > high or (high_open and value == high))
+    return below or above
 
 
 def integer(name, value, *, low=None):
@@ -74,6 +89,41 @@ def margins(m1, m2, m3, dtype=np.float64):
     return m1, m2, m3
 
 
+# The named hyperparameters of more than one op, checked the same way by every front.
+
+def hinge_margin(value, dtype=np.float64, name="margin"):
+    """A hinge's margin (triplet, contrastive): a number >= 0."""
+    return real(name, value, dtype, low=0.0)
+
+
+def center_alpha(value, dtype=np.float64):
+    """Wen et al. eq. 4's learning rate of the centres: 0 <= alpha <= 1."""
+    return real("alpha", value, dtype, low=0.0, high=1.0)
+
+
+def scale(value, dtype=np.float64):
+    """The margin softmax's scale s: a number > 0."""
+    return real("s", value, dtype, low=0.0, low_open=True, what="a scale > 0")
+
+
+def sample_rate(value, dtype=np.float64):
+    """Partial FC's share of the classes: 0 < sample_rate <= 1."""
+    return real("sample_rate", value, dtype, low=0.0, high=1.0, low_open=True, what="0 < sample_rate <= 1")
+
+
+def margin_triple(margin, names, dtype=np.float64):
+    """(m1, m2, m3) as Python floats checked in ``dtype``, from a name of ``names`` (a dict
+    name -> triple, faceops.MARGINS) or a tuple or list of three numbers."""
+    expected = f"margin: expected one of {sorted(names)} or (m1, m2, m3), got {_describe(margin)}"
+    if isinstance(margin, str):
+        if margin not in names:
+            raise ValueError(expected)
+        margin = names[margin]
+    if not isinstance(margin, (tuple, list)) or len(margin) != 3:
+        raise TypeError(expected)
+    return margins(*margin, dtype)
+
+
 def _as_real(name, value):
     if isinstance(value, np.ndarray):
         if value.ndim != 0:
@@ -82,7 +132,10 @@ def _as_real(name, value):
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a real number, got the bool {value!r}")
     if isinstance(value, (numbers.Integral, np.integer)):
-        return float(value) if abs(int(value)) < 2**1023 else float("inf")
+        try:
+            return float(value)
+        except OverflowError:  # beyond float64: past every dtype's range
+            return float("inf") if value > 0 else float("-inf")
     if isinstance(value, (float, np.floating)):
         return float(value)
     raise TypeError(f"{name}: expected a real number, got {_describe(value)}")

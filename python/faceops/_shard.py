@@ -16,7 +16,7 @@ def _check(x, labels, weight, s, m1, m2, m3):
     n, d = _arrays.check_matrix("x", x)
     num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
     labels = _arrays.check_labels("labels", labels, n, xp)
-    s = _params.real("s", s, x.dtype, low=0, low_open=True)
+    s = _params.scale(s, x.dtype)
     m1, m2, m3 = _params.margins(m1, m2, m3, x.dtype)
     checks = _arrays.device_checks(xp)
     checks.in_range("labels", labels, -1, num_classes, f"expected -1 (another shard) or 0 <= label < {num_classes}")

@@ -21,7 +21,7 @@ class CenterLoss:
         dim = _params.integer("dim", dim, low=1)
         dtype = _check_dtype(dtype if centers is None else getattr(centers, "dtype", None))
         if alpha is not None:
-            alpha = _params.real("alpha", alpha, dtype, low=0.0, high=1.0)
+            alpha = _params.center_alpha(alpha, dtype)
         if centers is None:
             centers = xp.zeros((num_classes, dim), dtype=dtype)
         elif tuple(centers.shape) != (num_classes, dim):
@@ -42,7 +42,7 @@ class TripletLoss:
     """In-batch mined triplet loss; mining is "semihard", "hard" or "all"."""
 
     def __init__(self, margin=0.2, mining="semihard", squared=True):
-        self.margin = _params.real("margin", margin, low=0.0)
+        self.margin = _params.hinge_margin(margin)
         self.mining = _params.choice("mining", mining, ops.MINING_MODES)
         self.squared = _params.flag("squared", squared)
 
@@ -67,7 +67,7 @@ class ContrastiveLoss:
     """Contrastive loss on pairs (a_i, b_i); returns (loss, da, db)."""
 
     def __init__(self, margin=1.0, legacy=False):
-        self.margin = _params.real("margin", margin, low=0.0)
+        self.margin = _params.hinge_margin(margin)
         self.legacy = _params.flag("legacy", legacy)
 
     def __call__(self, a, b, similar):
@@ -89,16 +89,9 @@ class MarginSoftmaxLoss:
         num_classes = _params.integer("num_classes", num_classes, low=1)
         dim = _params.integer("dim", dim, low=1)
         dtype = _check_dtype(dtype if weight is None else getattr(weight, "dtype", None))
-        if isinstance(margin, str):
-            if margin not in ops.MARGINS:
-                raise ValueError(f"margin: expected one of {sorted(ops.MARGINS)} or (m1, m2, m3), got {margin!r}")
-            margin = ops.MARGINS[margin]
-        if not isinstance(margin, (tuple, list)) or len(margin) != 3:
-            raise TypeError(f"margin: expected one of {sorted(ops.MARGINS)} or (m1, m2, m3), got {margin!r}")
-        self.m1, self.m2, self.m3 = _params.margins(*margin, dtype)
-        self.s = _params.real("s", s, dtype, low=0.0, low_open=True, what="a scale > 0")
-        self.sample_rate = _params.real("sample_rate", sample_rate, dtype, low=0.0, high=1.0, low_open=True,
-                                        what="0 < sample_rate <= 1")
+        self.m1, self.m2, self.m3 = _params.margin_triple(margin, ops.MARGINS, dtype)
+        self.s = _params.scale(s, dtype)
+        self.sample_rate = _params.sample_rate(sample_rate, dtype)
         seed = _params.integer("seed", seed, low=0)
         if weight is None:
             weight = (xp.random.default_rng(seed).standard_normal((num_classes, dim)) * 0.01).astype(dtype)

@@ -63,7 +63,7 @@ def center_update(x, labels, centers, alpha):
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j; absent classes untouched."""
     device, xp, labels, n, d, num_classes = _check_center_inputs(x, labels, centers)
     _arrays.check_writeable("centers", centers, x=x, labels=labels)
-    alpha = _params.real("alpha", alpha, x.dtype, low=0.0, high=1.0)
+    alpha = _params.center_alpha(alpha, x.dtype)
     _call(_core.center_update, device, x.dtype, _arrays.address(x), _arrays.address(labels),
           _arrays.address(centers), n, d, num_classes, alpha, xp=xp)
 
@@ -75,7 +75,7 @@ def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True):
     n, d = _arrays.check_matrix("x", x)
     labels = _arrays.check_labels("labels", labels, n, xp)
     mining = _params.choice("mining", mining, MINING_MODES)
-    margin = _params.real("margin", margin, x.dtype, low=0.0)
+    margin = _params.hinge_margin(margin, x.dtype)
     squared = _params.flag("squared", squared)
     checks = _arrays.device_checks(xp)
     checks.finite("x", x)
@@ -105,7 +105,7 @@ def triplet_loss_ref(x, labels, ref, ref_labels, margin=0.2, mining="semihard", 
     device, xp, labels, ref_labels, self_index, n, d, m = _check_reference_inputs(x, labels, ref, ref_labels,
                                                                                   self_index)
     mining = _params.choice("mining", mining, MINING_MODES)
-    margin = _params.real("margin", margin, x.dtype, low=0.0)
+    margin = _params.hinge_margin(margin, x.dtype)
     squared = _params.flag("squared", squared)
     out = xp.empty((2,), dtype=x.dtype)  # loss, count
     dx, dref = xp.empty_like(x), xp.empty_like(ref)
@@ -185,7 +185,7 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
     n, d = _arrays.check_matrix("anchor", anchor)
     _arrays.check_matrix("positive", positive, dtype=anchor.dtype, rows=n, cols=d)
     _arrays.check_matrix("negative", negative, dtype=anchor.dtype, rows=n, cols=d)
-    margin = _params.real("margin", margin, anchor.dtype, low=0.0)
+    margin = _params.hinge_margin(margin, anchor.dtype)
     checks = _arrays.device_checks(xp)
     for name, array in (("anchor", anchor), ("positive", positive), ("negative", negative)):
         checks.finite(name, array)
@@ -228,7 +228,7 @@ def contrastive_loss(a, b, similar, margin=1.0, legacy=False):
     if similar.dtype == np.bool_:
         similar = similar.astype(xp.int64)
     similar = _arrays.check_labels("similar", similar, n, xp)
-    margin = _params.real("margin", margin, a.dtype, low=0.0)
+    margin = _params.hinge_margin(margin, a.dtype)
     legacy = _params.flag("legacy", legacy)
     checks = _arrays.device_checks(xp)
     checks.finite("a", a)
@@ -271,10 +271,9 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     n, d = _arrays.check_matrix("x", x)
     num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
     labels = _arrays.check_labels("labels", labels, n, xp)
-    s = _params.real("s", s, x.dtype, low=0.0, low_open=True, what="a scale > 0")
+    s = _params.scale(s, x.dtype)
     m1, m2, m3 = _params.margins(m1, m2, m3, x.dtype)
-    sample_rate = _params.real("sample_rate", sample_rate, x.dtype, low=0.0, high=1.0, low_open=True,
-                               what="0 < sample_rate <= 1")
+    sample_rate = _params.sample_rate(sample_rate, x.dtype)
     rng = _params.generator("rng", rng)
     weight_grad = _params.flag("weight_grad", weight_grad)
     checks = _arrays.device_checks(xp)

@@ -18,6 +18,7 @@ names below are stable.
   does not check are looked at here.
 """
 
+import numpy as np
 import torch
 
 from faceops import _core
@@ -77,16 +78,44 @@ def check_contiguous(name, tensor):
                          f"{tuple(tensor.shape)}); pass {name}.contiguous()")
 
 
+def check_no_overlap(name, tensor, **inputs):
+    """A contiguous tensor an op writes in place must not overlap the op's (contiguous) inputs:
+    the kernel would read rows it has already written."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    for other, value in inputs.items():
+        other_start = value.data_ptr()
+        other_end = other_start + value.numel() * value.element_size()
+        if value.device == tensor.device and start < other_end and other_start < end:
+            raise ValueError(f"{name}: shares memory with {other}, but this op updates it in place; pass a copy")
+
+
 def check_labels(name, labels, n):
-    """Checks (n,) integer labels; returns them as contiguous int64 (int32 is widened)."""
+    """Checks (n,) integer labels (any length for n None); returns them as contiguous int64
+    (int32 is widened)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(labels).__name__}")
     if labels.requires_grad:
         raise TypeError(f"{name}: expected integer labels that do not require grad")
-    if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},), got {tuple(labels.shape)}")
+    if labels.dim() != 1 or (n is not None and labels.shape[0] != n):
+        raise ValueError(f"{name}: expected shape ({'N' if n is None else n},), got {tuple(labels.shape)}")
     if labels.dtype not in LABEL_DTYPES:
         raise TypeError(f"{name}: expected dtype int32 or int64, got {labels.dtype}")
     check_contiguous(name, labels)
     return labels if labels.dtype == torch.int64 else labels.to(torch.int64)
+
+
+def parameter_dtype(dtype):
+    """A module's ``dtype`` argument: one of the float dtypes the ops take."""
+    if dtype not in FLOAT_DTYPES + HALF_DTYPES:
+        raise TypeError(f"dtype: expected torch.float16, torch.bfloat16, torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def kernel_numpy_dtype(dtype):
+    """The NumPy dtype the kernels run in for tensors of ``dtype``, in which faceops._params
+    checks the hyperparameters (float32 for the half dtypes)."""
+    return np.float64 if compute_dtype(dtype) == torch.float64 else np.float32
 
 
 def compute_dtype(dtype):

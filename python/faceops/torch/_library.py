@@ -18,7 +18,6 @@ dtype (faceops.torch.CenterLoss does).
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,16 +25,7 @@ from faceops import _core, _params
 from faceops.ops import MINING_MODES
 from faceops.torch import _boundary
 
-_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _real(name, value, dtype, **bounds):
-    """A hyperparameter checked after the cast to the kernels' dtype for `dtype`."""
-    return _params.real(name, value, _NUMPY_DTYPE[_boundary.compute_dtype(dtype)], **bounds)
-
-
-def _margins(m1, m2, m3, dtype):
-    return _params.margins(m1, m2, m3, _NUMPY_DTYPE[_boundary.compute_dtype(dtype)])
+_kernel_dtype = _boundary.kernel_numpy_dtype
 
 
 def _loss_like(x):
@@ -55,6 +45,18 @@ def _scaled(grad_loss, gradient):
         return None
     scaled = grad_loss * gradient  # 0-d theta's gradient can promote to the loss's dtype
     return scaled if scaled.dtype == gradient.dtype else scaled.to(gradient.dtype)
+
+
+def _computed(ctx, index, flag, name, computed):
+    """Whether input ``index`` (``name``) gets its gradient: autograd wants one and the op
+    computed it (``flag``).  Only a direct call of the op can ask for none where one is
+    wanted; the functional forms derive the flag from requires_grad."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    if not computed:
+        raise ValueError(f"{flag}: the op ran with {flag}=False, but {name} requires grad; "
+                         f"pass {flag}=True or {name}.detach()")
+    return True
 
 
 def _save_gradients(ctx, output):
@@ -105,7 +107,8 @@ def _center_loss_setup(ctx, inputs, output):
 
 def _center_loss_backward(ctx, grad_loss, _grad_dx, _grad_dcenters):
     dx, dcenters = ctx.saved_tensors
-    return _scaled(grad_loss, dx), None, _scaled(grad_loss, dcenters) if ctx.centers_grad else None, None, None
+    dcenters = _scaled(grad_loss, dcenters) if _computed(ctx, 2, "centers_grad", "centers", ctx.centers_grad) else None
+    return _scaled(grad_loss, dx), None, dcenters, None, None
 
 
 center_loss.register_autograd(_center_loss_backward, setup_context=_center_loss_setup)
@@ -134,7 +137,8 @@ def center_update(x: Tensor, labels: Tensor, centers: Tensor, alpha: float, chec
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j; absent classes untouched.
     float16/bfloat16 centres are updated through a float32 copy written back."""
     device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
-    alpha = _real("alpha", alpha, x.dtype)
+    alpha = _params.center_alpha(alpha, _kernel_dtype(x.dtype))
+    _boundary.check_no_overlap("centers", centers, x=x, labels=labels)
     _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x", "centers"), labels, num_classes)
     x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
     _boundary.call_kernel(_core.center_update, x_in.dtype, x.device, x_in.data_ptr(), labels.data_ptr(),
@@ -161,7 +165,7 @@ def _triplet_inputs(x, labels):
 def triplet_loss(x: Tensor, labels: Tensor, margin: float, mining: str, squared: bool, check: bool) -> tuple[Tensor, Tensor]:
     """(loss, dx) of the triplet loss with in-batch mining."""
     device, n, d, labels = _triplet_inputs(x, labels)
-    margin = _real("margin", margin, x.dtype)
+    margin = _params.hinge_margin(margin, _kernel_dtype(x.dtype))
     mining = _params.choice("mining", mining, MINING_MODES)
     _boundary.check_values(device, check, {"x": x}, ("x",))
     x_in = _boundary.compute_input(x)
@@ -206,7 +210,7 @@ def triplet_loss_explicit(anchor: Tensor, positive: Tensor, negative: Tensor, ma
                           check: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, danchor, dpositive, dnegative) of explicit triplets."""
     device, n, d = _explicit_inputs(anchor, positive, negative)
-    margin = _real("margin", margin, anchor.dtype)
+    margin = _params.hinge_margin(margin, _kernel_dtype(anchor.dtype))
     rows = {"anchor": anchor, "positive": positive, "negative": negative}
     _boundary.check_values(device, check, rows, tuple(rows))
     inputs = [_boundary.compute_input(t) for t in (anchor, positive, negative)]
@@ -253,12 +257,16 @@ def _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m):
         _boundary.check_self_index(device, check, self_index, labels, ref_labels, m)
 
 
-def _reference_setup(ctx, inputs, output):
-    """setup_context of a reference-set op returning (loss, count, dx, dref, *rest): keeps the
-    gradients; the count of terms is piecewise constant and gets none."""
-    ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(*output[2:])
+def _reference_setup(ref_grad_index):
+    """setup_context of a reference-set op returning (loss, count, dx, dref, *rest) whose
+    ref_grad flag is input ``ref_grad_index``: keeps the gradients; the count of terms is
+    piecewise constant and gets none."""
+    def setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*output[2:])
+        ctx.ref_grad = inputs[ref_grad_index]
+    return setup
 
 
 @torch.library.custom_op("faceops::triplet_loss_ref", mutates_args=())
@@ -268,7 +276,7 @@ def triplet_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor,
     """(loss, count, dx, dref) of the triplet loss of the anchors x against the candidates ref;
     count is the number of terms in the mean; dref is (0, D) when ref_grad is False."""
     device, n, d, m, labels, ref_labels, self_index = _reference_inputs(x, labels, ref, ref_labels, self_index)
-    margin = _real("margin", margin, x.dtype)
+    margin = _params.hinge_margin(margin, _kernel_dtype(x.dtype))
     mining = _params.choice("mining", mining, MINING_MODES)
     _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m)
     x_in, ref_in = _boundary.compute_input(x), _boundary.compute_input(ref)
@@ -289,11 +297,11 @@ def _(x, labels, ref, ref_labels, self_index, margin, mining, squared, ref_grad,
 
 def _triplet_ref_backward(ctx, grad_loss, *_grad_outputs):
     dx, dref = ctx.saved_tensors
-    dref = _scaled(grad_loss, dref) if ctx.needs_input_grad[2] else None
+    dref = _scaled(grad_loss, dref) if _computed(ctx, 2, "ref_grad", "ref", ctx.ref_grad) else None
     return _scaled(grad_loss, dx), None, dref, None, None, None, None, None, None, None
 
 
-triplet_loss_ref.register_autograd(_triplet_ref_backward, setup_context=_reference_setup)
+triplet_loss_ref.register_autograd(_triplet_ref_backward, setup_context=_reference_setup(8))
 
 
 # --- pair loss (csrc/faceops/pair_loss.h) -------------------------------------------------
@@ -375,11 +383,11 @@ def _(x, labels, ref, ref_labels, self_index, theta, ref_grad, check):
 
 def _pair_ref_backward(ctx, grad_loss, *_grad_outputs):
     dx, dref, dtheta = ctx.saved_tensors
-    dref = _scaled(grad_loss, dref) if ctx.needs_input_grad[2] else None
+    dref = _scaled(grad_loss, dref) if _computed(ctx, 2, "ref_grad", "ref", ctx.ref_grad) else None
     return _scaled(grad_loss, dx), None, dref, None, None, _scaled(grad_loss, dtheta), None, None
 
 
-pair_loss_ref.register_autograd(_pair_ref_backward, setup_context=_reference_setup)
+pair_loss_ref.register_autograd(_pair_ref_backward, setup_context=_reference_setup(6))
 
 
 # --- contrastive loss (csrc/faceops/contrastive_loss.h) -----------------------------------
@@ -399,7 +407,7 @@ def contrastive_loss(a: Tensor, b: Tensor, similar: Tensor, margin: float, legac
                      check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, da, db) of BVLC Caffe's contrastive loss on pairs (a_i, b_i)."""
     device, n, d, similar = _contrastive_inputs(a, b, similar)
-    margin = _real("margin", margin, a.dtype)
+    margin = _params.hinge_margin(margin, _kernel_dtype(a.dtype))
     _boundary.check_values(device, check, {"a": a, "b": b}, ("a", "b"))
     a_in, b_in = _boundary.compute_input(a), _boundary.compute_input(b)
     loss, da, db = _loss_like(a), torch.empty_like(a_in), torch.empty_like(b_in)
@@ -438,8 +446,8 @@ def margin_softmax_loss(x: Tensor, labels: Tensor, weight: Tensor, s: float, m1:
                         check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, dx, dweight) of the combined-margin softmax over all rows of weight."""
     device, n, d, num_classes, labels = _margin_softmax_inputs(x, labels, weight)
-    s = _real("s", s, x.dtype, low=0.0, low_open=True)
-    m1, m2, m3 = _margins(m1, m2, m3, x.dtype)
+    s = _params.scale(s, _kernel_dtype(x.dtype))
+    m1, m2, m3 = _params.margins(m1, m2, m3, _kernel_dtype(x.dtype))
     _boundary.check_values(device, check, {"x": x, "weight": weight}, ("x", "weight"), labels, num_classes)
     x_in, weight_in = _boundary.compute_input(x), _boundary.compute_input(weight)
     loss, dx, dweight = _loss_like(x), torch.empty_like(x_in), torch.empty_like(weight_in)
@@ -477,7 +485,7 @@ def _target_margin_inputs(cosine, labels, d_out=None):
 def target_margin_forward(cosine: Tensor, labels: Tensor, m1: float, m2: float, m3: float, check: bool) -> Tensor:
     """A copy of the (N, C) cosines with entry (i, labels[i]) replaced by psi of it."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels)
-    margin = _margins(m1, m2, m3, cosine.dtype)
+    margin = _params.margins(m1, m2, m3, _kernel_dtype(cosine.dtype))
     _boundary.check_values(device, check, {"cosine": cosine}, ("cosine",), labels, num_classes)
     cosine_in = _boundary.compute_input(cosine)
     out = torch.empty_like(cosine_in)
@@ -497,7 +505,7 @@ def target_margin_backward(cosine: Tensor, labels: Tensor, d_out: Tensor, m1: fl
                            check: bool) -> Tensor:
     """d_cosine = d_out with entry (i, labels[i]) multiplied by dpsi/dc at the cosine."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels, d_out)
-    margin = _margins(m1, m2, m3, cosine.dtype)
+    margin = _params.margins(m1, m2, m3, _kernel_dtype(cosine.dtype))
     _boundary.check_values(device, check, {"cosine": cosine, "d_out": d_out}, ("cosine", "d_out"), labels, num_classes)
     cosine_in, d_out_in = _boundary.compute_input(cosine), _boundary.compute_input(d_out)
     d_cosine = torch.empty_like(cosine_in)

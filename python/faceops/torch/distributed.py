@@ -255,8 +255,8 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
             margin = ops.MARGINS[_params.choice("margin", margin, ops.MARGINS)]
         m1, m2, m3 = margin
         self.m1, self.m2, self.m3 = _params.margins(m1, m2, m3, _DTYPES[dtype])
-        self.s = _params.real("s", s, _DTYPES[dtype], low=0, low_open=True)
-        self.sample_rate = _params.real("sample_rate", sample_rate, low=0, high=1, low_open=True)
+        self.s = _params.scale(s, _DTYPES[dtype])
+        self.sample_rate = _params.sample_rate(sample_rate)
         self.seed = _params.integer("seed", seed, low=0)
         self.group = group
         distributed = dist.is_available() and dist.is_initialized()

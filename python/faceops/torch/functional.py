@@ -121,9 +121,16 @@ def pair_loss_terms(x, labels, ref, ref_labels, theta, self_index=None, *, check
 
 
 def _theta_tensor(theta, x):
-    if isinstance(theta, torch.Tensor):
-        return theta
-    return torch.tensor(_params.real("theta", theta), dtype=x.dtype, device=x.device)
+    return theta if isinstance(theta, torch.Tensor) else theta_tensor(theta, x.dtype, x.device)
+
+
+def theta_tensor(theta, dtype, device=None):
+    """A number ``theta`` as a 0-d tensor of ``dtype``, refused where it is not finite there
+    (1e39 in float32, 7e4 in float16)."""
+    value = torch.tensor(_params.real("theta", theta), dtype=dtype)
+    if not torch.isfinite(value):
+        raise ValueError(f"theta: expected a finite number, got {theta!r}, which is not finite in {dtype}")
+    return value.to(device)
 
 
 def contrastive_loss(a, b, similar, margin=1.0, legacy=False, *, check=True):
@@ -145,15 +152,14 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     """
     _eager_checks(s=s, m1=m1, m2=m2, m3=m3, sample_rate=sample_rate, sparse_grad=sparse_grad, check=check)
     if not torch.compiler.is_compiling():
-        _params.real("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True)
+        _params.sample_rate(sample_rate)
     if sample_rate >= 1.0 and not sparse_grad:
         return _library.margin_softmax_loss(x, labels, weight, s, m1, m2, m3, check)[0]
     device = _boundary.device_of(x=x, labels=labels, weight=weight)
     n, d = _boundary.check_matrix("x", x)
     num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d)
     labels = _boundary.check_labels("labels", labels, n)
-    _boundary.check_values(device, check, {}, labels=labels, num_classes=num_classes, core_checks_labels=False)
-    classes = sample_classes(labels, num_classes, sample_rate, generator=generator)
+    classes = sample_classes(labels, num_classes, sample_rate, generator=generator, check=check)
     # index_select's backward is an index_add (no host sync on CUDA, unlike embedding's dense
     # backward); the sparse form is embedding's sparse gradient.
     rows = F.embedding(classes, weight, sparse=True) if sparse_grad else weight.index_select(0, classes)
@@ -161,12 +167,24 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     return _library.margin_softmax_loss(x, sampled_labels, rows, s, m1, m2, m3, check)[0]
 
 
-def sample_classes(labels, num_classes, sample_rate, generator=None):
+def sample_classes(labels, num_classes, sample_rate, generator=None, *, check=True):
     """Partial FC's class sample (An et al., 2022) without host synchronisation: the batch's
     classes plus uniformly drawn others, k = min(C, max(round(sample_rate * C), N)) classes in
     all, returned sorted (int64).  k is known without reading the labels (N bounds the number
     of distinct labels), which keeps it sync-free; faceops.margin_softmax_loss (NumPy) takes
-    max(#distinct labels, round(sample_rate * C)), which differs only when that is below N."""
+    max(#distinct labels, round(sample_rate * C)), which differs only when that is below N.
+
+    The labels must lie in [0, C): a label the kernels would see only after the renumbering
+    (a negative one would pass as class C - 1) is refused here, on the CPU always and on
+    CUDA with ``check`` (a device assertion, as for the other device-value checks)."""
+    _eager_checks(check=check)
+    num_classes = _params.integer("num_classes", num_classes, low=1)
+    if not torch.compiler.is_compiling():
+        sample_rate = _params.sample_rate(sample_rate)
+    device = _boundary.device_of(labels=labels)
+    labels = _boundary.check_labels("labels", labels, None)
+    _boundary.check_values(device, check or device == "cpu", {}, labels=labels, num_classes=num_classes,
+                           core_checks_labels=False)
     count = min(num_classes, max(round(sample_rate * num_classes), labels.shape[0]))
     scores = torch.rand(num_classes, device=labels.device, generator=generator)
     scores.index_fill_(0, labels, 2.0)  # above every uniform draw: the batch's classes are kept
@@ -191,8 +209,6 @@ def target_margin(cosine, labels, m1=1.0, m2=0.5, m3=0.0, *, check=True):
 
 
 def resolve_margin(margin):
-    """(m1, m2, m3) from a name of faceops.MARGINS or a triple."""
-    if isinstance(margin, str):
-        return MARGINS[_params.choice("margin", margin, MARGINS)]
-    m1, m2, m3 = margin
-    return _params.real("m1", m1, low=0.0, low_open=True), _params.real("m2", m2), _params.real("m3", m3)
+    """(m1, m2, m3) from a name of faceops.MARGINS or a triple (the ops check them again in
+    their dtype)."""
+    return _params.margin_triple(margin, MARGINS)

@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from faceops import _params
-from faceops.torch import functional
+from faceops.torch import _boundary, functional
+
+
+def _check_dim(embeddings, dim):
+    """Embeddings of another width than a module's parameter are named as the culprit (the ops
+    name the second matrix, the parameter)."""
+    if isinstance(embeddings, torch.Tensor) and embeddings.dim() == 2 and embeddings.shape[1] != dim:
+        raise ValueError(f"embeddings: expected shape (N, {dim}), the module's dim, got {tuple(embeddings.shape)}")
 
 
 class TripletLoss(nn.Module):
@@ -16,7 +23,7 @@ class TripletLoss(nn.Module):
 
     def __init__(self, margin=0.2, mining="semihard", squared=True, *, check=True):
         super().__init__()
-        self.margin = _params.real("margin", margin)
+        self.margin = _params.hinge_margin(margin)
         self.mining = _params.choice("mining", mining, functional.MINING_MODES)
         self.squared = _params.flag("squared", squared)
         self.check = _params.flag("check", check)
@@ -41,7 +48,7 @@ class PairLoss(nn.Module):
 
     def __init__(self, theta=1.0, *, dtype=torch.float32, check=True):
         super().__init__()
-        self.theta = nn.Parameter(torch.tensor(_params.real("theta", theta), dtype=dtype))
+        self.theta = nn.Parameter(functional.theta_tensor(theta, _boundary.parameter_dtype(dtype)))
         self.check = _params.flag("check", check)
 
     def forward(self, embeddings, labels, ref=None, ref_labels=None, self_index=None):
@@ -61,7 +68,7 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, margin=1.0, legacy=False, *, check=True):
         super().__init__()
-        self.margin = _params.real("margin", margin)
+        self.margin = _params.hinge_margin(margin)
         self.legacy = _params.flag("legacy", legacy)
         self.check = _params.flag("check", check)
 
@@ -86,11 +93,13 @@ class CenterLoss(nn.Module):
         super().__init__()
         num_classes = _params.integer("num_classes", num_classes, low=1)
         dim = _params.integer("dim", dim, low=1)
-        self.alpha = None if alpha is None else _params.real("alpha", alpha)
+        dtype = _boundary.parameter_dtype(dtype)
+        self.alpha = None if alpha is None else _params.center_alpha(alpha)
         self.centers = nn.Parameter(torch.zeros(num_classes, dim, dtype=dtype), requires_grad=alpha is None)
         self.check = _params.flag("check", check)
 
     def forward(self, embeddings, labels):
+        _check_dim(embeddings, self.centers.shape[1])
         loss = functional.center_loss(embeddings, labels, self.centers, check=self.check)
         if self.alpha is not None and self.training:
             # x in the centres' dtype: under autocast the embeddings may be half.
@@ -122,14 +131,16 @@ class MarginSoftmaxLoss(nn.Module):
         super().__init__()
         num_classes = _params.integer("num_classes", num_classes, low=1)
         dim = _params.integer("dim", dim, low=1)
-        self.s = _params.real("s", s, low=0.0, low_open=True)
+        dtype = _boundary.parameter_dtype(dtype)
+        self.s = _params.scale(s)
         self.m1, self.m2, self.m3 = functional.resolve_margin(margin)
-        self.sample_rate = _params.real("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True)
+        self.sample_rate = _params.sample_rate(sample_rate)
         self.sparse_grad = _params.flag("sparse_grad", sparse_grad)
         self.check = _params.flag("check", check)
         self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, dim)).to(dtype))
 
     def forward(self, embeddings, labels):
+        _check_dim(embeddings, self.weight.shape[1])
         return functional.margin_softmax_loss(embeddings, labels, self.weight, self.s, self.m1, self.m2, self.m3,
                                               self.sample_rate, sparse_grad=self.sparse_grad, check=self.check)
 
