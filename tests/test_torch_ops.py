@@ -585,6 +585,10 @@ def test_modules_name_the_embeddings_and_check_parameter_dtypes():
     with pytest.raises(ValueError, match="theta: expected a finite number, got 70000.0, which is not finite in "
                                          "torch.float16"):
         ft.PairLoss(theta=7e4, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"weight: expected at least one class \(num_classes > 0\)"):
+        ft.margin_softmax_loss(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]), torch.randn(0, 6))
+    with pytest.raises(ValueError, match=r"centers: expected at least one class"):
+        ft.center_loss(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]), torch.randn(0, 6))
     with pytest.raises(ValueError, match="m2: expected an angle in"):
         ft.MarginSoftmaxLoss(3, 6, margin=(1.0, 10.0, 0.0))
     with pytest.raises(TypeError, match=r"margin: expected one of .* or \(m1, m2, m3\), got tuple"):

@@ -49,8 +49,9 @@ def device_of(**tensors):
     return device.type
 
 
-def check_matrix(name, tensor, dtype=None, rows=None, cols=None):
-    """Checks a contiguous dense (rows, cols) float tensor; returns its shape."""
+def check_matrix(name, tensor, dtype=None, rows=None, cols=None, classes=False):
+    """Checks a contiguous dense (rows, cols) float tensor, one row per class when ``classes``;
+    returns its shape."""
     if tensor.layout != torch.strided:
         raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {tensor.layout}")
     if tensor.dim() != 2:
@@ -64,6 +65,8 @@ def check_matrix(name, tensor, dtype=None, rows=None, cols=None):
         raise ValueError(f"{name}: expected {rows} rows, got shape {tuple(tensor.shape)}")
     if cols is not None and d != cols:
         raise ValueError(f"{name}: expected {cols} columns, got shape {tuple(tensor.shape)}")
+    if n == 0 and classes:
+        raise ValueError(f"{name}: expected at least one class (num_classes > 0), got shape {tuple(tensor.shape)}")
     if n == 0:
         raise ValueError(f"{name}: empty batch (N = 0); expected at least one row")
     if d == 0:

@@ -75,7 +75,7 @@ def _save_gradients(ctx, output):
 def _center_inputs(x, labels, centers):
     device = _boundary.device_of(x=x, labels=labels, centers=centers)
     n, d = _boundary.check_matrix("x", x)
-    num_classes, _ = _boundary.check_matrix("centers", centers, dtype=x.dtype, cols=d)
+    num_classes, _ = _boundary.check_matrix("centers", centers, dtype=x.dtype, cols=d, classes=True)
     return device, n, d, num_classes, _boundary.check_labels("labels", labels, n)
 
 
@@ -437,7 +437,7 @@ contrastive_loss.register_autograd(_contrastive_backward,
 def _margin_softmax_inputs(x, labels, weight):
     device = _boundary.device_of(x=x, labels=labels, weight=weight)
     n, d = _boundary.check_matrix("x", x)
-    num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
     return device, n, d, num_classes, _boundary.check_labels("labels", labels, n)
 
 

@@ -157,7 +157,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
         return _library.margin_softmax_loss(x, labels, weight, s, m1, m2, m3, check)[0]
     device = _boundary.device_of(x=x, labels=labels, weight=weight)
     n, d = _boundary.check_matrix("x", x)
-    num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
     labels = _boundary.check_labels("labels", labels, n)
     classes = sample_classes(labels, num_classes, sample_rate, generator=generator, check=check)
     # index_select's backward is an index_add (no host sync on CUDA, unlike embedding's dense
