@@ -35,6 +35,17 @@ def test_center_loss_object_without_update_keeps_centers():
         faceops.CenterLoss(3, 3, centers=centers)
 
 
+def test_loss_objects_name_the_state_array_they_were_given():
+    with pytest.raises(TypeError, match="centers: expected a NumPy or CuPy array, got list"):
+        faceops.CenterLoss(2, 3, centers=[[0.0] * 3] * 2)
+    with pytest.raises(TypeError, match="centers: expected float32 or float64, got float16"):
+        faceops.CenterLoss(2, 3, centers=np.zeros((2, 3), np.float16))
+    with pytest.raises(TypeError, match="weight: expected float32 or float64, got int64"):
+        faceops.MarginSoftmaxLoss(2, 3, weight=np.zeros((2, 3), np.int64))
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int8"):
+        faceops.MarginSoftmaxLoss(2, 3, dtype=np.int8)
+
+
 def test_pair_loss_object_keeps_theta_gradient():
     rng = np.random.default_rng(1)
     x, labels = rng.standard_normal((8, 3)), np.repeat(np.arange(4), 2)

@@ -19,7 +19,7 @@ class CenterLoss:
     def __init__(self, num_classes, dim, alpha=0.5, dtype=np.float32, xp=np, centers=None):
         num_classes = _params.integer("num_classes", num_classes, low=1)
         dim = _params.integer("dim", dim, low=1)
-        dtype = _check_dtype(dtype if centers is None else getattr(centers, "dtype", None))
+        dtype = _state_dtype("centers", centers, dtype)
         if alpha is not None:
             alpha = _params.center_alpha(alpha, dtype)
         if centers is None:
@@ -88,7 +88,7 @@ class MarginSoftmaxLoss:
                  weight=None, seed=0):
         num_classes = _params.integer("num_classes", num_classes, low=1)
         dim = _params.integer("dim", dim, low=1)
-        dtype = _check_dtype(dtype if weight is None else getattr(weight, "dtype", None))
+        dtype = _state_dtype("weight", weight, dtype)
         self.m1, self.m2, self.m3 = _params.margin_triple(margin, ops.MARGINS, dtype)
         self.s = _params.scale(s, dtype)
         self.sample_rate = _params.sample_rate(sample_rate, dtype)
@@ -107,11 +107,20 @@ class MarginSoftmaxLoss:
         return loss, dx
 
 
-def _check_dtype(dtype):
+def _state_dtype(name, array, dtype):
+    """The dtype of a loss object's state: ``dtype``, or that of the ``array`` passed as it."""
+    if array is None:
+        return _check_dtype("dtype", dtype)
+    if not isinstance(array, np.ndarray) and not type(array).__module__.startswith("cupy"):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(array).__name__}")
+    return _check_dtype(name, array.dtype)
+
+
+def _check_dtype(name, dtype):
     try:
         dtype = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from None
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype}")
     return dtype
