@@ -207,6 +207,11 @@ def test_cross_batch_memory_state_dict_round_trip_continues_the_same_queue():
     assert second(x, labels).item() == first(x, labels).item()
     with pytest.raises(ValueError, match="checkpoint: saved a memory of 10 rows"):
         CrossBatchMemory(ft.PairLoss(1.0), 12, 5, dtype=torch.float64).load_state_dict(first.state_dict())
+    for bad in ({"filled": 10**6}, {"next_slot": 10}, {"next_slot": -1}, {"filled": 4, "next_slot": 7}):
+        state = first.state_dict()
+        state["_extra_state"] = {**state["_extra_state"], **bad}
+        with pytest.raises(ValueError, match="checkpoint"):
+            CrossBatchMemory(ft.PairLoss(1.0, dtype=torch.float64), 10, 5, dtype=torch.float64).load_state_dict(state)
 
 
 def test_a_batch_the_loss_refuses_leaves_the_queue_as_it_was():

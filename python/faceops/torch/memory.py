@@ -109,7 +109,14 @@ class CrossBatchMemory(nn.Module):
         if state["memory_size"] != self.memory_size:
             raise ValueError(f"checkpoint: saved a memory of {state['memory_size']} rows, this one has "
                              f"{self.memory_size}")
-        self.next_slot, self.filled = int(state["next_slot"]), int(state["filled"])
+        next_slot = _params.integer("checkpoint next_slot", state["next_slot"], low=0)
+        filled = _params.integer("checkpoint filled", state["filled"], low=0)
+        if next_slot >= self.memory_size or filled > self.memory_size or (filled < self.memory_size
+                                                                           and next_slot != filled):
+            raise ValueError(f"checkpoint: next_slot {next_slot} and filled {filled} do not describe a queue of "
+                             f"{self.memory_size} rows (0 <= next_slot < memory_size, filled <= memory_size, "
+                             "next_slot == filled until the queue is full)")
+        self.next_slot, self.filled = next_slot, filled
 
     def extra_repr(self):
         return f"memory_size={self.memory_size}, dim={self.dim}, filled={self.filled}"
