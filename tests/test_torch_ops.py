@@ -550,6 +550,8 @@ _SAME_CHECK_CASES = [
      "s: expected a scale > 0, got 1e-46, which is 0.0 in float32"),
     ("huge integer margin", lambda x, y: faceops.triplet_loss(x, y, 2**1100),
      lambda x, y: ft.TripletLoss(2**1100)(x, y), "margin: expected a finite number, got an integer beyond float64"),
+    ("huge integer margin, functional", lambda x, y: faceops.triplet_loss(x, y, 2**1100),
+     lambda x, y: ft.triplet_loss(x, y, 2**1100), "margin: expected a finite number, got an integer beyond float64"),
 ]
 
 

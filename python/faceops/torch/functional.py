@@ -22,9 +22,9 @@ _FLAGS = ("squared", "legacy", "check", "sparse_grad")
 def _eager_checks(**values):
     """Type checks of Python hyperparameters before the schema's own coercions
     (which take True for 1.0, a tensor for a float and 1 for True).  A Python float
-    or int (real) or bool (flag) passes as it is: the op checks its value after the
-    cast to its dtype.  Skipped while torch.compile traces, where the op checks the
-    values at run time."""
+    or bool (flag) passes as it is, and an int once it fits a float64 (the schema's
+    float): the op checks its value after the cast to its dtype.  Skipped while
+    torch.compile traces, where the op checks the values at run time."""
     if torch.compiler.is_compiling():
         return
     for name, value in values.items():
@@ -33,7 +33,7 @@ def _eager_checks(**values):
                 _params.flag(name, value)
         elif name == "mining":
             _params.choice(name, value, MINING_MODES)
-        elif type(value) not in (float, int):
+        elif type(value) is not float:
             _params.real(name, value)
 
 
