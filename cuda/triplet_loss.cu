@@ -663,8 +663,9 @@ __global__ void triplet_overflow_kernel(const T* __restrict__ norms, int n, T* l
 namespace detail {
 
 // The mining and the mean, for anchors x (norms, labels) against `cand`: loss,
-// count (nullable) and the gradients dx, dcand (= dx within the batch; both
-// zeroed, or both null).
+// count (nullable) and the gradients dx, dcand (= dx within the batch; each
+// nullable), which its last kernels write whole (batch-hard's gather, or the
+// fixed-point sums' conversion): they need no zeroing.
 template <typename T>
 void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const Candidates<T>& cand,
                  int64_t d, T margin, TripletMining mining, bool squared, T* loss, T* count, T* dx,
@@ -778,7 +779,6 @@ void triplet_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, T mar
   const cudaStream_t stream = detail::as_stream(stream_handle);
   const int rows = static_cast<int>(n);
   detail::DeviceArray<T> norms(n, stream);
-  if (dx) detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, rows, d, norms.get());
   const detail::Candidates<T> batch{x, norms.get(), labels, rows, nullptr, true};
@@ -799,15 +799,13 @@ void triplet_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, c
   detail::NvtxRange range("faceops::triplet_loss_ref");
   const cudaStream_t stream = detail::as_stream(stream_handle);
   detail::DeviceArray<T> norms(n, stream), ref_norms(m, stream), spare_loss(loss ? 0 : 1, stream);
-  // Only the gradients asked for are written: no m x d buffer when dref is null.
-  detail::zero_async(dx, n * d * int64_t(sizeof(T)), stream);
-  detail::zero_async(dref, m * d * int64_t(sizeof(T)), stream);
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(n),
                  stream, x, static_cast<int>(n), d, norms.get());
   detail::launch("pairwise_norms_kernel", detail::pairwise_norms_kernel<T>, detail::grid_for(m),
                  stream, ref, static_cast<int>(m), d, ref_norms.get());
   const detail::Candidates<T> candidates{ref, ref_norms.get(), ref_labels, static_cast<int>(m),
                                          self_index, false};
+  // Only the gradients asked for are written: no m x d buffer when dref is null.
   detail::run_triplet(x, norms.get(), labels, static_cast<int>(n), candidates, d, margin, mining,
                       squared, loss ? loss : spare_loss.get(), count, dx, dref, stream);
 }
