@@ -26,18 +26,14 @@ constexpr int64_t kTileLd = kClassBlock + 16;
 
 inline int64_t padded_ld(int64_t d) { return d % 64 == 0 ? d + 16 : d; }
 
-template <typename T>
-T row_norm(const T* row, int64_t d) {
-  return std::sqrt(detail::dot(row, row, d));
-}
-
-// out row = row / max(norm, kNormFloor); returns the unfloored norm.
+// out row = row / max(norm, kNormFloor); returns the unfloored norm.  The
+// sum of squares is the vectorised dot; row_norm recomputes it only where it
+// overflowed.  out may alias row.
 template <typename T>
 T normalize_row(const T* row, int64_t d, T* out) {
-  const T norm = row_norm(row, d);
-  const T inv = T(1) / std::max(norm, T(kNormFloor));
-  for (int64_t k = 0; k < d; ++k) out[k] = row[k] * inv;
-  return norm;
+  const RowNorm<T> norm = row_norm(row, d, detail::dot(row, row, d));
+  write_normalized_row(row, 0, 1, d, norm, out);
+  return norm.norm;
 }
 
 struct Margin {

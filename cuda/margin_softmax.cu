@@ -149,7 +149,9 @@ __device__ T row_group_sum(T value, T* scratch) {
 
 // out = x / max(||x||, kNormFloor) row by row; norms gets the unfloored norms
 // when non-null.  out may alias x.  A block takes 32 rows at a time, kLanes
-// threads per row.
+// threads per row.  row_group_sum's steps are spelled out: where the sum
+// overflowed, every lane of the row reads the whole row again (row_norm)
+// before the second barrier, so that no lane has yet overwritten it in place.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     normalize_rows_kernel(const T* x, int64_t n, int64_t d, T* out, T* norms) {
@@ -161,12 +163,16 @@ __global__ void __launch_bounds__(kThreads)
     T sum = T(0);
     if (i < n)
       for (int64_t k = lane; k < d; k += kLanes) sum += row[k] * row[k];
-    sum = row_group_sum(sum, reduce);
+    reduce[threadIdx.x] = sum;
+    __syncthreads();
+    sum = T(0);
+    for (int l = 0; l < kLanes; ++l) sum += reduce[threadIdx.x - lane + l];
+    RowNorm<T> norm{};
+    if (i < n) norm = row_norm(row, d, sum);
+    __syncthreads();
     if (i >= n) continue;
-    const T norm = distance_from_squared(sum, false);
-    const T inv = T(1) / (norm > T(kNormFloor) ? norm : T(kNormFloor));
-    for (int64_t k = lane; k < d; k += kLanes) out[i * d + k] = row[k] * inv;
-    if (lane == 0 && norms) norms[i] = norm;
+    write_normalized_row(row, lane, kLanes, d, norm, out + i * d);
+    if (lane == 0 && norms) norms[i] = norm.norm;
   }
 }
 

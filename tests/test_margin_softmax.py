@@ -251,6 +251,55 @@ def test_zero_rows_follow_normalize_semantics():
     np.testing.assert_allclose(dx, expected[1], rtol=1e-10)
 
 
+# Factors past the point where a row's sum of squares overflows (float32 entries near 1e19,
+# float64 near 1e154) while its norm does not: one well inside the range, one with norms near the
+# largest finite value (1 / norm subnormal).  Powers of two, so the scaled rows are exact.
+SCALES = {np.float32: [2.0**70, 2.0**124], np.float64: [2.0**530, 2.0**1020]}
+
+
+@pytest.mark.parametrize("device,dtype,where,shape", product(DEVICES, DTYPES, ["x", "weight"], SHAPES))
+def test_scaled_rows_past_overflow_of_the_sum_of_squares(device, dtype, where, shape):
+    # The loss depends on the directions of the rows only: scaling x (or weight) by a factor leaves
+    # it unchanged and divides that argument's gradient by the factor, also where ||row||^2
+    # overflows (it used to give a norm of inf, cosines of 0 and a clean, wrong loss).
+    n, d, classes = shape
+    x, labels, weight = batch(15, n, d, classes, dtype)
+    m = faceops.MARGINS["arcface"]
+    labels_d = to_device(labels, device)
+    loss, dx, dweight = faceops.margin_softmax_loss(to_device(x, device), labels_d, to_device(weight, device), 8.0, *m)
+    base = float(loss), to_numpy(dx), to_numpy(dweight)
+    # The two paths sum the squares in other orders (about an ulp apart, as measured), and in
+    # float32 dx / 2^124 lies near the subnormals, where fewer bits are left: 1e-5 and 1e-13.
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for factor in SCALES[dtype]:
+        scaled = dict(x=x, weight=weight)
+        scaled[where] = scaled[where] * dtype(factor)
+        with np.errstate(over="ignore"):
+            assert np.isinf(np.sum(scaled[where] ** 2, axis=1)).all()
+        loss, dx, dweight = faceops.margin_softmax_loss(to_device(scaled["x"], device), labels_d,
+                                                        to_device(scaled["weight"], device), 8.0, *m)
+        dx, dweight = to_numpy(dx), to_numpy(dweight)
+        assert loss == pytest.approx(base[0], rel=tol)
+        want_dx = base[1] / factor if where == "x" else base[1]
+        want_dweight = base[2] / factor if where == "weight" else base[2]
+        for got, want in ((dx, want_dx), (dweight, want_dweight)):
+            assert np.isfinite(got).all()
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+            assert np.abs(got).max() > 0
+
+
+@pytest.mark.parametrize("device,dtype,where", product(DEVICES, DTYPES, ["x", "weight"]))
+def test_a_norm_past_the_dtype_range_gives_nan(device, dtype, where):
+    # Every entry finite, the norm itself beyond the largest finite value: no right answer exists
+    # in the dtype, so the loss and the gradients are NaN, never a clean number.
+    x, labels, weight = batch(16, 12, 6, 5, dtype)
+    (x if where == "x" else weight)[1] = np.finfo(dtype).max / 2
+    loss, dx, dweight = faceops.margin_softmax_loss(to_device(x, device), to_device(labels, device),
+                                                    to_device(weight, device), 8.0, *faceops.MARGINS["arcface"])
+    assert np.isnan(loss)
+    assert np.isnan(to_numpy(dx if where == "x" else dweight)[1]).all()
+
+
 def test_target_margin_bad_input():
     cosine = np.zeros((4, 3))
     with pytest.raises(ValueError, match="labels: label 3 .*out of range"):

@@ -117,6 +117,36 @@ def test_shard_backward_matches_finite_differences(device, margin):
     assert no_dweight is None
 
 
+@pytest.mark.parametrize("device,dtype", product(DEVICES, DTYPES))
+def test_shard_rows_past_overflow_of_the_sum_of_squares(device, dtype):
+    # Rows of x and of the shard's weight scaled past the point where their sum of squares
+    # overflows (as tests/test_margin_softmax.py does for the whole softmax): the forward is
+    # unchanged, and a scaled row's gradient times its factor is the unscaled row's.
+    x, labels, weight = batch(6, 9, 6, 12)
+    x, weight = x.astype(dtype), weight[3:9].astype(dtype)  # the shard of classes [3, 9)
+    factor = dtype(2.0**100 if dtype == np.float32 else 2.0**1000)
+    rows, classes = [0, 4], [1, 4]
+    big_x, big_weight = x.copy(), weight.copy()
+    big_x[rows] *= factor
+    big_weight[classes] *= factor
+    local = to_device(local_labels(labels, 3, 9), device)
+    lse = to_device((np.log(12.0) + np.linspace(0.0, 3.0, 9)).astype(dtype), device)
+
+    def shard(x_value, weight_value):
+        args = to_device(x_value, device), local, to_device(weight_value, device)
+        forward = _shard.margin_softmax_shard_forward(*args, 8.0)
+        return [to_numpy(a) for a in (*forward, *_shard.margin_softmax_shard_backward(*args, lse, 1.0 / 9, 8.0))]
+
+    want = shard(x, weight)
+    got = shard(big_x, big_weight)
+    assert all(np.isfinite(value).all() for value in got)
+    got[3][rows] *= factor
+    got[4][classes] *= factor
+    tol = 1e-5 if dtype == np.float32 else 1e-13  # as for the whole softmax
+    for got_value, want_value in zip(got, want):
+        np.testing.assert_allclose(got_value, want_value, rtol=0, atol=tol * np.abs(want_value).max())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_input_names_the_argument(device):
     x, labels, weight = batch(5, 8, 4, 6)

@@ -75,6 +75,63 @@ FACEOPS_HD T margin_softmax_cosine_gradient(T logit, T log_sum_exp, bool is_targ
                    : softmax * scale * inv_n;
 }
 
+// A row's norm and how to divide by it (x̂_k = ldexp(x_k, -exponent) *
+// inverse): the plain root of the sum of squares, unless that sum overflowed
+// with every entry finite (float32 rows near 1e19, float64 near 1e154): then
+// the norm is recomputed from the row scaled by 2^-e, e = ilogb(max |x_k|)
+// (exact; the largest entry in [1, 2), so the sum cannot overflow and the
+// squares that matter do not underflow), and the root scaled back by 2^e.
+// Dividing the scaled row by the scaled root keeps 1 / ||x|| normal up to
+// the largest finite norm.  Where the norm itself lies past T's range (or an
+// entry is inf) there is no answer in T: norm = inf and inverse = NaN, so x̂,
+// the loss and the gradients are NaN, never the clean zero that
+// x / inf would give.
+template <typename T>
+struct RowNorm {
+  T norm;      // unfloored, for normalized_row_gradient
+  T inverse;   // 1 / max(norm, kNormFloor), of the row scaled by 2^-exponent
+  int exponent;  // 0 on the common path (a recomputed row has exponent >= 32)
+};
+
+// sum_of_squares: the caller's sum of row[k]^2 (its own order; the common
+// path uses it as it is).
+template <typename T>
+FACEOPS_HD RowNorm<T> row_norm(const T* row, int64_t d, T sum_of_squares) {
+  const T infinity = static_cast<T>(HUGE_VAL);
+  if (!(sum_of_squares == infinity)) {
+    const T norm = math::sqrt(sum_of_squares);
+    return {norm, T(1) / (norm < T(kNormFloor) ? T(kNormFloor) : norm), 0};
+  }
+  T largest = T(0);
+  for (int64_t k = 0; k < d; ++k) {
+    const T magnitude = row[k] < T(0) ? -row[k] : row[k];
+    if (magnitude > largest) largest = magnitude;
+  }
+  if (!(largest < infinity)) return {infinity, static_cast<T>(NAN), 0};
+  const int exponent = math::ilogb(largest);
+  T scaled_sum = T(0);
+  for (int64_t k = 0; k < d; ++k) {
+    const T scaled = math::ldexp(row[k], -exponent);
+    scaled_sum += scaled * scaled;
+  }
+  const T scaled_norm = math::sqrt(scaled_sum);  // >= 1
+  const T norm = math::ldexp(scaled_norm, exponent);
+  if (norm == infinity) return {infinity, static_cast<T>(NAN), 0};
+  return {norm, T(1) / scaled_norm, exponent};
+}
+
+// out[k] = x̂_k for k = first, first + step, ... < d.  out may alias row.
+template <typename T>
+FACEOPS_HD void write_normalized_row(const T* row, int64_t first, int64_t step, int64_t d,
+                                     const RowNorm<T>& norm, T* out) {
+  if (norm.exponent == 0) {
+    for (int64_t k = first; k < d; k += step) out[k] = row[k] * norm.inverse;
+  } else {
+    for (int64_t k = first; k < d; k += step)
+      out[k] = math::ldexp(row[k], -norm.exponent) * norm.inverse;
+  }
+}
+
 // One row's gradient through x̂ = x / max(||x||, kNormFloor), given x̂, the
 // unfloored norm and dL/dx̂: (g - x̂ (x̂ . g)) / ||x||, or g / kNormFloor
 // where the floor applies (as autograd of F.normalize gives).

@@ -1,8 +1,9 @@
 // faceops::cuda (run by the CPU emulation of cuda_runtime.h in this folder)
 // against faceops::cpu, the ground truth, on random batches: every op, both
 // dtypes, every mining mode, squared or not, ties, several rounds of
-// positives, batches of one row; the margin softmax under every margin; the
-// triplet and pair losses against reference sets; and every op whose
+// positives, batches of one row; the margin softmax under every margin and
+// with rows whose sum of squares overflows; the triplet and pair losses
+// against reference sets; and every op whose
 // gradients several blocks contribute to gives the same bits whatever order
 // the blocks run in.
 // Exit status 0 when all agree.
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <utility>
@@ -650,6 +652,162 @@ void test_fixed_point(int words_per_element) {
   }
 }
 
+// Rows of `rows` (count d) scaled by 2^(exponents[r]) in place; the
+// exponents pass the point where the row's sum of squares overflows.
+template <typename T>
+void scale_rows(std::vector<T>& matrix, int64_t d, const std::vector<int64_t>& rows,
+                const std::vector<int>& exponents) {
+  for (size_t r = 0; r < rows.size(); ++r)
+    for (int64_t k = 0; k < d; ++k)
+      matrix[rows[r] * d + k] = std::ldexp(matrix[rows[r] * d + k], exponents[r]);
+}
+
+// Largest over the rows of |a - b| relative to the row's largest |b|, so that
+// rows scaled down by 2^-124 count as much as the others.  A NaN in one and
+// not the other is an error of inf; NaNs in both agree.
+template <typename T>
+double max_row_rel(const std::vector<T>& a, const std::vector<T>& b, int64_t d) {
+  double worst = 0;
+  for (size_t i = 0; i * d < b.size(); ++i) {
+    double error = 0, scale = 0;
+    for (int64_t k = 0; k < d; ++k) {
+      const double x = a[i * d + k], y = b[i * d + k];
+      if (std::isnan(x) != std::isnan(y)) return INFINITY;
+      if (std::isnan(x)) continue;
+      error = std::max(error, std::abs(x - y));
+      scale = std::max(scale, std::abs(y));
+    }
+    worst = std::max(worst, error / std::max(scale, 1e-300));
+  }
+  return worst;
+}
+
+// Rows whose sum of squares overflows while their norm does not (float32
+// entries near 2^70 and 2^124, float64 near 2^530 and 2^1020), in x and in
+// weight: the CUDA kernels against the CPU ones, and both against the
+// unscaled rows (the loss is invariant to the rows' scales; a scaled row's
+// gradient is the unscaled one over the factor).  A row whose norm lies past
+// the dtype's range gives NaN: its normalised row, the loss, its gradient.
+template <typename T>
+void test_overflowing_norms(int64_t n, int64_t d, int64_t classes, std::mt19937& rng) {
+  const bool f32 = sizeof(T) == 4;
+  const std::vector<int> exponents = f32 ? std::vector<int>{70, 124, 100}
+                                         : std::vector<int>{530, 1020, 700};
+  const std::vector<int64_t> scaled_x = {0, 3, n - 1}, scaled_w = {1, 2, classes - 1};
+  auto x = randn<T>(n * d, rng), weight = randn<T>(classes * d, rng, 0.5), g = randn<T>(n * d, rng);
+  std::vector<int64_t> labels(n);
+  for (int64_t i = 0; i < n; ++i) labels[i] = i % classes;  // the scaled classes are targets
+  auto big_x = x, big_w = weight;
+  scale_rows(big_x, d, scaled_x, exponents);
+  scale_rows(big_w, d, scaled_w, exponents);
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "overflowing norms n=%ld d=%ld C=%ld", (long)n, (long)d,
+                (long)classes);
+  std::printf("     %s\n", buf);
+
+  // normalize_rows: x̂ as of the unscaled rows, the norms scaled by the factors.
+  std::vector<T> unit(n * d), norms(n), oc(n * d), og(n * d, 7), nc(n), ng(n, 7);
+  faceops::cpu::normalize_rows<T>(x.data(), n, d, unit.data(), norms.data());
+  faceops::cpu::normalize_rows<T>(big_x.data(), n, d, oc.data(), nc.data());
+  faceops::cuda::normalize_rows<T>(big_x.data(), n, d, og.data(), ng.data(), nullptr);
+  auto big_norms = norms;
+  scale_rows(big_norms, 1, scaled_x, exponents);
+  expect<T>("  normalize_rows cuda/cpu", max_row_rel(og, oc, d));
+  expect<T>("  normalize_rows cpu/unscaled", max_row_rel(oc, unit, d));
+  expect<T>("  norms cuda/cpu", max_row_rel(ng, nc, 1));
+  expect<T>("  norms cpu/unscaled x factor", max_row_rel(nc, big_norms, 1));
+  std::vector<T> dc(n * d), dg(n * d, 7), d_unit(n * d);
+  faceops::cpu::normalize_rows_backward<T>(unit.data(), norms.data(), g.data(), n, d, d_unit.data());
+  faceops::cpu::normalize_rows_backward<T>(oc.data(), nc.data(), g.data(), n, d, dc.data());
+  faceops::cuda::normalize_rows_backward<T>(oc.data(), nc.data(), g.data(), n, d, dg.data(),
+                                            nullptr);
+  scale_rows(d_unit, d, scaled_x, {-exponents[0], -exponents[1], -exponents[2]});
+  expect<T>("  normalize_rows backward cuda/cpu", max_row_rel(dg, dc, d));
+  expect<T>("  normalize_rows backward cpu/unscaled over factor", max_row_rel(dc, d_unit, d));
+  auto in_place = big_x;  // out may alias x: the recomputed norm reads the row before any write
+  faceops::cuda::normalize_rows<T>(in_place.data(), n, d, in_place.data(), nullptr, nullptr);
+  expect<T>("  normalize_rows in place", max_row_rel(in_place, oc, d));
+
+  // The loss, with scaled rows in x and in weight at once.
+  const Margins& m = kMargins[3];
+  const T s = T(30), m1 = T(m.m1), m2 = T(m.m2), m3 = T(m.m3);
+  T l0 = 0, lc = 0, lg = 0;
+  std::vector<T> dx0(n * d), dw0(classes * d), dxc(n * d), dwc(classes * d), dxg(n * d, 7),
+      dwg(classes * d, 7);
+  faceops::cpu::margin_softmax_loss<T>(x.data(), labels.data(), weight.data(), n, d, classes, s,
+                                       m1, m2, m3, &l0, dx0.data(), dw0.data());
+  faceops::cpu::margin_softmax_loss<T>(big_x.data(), labels.data(), big_w.data(), n, d, classes,
+                                       s, m1, m2, m3, &lc, dxc.data(), dwc.data());
+  faceops::cuda::margin_softmax_loss<T>(big_x.data(), labels.data(), big_w.data(), n, d, classes,
+                                        s, m1, m2, m3, &lg, dxg.data(), dwg.data(), nullptr);
+  scale_rows(dx0, d, scaled_x, {-exponents[0], -exponents[1], -exponents[2]});
+  scale_rows(dw0, d, scaled_w, {-exponents[0], -exponents[1], -exponents[2]});
+  std::snprintf(buf, sizeof buf, "  margin_softmax loss %.6g (cuda) %.6g (cpu) %.6g (unscaled)",
+                (double)lg, (double)lc, (double)l0);
+  expect<T>(buf, std::max(rel(lg, lc), rel(lc, l0)));
+  expect<T>("  margin_softmax dx cuda/cpu", max_row_rel(dxg, dxc, d));
+  expect<T>("  margin_softmax dweight cuda/cpu", max_row_rel(dwg, dwc, d));
+  expect<T>("  margin_softmax dx cpu/unscaled over factor", max_row_rel(dxc, dx0, d));
+  expect<T>("  margin_softmax dweight cpu/unscaled over factor", max_row_rel(dwc, dw0, d));
+
+  // The shard entries, on the same rows (every fourth row's class elsewhere).
+  auto local = labels;
+  for (int64_t i = 3; i < n; i += 4) local[i] = -1;
+  std::vector<T> max_c(n), sum_c(n), target_c(n), max_g(n, 7), sum_g(n, 7), target_g(n, 7);
+  faceops::cpu::margin_softmax_shard_forward<T>(big_x.data(), local.data(), big_w.data(), n, d,
+                                                classes, s, m1, m2, m3, max_c.data(),
+                                                sum_c.data(), target_c.data());
+  faceops::cuda::margin_softmax_shard_forward<T>(big_x.data(), local.data(), big_w.data(), n, d,
+                                                 classes, s, m1, m2, m3, max_g.data(),
+                                                 sum_g.data(), target_g.data(), nullptr);
+  std::vector<T> lse_c(n), lse_g(n), lse_all(n);
+  for (int64_t i = 0; i < n; ++i) {
+    lse_c[i] = max_c[i] + std::log(sum_c[i]);
+    lse_g[i] = max_g[i] + std::log(sum_g[i]);
+    lse_all[i] = lse_c[i] + T(std::log(3.0));
+  }
+  expect<T>("  shard forward lse cuda/cpu", max_row_rel(lse_g, lse_c, 1));
+  expect<T>("  shard forward target logits cuda/cpu", max_rel(target_g, target_c));
+  const T loss_scale = T(1) / T(3 * n);
+  std::fill(dxg.begin(), dxg.end(), T(7));
+  std::fill(dwg.begin(), dwg.end(), T(7));
+  faceops::cpu::margin_softmax_shard_backward<T>(big_x.data(), local.data(), big_w.data(), n, d,
+                                                 classes, s, m1, m2, m3, lse_all.data(),
+                                                 loss_scale, dxc.data(), dwc.data());
+  faceops::cuda::margin_softmax_shard_backward<T>(big_x.data(), local.data(), big_w.data(), n, d,
+                                                  classes, s, m1, m2, m3, lse_all.data(),
+                                                  loss_scale, dxg.data(), dwg.data(), nullptr);
+  expect<T>("  shard backward dx cuda/cpu", max_row_rel(dxg, dxc, d));
+  expect<T>("  shard backward dweight cuda/cpu", max_row_rel(dwg, dwc, d));
+
+  // Norms past the range: every entry of x's row 1 and weight's row 0 at max / 2.
+  auto huge_x = x, huge_w = weight;
+  std::fill(huge_x.begin() + d, huge_x.begin() + 2 * d, std::numeric_limits<T>::max() / 2);
+  std::fill(huge_w.begin(), huge_w.begin() + d, std::numeric_limits<T>::max() / 2);
+  faceops::cpu::normalize_rows<T>(huge_x.data(), n, d, oc.data(), nc.data());
+  faceops::cuda::normalize_rows<T>(huge_x.data(), n, d, og.data(), ng.data(), nullptr);
+  bool nan_row = true;
+  for (int64_t k = 0; k < d; ++k) nan_row = nan_row && std::isnan(og[d + k]) && std::isnan(oc[d + k]);
+  expect<T>("  norm past the range: NaN row (cuda/cpu)",
+            nan_row && std::isinf(ng[1]) ? max_row_rel(og, oc, d) : INFINITY);
+  faceops::cpu::margin_softmax_loss<T>(huge_x.data(), labels.data(), weight.data(), n, d, classes,
+                                       s, m1, m2, m3, &lc, dxc.data(), nullptr);
+  faceops::cuda::margin_softmax_loss<T>(huge_x.data(), labels.data(), weight.data(), n, d,
+                                        classes, s, m1, m2, m3, &lg, dxg.data(), nullptr, nullptr);
+  expect<T>("  x norm past the range: NaN loss and dx row (cuda, cpu)",
+            std::isnan(lc) && std::isnan(lg) && std::isnan(dxc[d]) && std::isnan(dxg[d])
+                ? 0
+                : INFINITY);
+  faceops::cpu::margin_softmax_loss<T>(x.data(), labels.data(), huge_w.data(), n, d, classes, s,
+                                       m1, m2, m3, &lc, nullptr, dwc.data());
+  faceops::cuda::margin_softmax_loss<T>(x.data(), labels.data(), huge_w.data(), n, d, classes, s,
+                                        m1, m2, m3, &lg, nullptr, dwg.data(), nullptr);
+  expect<T>("  weight norm past the range: NaN loss and dweight row (cuda, cpu)",
+            std::isnan(lc) && std::isnan(lg) && std::isnan(dwc[0]) && std::isnan(dwg[0])
+                ? 0
+                : INFINITY);
+}
+
 // On a generator of their own, so that the other checks keep their inputs.
 template <typename T>
 void run_margin_softmax(std::mt19937& rng) {
@@ -683,6 +841,9 @@ int main() {
   std::mt19937 margin_rng(4321);
   run_margin_softmax<double>(margin_rng);
   run_margin_softmax<float>(margin_rng);
+  std::mt19937 overflow_rng(8642);
+  test_overflowing_norms<double>(37, 50, 20, overflow_rng);
+  test_overflowing_norms<float>(37, 50, 20, overflow_rng);
   std::mt19937 reference_rng(2468);
   run_reference_sets<double>(reference_rng);
   run_reference_sets<float>(reference_rng);
