@@ -96,7 +96,7 @@ def test_resume_refuses_every_option_the_checkpoint_cannot_honour(tmp_path, synt
     assert _files(run_dir) == before
 
 
-def test_resume_on_changed_data_names_the_array_instead_of_broadcasting(tmp_path):
+def test_resume_on_changed_data_names_the_identities_that_moved(tmp_path):
     root = data.write_synthetic_identities(str(tmp_path / "faces"), identities=10, images_per_identity=5, size=48)
     run_dir = str(tmp_path / "run")
     # --data alone: 8 identities trained on (the margin softmax's class weights: 8 rows), 2 held out.
@@ -105,10 +105,121 @@ def test_resume_on_changed_data_names_the_array_instead_of_broadcasting(tmp_path
     extra = data.write_synthetic_identities(str(tmp_path / "more"), identities=12, images_per_identity=3, size=48)
     for name in ("id_010", "id_011"):
         os.rename(os.path.join(extra, name), os.path.join(root, name))  # now 12: 9 trained on, 3 held out
-    with pytest.raises(SystemExit, match=r"the checkpoint's param_Wm has shape \(8, 3776\), this run's \(9, 3776\): "
-                                         r"the training data \(its identities\) changed"):
+    with pytest.raises(SystemExit, match=r"--resume: the run in .* trained on 8 identities, the data now gives 9 "
+                                         r"\(added: \['id_008'\]; gone: none\)"):
         cli.main(["train", "--run-dir", run_dir, "--resume", "--epochs", "2"])
     assert _files(run_dir) == before
+
+
+def test_resume_refuses_changed_faces_and_ignores_folders_without_files(tmp_path):
+    """The same identity names but an image more is refused too (the checkpoint keeps a
+    digest of the faces); a folder holding no file (a runs/ folder of run directories
+    inside --data) is no identity, so it moves neither the --holdout split nor a resume."""
+    root = data.write_synthetic_identities(str(tmp_path / "faces"), identities=10, images_per_identity=5, size=48)
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", root, "--image-size", "48", "-P", "4", "--epochs", "1")
+    os.makedirs(os.path.join(root, "runs", "20260101-000000"))
+    _train("--run-dir", run_dir, "--resume", "--epochs", "2")
+    assert len(json.loads(_read(os.path.join(run_dir, "metrics.json")))["history"]) == 2
+    before = _files(run_dir)
+    image = sorted(glob.glob(os.path.join(root, "id_000", "*")))[0]
+    cv2.imwrite(os.path.join(root, "id_000", "extra.png"), np.flipud(cv2.imread(image)))
+    with pytest.raises(SystemExit, match="--resume: the faces the run in .* trained or verified on changed"):
+        cli.main(["train", "--run-dir", run_dir, "--resume", "--epochs", "3"])
+    assert _files(run_dir) == before
+
+
+def test_resume_accepts_the_defaults_the_run_took(tmp_path, synthetic_root):
+    """--holdout 0.2 on a --data-alone run, --eval-root equal to --data, and the margin the
+    loss took by default are the run's own values, not conflicts."""
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, "--image-size", "48", "-P", "4", "--loss", "arcface",
+           "--epochs", "1")
+    _train("--run-dir", run_dir, "--resume", "--epochs", "2", "--holdout", "0.2", "--m2", "0.5")
+    with pytest.raises(SystemExit, match=r"--m2 0.4 \(the run: 0.5\)"):
+        cli.main(["train", "--run-dir", run_dir, "--resume", "--epochs", "3", "--m2", "0.4"])
+    other = str(tmp_path / "other")
+    _train("--run-dir", other, "--data", synthetic_root, *TINY, "--epochs", "1")
+    with pytest.raises(SystemExit, match=r"--holdout 0.2 \(the run: None\)"):
+        cli.main(["train", "--run-dir", other, "--resume", "--epochs", "2", "--holdout", "0.2"])
+
+
+def test_an_interrupted_resume_keeps_config_json_with_the_checkpoint(tmp_path, synthetic_root, monkeypatch, capsys):
+    """A resume's --epochs joins config.json with the checkpoint that holds it: interrupted
+    before that, config.json still says what the checkpoint was trained with and the printed
+    command carries the override; a resume rewrites a deleted or broken config.json."""
+    run_dir = tmp_path / "run"
+    _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
+    real_save = train.rundir.save_checkpoint
+
+    def save(path, state):
+        if int(state["epoch"]) == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(train.rundir, "save_checkpoint", save)
+    with pytest.raises(SystemExit):
+        _train("--run-dir", str(run_dir), "--resume", "--epochs", "3")
+    assert json.loads(_read(run_dir / "config.json"))["epochs"] == 1
+    assert capsys.readouterr().err.strip().endswith(f"continue with: faceops train --run-dir {run_dir} --resume "
+                                                    "--epochs 3")
+    monkeypatch.setattr(train.rundir, "save_checkpoint", real_save)
+    (run_dir / "config.json").write_text("{broken")
+    _train("--run-dir", str(run_dir), "--resume", "--epochs", "3")
+    assert json.loads(_read(run_dir / "config.json"))["epochs"] == 3
+    with np.load(run_dir / "checkpoint.npz") as state:
+        assert json.loads(str(state["config"]))["epochs"] == 3 and int(state["epoch"]) == 3
+
+
+def test_unreadable_checkpoints_and_impossible_run_dirs_are_named(tmp_path, synthetic_root, monkeypatch):
+    run_dir = tmp_path / "run"
+    _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
+    checkpoint = run_dir / "checkpoint.npz"
+    whole = checkpoint.read_bytes()
+    for damaged, why in ((whole[:1000], "File is not a zip file"), (b"", "No data left in file"),
+                         (b"hello\n", "pickled")):
+        checkpoint.write_bytes(damaged)
+        with pytest.raises(SystemExit, match=f"{checkpoint}: not a readable faceops checkpoint .*{why}"):
+            cli.main(["train", "--run-dir", str(run_dir), "--resume", "--epochs", "2"])
+    with np.load(__import__("io").BytesIO(whole)) as state:
+        partial = {name: state[name] for name in state.files if name != "epoch"}
+    np.savez(checkpoint, **partial)
+    with pytest.raises(SystemExit, match="not a complete faceops checkpoint \\(it has no 'epoch'\\)"):
+        cli.main(["train", "--run-dir", str(run_dir), "--resume", "--epochs", "2"])
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit, match="--run-dir: .* cannot be created: .*afile' is a file, not a directory"):
+        cli.main(["train", "--run-dir", str(tmp_path / "afile" / "sub")])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(SystemExit, match="'runs' exists and is not a directory"):
+        cli.main(["train"])
+
+
+def test_a_diverged_run_writes_no_metrics_and_logs_why(tmp_path, synthetic_root):
+    """At --lr 1e6 the network's output overflows its norm and every embedding is zero: the
+    run stops before verifying on them (accuracy would be the impostor share)."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match="training diverged: after 2 epochs, .* verification embeddings are not "
+                                         "finite unit vectors"):
+        cli.main(["train", "--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "2",
+                  "--lr", "1e6"])
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "model.onnx").exists()
+    assert _read(run_dir / "log.txt").splitlines()[-1].startswith("faceops train: training diverged")
+
+
+def test_a_copy_of_the_training_faces_is_not_called_held_out(tmp_path, synthetic_root):
+    """--eval-root another folder whose identities carry training identities' names: the
+    label says so instead of "held out from training"."""
+    import shutil
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(synthetic_root, copy)
+    config, notes = train.configure(["--run-dir", str(tmp_path / "run"), "--data", synthetic_root, "--eval-root",
+                                     copy, "--image-size", "48", "--epochs", "1"])
+    train.resolve_defaults(config)
+    _, _, measured_on, _ = train.load_faces(config, synthetic_root, synthetic_root)
+    assert "held out" not in measured_on
+    assert f"14 of them named like training identities of {synthetic_root} (trained on)" in measured_on
 
 
 # --- item 10: a new or failed run never damages a good one ----------------------------------------------------------

@@ -73,10 +73,19 @@ def describe_skipped(skipped):
 
 
 def identity_folders(root):
-    """The identity folders of ROOT/<identity>/<image>, sorted by name."""
+    """The identity folders of ROOT/<identity>/<image>, sorted by name: the folders that
+    hold at least one file (not, say, a runs/ folder of run directories, which would
+    move the --holdout split)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data root {root!r} is not a directory")
-    return sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+    return sorted(e for e in os.listdir(root) if _holds_a_file(os.path.join(root, e)))
+
+
+def _holds_a_file(folder):
+    if not os.path.isdir(folder):
+        return False
+    with os.scandir(folder) as entries:
+        return any(entry.is_file() for entry in entries)
 
 
 def load_identity_folder(root, size=64, crop=1.0, identities=None, min_images=1, max_images=None):

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
@@ -25,6 +26,13 @@ TEMPORARY_PATTERN = ".checkpoint-*.npz"
 def holds_run(path):
     """The run files in `path` (empty when it holds no run)."""
     return [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
+
+
+def check_fresh_run_dir_possible(runs=RUNS):
+    """Raises ValueError when runs/ cannot hold new run directories."""
+    if os.path.exists(runs) and not os.path.isdir(runs):
+        raise ValueError(f"{runs!r} exists and is not a directory, so a run cannot get a new {runs}/<date>-<time>/; "
+                         "move it, or give --run-dir")
 
 
 def make_fresh_run_dir(runs=RUNS):
@@ -45,6 +53,13 @@ def make_fresh_run_dir(runs=RUNS):
 def check_new_run_dir(path, overwrite):
     """Raises ValueError when a new run may not write `path`."""
     if not os.path.exists(path):
+        ancestor = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise ValueError(f"--run-dir: {path!r} cannot be created: {ancestor!r} is a file, not a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ValueError(f"--run-dir: {path!r} cannot be created: {ancestor!r} is not writable")
         return
     if not os.path.isdir(path):
         raise ValueError(f"--run-dir: {path!r} exists and is not a directory")
@@ -92,6 +107,20 @@ def link_latest(path, runs=RUNS):
     os.symlink(os.path.basename(os.path.normpath(path)), temporary)
     os.replace(temporary, latest)
     return True
+
+
+def read_checkpoint(path):
+    """A checkpoint's arrays as a dict; ValueError naming the file when it is not a
+    readable faceops checkpoint (truncated, empty, another kind of file)."""
+    try:
+        with open(path, "rb") as f:
+            loaded = np.load(f)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("a single NumPy array, not an .npz archive")
+            with loaded as state:
+                return {name: state[name] for name in state.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable faceops checkpoint ({error})") from None
 
 
 def save_checkpoint(path, state):

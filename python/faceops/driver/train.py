@@ -3,6 +3,7 @@ faceops losses, verifies it before and after on held-out faces, checkpoints ever
 epoch, and exports the model to ONNX.  `faceops train --help` lists the options."""
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -42,13 +43,23 @@ def expand_names(spec):
 
 
 def parse_loss(spec):
-    """'softmax+0.008*center' -> {'softmax': 1.0, 'center': 0.008}."""
+    """'softmax+0.008*center' -> {'softmax': 1.0, 'center': 0.008}: each term once, each
+    weight a finite number > 0."""
     weights = {}
     for term in spec.split("+"):
         weight, _, name = term.strip().rpartition("*")
         if name not in LOSS_NAMES:
             raise ValueError(f"--loss: unknown term {name!r}; expected terms of {LOSS_NAMES}, e.g. softmax+0.008*center")
-        weights[name] = float(weight) if weight else 1.0
+        if name in weights:
+            raise ValueError(f"--loss: the term {name!r} appears twice in {spec!r}; give each term once, with one weight")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--loss: the weight {weight!r} of {name!r} is not a number; expected e.g. "
+                             "softmax+0.008*center") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--loss: the weight of {name!r} must be a finite number > 0, got {weight!r}")
+        weights[name] = value
     if len(set(weights) & set(MARGIN_LOSSES)) > 1:
         raise ValueError(f"--loss: at most one margin-softmax term ({', '.join(MARGIN_LOSSES)}), got {spec!r}")
     return weights
@@ -237,6 +248,22 @@ def _comparable(name, value):
     return value
 
 
+def _effective(name, config):
+    """The value an option of a run stands for: its own, or for one left at None the
+    default it took (so that a resume may repeat --holdout 0.2, say)."""
+    value = getattr(config, name)
+    if value is not None:
+        return value
+    if name == "holdout" and config.data and not any(
+            getattr(config, k) for k in ("train_identities", "eval_root", "eval_pairs", "eval_identities")):
+        return 0.2
+    if name in ("m1", "m2", "m3") and config.loss and margin_term(parse_loss(config.loss)):
+        return margins_of(config)[("m1", "m2", "m3").index(name)]
+    if name == "eval_root":
+        return config.data
+    return None
+
+
 def _option(name):
     return "--" + name.replace("_", "-")
 
@@ -255,8 +282,8 @@ def resume_configuration(config, given):
             raise ValueError(f"--resume: {run_dir} holds no checkpoint yet (its run stopped before its first epoch "
                              f"ended); start it again with --run-dir {run_dir} --overwrite")
         raise ValueError(f"--resume: no run to continue at {run_dir} (no {rundir.CHECKPOINT})")
-    with np.load(checkpoint) as state:
-        stored = json.loads(str(state["config"])) if "config" in state.files else None
+    state = rundir.read_checkpoint(checkpoint)
+    stored = json.loads(str(state["config"])) if "config" in state else None
     if stored is None:  # a checkpoint of faceops 0.1.0 without its configuration
         with open(os.path.join(run_dir, "config.json")) as f:
             stored = json.load(f)
@@ -280,8 +307,8 @@ def resume_configuration(config, given):
             if value != getattr(resumed, name):
                 notes.append(f"{_option(name)} {value} (the run had {getattr(resumed, name)})")
                 setattr(resumed, name, value)
-        elif _comparable(name, value) != _comparable(name, getattr(resumed, name)):
-            was = getattr(resumed, name)
+        elif _comparable(name, value) != _comparable(name, _effective(name, resumed)):
+            was = _effective(name, resumed)
             was = SYNTHETIC_NAME if name == "data" and was is None else was
             conflicts.append(f"{_option(name)} {value} (the run: {was})")
     if conflicts:
@@ -307,6 +334,12 @@ class Log:
     def close(self):
         if self.file:
             self.file.close()
+
+    def failed(self, error):
+        """Puts the error a run stops with into log.txt (main prints it)."""
+        if self.file:
+            self.file.write(f"faceops train: {error}\n")
+            self.file.flush()
 
     def __call__(self, message):
         print(message, flush=True)
@@ -525,19 +558,21 @@ def load_faces(config, root, root_name):
     if config.eval_pairs:
         images, i, j, same = evaluate.read_pair_images(eval_root, config.eval_pairs, config.image_size, config.crop)
         measured_on = evaluate.describe_pairs(config.eval_pairs, eval_name, same)
-        if same_root:
-            names = {n for p in evaluate.read_lfw_pairs(config.eval_pairs) for n in (p[0], p[2])}
-            trained_on = len(names & set(train_set.names))
-            if trained_on:
-                measured_on += f", {trained_on} of their {len(names)} identities trained on"
+        names = {n for p in evaluate.read_lfw_pairs(config.eval_pairs) for n in (p[0], p[2])}
+        trained_on = len(names & set(train_set.names))
+        if trained_on:
+            measured_on += f", {trained_on} of their {len(names)} identities {_trained_on(same_root, root_name)}"
         return train_set, (images, i, j, same), measured_on, skipped
     eval_set = data.load_identity_folder(eval_root, config.image_size, config.crop, eval_names)
     skipped += [s for s in eval_set.skipped if s not in skipped]
     i, j, same = evaluate.all_pairs(eval_set.labels)
     counts = f"all {len(same)} pairs ({int(same.sum())} genuine)"
-    trained_on = len(set(eval_set.names) & set(train_set.names)) if same_root else 0
+    trained_on = len(set(eval_set.names) & set(train_set.names))
     if trained_on == 0:
         measured_on = f"on {counts} of the {len(eval_set.names)} identities of {eval_name} held out from training"
+    elif not same_root:
+        measured_on = (f"on {counts} of {len(eval_set.names)} identities of {eval_name}, {trained_on} of them "
+                       f"{_trained_on(same_root, root_name)}")
     elif trained_on == len(eval_set.names):
         images = "the training identities" if config.max_images_per_identity else "the training images"
         measured_on = f"on {images}: {counts} of the {trained_on} training identities of {eval_name}"
@@ -545,6 +580,37 @@ def load_faces(config, root, root_name):
         measured_on = (f"on {counts} of {len(eval_set.names)} identities of {eval_name}, {trained_on} of them "
                        f"trained on")
     return train_set, (eval_set.images, i, j, same), measured_on, skipped
+
+
+def _trained_on(same_root, root_name):
+    """How verification identities that share a training identity's name are described:
+    under another root the same name is taken to be the same person, but said as a name."""
+    return "trained on" if same_root else f"named like training identities of {root_name} (trained on)"
+
+
+def faces_digest(train_set, verification):
+    """SHA-256 of the faces a run trains and verifies on: the training images and labels,
+    the verification images and pairs (whatever paths they are read from)."""
+    digest = hashlib.sha256()
+    for array in (train_set.images, train_set.labels, *verification):
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def check_same_faces(state, train_names, faces, run_dir):
+    """A resume trains and verifies on the faces the run started with (older checkpoints
+    do not record them)."""
+    if "train_identity_names" in state:
+        before = [str(n) for n in state["train_identity_names"]]
+        if before != list(train_names):
+            added, removed = sorted(set(train_names) - set(before)), sorted(set(before) - set(train_names))
+            raise ValueError(f"--resume: the run in {run_dir} trained on {len(before)} identities, the data now gives "
+                             f"{len(train_names)} (added: {added[:5] or 'none'}; gone: {removed[:5] or 'none'}); a "
+                             "resume needs the faces the run started with: restore them, or start a new run")
+    if "faces_digest" in state and str(state["faces_digest"]) != faces:
+        raise ValueError(f"--resume: the faces the run in {run_dir} trained or verified on changed since it started "
+                         "(the same identities, but images added, removed or edited, or other verification pairs); a "
+                         "resume needs the faces the run started with: restore them, or start a new run")
 
 
 def method_label(config, short=False):
@@ -601,6 +667,11 @@ def run(config, notes=()):
     status = types.SimpleNamespace(run_dir=None, claimed=False, epoch=0, progress=None)
     try:
         return _run(config, log, status, notes)
+    except (ValueError, FileNotFoundError) as error:
+        if status.progress:
+            status.progress.close()
+        log.failed(error)
+        raise
     except KeyboardInterrupt:
         if status.progress:
             status.progress.close()
@@ -610,6 +681,11 @@ def run(config, notes=()):
         log.close()
 
 
+def write_config(run_dir, stored):
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(stored, f, indent=2, sort_keys=True)
+
+
 def interrupted_message(config, status):
     if not status.claimed:
         return "faceops train: interrupted before training started; nothing was written"
@@ -617,12 +693,16 @@ def interrupted_message(config, status):
     if not os.path.isfile(checkpoint):
         return (f"faceops train: interrupted in epoch {status.epoch + 1}/{config.epochs}, before the first checkpoint; "
                 f"nothing to resume (start again with --run-dir {status.run_dir} --overwrite)")
-    with np.load(checkpoint) as state:
-        done = int(state["epoch"])
+    state = rundir.read_checkpoint(checkpoint)
+    done = int(state["epoch"])
+    stored = json.loads(str(state["config"])) if "config" in state else {}
     where = f"in epoch {status.epoch + 1}/{config.epochs}" if status.epoch < config.epochs else \
         "after the last epoch, before the metrics and the ONNX model were written"
+    # A resume's overrides that no checkpoint holds yet go into the command that continues it.
+    overrides = "".join(f" {_option(name)} {getattr(config, name)}" for name in RESUME_OVERRIDES
+                        if name in stored and stored[name] != getattr(config, name))
     return (f"faceops train: interrupted {where}; the last checkpoint is {checkpoint} (after epoch {done}); "
-            f"continue with: faceops train --run-dir {status.run_dir} --resume")
+            f"continue with: faceops train --run-dir {status.run_dir} --resume{overrides}")
 
 
 def _run(config, log, status, notes=()):
@@ -663,13 +743,21 @@ def _run(config, log, status, notes=()):
     log(f"untrained ({config.descriptor} descriptor alone), {measured_on}: {baseline.summary()}")
 
     trainer = torch_model.TorchTrainer(config, train_set) if config.backbone == "cnn" else Trainer(config, train_set, xp)
+    faces = faces_digest(train_set, (eval_images, eval_i, eval_j, same))
     sampler = data.PKSampler(train_set.labels, config.identities_per_batch, config.images_per_identity)
     if sampler.batches_per_epoch() == 0:
         raise ValueError("too few identities for one P x K batch: lower --identities-per-batch")
+    checkpointed_config = None
     if config.resume:
         checkpoint = os.path.join(config.run_dir, rundir.CHECKPOINT)
-        with np.load(checkpoint) as state:
-            trainer.load_state(dict(state))
+        state = rundir.read_checkpoint(checkpoint)
+        check_same_faces(state, train_set.names, faces, config.run_dir)
+        try:
+            trainer.load_state(state)
+        except KeyError as missing:
+            raise ValueError(f"{checkpoint}: not a complete faceops checkpoint (it has no {missing})") from None
+        if "config" in state:
+            checkpointed_config = json.loads(str(state["config"]))
         if config.epochs < trainer.epoch:
             raise ValueError(f"--epochs {config.epochs}: the run in {config.run_dir} has already trained "
                              f"{trainer.epoch} epochs")
@@ -683,9 +771,13 @@ def _run(config, log, status, notes=()):
         status.run_dir = rundir.make_fresh_run_dir()
     removed = rundir.claim(status.run_dir, replace=config.overwrite and not config.resume)
     status.claimed = True
-    if not config.resume or notes:
-        with open(os.path.join(status.run_dir, "config.json"), "w") as f:
-            json.dump(run_configuration(config), f, indent=2, sort_keys=True)
+    # config.json says what the last checkpoint was trained with: a resume rewrites it from
+    # the checkpoint (restoring a deleted or broken one), and its overrides join it with the
+    # next checkpoint, so a resume interrupted before that is not labelled with them.
+    if not config.resume:
+        write_config(status.run_dir, run_configuration(config))
+    elif checkpointed_config is not None:
+        write_config(status.run_dir, checkpointed_config)
     log.attach(os.path.join(status.run_dir, "log.txt"))
     if removed:
         log(f"removed {len(removed)} temporary checkpoint file(s) of an interrupted write: {', '.join(removed)}")
@@ -728,14 +820,25 @@ def _run(config, log, status, notes=()):
             status.progress.update(trainer.epoch, loss, seen / max(elapsed, 1e-9), elapsed)
         seconds = time.time() - epoch_start
         status.progress.end(seconds)
+        if not np.isfinite(np.mean(losses)):
+            raise ValueError(f"training diverged in epoch {trainer.epoch + 1}: its training loss is "
+                             f"{np.mean(losses)}; the checkpoint holds epoch {trainer.epoch}.  Lower --lr and start "
+                             "again (--overwrite)")
         trainer.epoch += 1
         trainer.history.append({"epoch": trainer.epoch, "loss": float(np.mean(losses)), "lr": lr})
-        rundir.save_checkpoint(checkpoint, trainer.state())
+        rundir.save_checkpoint(checkpoint, {**trainer.state(), "train_identity_names": np.asarray(train_set.names),
+                                            "faces_digest": np.asarray(faces)})
+        if notes:
+            write_config(status.run_dir, run_configuration(config))
         status.epoch = trainer.epoch  # only now is the epoch on disk: a Ctrl-C from here on is in the next one
         log(f"epoch {trainer.epoch}/{config.epochs}: training loss {np.mean(losses):.4f} (mean over the epoch's "
             f"batches), lr {lr:.4f}, {seen / max(seconds, 1e-9):.0f} images/s")
 
-    embeddings = trainer.net.embed(eval_descriptors) if trainer.uses_descriptor else trainer.embed(eval_images)
+    if notes:  # a resume of a finished run with another --device trains no epoch
+        write_config(status.run_dir, run_configuration(config))
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged network's overflow: check_embeddings says it
+        embeddings = trainer.net.embed(eval_descriptors) if trainer.uses_descriptor else trainer.embed(eval_images)
+    check_embeddings(embeddings, trainer.epoch)
     trained, trained_roc = evaluate.verify(embeddings[eval_i], embeddings[eval_j], same)
     log(f"trained ({method_label(config)}), {measured_on}: {trained.summary()}")
     evaluate.save_roc_png(os.path.join(status.run_dir, "roc.png"),
@@ -755,6 +858,18 @@ def _run(config, log, status, notes=()):
     log(f"run directory {status.run_dir}: config.json, log.txt, checkpoint.npz, metrics.json, roc.png, "
         f"{os.path.basename(onnx_path)} ({time.time() - started:.0f} s)")
     return baseline, trained
+
+
+def check_embeddings(embeddings, epochs):
+    """The trained model's verification embeddings must be unit vectors: a row that is not
+    (NaN, or zero where the network's output overflowed its norm) means training diverged,
+    and metrics on it would be garbage."""
+    norms = np.linalg.norm(np.asarray(embeddings, np.float64), axis=1)
+    diverged = ~(np.abs(norms - 1) < 1e-3)  # NaN counts
+    if diverged.any():
+        raise ValueError(f"training diverged: after {epochs} epochs, {int(diverged.sum())} of {len(norms)} "
+                         "verification embeddings are not finite unit vectors (the network's output overflowed); "
+                         "no metrics or ONNX model were written.  Lower --lr and start again (--overwrite)")
 
 
 FLOAT_OPTIONS = ("crop", "holdout", "margin", "center_alpha", "theta", "scale", "m1", "m2", "m3", "sample_rate", "ema",
@@ -862,6 +977,8 @@ def configure(argv):
     check_arguments(config)
     if not config.resume and config.run_dir:
         rundir.check_new_run_dir(config.run_dir, config.overwrite)
+    elif not config.resume:
+        rundir.check_fresh_run_dir_possible()
     return config, notes
 
 
