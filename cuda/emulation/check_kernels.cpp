@@ -293,6 +293,51 @@ void test_margin_softmax(int64_t n, int64_t d, int64_t classes, double scale, st
   }
 }
 
+// A shard's forward on the CPU and under the emulation (outputs starting at
+// 7): each one's log-sum-exp max + log(sum) and target logits, and lse_all,
+// the CPU's log-sum-exp over "all shards" (this one's plus 2 like it).
+template <typename T>
+struct ShardForward {
+  std::vector<T> lse_c, lse_g, lse_all, target_c, target_g;
+};
+
+template <typename T>
+ShardForward<T> shard_forward(const std::vector<T>& x, const std::vector<int64_t>& labels,
+                              const std::vector<T>& weight, int64_t n, int64_t d, int64_t classes,
+                              T s, T m1, T m2, T m3) {
+  std::vector<T> max_c(n), sum_c(n), max_g(n, 7), sum_g(n, 7);
+  ShardForward<T> f{std::vector<T>(n), std::vector<T>(n), std::vector<T>(n), std::vector<T>(n),
+                    std::vector<T>(n, 7)};
+  faceops::cpu::margin_softmax_shard_forward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                classes, s, m1, m2, m3, max_c.data(),
+                                                sum_c.data(), f.target_c.data());
+  faceops::cuda::margin_softmax_shard_forward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                 classes, s, m1, m2, m3, max_g.data(),
+                                                 sum_g.data(), f.target_g.data(), nullptr);
+  for (int64_t i = 0; i < n; ++i) {
+    f.lse_c[i] = max_c[i] + std::log(sum_c[i]);
+    f.lse_g[i] = max_g[i] + std::log(sum_g[i]);
+    f.lse_all[i] = f.lse_c[i] + T(std::log(3.0));
+  }
+  return f;
+}
+
+// The shard's backward from lse_all on the CPU (dxc, dwc) and under the
+// emulation (dxg, dwg).
+template <typename T>
+void shard_backward(const std::vector<T>& x, const std::vector<int64_t>& labels,
+                    const std::vector<T>& weight, int64_t n, int64_t d, int64_t classes, T s,
+                    T m1, T m2, T m3, const std::vector<T>& lse_all, T loss_scale,
+                    std::vector<T>& dxc, std::vector<T>& dwc, std::vector<T>& dxg,
+                    std::vector<T>& dwg) {
+  faceops::cpu::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                 classes, s, m1, m2, m3, lse_all.data(),
+                                                 loss_scale, dxc.data(), dwc.data());
+  faceops::cuda::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
+                                                  classes, s, m1, m2, m3, lse_all.data(),
+                                                  loss_scale, dxg.data(), dwg.data(), nullptr);
+}
+
 // One shard's entries: labels in [-1, classes) (every fourth row's class on
 // another shard); the shard's log-sum-exp max + log(sum) and target logits,
 // then the backward from a log-sum-exp over "all shards" (this one's plus 2).
@@ -303,37 +348,21 @@ void test_margin_softmax_shard(int64_t n, int64_t d, int64_t classes, std::mt199
   for (int64_t i = 0; i < n; ++i) labels[i] = i % 4 == 3 ? -1 : int64_t(rng() % classes);
   const Margins& m = kMargins[0];
   const T s = T(30), m1 = T(m.m1), m2 = T(m.m2), m3 = T(m.m3);
-  std::vector<T> max_c(n), sum_c(n), target_c(n), max_g(n, 7), sum_g(n, 7), target_g(n, 7);
-  faceops::cpu::margin_softmax_shard_forward<T>(x.data(), labels.data(), weight.data(), n, d,
-                                                classes, s, m1, m2, m3, max_c.data(),
-                                                sum_c.data(), target_c.data());
-  faceops::cuda::margin_softmax_shard_forward<T>(x.data(), labels.data(), weight.data(), n, d,
-                                                 classes, s, m1, m2, m3, max_g.data(),
-                                                 sum_g.data(), target_g.data(), nullptr);
-  std::vector<T> lse_c(n), lse_g(n), lse_all(n);
-  for (int64_t i = 0; i < n; ++i) {
-    lse_c[i] = max_c[i] + std::log(sum_c[i]);
-    lse_g[i] = max_g[i] + std::log(sum_g[i]);
-    lse_all[i] = lse_c[i] + T(std::log(3.0));
-  }
+  const ShardForward<T> f = shard_forward(x, labels, weight, n, d, classes, s, m1, m2, m3);
   char buf[200];
   std::snprintf(buf, sizeof buf, "margin_softmax_shard n=%ld d=%ld C=%ld forward lse", (long)n,
                 (long)d, (long)classes);
-  expect<T>(buf, max_rel(lse_g, lse_c));
-  expect<T>("  target logits (0 off the shard)", max_rel(target_g, target_c));
+  expect<T>(buf, max_rel(f.lse_g, f.lse_c));
+  expect<T>("  target logits (0 off the shard)", max_rel(f.target_g, f.target_c));
   std::vector<T> dxc(n * d), dwc(classes * d), dxg(n * d, 7), dwg(classes * d, 7);
   const T loss_scale = T(1) / T(3 * n);
-  faceops::cpu::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
-                                                 classes, s, m1, m2, m3, lse_all.data(),
-                                                 loss_scale, dxc.data(), dwc.data());
-  faceops::cuda::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
-                                                  classes, s, m1, m2, m3, lse_all.data(),
-                                                  loss_scale, dxg.data(), dwg.data(), nullptr);
+  shard_backward(x, labels, weight, n, d, classes, s, m1, m2, m3, f.lse_all, loss_scale, dxc, dwc,
+                 dxg, dwg);
   expect<T>("  backward dx", max_rel(dxg, dxc));
   expect<T>("  backward dweight", max_rel(dwg, dwc));
   std::vector<T> dw2(classes * d, 7);
   faceops::cuda::margin_softmax_shard_backward<T>(x.data(), labels.data(), weight.data(), n, d,
-                                                  classes, s, m1, m2, m3, lse_all.data(),
+                                                  classes, s, m1, m2, m3, f.lse_all.data(),
                                                   loss_scale, nullptr, dw2.data(), nullptr);
   expect<T>("  backward dweight without dx", max_rel(dw2, dwc));
 }
@@ -753,30 +782,14 @@ void test_overflowing_norms(int64_t n, int64_t d, int64_t classes, std::mt19937&
   // The shard entries, on the same rows (every fourth row's class elsewhere).
   auto local = labels;
   for (int64_t i = 3; i < n; i += 4) local[i] = -1;
-  std::vector<T> max_c(n), sum_c(n), target_c(n), max_g(n, 7), sum_g(n, 7), target_g(n, 7);
-  faceops::cpu::margin_softmax_shard_forward<T>(big_x.data(), local.data(), big_w.data(), n, d,
-                                                classes, s, m1, m2, m3, max_c.data(),
-                                                sum_c.data(), target_c.data());
-  faceops::cuda::margin_softmax_shard_forward<T>(big_x.data(), local.data(), big_w.data(), n, d,
-                                                 classes, s, m1, m2, m3, max_g.data(),
-                                                 sum_g.data(), target_g.data(), nullptr);
-  std::vector<T> lse_c(n), lse_g(n), lse_all(n);
-  for (int64_t i = 0; i < n; ++i) {
-    lse_c[i] = max_c[i] + std::log(sum_c[i]);
-    lse_g[i] = max_g[i] + std::log(sum_g[i]);
-    lse_all[i] = lse_c[i] + T(std::log(3.0));
-  }
-  expect<T>("  shard forward lse cuda/cpu", max_row_rel(lse_g, lse_c, 1));
-  expect<T>("  shard forward target logits cuda/cpu", max_rel(target_g, target_c));
+  const ShardForward<T> f = shard_forward(big_x, local, big_w, n, d, classes, s, m1, m2, m3);
+  expect<T>("  shard forward lse cuda/cpu", max_row_rel(f.lse_g, f.lse_c, 1));
+  expect<T>("  shard forward target logits cuda/cpu", max_rel(f.target_g, f.target_c));
   const T loss_scale = T(1) / T(3 * n);
   std::fill(dxg.begin(), dxg.end(), T(7));
   std::fill(dwg.begin(), dwg.end(), T(7));
-  faceops::cpu::margin_softmax_shard_backward<T>(big_x.data(), local.data(), big_w.data(), n, d,
-                                                 classes, s, m1, m2, m3, lse_all.data(),
-                                                 loss_scale, dxc.data(), dwc.data());
-  faceops::cuda::margin_softmax_shard_backward<T>(big_x.data(), local.data(), big_w.data(), n, d,
-                                                  classes, s, m1, m2, m3, lse_all.data(),
-                                                  loss_scale, dxg.data(), dwg.data(), nullptr);
+  shard_backward(big_x, local, big_w, n, d, classes, s, m1, m2, m3, f.lse_all, loss_scale, dxc, dwc,
+                 dxg, dwg);
   expect<T>("  shard backward dx cuda/cpu", max_row_rel(dxg, dxc, d));
   expect<T>("  shard backward dweight cuda/cpu", max_row_rel(dwg, dwc, d));
 
