@@ -195,6 +195,23 @@ def test_unreadable_checkpoints_and_impossible_run_dirs_are_named(tmp_path, synt
         cli.main(["train"])
 
 
+def test_a_run_directory_in_use_by_another_run_is_refused(tmp_path, synthetic_root):
+    """A second faceops train into a directory that a live one holds (--overwrite or
+    --resume) is refused before it touches a file; the lock ends with its holder."""
+    run_dir = str(tmp_path / "run")
+    _train("--run-dir", run_dir, "--data", synthetic_root, *TINY, "--epochs", "1")
+    before = _files(run_dir)
+    held = train.rundir.lock(run_dir)  # what a live run holds
+    try:
+        for extra in (["--overwrite", "--data", synthetic_root, *TINY, "--epochs", "1"], ["--resume", "--epochs", "2"]):
+            with pytest.raises(SystemExit, match=f"--run-dir: {run_dir} is in use by another faceops train"):
+                cli.main(["train", "--run-dir", run_dir, *extra])
+            assert _files(run_dir) == before
+    finally:
+        held.close()
+    _train("--run-dir", run_dir, "--resume", "--epochs", "2")
+
+
 def test_a_diverged_run_writes_no_metrics_and_logs_why(tmp_path, synthetic_root):
     """At --lr 1e6 the network's output overflows its norm and every embedding is zero: the
     run stops before verifying on them (accuracy would be the impostor share)."""

@@ -7,6 +7,7 @@ runs/latest becomes a symbolic link to it once it starts training.  A directory
 that holds a run is only continued (--resume) or replaced (--overwrite), never
 written over by a new run."""
 
+import fcntl
 import glob
 import os
 import shutil
@@ -20,6 +21,7 @@ RUNS = "runs"
 LATEST = os.path.join(RUNS, "latest")
 RUN_FILES = ("config.json", "log.txt", "checkpoint.npz", "metrics.json", "roc.png", "model.onnx")
 CHECKPOINT = "checkpoint.npz"
+LOCK = ".lock"
 TEMPORARY_PATTERN = ".checkpoint-*.npz"
 
 
@@ -67,8 +69,24 @@ def check_new_run_dir(path, overwrite):
     if files and not overwrite:
         raise ValueError(f"--run-dir: {path} holds a run ({', '.join(files)}); continue it with --resume, replace it "
                          f"with --overwrite, or give another --run-dir")
-    if not files and os.listdir(path):
+    if not files and set(os.listdir(path)) - {LOCK}:
         raise ValueError(f"--run-dir: {path} is not empty and holds no faceops run; give a new or empty directory")
+
+
+def lock(path):
+    """Creates `path` and takes an exclusive lock on path/.lock for as long as the
+    returned file stays open (the operating system drops it when the process ends,
+    however it ends).  Raises ValueError when another process holds it: two runs never
+    write one directory."""
+    os.makedirs(path, exist_ok=True)
+    held = open(os.path.join(path, LOCK), "a")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.close()
+        raise ValueError(f"--run-dir: {path} is in use by another faceops train (it holds {os.path.join(path, LOCK)}); "
+                         "let it finish, or give another --run-dir") from None
+    return held
 
 
 def claim(path, replace):

@@ -664,7 +664,7 @@ def run(config, notes=()):
     """Trains, verifies and exports one run (config and notes from configure).
     Returns the (descriptor, trained) verification metrics."""
     log = Log()
-    status = types.SimpleNamespace(run_dir=None, claimed=False, epoch=0, progress=None)
+    status = types.SimpleNamespace(run_dir=None, claimed=False, epoch=0, progress=None, lock=None)
     try:
         return _run(config, log, status, notes)
     except (ValueError, FileNotFoundError) as error:
@@ -679,6 +679,8 @@ def run(config, notes=()):
         raise SystemExit(130)
     finally:
         log.close()
+        if status.lock:
+            status.lock.close()
 
 
 def write_config(run_dir, stored):
@@ -769,6 +771,7 @@ def _run(config, log, status, notes=()):
     # Training starts: from here on the run directory is written.
     if status.run_dir is None:
         status.run_dir = rundir.make_fresh_run_dir()
+    status.lock = rundir.lock(status.run_dir)
     removed = rundir.claim(status.run_dir, replace=config.overwrite and not config.resume)
     status.claimed = True
     # config.json says what the last checkpoint was trained with: a resume rewrites it from
