@@ -61,7 +61,7 @@ def test_lfw_pairs_reader(tmp_path):
     assert evaluate.read_lfw_pairs(str(path)) == [("Aaron", 1, "Aaron", 2, True), ("Bob", 3, "Carol", 4, False)]
     assert evaluate.lfw_image_path("r", "Bob", 3) == os.path.join("r", "Bob", "Bob_0003.jpg")
     path.write_text("1\nAaron 1\n")
-    with pytest.raises(ValueError, match="cannot parse"):
+    with pytest.raises(ValueError, match="line 2: 'Aaron 1' is not a pair"):
         evaluate.read_lfw_pairs(str(path))
 
 
@@ -74,3 +74,51 @@ def test_roc_and_png(tmp_path):
     evaluate.save_roc_png(path, {"model": (far, tar)}, impostors=2)
     image = cv2.imread(path)
     assert image is not None and image.shape == (480, 480, 3)
+
+
+# --- pairs files: what LFW's format allows, and clear errors for what it does not ---------------------------------
+
+def _pairs_file(tmp_path, text, name="pairs.txt"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_pairs_file_without_its_count_line_keeps_its_first_pair(tmp_path):
+    body = "".join(f"A {k} {k + 1}\n" for k in range(1, 16)) + "".join(f"A {k} B {k}\n" for k in range(1, 16))
+    headerless = evaluate.read_lfw_pairs(_pairs_file(tmp_path, body))
+    assert len(headerless) == 30 and headerless[0] == ("A", 1, "A", 2, True)
+    # With LFW's count line (`N`, or `FOLDS N` as in View 2's pairs.txt) the same 30 pairs.
+    assert evaluate.read_lfw_pairs(_pairs_file(tmp_path, "15\n" + body)) == headerless
+    assert evaluate.read_lfw_pairs(_pairs_file(tmp_path, "1\t15\n" + body)) == headerless
+
+
+@pytest.mark.parametrize("text, message", [
+    # Four columns with one name: a genuine pair written in the impostor form.
+    ("2\nA 1 2\nA 3 B 1\nAl_Gore 1 Al_Gore 3\n",
+     r"line 4: 'Al_Gore 1 Al_Gore 3' names Al_Gore twice: a genuine pair is written `Al_Gore 1 3`"),
+    # A duplicated pair (in either order) would count twice in the ten folds.
+    ("3\nA 1 2\nA 3 B 1\nA 2 1\nB 1 A 3\nA 1 3\n",
+     r"holds the same pair more than once: line 4 \('A 2 1'\) repeats line 2, line 5 \('B 1 A 3'\) repeats line 3"),
+    ("1\nA 2 2\n", r"line 2: 'A 2 2' pairs image 2 of A with itself"),
+    ("1\nA 1 2\nAl_Gore x 2\n",
+     r"line 3: 'Al_Gore x 2' is not a pair: expected `name i j` \(genuine\) or `name1 i name2 j` \(impostor\)"),
+    ("1\nA 1 2\nA 0 3\n", r"line 3: 'A 0 3' is not a pair: .*image numbers from 1"),
+    ("1\nA 1\n", r"line 2: 'A 1' is not a pair"),
+    ("1\nA 1 \u00b2\n", r"line 2: 'A 1 \u00b2' is not a pair"),  # a digit to str.isdigit, not to int()
+    ("A 1\nA 1 2\n", r"line 1: 'A 1' is not a count line: expected `N` or `FOLDS N`"),
+    ("10 300\n", r"holds no pairs \(only its count line\)"),
+    ("\n\n", r"holds no pairs \(it is empty\)"),
+])
+def test_a_bad_pairs_file_is_refused_naming_the_file_and_line(tmp_path, text, message):
+    path = _pairs_file(tmp_path, text)
+    with pytest.raises(ValueError, match=f"^{path}(, | )" + message):
+        evaluate.read_lfw_pairs(path)
+
+
+def test_a_pairs_file_that_is_not_text_is_refused(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ValueError, match=f"^{path}: not a text file"):
+        evaluate.read_lfw_pairs(str(path))
+
