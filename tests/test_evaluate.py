@@ -1,11 +1,14 @@
 """The verification protocol: 10-fold accuracy on a hand-made case, TAR@FAR, pairs files, ROC PNG."""
 
+import json
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from faceops import cli
 from faceops.driver import evaluate
 
 
@@ -121,4 +124,88 @@ def test_a_pairs_file_that_is_not_text_is_refused(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
     with pytest.raises(ValueError, match=f"^{path}: not a text file"):
         evaluate.read_lfw_pairs(str(path))
+
+
+# --- `faceops eval` on a run, with its output folder -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lfw_like(tmp_path_factory):
+    """(root, pairs file) in LFW's layout: 4 synthetic identities, 12 genuine and 12 impostor pairs."""
+    from faceops.driver import data
+    from test_driver_runs import _lfw_format
+
+    base = tmp_path_factory.mktemp("lfw_like")
+    source = data.write_synthetic_identities(str(base / "faces"), identities=4, images_per_identity=5, size=48)
+    root = str(base / "root")
+    return root, _lfw_format(root, source, sorted(os.listdir(source)))
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A finished run's directory: _fake_run's config.json and checkpoint.npz, and the
+    metrics.json, log.txt and roc.png training writes."""
+    from test_export import _fake_run
+
+    run = tmp_path / "run"
+    _fake_run(run, np.random.default_rng(11))
+    (run / "metrics.json").write_text(json.dumps({"history": [{"epoch": 1, "loss": 0.5}], "trained": {}}))
+    (run / "log.txt").write_text("epoch 1/1: loss 0.5\n")
+    cv2.imwrite(str(run / "roc.png"), np.zeros((8, 8, 3), np.uint8))
+    return run
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _eval(capsys, *argv):
+    """(exit status, stderr) of `faceops eval argv`."""
+    capsys.readouterr()
+    status = cli.main(["eval", *map(str, argv)])
+    return status, capsys.readouterr().err
+
+
+def test_eval_of_a_bad_pairs_file_exits_with_the_files_line(tmp_path, capsys, lfw_like, run_dir):
+    root, _ = lfw_like
+    for text, message in [("1\nid_000 1 2\nid_000 x 2\n", "line 3: 'id_000 x 2' is not a pair"),
+                          ("10 300\n", "holds no pairs (only its count line)")]:
+        pairs = _pairs_file(tmp_path, text)
+        status, err = _eval(capsys, run_dir, "--root", root, "--pairs", pairs)
+        assert status == 1 and err.startswith(f"faceops eval: {pairs}") and message in err
+    assert not (run_dir / "eval-pairs").exists()
+
+
+def test_eval_output_must_be_a_folder(tmp_path, capsys, lfw_like, run_dir):
+    root, pairs = lfw_like
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    for output in (afile, afile / "sub"):
+        status, err = _eval(capsys, run_dir, "--root", root, "--pairs", pairs, "-o", output)
+        assert status == 1 and f"-o: {afile} is a file, not a folder" in err
+    assert afile.read_text() == "mine\n"
+    status, err = _eval(capsys, run_dir, "--root", root, "--pairs", pairs, "-o", tmp_path / "new" / "eval")
+    assert status == 0 and (tmp_path / "new" / "eval" / "metrics.json").is_file()
+
+
+def test_eval_never_writes_over_a_runs_files_or_an_earlier_evaluation(tmp_path, capsys, lfw_like, run_dir):
+    root, pairs = lfw_like
+    before = _files(run_dir)
+    status, err = _eval(capsys, run_dir, "--root", root, "--pairs", pairs, "-o", run_dir)
+    assert status == 1 and f"-o: {run_dir} is the directory of a faceops train run" in err
+    assert _files(run_dir) == before
+    # Two pairs files of the same name share the default folder RUN/eval-good: the second is refused.
+    for folder in ("pf", "pf2"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "good.txt").write_text(Path(pairs).read_text())
+    assert _eval(capsys, run_dir, "--root", root, "--pairs", tmp_path / "pf" / "good.txt")[0] == 0
+    first = _files(run_dir / "eval-good")
+    assert set(first) == {"metrics.json", "roc.png"}
+    status, err = _eval(capsys, run_dir, "--root", root, "--pairs", tmp_path / "pf2" / "good.txt")
+    assert status == 1 and err.startswith(f"faceops eval: {run_dir / 'eval-good'} (the default folder for --pairs "
+                                          f"{tmp_path / 'pf2' / 'good.txt'}: pairs files of the same name share it) "
+                                          f"already holds metrics.json and roc.png of an earlier evaluation, measured "
+                                          f"on the 24 pairs of {tmp_path / 'pf' / 'good.txt'} (")
+    assert err.endswith("; remove it or give another folder with -o\n")
+    assert _files(run_dir / "eval-good") == first
+    assert _files(run_dir) == before
 

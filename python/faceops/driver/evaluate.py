@@ -280,6 +280,41 @@ def _onnx_embedder(path):
     return embed, json.loads(metadata["preprocessing"])
 
 
+EVAL_FILES = ("metrics.json", "roc.png")  # what `faceops eval` writes into its output folder
+RUN_DIR_FILES = ("config.json", "checkpoint.npz", "log.txt")  # a folder holding one of these is a run's
+
+
+def check_output_folder(output, default_for=None):
+    """Refuses an output folder `faceops eval` would write over (before any work): a
+    file (or a path under one), a run directory (its metrics.json and roc.png would
+    be replaced), or the folder of an earlier evaluation.  `default_for`: the pairs
+    file whose default folder `output` is, when -o was not given."""
+    existing = output
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        raise ValueError(f"-o: {existing} is a file, not a folder; -o takes the folder to write metrics.json and "
+                         f"roc.png into")
+    if not os.path.isdir(output):
+        return
+    run_files = [name for name in RUN_DIR_FILES if os.path.exists(os.path.join(output, name))]
+    if run_files:
+        raise ValueError(f"-o: {output} is the directory of a faceops train run (it holds {', '.join(run_files)}); "
+                         f"its metrics.json and roc.png are the run's: give another folder")
+    earlier = [name for name in EVAL_FILES if os.path.exists(os.path.join(output, name))]
+    if earlier:
+        what = ""
+        try:
+            with open(os.path.join(output, "metrics.json")) as f:
+                what = f", measured {json.load(f)['measured_on']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        default = f" (the default folder for --pairs {default_for}: pairs files of the same name share it)" \
+            if default_for else ""
+        raise ValueError(f"{output}{default} already holds {' and '.join(earlier)} of an earlier evaluation{what}; "
+                         f"remove it or give another folder with -o")
+
+
 def evaluate_model(model_path, root, pairs_path, output):
     """`faceops eval`: the descriptor alone and the model on the pairs; prints both,
     writes OUTPUT/metrics.json and OUTPUT/roc.png.  Returns (descriptor, model) metrics."""
@@ -311,7 +346,11 @@ def evaluate_model(model_path, root, pairs_path, output):
     trained, trained_roc = verify(embeddings[i], embeddings[j], same)
     print(f"{descriptor} descriptor alone, {measured_on}: {baseline.summary()}")
     print(f"{label}, {measured_on}: {trained.summary()}")
-    os.makedirs(output, exist_ok=True)
+    check_output_folder(output)  # again: the evaluation may have taken minutes
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"-o: cannot create the folder {output}: {error.strerror}") from None
     save_roc_png(os.path.join(output, "roc.png"), {f"{descriptor} descriptor": baseline_roc, "model": trained_roc},
                  trained.impostors)
     with open(os.path.join(output, "metrics.json"), "w") as f:
@@ -338,7 +377,8 @@ def main(argv=None):
                                                        "line (`N` or `FOLDS N`; optional)")
     parser.add_argument("--output", "-o",
                         help="folder for metrics.json and roc.png (default: RUN_DIR/eval-<pairs file name>, or "
-                             "<model name>-eval-<pairs file name> beside the ONNX file)")
+                             "<model name>-eval-<pairs file name> beside the ONNX file); new or empty: a run "
+                             "directory or an earlier evaluation's folder is refused, never written over")
     args = parser.parse_args(argv)
     pairs_name = os.path.splitext(os.path.basename(args.pairs))[0]
     output = args.output
@@ -350,6 +390,7 @@ def main(argv=None):
             raise FileNotFoundError(f"--pairs: {args.pairs!r} is not a file")
         if not os.path.isdir(args.root):
             raise FileNotFoundError(f"--root: {args.root!r} is not a directory")
+        check_output_folder(output, default_for=None if args.output else args.pairs)
         evaluate_model(args.model, args.root, args.pairs, output)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"faceops eval: {error}", file=sys.stderr)
