@@ -117,15 +117,48 @@ def load_run(run_dir):
     return net, config
 
 
+def check_output_file(output, run_dir):
+    """Refuses an ONNX output path (-o) that cannot be written or that would replace a
+    run's file: a folder, a path under a file or in a missing folder, any run's
+    config.json, checkpoint.npz, log.txt, metrics.json or roc.png, and another run's
+    model.onnx.  The exported run's own model.onnx (the default) is written again
+    from the same checkpoint."""
+    from faceops.driver import rundir
+
+    if os.path.isdir(output):
+        raise ValueError(f"-o: {output} is a folder; give the ONNX file to write, e.g. "
+                         f"{os.path.join(output, 'model.onnx')}")
+    folder = os.path.dirname(output)
+    existing = folder
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        raise ValueError(f"-o: {existing} is a file, not a folder")
+    if folder and not os.path.isdir(folder):
+        raise ValueError(f"-o: the folder {folder} does not exist")
+    name, folder = os.path.basename(output), folder or "."
+    holds_run = any(os.path.exists(os.path.join(folder, f)) for f in ("config.json", rundir.CHECKPOINT))
+    if holds_run and name in rundir.RUN_FILES and os.path.exists(output):
+        if name == "model.onnx" and os.path.realpath(folder) == os.path.realpath(run_dir):
+            return
+        raise ValueError(f"-o: {output} is the {name} of the run {folder}; give another path for the ONNX model")
+
+
 def export_run(run_dir, output=None):
-    """Writes the ONNX model of a `faceops train` run directory (see load_run)."""
+    """Writes the ONNX model of a `faceops train` run directory (see load_run) to
+    `output` (default RUN_DIR/model.onnx), refused as check_output_file says."""
+    if output:  # before the checkpoint is read; a missing run is load_run's message, not -o's
+        check_output_file(output, run_dir)
     net, config = load_run(run_dir)
     output = output or os.path.join(run_dir, "model.onnx")
-    if config.get("backbone") == "cnn":
-        from faceops.driver import torch_model
+    try:
+        if config.get("backbone") == "cnn":
+            from faceops.driver import torch_model
 
-        return torch_model.to_onnx(net, output, torch_model.preprocessing_of(config))
-    return to_onnx(net, output, preprocessing_of(config))
+            return torch_model.to_onnx(net, output, torch_model.preprocessing_of(config))
+        return to_onnx(net, output, preprocessing_of(config))
+    except OSError as error:  # a full disk, no permission
+        raise ValueError(f"-o: cannot write {output}: {error.strerror or error}") from None
 
 
 def preprocessing_of(config):
@@ -143,7 +176,8 @@ def main(argv=None):
                                      description="Export a trained run's embedding network (its last checkpoint) to "
                                                  "ONNX; the preprocessing it was trained with goes into the metadata.")
     parser.add_argument("run_dir", help="the run directory of a `faceops train` run (holds checkpoint.npz)")
-    parser.add_argument("--output", "-o", help="ONNX file to write (default: RUN_DIR/model.onnx)")
+    parser.add_argument("--output", "-o", help="ONNX file to write (default: RUN_DIR/model.onnx, written again from "
+                                               "the checkpoint); a run's other files are refused, never written over")
     args = parser.parse_args(argv)
     try:
         path = export_run(args.run_dir, args.output)
