@@ -209,3 +209,24 @@ def test_eval_never_writes_over_a_runs_files_or_an_earlier_evaluation(tmp_path, 
     assert _files(run_dir / "eval-good") == first
     assert _files(run_dir) == before
 
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "npy"])
+def test_eval_of_a_run_with_a_damaged_checkpoint_names_it(tmp_path, capsys, lfw_like, run_dir, damage):
+    root, pairs = lfw_like
+    checkpoint = run_dir / "checkpoint.npz"
+    content = checkpoint.read_bytes()
+    if damage == "npy":  # a NumPy file, but a single array, not the checkpoint's archive
+        with open(checkpoint, "wb") as f:
+            np.save(f, np.zeros(3))
+    else:
+        checkpoint.write_bytes({"empty": b"", "truncated": content[: len(content) // 2],
+                                "garbage": b"not a checkpoint\n" * 10}[damage])
+    status, err = _eval(capsys, run_dir, "--root", root, "--pairs", pairs)
+    assert status == 1 and f"faceops eval: {checkpoint} is not a readable faceops checkpoint" in err
+
+
+def test_eval_of_a_run_whose_config_json_is_not_json_names_it(tmp_path, capsys, lfw_like, run_dir):
+    root, pairs = lfw_like
+    (run_dir / "config.json").write_text('{"descriptor": "pixels",')
+    status, err = _eval(capsys, run_dir, "--root", root, "--pairs", pairs)
+    assert status == 1 and f"faceops eval: {run_dir / 'config.json'} is not valid JSON" in err

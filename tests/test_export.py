@@ -131,3 +131,46 @@ def test_export_never_writes_over_another_runs_model(tmp_path):
     assert cli.main(["export", str(other)]) == 0 and onnx.load(str(other / "model.onnx")).graph.node
     assert {p.name: p.read_bytes() for p in other.iterdir() if p.name != "model.onnx"} == before
 
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "flipped byte", "npy", "no network", "config"])
+def test_export_of_a_damaged_checkpoint_names_it(tmp_path, damage):
+    _fake_run(tmp_path / "run", np.random.default_rng(12))
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    content = checkpoint.read_bytes()
+    if damage == "npy":
+        with open(checkpoint, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif damage == "no network":  # an .npz archive, but not of a faceops run
+        np.savez(checkpoint, weights=np.zeros(3))
+    elif damage == "config":
+        state = dict(np.load(checkpoint))
+        np.savez(checkpoint, **(state | {"config": np.asarray("{descriptor")}))
+    elif damage == "flipped byte":  # inside the first array's data: the archive opens, its CRC fails
+        checkpoint.write_bytes(content[:300] + bytes([content[300] ^ 0xFF]) + content[301:])
+    else:
+        checkpoint.write_bytes({"empty": b"", "truncated": content[: len(content) // 2],
+                                "garbage": b"not a checkpoint\n" * 10}[damage])
+    with pytest.raises(SystemExit, match=f"^faceops export: {checkpoint} is not a readable faceops checkpoint"):
+        cli.main(["export", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_export_of_a_cnn_checkpoint_with_damaged_torch_state_names_it(tmp_path):
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"descriptor": "pixels", "image_size": 64, "crop": 0.5, "backbone": "cnn", "rank": 128}
+    np.savez(run / "checkpoint.npz", config=np.asarray(json.dumps(config)), epoch=np.asarray(1),
+             torch_state=np.frombuffer(b"not torch.save bytes" * 5, np.uint8))
+    with pytest.raises(SystemExit, match=f"^faceops export: {run / 'checkpoint.npz'} is not a readable faceops "
+                                         f"checkpoint: its torch_state"):
+        cli.main(["export", str(run)])
+
+
+@pytest.mark.parametrize("text, message", [('{"descriptor": "pixels",', "is not valid JSON"),
+                                           ('["pixels"]', "does not hold a JSON object")])
+def test_export_names_a_config_json_that_is_not_a_configuration(tmp_path, text, message):
+    _fake_run(tmp_path / "run", np.random.default_rng(13), stored_config=False)
+    (tmp_path / "run" / "config.json").write_text(text)
+    with pytest.raises(SystemExit, match=f"^faceops export: {tmp_path / 'run' / 'config.json'} {message}"):
+        cli.main(["export", str(tmp_path / "run")])
