@@ -610,8 +610,9 @@ def test_eval_of_a_run_and_of_its_onnx_model_reproduces_the_training_runs_figure
     cut = os.path.join(root, "id_010", "id_010_0002.jpg")
     with open(cut, "r+b") as f:
         f.truncate(os.path.getsize(cut) // 2)
-    assert cli.main(["eval", run_dir, "--root", root, "--pairs", pairs]) == 1
+    assert cli.main(["eval", run_dir, "--root", root, "--pairs", pairs, "-o", str(tmp_path / "cut_eval")]) == 1
     assert f"names {cut}, which cannot be used: truncated JPEG" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "cut_eval")
     assert cli.main(["eval", pairs, "--root", root, "--pairs", pairs]) == 1
     assert "not an ONNX model" in capsys.readouterr().err
 

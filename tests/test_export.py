@@ -85,3 +85,92 @@ def test_export_refuses_metadata_that_disagrees_with_the_model(tmp_path):
 def test_export_command_names_a_missing_run(tmp_path):
     with pytest.raises(SystemExit, match="checkpoint.npz not found"):
         cli.main(["export", str(tmp_path)])
+
+
+def _run_with_files(run_dir, rng):
+    """_fake_run plus the other files a finished run holds."""
+    _fake_run(run_dir, rng)
+    for name in ("metrics.json", "log.txt", "roc.png"):
+        (run_dir / name).write_bytes(f"the run's {name}\n".encode())
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
+def test_export_output_must_be_a_file_path(tmp_path):
+    run = tmp_path / "run"
+    _run_with_files(run, np.random.default_rng(8))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit, match=f"^faceops export: -o: {tmp_path / 'folder'} is a folder; give the ONNX "
+                                         f"file to write, e.g. {tmp_path / 'folder' / 'model.onnx'}"):
+        cli.main(["export", str(run), "-o", str(tmp_path / "folder")])
+    (tmp_path / "afile").write_text("mine\n")
+    with pytest.raises(SystemExit, match=f"^faceops export: -o: {tmp_path / 'afile'} is a file, not a folder"):
+        cli.main(["export", str(run), "-o", str(tmp_path / "afile" / "x.onnx")])
+    with pytest.raises(SystemExit, match=f"^faceops export: -o: the folder {tmp_path / 'missing'} does not exist"):
+        cli.main(["export", str(run), "-o", str(tmp_path / "missing" / "x.onnx")])
+    assert (tmp_path / "afile").read_text() == "mine\n" and not list((tmp_path / "folder").iterdir())
+
+
+@pytest.mark.parametrize("name", ["checkpoint.npz", "config.json", "metrics.json", "log.txt", "roc.png"])
+def test_export_never_writes_over_a_runs_own_files(tmp_path, name):
+    run = tmp_path / "run"
+    before = _run_with_files(run, np.random.default_rng(9))
+    with pytest.raises(SystemExit, match=f"-o: {run / name} is the {name} of the run {run}"):
+        cli.main(["export", str(run), "-o", str(run / name)])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_export_never_writes_over_another_runs_model(tmp_path):
+    other = tmp_path / "other"
+    before = _run_with_files(other, np.random.default_rng(10))
+    (other / "model.onnx").write_bytes(b"the other run's model\n")
+    _run_with_files(tmp_path / "run", np.random.default_rng(11))
+    with pytest.raises(SystemExit, match=f"-o: {other / 'model.onnx'} is the model.onnx of the run {other}"):
+        cli.main(["export", str(tmp_path / "run"), "-o", str(other / "model.onnx")])
+    assert (other / "model.onnx").read_bytes() == b"the other run's model\n"
+    # Its own model.onnx (the default output) is written again from the same checkpoint.
+    assert cli.main(["export", str(other)]) == 0 and onnx.load(str(other / "model.onnx")).graph.node
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.name != "model.onnx"} == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "flipped byte", "npy", "no network", "config"])
+def test_export_of_a_damaged_checkpoint_names_it(tmp_path, damage):
+    _fake_run(tmp_path / "run", np.random.default_rng(12))
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    content = checkpoint.read_bytes()
+    if damage == "npy":
+        with open(checkpoint, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif damage == "no network":  # an .npz archive, but not of a faceops run
+        np.savez(checkpoint, weights=np.zeros(3))
+    elif damage == "config":
+        state = dict(np.load(checkpoint))
+        np.savez(checkpoint, **(state | {"config": np.asarray("{descriptor")}))
+    elif damage == "flipped byte":  # inside the first array's data: the archive opens, its CRC fails
+        checkpoint.write_bytes(content[:300] + bytes([content[300] ^ 0xFF]) + content[301:])
+    else:
+        checkpoint.write_bytes({"empty": b"", "truncated": content[: len(content) // 2],
+                                "garbage": b"not a checkpoint\n" * 10}[damage])
+    with pytest.raises(SystemExit, match=f"^faceops export: {checkpoint} is not a readable faceops checkpoint"):
+        cli.main(["export", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_export_of_a_cnn_checkpoint_with_damaged_torch_state_names_it(tmp_path):
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"descriptor": "pixels", "image_size": 64, "crop": 0.5, "backbone": "cnn", "rank": 128}
+    np.savez(run / "checkpoint.npz", config=np.asarray(json.dumps(config)), epoch=np.asarray(1),
+             torch_state=np.frombuffer(b"not torch.save bytes" * 5, np.uint8))
+    with pytest.raises(SystemExit, match=f"^faceops export: {run / 'checkpoint.npz'} is not a readable faceops "
+                                         f"checkpoint: its torch_state"):
+        cli.main(["export", str(run)])
+
+
+@pytest.mark.parametrize("text, message", [('{"descriptor": "pixels",', "is not valid JSON"),
+                                           ('["pixels"]', "does not hold a JSON object")])
+def test_export_names_a_config_json_that_is_not_a_configuration(tmp_path, text, message):
+    _fake_run(tmp_path / "run", np.random.default_rng(13), stored_config=False)
+    (tmp_path / "run" / "config.json").write_text(text)
+    with pytest.raises(SystemExit, match=f"^faceops export: {tmp_path / 'run' / 'config.json'} {message}"):
+        cli.main(["export", str(tmp_path / "run")])

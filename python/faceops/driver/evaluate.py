@@ -6,6 +6,7 @@ which measures a trained run or an exported ONNX model on an LFW-format pairs fi
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -13,20 +14,56 @@ import cv2
 import numpy as np
 
 
+PAIR_FORMS = "`name i j` (genuine) or `name1 i name2 j` (impostor), image numbers from 1"
+
+
 def read_lfw_pairs(path):
-    """Reads LFW's pairs*.txt: returns [(name1, index1, name2, index2, same)].  The
-    first line holds the counts; a matched pair is `name i j`, a mismatched one
-    `name1 i name2 j` (LFW README, section on pairs)."""
-    with open(path) as f:
-        lines = [line.split() for line in f if line.strip()]
-    pairs = []
-    for row in lines[1:]:
-        if len(row) == 3:
-            pairs.append((row[0], int(row[1]), row[0], int(row[2]), True))
-        elif len(row) == 4:
-            pairs.append((row[0], int(row[1]), row[2], int(row[3]), False))
-        else:
-            raise ValueError(f"{path}: cannot parse pair line {' '.join(row)!r}")
+    """Reads LFW's pairs*.txt: returns [(name1, index1, name2, index2, same)] in file
+    order.  A genuine (matched) pair is `name i j`, an impostor (mismatched) one
+    `name1 i name2 j` (LFW README, section on pairs).  The first line may be LFW's
+    count line (`N` in pairsDevTest.txt, `FOLDS N` in pairs.txt), which is skipped,
+    not checked; a file without it starts with its first pair, as scikit-learn's
+    fetch_lfw_pairs reads it (a count line has one or two fields, a pair three or
+    four, so the two cannot be confused).  Errors name the file and line: a line
+    that is neither form, an impostor line naming one person twice (a genuine pair
+    written in the impostor form), an image paired with itself, a pair listed twice
+    (in either order: it would count twice in the ten folds), and a file holding no
+    pairs."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(number, line.split()) for number, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; expected an LFW-format pairs file ({PAIR_FORMS})") from None
+    header = bool(lines) and len(lines[0][1]) <= 2
+    if header:
+        number, row = lines.pop(0)
+        if not all(re.fullmatch("[0-9]+", field) for field in row):
+            raise ValueError(f"{path}, line {number}: {' '.join(row)!r} is not a count line: expected `N` or "
+                             f"`FOLDS N` (LFW's first line), or a pair: {PAIR_FORMS}")
+    if not lines:
+        raise ValueError(f"{path} holds no pairs ({'only its count line' if header else 'it is empty'})")
+    pairs, line_of, repeats = [], {}, []
+    for number, row in lines:
+        text = " ".join(row)
+        fields = len(row)
+        numbers = [row[1], row[2]] if fields == 3 else [row[1], row[3]] if fields == 4 else []
+        if not numbers or not all(re.fullmatch("0*[1-9][0-9]*", n) for n in numbers):
+            raise ValueError(f"{path}, line {number}: {text!r} is not a pair: expected {PAIR_FORMS}")
+        first, second = (row[0], int(numbers[0])), (row[0] if fields == 3 else row[2], int(numbers[1]))
+        if fields == 4 and row[0] == row[2]:
+            raise ValueError(f"{path}, line {number}: {text!r} names {row[0]} twice: a genuine pair is written "
+                             f"`{row[0]} {first[1]} {second[1]}`, an impostor pair names two people")
+        if first == second:
+            raise ValueError(f"{path}, line {number}: {text!r} pairs image {first[1]} of {first[0]} with itself")
+        key = (min(first, second), max(first, second))
+        if key in line_of:
+            repeats.append(f"line {number} ({text!r}) repeats line {line_of[key]}")
+        line_of.setdefault(key, number)
+        pairs.append((*first, *second, fields == 3))
+    if repeats:
+        more = f", and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        raise ValueError(f"{path} holds the same pair more than once: {', '.join(repeats[:5])}{more} (a repeated "
+                         f"pair would count twice in the ten folds)")
     return pairs
 
 
@@ -243,6 +280,41 @@ def _onnx_embedder(path):
     return embed, json.loads(metadata["preprocessing"])
 
 
+EVAL_FILES = ("metrics.json", "roc.png")  # what `faceops eval` writes into its output folder
+RUN_DIR_FILES = ("config.json", "checkpoint.npz", "log.txt")  # a folder holding one of these is a run's
+
+
+def check_output_folder(output, default_for=None):
+    """Refuses an output folder `faceops eval` would write over (before any work): a
+    file (or a path under one), a run directory (its metrics.json and roc.png would
+    be replaced), or the folder of an earlier evaluation.  `default_for`: the pairs
+    file whose default folder `output` is, when -o was not given."""
+    existing = output
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        raise ValueError(f"-o: {existing} is a file, not a folder; -o takes the folder to write metrics.json and "
+                         f"roc.png into")
+    if not os.path.isdir(output):
+        return
+    run_files = [name for name in RUN_DIR_FILES if os.path.exists(os.path.join(output, name))]
+    if run_files:
+        raise ValueError(f"-o: {output} is the directory of a faceops train run (it holds {', '.join(run_files)}); "
+                         f"its metrics.json and roc.png are the run's: give another folder")
+    earlier = [name for name in EVAL_FILES if os.path.exists(os.path.join(output, name))]
+    if earlier:
+        what = ""
+        try:
+            with open(os.path.join(output, "metrics.json")) as f:
+                what = f", measured {json.load(f)['measured_on']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        default = f" (the default folder for --pairs {default_for}: pairs files of the same name share it)" \
+            if default_for else ""
+        raise ValueError(f"{output}{default} already holds {' and '.join(earlier)} of an earlier evaluation{what}; "
+                         f"remove it or give another folder with -o")
+
+
 def evaluate_model(model_path, root, pairs_path, output):
     """`faceops eval`: the descriptor alone and the model on the pairs; prints both,
     writes OUTPUT/metrics.json and OUTPUT/roc.png.  Returns (descriptor, model) metrics."""
@@ -274,7 +346,11 @@ def evaluate_model(model_path, root, pairs_path, output):
     trained, trained_roc = verify(embeddings[i], embeddings[j], same)
     print(f"{descriptor} descriptor alone, {measured_on}: {baseline.summary()}")
     print(f"{label}, {measured_on}: {trained.summary()}")
-    os.makedirs(output, exist_ok=True)
+    check_output_folder(output)  # again: the evaluation may have taken minutes
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"-o: cannot create the folder {output}: {error.strerror}") from None
     save_roc_png(os.path.join(output, "roc.png"), {f"{descriptor} descriptor": baseline_roc, "model": trained_roc},
                  trained.impostors)
     with open(os.path.join(output, "metrics.json"), "w") as f:
@@ -296,11 +372,13 @@ def main(argv=None):
                         help="the run directory of `faceops train` (its checkpoint) or a model written by "
                              "`faceops export`; the preprocessing (descriptor, image size, crop) comes from it")
     parser.add_argument("--root", required=True, help="image folder the pairs file names: ROOT/<name>/<name>_NNNN.jpg")
-    parser.add_argument("--pairs", required=True, help="LFW-format pairs file: a count line, then `name i j` "
-                                                       "(genuine) and `name1 i name2 j` (impostor) lines")
+    parser.add_argument("--pairs", required=True, help="LFW-format pairs file: `name i j` (genuine) and "
+                                                       "`name1 i name2 j` (impostor) lines, after LFW's count "
+                                                       "line (`N` or `FOLDS N`; optional)")
     parser.add_argument("--output", "-o",
                         help="folder for metrics.json and roc.png (default: RUN_DIR/eval-<pairs file name>, or "
-                             "<model name>-eval-<pairs file name> beside the ONNX file)")
+                             "<model name>-eval-<pairs file name> beside the ONNX file); new or empty: a run "
+                             "directory or an earlier evaluation's folder is refused, never written over")
     args = parser.parse_args(argv)
     pairs_name = os.path.splitext(os.path.basename(args.pairs))[0]
     output = args.output
@@ -312,6 +390,7 @@ def main(argv=None):
             raise FileNotFoundError(f"--pairs: {args.pairs!r} is not a file")
         if not os.path.isdir(args.root):
             raise FileNotFoundError(f"--root: {args.root!r} is not a directory")
+        check_output_folder(output, default_for=None if args.output else args.pairs)
         evaluate_model(args.model, args.root, args.pairs, output)
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"faceops eval: {error}", file=sys.stderr)

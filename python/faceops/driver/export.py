@@ -4,6 +4,8 @@ embedding out), built with the `onnx` package and checked by onnx.checker."""
 import argparse
 import json
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -77,26 +79,70 @@ NETWORK_PARAMETERS = ("W1", "b1", "W2", "b2", "A", "B", "b")
 PREPROCESSING_OPTIONS = ("descriptor", "image_size", "crop", "backbone")
 
 
+def unreadable_checkpoint(path, why):
+    return ValueError(f"{path} is not a readable faceops checkpoint: {why}")
+
+
+def read_checkpoint(path):
+    """{name: array} of a run's checkpoint.npz, every array read (a damaged member
+    fails here, not half-way through an export).  A file NumPy cannot read as an
+    .npz archive (empty, truncated, another format) is a ValueError naming it, not
+    zipfile's, NumPy's or pickle's exception."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise unreadable_checkpoint(path, "the file is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):  # a truncated archive loses its central directory at the end
+        raise unreadable_checkpoint(path, f"the file ({size} bytes) is no .npz (zip) archive: truncated, or not "
+                                          f"written by faceops train")
+    try:
+        with np.load(path) as state:
+            return {name: state[name] for name in state.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise unreadable_checkpoint(path, f"{type(error).__name__}: {error}") from None
+
+
+def read_config_json(path):
+    """A run's config.json, or a ValueError naming it when it is not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object (a run's configuration), but a "
+                         f"{type(config).__name__}")
+    return config
+
+
 def load_run(run_dir):
     """(network, configuration) of a `faceops train` run directory, from its
     checkpoint.npz (the last completed epoch).  The configuration is the one the
     checkpoint was trained with (stored in it); a config.json that disagrees with it
-    on the preprocessing is an error, never a model with the wrong metadata."""
+    on the preprocessing is an error, never a model with the wrong metadata.  A
+    checkpoint or config.json that cannot be read is an error naming the file."""
     from faceops.driver.model import EmbeddingNet, describe
 
     config_path, checkpoint_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "checkpoint.npz")
     if not os.path.isfile(checkpoint_path):
         raise FileNotFoundError(f"{checkpoint_path} not found: is {run_dir!r} the run directory of a `faceops train` "
                                 f"run that finished at least one epoch?")
-    with np.load(checkpoint_path) as state:
-        stored = json.loads(str(state["config"])) if "config" in state.files else None
-    written = None
-    if os.path.isfile(config_path):
-        with open(config_path) as f:
-            written = json.load(f)
+    state = read_checkpoint(checkpoint_path)
+    stored = None
+    if "config" in state:
+        try:
+            stored = json.loads(str(state["config"]))
+        except ValueError:
+            raise unreadable_checkpoint(checkpoint_path, "its config array is not valid JSON") from None
+        if not isinstance(stored, dict):
+            raise unreadable_checkpoint(checkpoint_path, "its config array is not a JSON object")
+    written = read_config_json(config_path) if os.path.isfile(config_path) else None
     if stored is None and written is None:
         raise FileNotFoundError(f"{config_path} not found, and {checkpoint_path} does not hold its configuration")
     config = stored or written
+    missing = [name for name in PREPROCESSING_OPTIONS[:3] if name not in config]
+    if missing:
+        raise ValueError(f"{checkpoint_path if stored else config_path}: the run's configuration has no "
+                         f"{', '.join(missing)}")
     if stored and written:
         differ = [f"{name} {written.get(name)!r} (checkpoint: {stored.get(name)!r})" for name in PREPROCESSING_OPTIONS
                   if written.get(name) != stored.get(name)]
@@ -106,9 +152,12 @@ def load_run(run_dir):
         from faceops.driver import torch_model
 
         return torch_model.load_run(run_dir, config)[1], config
-    with np.load(checkpoint_path) as state:
-        params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state.files}
-        net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
+    absent = [name for name in ("net_mean", "net_std") if name not in state]
+    if absent:
+        raise unreadable_checkpoint(checkpoint_path, f"it holds no {' or '.join(absent)} array (not the checkpoint "
+                                                     f"of a faceops train run)")
+    params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state}
+    net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
     probe = describe(np.zeros((1, config["image_size"], config["image_size"]), np.float32), config["descriptor"])
     if probe.shape[1] != net.mean.shape[0]:
         raise ValueError(f"{checkpoint_path}: the network takes {net.mean.shape[0]} descriptor values, but the "
@@ -117,15 +166,48 @@ def load_run(run_dir):
     return net, config
 
 
+def check_output_file(output, run_dir):
+    """Refuses an ONNX output path (-o) that cannot be written or that would replace a
+    run's file: a folder, a path under a file or in a missing folder, any run's
+    config.json, checkpoint.npz, log.txt, metrics.json or roc.png, and another run's
+    model.onnx.  The exported run's own model.onnx (the default) is written again
+    from the same checkpoint."""
+    from faceops.driver import rundir
+
+    if os.path.isdir(output):
+        raise ValueError(f"-o: {output} is a folder; give the ONNX file to write, e.g. "
+                         f"{os.path.join(output, 'model.onnx')}")
+    folder = os.path.dirname(output)
+    existing = folder
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        raise ValueError(f"-o: {existing} is a file, not a folder")
+    if folder and not os.path.isdir(folder):
+        raise ValueError(f"-o: the folder {folder} does not exist")
+    name, folder = os.path.basename(output), folder or "."
+    holds_run = any(os.path.exists(os.path.join(folder, f)) for f in ("config.json", rundir.CHECKPOINT))
+    if holds_run and name in rundir.RUN_FILES and os.path.exists(output):
+        if name == "model.onnx" and os.path.realpath(folder) == os.path.realpath(run_dir):
+            return
+        raise ValueError(f"-o: {output} is the {name} of the run {folder}; give another path for the ONNX model")
+
+
 def export_run(run_dir, output=None):
-    """Writes the ONNX model of a `faceops train` run directory (see load_run)."""
+    """Writes the ONNX model of a `faceops train` run directory (see load_run) to
+    `output` (default RUN_DIR/model.onnx), refused as check_output_file says."""
+    if output:  # before the checkpoint is read; a missing run is load_run's message, not -o's
+        check_output_file(output, run_dir)
     net, config = load_run(run_dir)
     output = output or os.path.join(run_dir, "model.onnx")
-    if config.get("backbone") == "cnn":
-        from faceops.driver import torch_model
+    try:
+        if config.get("backbone") == "cnn":
+            from faceops.driver import torch_model
 
-        return torch_model.to_onnx(net, output, torch_model.preprocessing_of(config))
-    return to_onnx(net, output, preprocessing_of(config))
+            return torch_model.to_onnx(net, output, torch_model.preprocessing_of(config))
+        return to_onnx(net, output, preprocessing_of(config))
+    except OSError as error:  # a full disk, no permission
+        raise ValueError(f"-o: cannot write {output}: {error.strerror or error}") from None
 
 
 def preprocessing_of(config):
@@ -143,7 +225,8 @@ def main(argv=None):
                                      description="Export a trained run's embedding network (its last checkpoint) to "
                                                  "ONNX; the preprocessing it was trained with goes into the metadata.")
     parser.add_argument("run_dir", help="the run directory of a `faceops train` run (holds checkpoint.npz)")
-    parser.add_argument("--output", "-o", help="ONNX file to write (default: RUN_DIR/model.onnx)")
+    parser.add_argument("--output", "-o", help="ONNX file to write (default: RUN_DIR/model.onnx, written again from "
+                                               "the checkpoint); a run's other files are refused, never written over")
     args = parser.parse_args(argv)
     try:
         path = export_run(args.run_dir, args.output)

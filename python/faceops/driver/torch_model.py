@@ -9,6 +9,7 @@ import copy
 import io
 import json
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -298,11 +299,17 @@ def to_onnx(net, path, preprocessing):
 
 def load_run(run_dir, config):
     """(embed(images) -> embeddings, the trained verification network) of a cnn run's checkpoint.npz."""
-    with np.load(os.path.join(run_dir, "checkpoint.npz")) as state:
+    path = os.path.join(run_dir, "checkpoint.npz")
+    with np.load(path) as state:
         if TORCH_STATE not in state.files:
             raise ValueError(f"{run_dir}: the checkpoint holds no {TORCH_STATE}, though its configuration says "
                              f"--backbone cnn")
-        saved = _load_torch_state(state[TORCH_STATE])
+        try:
+            saved = _load_torch_state(state[TORCH_STATE])
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:  # torch.load's
+            raise ValueError(f"{path} is not a readable faceops checkpoint: its {TORCH_STATE} is not the torch.save "
+                             f"bytes of a --backbone cnn run ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
     net = network_for(config).to(memory_format=require_torch().channels_last)  # as in training: the same sums
     net.load_state_dict(saved["net"])
     net = verification_network(net, config).eval()
