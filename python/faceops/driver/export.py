@@ -4,10 +4,10 @@ embedding out), built with the `onnx` package and checked by onnx.checker."""
 import argparse
 import json
 import os
-import zipfile
-import zlib
 
 import numpy as np
+
+from faceops.driver import rundir
 
 INPUT_NAME, OUTPUT_NAME = "descriptor", "embedding"
 
@@ -79,28 +79,6 @@ NETWORK_PARAMETERS = ("W1", "b1", "W2", "b2", "A", "B", "b")
 PREPROCESSING_OPTIONS = ("descriptor", "image_size", "crop", "backbone")
 
 
-def unreadable_checkpoint(path, why):
-    return ValueError(f"{path} is not a readable faceops checkpoint: {why}")
-
-
-def read_checkpoint(path):
-    """{name: array} of a run's checkpoint.npz, every array read (a damaged member
-    fails here, not half-way through an export).  A file NumPy cannot read as an
-    .npz archive (empty, truncated, another format) is a ValueError naming it, not
-    zipfile's, NumPy's or pickle's exception."""
-    size = os.path.getsize(path)
-    if size == 0:
-        raise unreadable_checkpoint(path, "the file is empty (0 bytes)")
-    if not zipfile.is_zipfile(path):  # a truncated archive loses its central directory at the end
-        raise unreadable_checkpoint(path, f"the file ({size} bytes) is no .npz (zip) archive: truncated, or not "
-                                          f"written by faceops train")
-    try:
-        with np.load(path) as state:
-            return {name: state[name] for name in state.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
-        raise unreadable_checkpoint(path, f"{type(error).__name__}: {error}") from None
-
-
 def read_config_json(path):
     """A run's config.json, or a ValueError naming it when it is not a JSON object."""
     try:
@@ -126,15 +104,15 @@ def load_run(run_dir):
     if not os.path.isfile(checkpoint_path):
         raise FileNotFoundError(f"{checkpoint_path} not found: is {run_dir!r} the run directory of a `faceops train` "
                                 f"run that finished at least one epoch?")
-    state = read_checkpoint(checkpoint_path)
+    state = rundir.read_checkpoint(checkpoint_path)
     stored = None
     if "config" in state:
         try:
             stored = json.loads(str(state["config"]))
         except ValueError:
-            raise unreadable_checkpoint(checkpoint_path, "its config array is not valid JSON") from None
+            raise rundir.unreadable_checkpoint(checkpoint_path, "its config array is not valid JSON") from None
         if not isinstance(stored, dict):
-            raise unreadable_checkpoint(checkpoint_path, "its config array is not a JSON object")
+            raise rundir.unreadable_checkpoint(checkpoint_path, "its config array is not a JSON object")
     written = read_config_json(config_path) if os.path.isfile(config_path) else None
     if stored is None and written is None:
         raise FileNotFoundError(f"{config_path} not found, and {checkpoint_path} does not hold its configuration")
@@ -154,7 +132,7 @@ def load_run(run_dir):
         return torch_model.load_run(run_dir, config)[1], config
     absent = [name for name in ("net_mean", "net_std") if name not in state]
     if absent:
-        raise unreadable_checkpoint(checkpoint_path, f"it holds no {' or '.join(absent)} array (not the checkpoint "
+        raise rundir.unreadable_checkpoint(checkpoint_path, f"it holds no {' or '.join(absent)} array (not the checkpoint "
                                                      f"of a faceops train run)")
     params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state}
     net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
@@ -172,7 +150,6 @@ def check_output_file(output, run_dir):
     config.json, checkpoint.npz, log.txt, metrics.json or roc.png, and another run's
     model.onnx.  The exported run's own model.onnx (the default) is written again
     from the same checkpoint."""
-    from faceops.driver import rundir
 
     if os.path.isdir(output):
         raise ValueError(f"-o: {output} is a folder; give the ONNX file to write, e.g. "

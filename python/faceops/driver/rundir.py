@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -127,18 +128,26 @@ def link_latest(path, runs=RUNS):
     return True
 
 
+def unreadable_checkpoint(path, why):
+    return ValueError(f"{path} is not a readable faceops checkpoint: {why}")
+
+
 def read_checkpoint(path):
-    """A checkpoint's arrays as a dict; ValueError naming the file when it is not a
-    readable faceops checkpoint (truncated, empty, another kind of file)."""
+    """{name: array} of a run's checkpoint.npz, every array read (a damaged member
+    fails here, not half-way through a resume or an export).  A file NumPy cannot read
+    as an .npz archive (empty, truncated, another format) is a ValueError naming it,
+    not zipfile's, NumPy's or pickle's exception."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise unreadable_checkpoint(path, "the file is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):  # a truncated archive loses its central directory at the end
+        raise unreadable_checkpoint(path, f"the file ({size} bytes) is no .npz (zip) archive: truncated, or not "
+                                          f"written by faceops train")
     try:
-        with open(path, "rb") as f:
-            loaded = np.load(f)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise ValueError("a single NumPy array, not an .npz archive")
-            with loaded as state:
-                return {name: state[name] for name in state.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable faceops checkpoint ({error})") from None
+        with np.load(path) as state:
+            return {name: state[name] for name in state.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise unreadable_checkpoint(path, f"{type(error).__name__}: {error}") from None
 
 
 def save_checkpoint(path, state):
