@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from faceops.driver import rundir
+
 
 PAIR_FORMS = "`name i j` (genuine) or `name1 i name2 j` (impostor), image numbers from 1"
 
@@ -289,9 +291,7 @@ def check_output_folder(output, default_for=None):
     file (or a path under one), a run directory (its metrics.json and roc.png would
     be replaced), or the folder of an earlier evaluation.  `default_for`: the pairs
     file whose default folder `output` is, when -o was not given."""
-    existing = output
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = rundir.nearest_existing(output)
     if existing and not os.path.isdir(existing):
         raise ValueError(f"-o: {existing} is a file, not a folder; -o takes the folder to write metrics.json and "
                          f"roc.png into")

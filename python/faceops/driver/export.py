@@ -155,9 +155,7 @@ def check_output_file(output, run_dir):
         raise ValueError(f"-o: {output} is a folder; give the ONNX file to write, e.g. "
                          f"{os.path.join(output, 'model.onnx')}")
     folder = os.path.dirname(output)
-    existing = folder
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = rundir.nearest_existing(folder)
     if existing and not os.path.isdir(existing):
         raise ValueError(f"-o: {existing} is a file, not a folder")
     if folder and not os.path.isdir(folder):

@@ -53,12 +53,18 @@ def make_fresh_run_dir(runs=RUNS):
             path = os.path.join(runs, f"{stamp}-{k}")
 
 
+def nearest_existing(path):
+    """`path` itself, or its nearest ancestor that exists ("" for a relative path none of
+    whose parts exists): where creating `path` would start."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def check_new_run_dir(path, overwrite):
     """Raises ValueError when a new run may not write `path`."""
     if not os.path.exists(path):
-        ancestor = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(ancestor):
-            ancestor = os.path.dirname(ancestor)
+        ancestor = nearest_existing(os.path.dirname(os.path.abspath(path)))
         if not os.path.isdir(ancestor):
             raise ValueError(f"--run-dir: {path!r} cannot be created: {ancestor!r} is a file, not a directory")
         if not os.access(ancestor, os.W_OK | os.X_OK):
