@@ -288,6 +288,22 @@ def test_scaled_rows_past_overflow_of_the_sum_of_squares(device, dtype, where, s
             assert np.abs(got).max() > 0
 
 
+@pytest.mark.parametrize("factor", SCALES[np.float64])
+def test_reference_past_overflow_of_the_sum_of_squares(factor):
+    # The float64 reference the kernels are checked against holds there too: the kernel on the
+    # scaled rows agrees with the reference on them (it would give a norm of inf and cosines of 0).
+    x, labels, weight = batch(17, 9, 6, 5, np.float64)
+    m = faceops.MARGINS["arcface"]
+    scaled = x * factor
+    expected = reference.margin_softmax_loss(scaled, labels, weight, 8.0, *m)
+    unscaled = reference.margin_softmax_loss(x, labels, weight, 8.0, *m)
+    assert expected[0] == pytest.approx(unscaled[0], rel=1e-13)
+    loss, dx, dweight = faceops.margin_softmax_loss(scaled, labels, weight, 8.0, *m)
+    assert loss == pytest.approx(expected[0], rel=1e-12)
+    np.testing.assert_allclose(dx, expected[1], rtol=0, atol=1e-12 * np.abs(expected[1]).max())
+    np.testing.assert_allclose(dweight, expected[2], rtol=0, atol=1e-12 * np.abs(expected[2]).max())
+
+
 @pytest.mark.parametrize("device,dtype,where", product(DEVICES, DTYPES, ["x", "weight"]))
 def test_a_norm_past_the_dtype_range_gives_nan(device, dtype, where):
     # Every entry finite, the norm itself beyond the largest finite value: no right answer exists

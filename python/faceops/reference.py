@@ -201,7 +201,11 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
 
 
 def _normalize(rows):
-    norms = np.sqrt(np.sum(rows**2, axis=1))
+    # Each row scaled by the power of two of its largest entry (exact), so that the sum of
+    # squares cannot overflow where the norm does not (entries near 1e154 in float64).
+    _, exponents = np.frexp(np.max(np.abs(rows), axis=1, initial=0.0))
+    scaled = np.ldexp(rows, -exponents[:, None])
+    norms = np.ldexp(np.sqrt(np.sum(scaled**2, axis=1)), exponents)
     return rows / np.maximum(norms, 1e-12)[:, None], norms
 
 
