@@ -25,8 +25,6 @@ from faceops import _core, _params
 from faceops.ops import MINING_MODES
 from faceops.torch import _boundary
 
-_kernel_dtype = _boundary.kernel_numpy_dtype
-
 
 def _loss_like(x):
     return x.new_empty((), dtype=_boundary.compute_dtype(x.dtype))
@@ -137,7 +135,7 @@ def center_update(x: Tensor, labels: Tensor, centers: Tensor, alpha: float, chec
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j; absent classes untouched.
     float16/bfloat16 centres are updated through a float32 copy written back."""
     device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
-    alpha = _params.center_alpha(alpha, _kernel_dtype(x.dtype))
+    alpha = _params.center_alpha(alpha, _boundary.kernel_numpy_dtype(x.dtype))
     _boundary.check_no_overlap("centers", centers, x=x, labels=labels)
     _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x", "centers"), labels, num_classes)
     x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
@@ -165,7 +163,7 @@ def _triplet_inputs(x, labels):
 def triplet_loss(x: Tensor, labels: Tensor, margin: float, mining: str, squared: bool, check: bool) -> tuple[Tensor, Tensor]:
     """(loss, dx) of the triplet loss with in-batch mining."""
     device, n, d, labels = _triplet_inputs(x, labels)
-    margin = _params.hinge_margin(margin, _kernel_dtype(x.dtype))
+    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(x.dtype))
     mining = _params.choice("mining", mining, MINING_MODES)
     _boundary.check_values(device, check, {"x": x}, ("x",))
     x_in = _boundary.compute_input(x)
@@ -210,7 +208,7 @@ def triplet_loss_explicit(anchor: Tensor, positive: Tensor, negative: Tensor, ma
                           check: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, danchor, dpositive, dnegative) of explicit triplets."""
     device, n, d = _explicit_inputs(anchor, positive, negative)
-    margin = _params.hinge_margin(margin, _kernel_dtype(anchor.dtype))
+    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(anchor.dtype))
     rows = {"anchor": anchor, "positive": positive, "negative": negative}
     _boundary.check_values(device, check, rows, tuple(rows))
     inputs = [_boundary.compute_input(t) for t in (anchor, positive, negative)]
@@ -276,7 +274,7 @@ def triplet_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor,
     """(loss, count, dx, dref) of the triplet loss of the anchors x against the candidates ref;
     count is the number of terms in the mean; dref is (0, D) when ref_grad is False."""
     device, n, d, m, labels, ref_labels, self_index = _reference_inputs(x, labels, ref, ref_labels, self_index)
-    margin = _params.hinge_margin(margin, _kernel_dtype(x.dtype))
+    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(x.dtype))
     mining = _params.choice("mining", mining, MINING_MODES)
     _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m)
     x_in, ref_in = _boundary.compute_input(x), _boundary.compute_input(ref)
@@ -407,7 +405,7 @@ def contrastive_loss(a: Tensor, b: Tensor, similar: Tensor, margin: float, legac
                      check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, da, db) of BVLC Caffe's contrastive loss on pairs (a_i, b_i)."""
     device, n, d, similar = _contrastive_inputs(a, b, similar)
-    margin = _params.hinge_margin(margin, _kernel_dtype(a.dtype))
+    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(a.dtype))
     _boundary.check_values(device, check, {"a": a, "b": b}, ("a", "b"))
     a_in, b_in = _boundary.compute_input(a), _boundary.compute_input(b)
     loss, da, db = _loss_like(a), torch.empty_like(a_in), torch.empty_like(b_in)
@@ -446,8 +444,8 @@ def margin_softmax_loss(x: Tensor, labels: Tensor, weight: Tensor, s: float, m1:
                         check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, dx, dweight) of the combined-margin softmax over all rows of weight."""
     device, n, d, num_classes, labels = _margin_softmax_inputs(x, labels, weight)
-    s = _params.scale(s, _kernel_dtype(x.dtype))
-    m1, m2, m3 = _params.margins(m1, m2, m3, _kernel_dtype(x.dtype))
+    s = _params.scale(s, _boundary.kernel_numpy_dtype(x.dtype))
+    m1, m2, m3 = _params.margins(m1, m2, m3, _boundary.kernel_numpy_dtype(x.dtype))
     _boundary.check_values(device, check, {"x": x, "weight": weight}, ("x", "weight"), labels, num_classes)
     x_in, weight_in = _boundary.compute_input(x), _boundary.compute_input(weight)
     loss, dx, dweight = _loss_like(x), torch.empty_like(x_in), torch.empty_like(weight_in)
@@ -485,7 +483,7 @@ def _target_margin_inputs(cosine, labels, d_out=None):
 def target_margin_forward(cosine: Tensor, labels: Tensor, m1: float, m2: float, m3: float, check: bool) -> Tensor:
     """A copy of the (N, C) cosines with entry (i, labels[i]) replaced by psi of it."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels)
-    margin = _params.margins(m1, m2, m3, _kernel_dtype(cosine.dtype))
+    margin = _params.margins(m1, m2, m3, _boundary.kernel_numpy_dtype(cosine.dtype))
     _boundary.check_values(device, check, {"cosine": cosine}, ("cosine",), labels, num_classes)
     cosine_in = _boundary.compute_input(cosine)
     out = torch.empty_like(cosine_in)
@@ -505,7 +503,7 @@ def target_margin_backward(cosine: Tensor, labels: Tensor, d_out: Tensor, m1: fl
                            check: bool) -> Tensor:
     """d_cosine = d_out with entry (i, labels[i]) multiplied by dpsi/dc at the cosine."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels, d_out)
-    margin = _params.margins(m1, m2, m3, _kernel_dtype(cosine.dtype))
+    margin = _params.margins(m1, m2, m3, _boundary.kernel_numpy_dtype(cosine.dtype))
     _boundary.check_values(device, check, {"cosine": cosine, "d_out": d_out}, ("cosine", "d_out"), labels, num_classes)
     cosine_in, d_out_in = _boundary.compute_input(cosine), _boundary.compute_input(d_out)
     d_cosine = torch.empty_like(cosine_in)

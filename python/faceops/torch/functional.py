@@ -150,7 +150,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     sparse (C, D) tensor holding only them (torch.optim.SparseAdam, or SGD without momentum
     and weight decay, then leave every other row and its optimiser state untouched).
     """
-    _eager_checks(s=s, m1=m1, m2=m2, m3=m3, sample_rate=sample_rate, sparse_grad=sparse_grad, check=check)
+    _eager_checks(s=s, m1=m1, m2=m2, m3=m3, sparse_grad=sparse_grad, check=check)
     if not torch.compiler.is_compiling():
         _params.sample_rate(sample_rate)
     if sample_rate >= 1.0 and not sparse_grad:
