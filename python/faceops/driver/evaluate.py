@@ -283,7 +283,6 @@ def _onnx_embedder(path):
 
 
 EVAL_FILES = ("metrics.json", "roc.png")  # what `faceops eval` writes into its output folder
-RUN_DIR_FILES = ("config.json", "checkpoint.npz", "log.txt")  # a folder holding one of these is a run's
 
 
 def check_output_folder(output, default_for=None):
@@ -297,7 +296,7 @@ def check_output_folder(output, default_for=None):
                          f"roc.png into")
     if not os.path.isdir(output):
         return
-    run_files = [name for name in RUN_DIR_FILES if os.path.exists(os.path.join(output, name))]
+    run_files = rundir.run_markers(output)
     if run_files:
         raise ValueError(f"-o: {output} is the directory of a faceops train run (it holds {', '.join(run_files)}); "
                          f"its metrics.json and roc.png are the run's: give another folder")

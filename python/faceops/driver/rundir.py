@@ -26,9 +26,19 @@ LOCK = ".lock"
 TEMPORARY_PATTERN = ".checkpoint-*.npz"
 
 
+# A folder holding one of these is a run's directory (metrics.json and roc.png alone are a
+# `faceops eval` output folder's).
+RUN_MARKERS = ("config.json", CHECKPOINT, "log.txt")
+
+
 def holds_run(path):
     """The run files in `path` (empty when it holds no run)."""
     return [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
+
+
+def run_markers(path):
+    """The RUN_MARKERS in `path`: empty unless it is a run's directory."""
+    return [name for name in RUN_MARKERS if os.path.exists(os.path.join(path, name))]
 
 
 def check_fresh_run_dir_possible(runs=RUNS):
