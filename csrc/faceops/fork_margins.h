@@ -36,10 +36,7 @@ constexpr double kWeightNormEpsilon = 1e-12;
 // row <- row / sqrt(||row||^2 + 1e-12).  A zero row stays zero.
 template <typename T>
 FACEOPS_HD void normalize_weight_row(T* row, int64_t d) {
-  T squared = T(0);
-  for (int64_t k = 0; k < d; ++k) squared += row[k] * row[k];
-  const T inverse = T(1) / math::sqrt(squared + T(kWeightNormEpsilon));
-  for (int64_t k = 0; k < d; ++k) row[k] *= inverse;
+  write_normalized_row(row, 0, 1, d, epsilon_row_norm(row, d, T(kWeightNormEpsilon)), row);
 }
 
 // The gradient with respect to the stored weight row w of a function of
@@ -197,28 +194,19 @@ FACEOPS_HD T cosin_addm_derivative(T c, T m) {
 
 constexpr double kNormL2Epsilon = 1e-7;
 
-// 1 / sqrt(||x||^2 + 1e-7) of one row.
-template <typename T>
-FACEOPS_HD T norml2_inverse_norm(const T* x, int64_t d) {
-  T squared = T(0);
-  for (int64_t k = 0; k < d; ++k) squared += x[k] * x[k];
-  return T(1) / math::sqrt(squared + T(kNormL2Epsilon));
-}
-
 template <typename T>
 FACEOPS_HD void norml2_row(const T* x, int64_t d, T* y) {
-  const T inverse = norml2_inverse_norm(x, d);
-  for (int64_t k = 0; k < d; ++k) y[k] = x[k] * inverse;
+  write_normalized_row(x, 0, 1, d, epsilon_row_norm(x, d, T(kNormL2Epsilon)), y);
 }
 
 // The exact derivative of norml2_row (the fork's too):
 // dx = (dy - (y . dy) y) / sqrt(||x||^2 + 1e-7).
 template <typename T>
 FACEOPS_HD void norml2_row_backward(const T* x, const T* y, const T* dy, int64_t d, T* dx) {
-  const T inverse = norml2_inverse_norm(x, d);
+  const RowNorm<T> norm = epsilon_row_norm(x, d, T(kNormL2Epsilon));
   T radial = T(0);
   for (int64_t k = 0; k < d; ++k) radial += y[k] * dy[k];
-  for (int64_t k = 0; k < d; ++k) dx[k] = (dy[k] - radial * y[k]) * inverse;
+  for (int64_t k = 0; k < d; ++k) dx[k] = divide_by_norm(dy[k] - radial * y[k], norm);
 }
 
 // ---- xialuxi/arcface-caffe's AdaCosAddmScale (AdaCos/) ----

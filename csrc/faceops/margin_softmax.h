@@ -120,6 +120,24 @@ FACEOPS_HD RowNorm<T> row_norm(const T* row, int64_t d, T sum_of_squares) {
   return {norm, T(1) / scaled_norm, exponent};
 }
 
+// The Caffe forks' norm sqrt(||row||^2 + epsilon) (no floor), with row_norm's
+// rescue where the sum of squares overflowed: there epsilon is below one ulp
+// of the sum, and x / inf would have given a silent zero row.
+template <typename T>
+FACEOPS_HD RowNorm<T> epsilon_row_norm(const T* row, int64_t d, T epsilon) {
+  T sum_of_squares = T(0);
+  for (int64_t k = 0; k < d; ++k) sum_of_squares += row[k] * row[k];
+  if (sum_of_squares == static_cast<T>(HUGE_VAL)) return row_norm(row, d, sum_of_squares);
+  const T norm = math::sqrt(sum_of_squares + epsilon);
+  return {norm, T(1) / norm, 0};
+}
+
+// value / ||row|| from the row's RowNorm.
+template <typename T>
+FACEOPS_HD T divide_by_norm(T value, const RowNorm<T>& norm) {
+  return norm.exponent == 0 ? value * norm.inverse : math::ldexp(value * norm.inverse, -norm.exponent);
+}
+
 // out[k] = x̂_k for k = first, first + step, ... < d.  out may alias row.
 template <typename T>
 FACEOPS_HD void write_normalized_row(const T* row, int64_t first, int64_t step, int64_t d,

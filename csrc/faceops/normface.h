@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "faceops/margin_softmax.h"
+
 namespace faceops {
 namespace normface {
 
@@ -55,10 +57,7 @@ T inner_distance(const T* x, const T* w, int64_t k, Distance type) {
 // epsilon for this layer).
 template <typename T>
 void inner_distance_normalize_row(T* row, int64_t k) {
-  T squared = T(0);
-  for (int64_t i = 0; i < k; ++i) squared += row[i] * row[i];
-  const T inverse = T(1) / std::sqrt(squared + T(1e-6));
-  for (int64_t i = 0; i < k; ++i) row[i] *= inverse;
+  write_normalized_row(row, 0, 1, k, epsilon_row_norm(row, k, T(1e-6)), row);
 }
 
 // d top(m, n) / d x_m[i] = 2 (x_m[i] - w_n[i]) (L2) or sign(x_m[i] - w_n[i])

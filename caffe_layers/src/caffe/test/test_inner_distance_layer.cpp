@@ -1,4 +1,5 @@
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -123,6 +124,32 @@ TYPED_TEST(InnerDistanceLayerTest, TestNormalizeOwnWeight) {
     for (int m = 0; m < 5; ++m) {
       EXPECT_NEAR(this->top_->cpu_data()[m * 3 + n], this->Reference(w, m, n, false), 1e-5);
     }
+  }
+}
+
+// A weight row whose sum of squares overflows Dtype is normalised too (the
+// fork's x / sqrt(inf) would have zeroed it).
+TYPED_TEST(InnerDistanceLayerTest, TestNormalizeOverflowingRow) {
+  typedef typename TypeParam::Dtype Dtype;
+  const int exponent = std::numeric_limits<Dtype>::max_exponent / 2 + 2;
+  LayerParameter param;
+  param.mutable_inner_distance_param()->set_num_output(3);
+  param.mutable_inner_distance_param()->set_normalize(true);
+  param.mutable_inner_distance_param()->mutable_weight_filler()->set_type("gaussian");
+  vector<Blob<Dtype>*> bottom(1, this->x_);
+  InnerDistanceLayer<Dtype> layer(param);
+  layer.SetUp(bottom, this->top_vec_);
+  Dtype* w = layer.blobs()[0]->mutable_cpu_data();
+  double unscaled[4], norm = 0;
+  for (int k = 0; k < 4; ++k) {
+    unscaled[k] = w[4 + k];
+    norm += unscaled[k] * unscaled[k];
+    w[4 + k] = std::ldexp(w[4 + k], exponent);  // row 1
+  }
+  norm = std::sqrt(norm);
+  layer.Forward(bottom, this->top_vec_);
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_NEAR(layer.blobs()[0]->cpu_data()[4 + k], unscaled[k] / norm, 1e-6) << "column " << k;
   }
 }
 

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -112,6 +113,30 @@ TYPED_TEST(InnerProductNormalizeTest, TestWeightDiffTangent) {
     }
     EXPECT_GT(length, 1e-4);
     EXPECT_NEAR(radial, 0, 1e-5);
+  }
+}
+
+// Weight rows whose sum of squares overflows Dtype are stored as unit rows
+// too (x / sqrt(inf) would have zeroed them).
+TYPED_TEST(InnerProductNormalizeTest, TestOverflowingRowNorm) {
+  typedef typename TypeParam::Dtype Dtype;
+  const int exponent = std::numeric_limits<Dtype>::max_exponent / 2 + 2;
+  InnerProductLayer<Dtype> layer(this->layer_param_);
+  layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  Blob<Dtype> filled;
+  filled.CopyFrom(*layer.blobs()[0], false, true);
+  Dtype* stored = layer.blobs()[0]->mutable_cpu_data();
+  for (int k = 0; k < 12; ++k) stored[k] = std::ldexp(stored[k], exponent);  // rows 0, 1
+  layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+  const Dtype* w = filled.cpu_data();
+  for (int j = 0; j < 2; ++j) {
+    double norm = 0;
+    for (int k = 0; k < 6; ++k) norm += double(w[j * 6 + k]) * w[j * 6 + k];
+    norm = std::sqrt(norm);
+    for (int k = 0; k < 6; ++k) {
+      EXPECT_NEAR(layer.blobs()[0]->cpu_data()[j * 6 + k], w[j * 6 + k] / norm, 1e-6)
+          << "row " << j << ", column " << k;
+    }
   }
 }
 

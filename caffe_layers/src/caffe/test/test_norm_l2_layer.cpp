@@ -1,4 +1,5 @@
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -87,6 +88,38 @@ TYPED_TEST(NormL2LayerTest, TestZeroRow) {
     EXPECT_EQ(this->blob_top_->cpu_data()[6 + k], 0);
     EXPECT_NEAR(this->blob_bottom_->cpu_diff()[6 + k] / (0.5 / std::sqrt(1e-7)),
         1.0, 1e-5);
+  }
+}
+
+// A row whose sum of squares overflows Dtype (entries near sqrt(max)): the
+// output is still the unit row and the gradient (dy - (y . dy) y) / ||x||,
+// where x / sqrt(inf) would have been a zero row.
+TYPED_TEST(NormL2LayerTest, TestOverflowingNorm) {
+  typedef typename TypeParam::Dtype Dtype;
+  const int exponent = std::numeric_limits<Dtype>::max_exponent / 2 + 2;
+  Dtype* x = this->blob_bottom_->mutable_cpu_data();
+  double unscaled[6], squared = 0;
+  for (int k = 0; k < 6; ++k) {
+    unscaled[k] = x[6 + k];
+    squared += unscaled[k] * unscaled[k];
+    x[6 + k] = std::ldexp(x[6 + k], exponent);  // exact
+  }
+  const double norm = std::sqrt(squared);
+  NormL2Layer<Dtype> layer(this->layer_param_);
+  layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+  Dtype* top_diff = this->blob_top_->mutable_cpu_diff();
+  for (int k = 0; k < this->blob_top_->count(); ++k) top_diff[k] = Dtype(k % 3) - 1;
+  layer.Backward(this->blob_top_vec_, vector<bool>(1, true),
+      this->blob_bottom_vec_);
+  double radial = 0;
+  for (int k = 0; k < 6; ++k) radial += unscaled[k] / norm * top_diff[6 + k];
+  for (int k = 0; k < 6; ++k) {
+    const double y = unscaled[k] / norm;
+    EXPECT_NEAR(this->blob_top_->cpu_data()[6 + k], y, 1e-6) << "feature " << k;
+    const double dx = (top_diff[6 + k] - radial * y) / norm;  // times 2^-exponent
+    EXPECT_NEAR(std::ldexp(double(this->blob_bottom_->cpu_diff()[6 + k]), exponent), dx, 1e-5)
+        << "feature " << k;
   }
 }
 
