@@ -12,7 +12,7 @@ import pytest
 
 import faceops
 from faceops import cli
-from faceops.driver import data, model, train
+from faceops.driver import data, model, rundir, train
 
 SHARED = os.environ.get("FACEOPS_SHARED_DATA") or os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -188,6 +188,9 @@ def test_short_training_on_orl_lowers_the_loss_and_raises_accuracy(tmp_path):
         pytest.param(["--device", "cuda"], "--device cuda: faceops has no CUDA device here",
                      marks=pytest.mark.skipif(faceops.cuda_available(), reason="a CUDA device is present")),
         (["--holdout", "0.2"], "--holdout: applies to --data"),
+        (["--image-size", "100000"], "--image-size: expected 16 to 1024 pixels, got 100000"),
+        (["--seed", "-1"], "--seed: expected an integer in [0, 2^63), got -1"),
+        (["--seed", str(2**64)], "--seed: expected an integer in [0, 2^63)"),
     ],
 )
 def test_bad_command_lines_exit_with_a_message(tmp_path, argv, message, capsys):
@@ -197,6 +200,28 @@ def test_bad_command_lines_exit_with_a_message(tmp_path, argv, message, capsys):
         assert exit_info.value.code == 2 and "--method: invalid choice: 'siamese'" in capsys.readouterr().err
         return
     assert message in str(exit_info.value.code) and str(exit_info.value.code).startswith("faceops train:")
+
+
+def test_a_run_dir_that_cannot_be_created_is_named(tmp_path):
+    # Where the checks before training cannot tell (root passes os.access everywhere, /proc refuses
+    # mkdir), the error names --run-dir and the path, with the system's reason.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"--run-dir: cannot create .*file.*: Not a directory"):
+        rundir.lock(str(blocker / "run"))
+
+
+def test_out_of_memory_exits_with_a_message(tmp_path, monkeypatch):
+    # numpy's allocation failure deep inside a run: one line naming it and what to lower, no traceback.
+    def allocate(*args):
+        raise MemoryError("Unable to allocate 37.3 GiB for an array with shape (100000, 100000)")
+
+    monkeypatch.setattr(train, "_run", allocate)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--run-dir", str(tmp_path / "run")])
+    message = str(exit_info.value.code)
+    assert message.startswith("faceops train: out of memory (Unable to allocate 37.3 GiB")
+    assert "--image-size" in message
 
 
 def test_unknown_command_and_help(capsys):

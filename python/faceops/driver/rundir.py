@@ -95,8 +95,11 @@ def lock(path):
     returned file stays open (the operating system drops it when the process ends,
     however it ends).  Raises ValueError when another process holds it: two runs never
     write one directory."""
-    os.makedirs(path, exist_ok=True)
-    held = open(os.path.join(path, LOCK), "a")
+    try:
+        os.makedirs(path, exist_ok=True)
+        held = open(os.path.join(path, LOCK), "a")
+    except OSError as error:
+        raise ValueError(f"--run-dir: cannot create {error.filename or path}: {error.strerror}") from None
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -25,6 +25,7 @@ MARGIN_LOSSES = ("arcface", "cosface", "sphereface", "combined", "normface")
 LOSS_NAMES = ("softmax", "center", "triplet", "pair", "contrastive") + MARGIN_LOSSES
 METHODS = ("standard", "sst")
 BACKBONES = ("descriptor", "cnn")
+MAX_IMAGE_SIZE = 1024  # face crops are 64-256 pixels; a batch of 1024^2 images is already 0.25 GB
 AUGMENTATIONS = {"full": {}, "photometric": {"max_shift": 0.0, "max_angle": 0.0, "occlusion": 0.0}, "none": None}
 
 
@@ -137,7 +138,7 @@ def build_parser():
     data_options.add_argument("--eval-identities",
                               help="identity folders of --eval-root to verify on, all pairs, e.g. s31-s40 (default: "
                                    "those not trained on)")
-    data_options.add_argument("--image-size", type=int, default=64, help="side of the square grey image, pixels")
+    data_options.add_argument("--image-size", type=int, default=64, help="side of the square grey image, pixels (16 to 1024)")
     data_options.add_argument("--crop", type=float, default=1.0,
                               help="centre crop, the fraction of each side kept (LFW deep-funneled: 0.5)")
     data_options.add_argument("--max-images-per-identity", type=int,
@@ -667,7 +668,7 @@ def run(config, notes=()):
     status = types.SimpleNamespace(run_dir=None, claimed=False, epoch=0, progress=None, lock=None)
     try:
         return _run(config, log, status, notes)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, MemoryError) as error:
         if status.progress:
             status.progress.close()
         log.failed(error)
@@ -945,8 +946,10 @@ def check_arguments(config):
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(config, name)}")
     if config.images_per_identity < 2:
         raise ValueError("--images-per-identity: expected at least 2, so that every anchor has a positive")
-    if config.image_size < 16:
-        raise ValueError(f"--image-size: expected at least 16 pixels, got {config.image_size}")
+    if not 16 <= config.image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"--image-size: expected 16 to {MAX_IMAGE_SIZE} pixels, got {config.image_size}")
+    if not 0 <= config.seed < 2**63:
+        raise ValueError(f"--seed: expected an integer in [0, 2^63), got {config.seed}")
     if not 0 < config.crop <= 1:
         raise ValueError(f"--crop: expected a fraction in (0, 1], got {config.crop}")
     if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
@@ -991,6 +994,9 @@ def main(argv=None):
         run(*configure(argv))
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"faceops train: {error}")
+    except MemoryError as error:
+        raise SystemExit(f"faceops train: out of memory ({error or 'no detail'}); lower --image-size or "
+                         "--identities-per-batch, or free memory")
     except KeyboardInterrupt:  # while reading the command line's run; run() reports its own
         print("faceops train: interrupted before training started; nothing was written", file=sys.stderr)
         return 130
