@@ -91,9 +91,9 @@ def test_pk_sampler_guarantees():
                 assert len(set(group_rows.tolist())) == 3
         seen.update(groups[:, 0].tolist())
     assert len(seen) == 4  # identities are not repeated within an epoch
-    with pytest.raises(ValueError, match="identities_per_batch"):
+    with pytest.raises(ValueError, match="--identities-per-batch: 6 exceeds the 5 identities"):
         data.PKSampler(labels, 6, 2)
-    with pytest.raises(ValueError, match="images_per_identity"):
+    with pytest.raises(ValueError, match="--images-per-identity: expected at least 2"):
         data.PKSampler(labels, 2, 1)
 
 

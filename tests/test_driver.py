@@ -224,6 +224,12 @@ def test_out_of_memory_exits_with_a_message(tmp_path, monkeypatch):
     assert "--image-size" in message
 
 
+def test_selfcheck_refuses_options_it_does_not_have(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["selfcheck", "--quick"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --quick" in capsys.readouterr().err
+
+
 def test_unknown_command_and_help(capsys):
     assert cli.main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def main(argv=None):
     if command == "selfcheck":
         from faceops import selfcheck
 
-        return selfcheck.main()
+        return selfcheck.main(rest)
     if command == "caffe":
         from faceops.caffe.__main__ import main as caffe_main
 

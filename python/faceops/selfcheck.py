@@ -5,6 +5,7 @@ present, whether the CUDA kernels agree with the CPU ones.
     python -m faceops.selfcheck
 """
 
+import argparse
 import sys
 
 import numpy as np
@@ -46,7 +47,8 @@ def _cases():
                lambda z, m=(m1, m2, m3): faceops.margin_softmax_loss(z, labels, weight, 8.0, *m)[:2])
 
 
-def main():
+def main(argv=()):
+    argparse.ArgumentParser(prog="faceops selfcheck", description=__doc__.split("\n\n")[0]).parse_args(list(argv))
     print(f"faceops {faceops.__version__}; CUDA kernels built: {faceops._core.built_with_cuda()}; "
           f"GPU available: {faceops.cuda_available()}")
     print(f"CPU kernels: {faceops.cpu_features()['path']} path (this CPU runs: {', '.join(faceops.cpu_features()['supported'])})")
@@ -63,4 +65,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

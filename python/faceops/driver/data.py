@@ -159,11 +159,10 @@ class PKSampler:
         self.by_identity = [np.flatnonzero(labels == j) for j in range(int(labels.max()) + 1)]
         self.by_identity = [rows for rows in self.by_identity if len(rows)]
         if identities_per_batch > len(self.by_identity):
-            raise ValueError(
-                f"identities_per_batch: {identities_per_batch} exceeds the {len(self.by_identity)} identities in the data"
-            )
+            raise ValueError(f"--identities-per-batch: {identities_per_batch} exceeds the {len(self.by_identity)} "
+                             "identities of the training data; lower it")
         if images_per_identity < 2:
-            raise ValueError("images_per_identity: expected at least 2, so that every anchor has a positive")
+            raise ValueError("--images-per-identity: expected at least 2, so that every anchor has a positive")
         self.p, self.k = identities_per_batch, images_per_identity
 
     def batches_per_epoch(self):
