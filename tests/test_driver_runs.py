@@ -248,11 +248,11 @@ def test_a_new_run_never_reuses_a_run_directory_unless_told(tmp_path, synthetic_
     with pytest.raises(SystemExit, match=f"--run-dir: {run_dir} holds a run .*--resume.*--overwrite"):
         cli.main(["train", "--run-dir", run_dir, "--data", synthetic_root, *TINY, "--epochs", "1"])
     # A run that fails after reading its data (no P x K batch of 11 identities fits) writes nothing either.
-    with pytest.raises(SystemExit, match="identities_per_batch: 11 exceeds the 10 identities"):
+    with pytest.raises(SystemExit, match="--identities-per-batch: 11 exceeds the 10 identities"):
         cli.main(["train", "--run-dir", run_dir, "--overwrite", "--data", synthetic_root, *TINY[:-2], "-P", "11",
                   "--epochs", "1"])
     assert _files(run_dir) == good
-    with pytest.raises(SystemExit, match="identities_per_batch: 11 exceeds"):
+    with pytest.raises(SystemExit, match="--identities-per-batch: 11 exceeds"):
         cli.main(["train", "--run-dir", str(tmp_path / "new"), "--data", synthetic_root, *TINY[:-2], "-P", "11"])
     assert not os.path.exists(tmp_path / "new")
     with pytest.raises(SystemExit, match="--overwrite replaces the run in --run-dir: give --run-dir"):
