@@ -740,6 +740,8 @@ def _run(config, log, status, notes=()):
     if min(genuine, impostors) < 10:
         raise ValueError(f"verification {measured_on}: 10-fold verification needs at least 10 genuine and 10 impostor "
                          f"pairs; verify on more faces (--holdout, --eval-identities, --eval-pairs)")
+    # Before the untrained verification, so that a batch too large for the data fails at once.
+    sampler = data.PKSampler(train_set.labels, config.identities_per_batch, config.images_per_identity)
     # Each verification image is described and embedded once, then paired.
     eval_descriptors = model.describe(eval_images, config.descriptor)
     baseline, baseline_roc = evaluate.verify(eval_descriptors[eval_i], eval_descriptors[eval_j], same)
@@ -747,9 +749,6 @@ def _run(config, log, status, notes=()):
 
     trainer = torch_model.TorchTrainer(config, train_set) if config.backbone == "cnn" else Trainer(config, train_set, xp)
     faces = faces_digest(train_set, (eval_images, eval_i, eval_j, same))
-    sampler = data.PKSampler(train_set.labels, config.identities_per_batch, config.images_per_identity)
-    if sampler.batches_per_epoch() == 0:
-        raise ValueError("too few identities for one P x K batch: lower --identities-per-batch")
     checkpointed_config = None
     if config.resume:
         checkpoint = os.path.join(config.run_dir, rundir.CHECKPOINT)
