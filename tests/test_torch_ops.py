@@ -218,6 +218,47 @@ def test_autograd_gradients_are_the_kernels_scaled():
 
 
 @pytest.mark.parametrize("name", sorted(set(DIFFERENTIABLE) - {"target_margin_forward"}))
+def test_a_unit_backward_hands_out_the_saved_gradients(name):
+    """loss.backward() on the CPU (incoming gradient 1, graph not kept) returns the kernel's
+    gradients as they are: no multiplication, no copy; the gradients stay the kernel's."""
+    args = list(_op_cases(torch.float64)[name])
+    for position in DIFFERENTIABLE[name]:
+        args[position] = args[position].clone().requires_grad_()
+    outputs = getattr(_library, name)(*args)
+    expected = [gradient.clone() for gradient in outputs[1:]]
+    loss = outputs[0]
+    del outputs
+    with torch.profiler.profile() as profile:
+        loss.backward()
+    made = {event.name for event in profile.events()}
+    assert not made & {"aten::mul", "aten::copy_", "aten::clone"}, made
+    grads = [args[position].grad for position in DIFFERENTIABLE[name]]
+    assert any(torch.equal(grads[0], gradient) for gradient in expected)
+
+
+@pytest.mark.parametrize("loss_name", ["triplet_all", "contrastive"])
+def test_a_retained_graph_never_hands_out_the_saved_gradients(loss_name):
+    """With retain_graph the saved gradients are read again: what one backward returns is the
+    caller's to change, and a second backward still gives the kernel's gradient."""
+    x, labels = _batch(12, dtype=torch.float32)
+    x.requires_grad_()
+    if loss_name == "contrastive":
+        loss = ft.contrastive_loss(x[:6], x[6:], (labels[:6] == labels[6:]).long())
+    else:
+        loss = ft.triplet_loss(x, labels, 0.2, "all")
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    expected = first.clone()
+    first.zero_()
+    (second,) = torch.autograd.grad(loss, x, retain_graph=True)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    loss.backward(retain_graph=True)
+    x.grad.zero_()
+    loss.backward()
+    torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)
+    assert expected.abs().max() > 0
+
+
+@pytest.mark.parametrize("name", sorted(set(DIFFERENTIABLE) - {"target_margin_forward"}))
 def test_backward_makes_no_zero_gradients_for_the_gradient_outputs(name):
     """A loss op returns its gradients beside the loss; they get no gradient themselves, and
     autograd must not build N x D zeros for them on every backward (materialize_grads off)."""
