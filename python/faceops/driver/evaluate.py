@@ -296,7 +296,7 @@ def check_output_folder(output, default_for=None):
                          f"roc.png into")
     if not os.path.isdir(output):
         return
-    run_files = rundir.run_markers(output)
+    run_files = rundir.holds_run(output, rundir.RUN_MARKERS)
     if run_files:
         raise ValueError(f"-o: {output} is the directory of a faceops train run (it holds {', '.join(run_files)}); "
                          f"its metrics.json and roc.png are the run's: give another folder")

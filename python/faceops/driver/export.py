@@ -161,7 +161,7 @@ def check_output_file(output, run_dir):
     if folder and not os.path.isdir(folder):
         raise ValueError(f"-o: the folder {folder} does not exist")
     name, folder = os.path.basename(output), folder or "."
-    if rundir.run_markers(folder) and name in rundir.RUN_FILES and os.path.exists(output):
+    if rundir.holds_run(folder, rundir.RUN_MARKERS) and name in rundir.RUN_FILES and os.path.exists(output):
         if name == "model.onnx" and os.path.realpath(folder) == os.path.realpath(run_dir):
             return
         raise ValueError(f"-o: {output} is the {name} of the run {folder}; give another path for the ONNX model")

@@ -31,14 +31,10 @@ TEMPORARY_PATTERN = ".checkpoint-*.npz"
 RUN_MARKERS = ("config.json", CHECKPOINT, "log.txt")
 
 
-def holds_run(path):
-    """The run files in `path` (empty when it holds no run)."""
-    return [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
-
-
-def run_markers(path):
-    """The RUN_MARKERS in `path`: empty unless it is a run's directory."""
-    return [name for name in RUN_MARKERS if os.path.exists(os.path.join(path, name))]
+def holds_run(path, names=RUN_FILES):
+    """Which of the run files `names` are in `path` (empty when it holds none); with
+    RUN_MARKERS, empty unless `path` is a run's directory."""
+    return [name for name in names if os.path.exists(os.path.join(path, name))]
 
 
 def check_fresh_run_dir_possible(runs=RUNS):

@@ -138,7 +138,7 @@ def build_parser():
     data_options.add_argument("--eval-identities",
                               help="identity folders of --eval-root to verify on, all pairs, e.g. s31-s40 (default: "
                                    "those not trained on)")
-    data_options.add_argument("--image-size", type=int, default=64, help="side of the square grey image, pixels (16 to 1024)")
+    data_options.add_argument("--image-size", type=int, default=64, help=f"side of the square grey image, pixels (16 to {MAX_IMAGE_SIZE})")
     data_options.add_argument("--crop", type=float, default=1.0,
                               help="centre crop, the fraction of each side kept (LFW deep-funneled: 0.5)")
     data_options.add_argument("--max-images-per-identity", type=int,
