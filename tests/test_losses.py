@@ -46,6 +46,14 @@ def test_loss_objects_name_the_state_array_they_were_given():
         faceops.MarginSoftmaxLoss(2, 3, dtype=np.int8)
 
 
+def test_loss_objects_refuse_a_state_matrix_no_array_can_hold():
+    # 2**31 x 2**30 float32 is 2**63 bytes, one more than an array can hold; float16 would fit
+    with pytest.raises(ValueError, match=r"num_classes, dim: a 2147483648 x 1073741824 matrix of 4-byte elements"):
+        faceops.CenterLoss(2**31, 2**30)
+    with pytest.raises(ValueError, match=r"num_classes, dim: .* matrix of 8-byte elements"):
+        faceops.MarginSoftmaxLoss(2**30, 2**30, dtype=np.float64)
+
+
 def test_pair_loss_object_keeps_theta_gradient():
     rng = np.random.default_rng(1)
     x, labels = rng.standard_normal((8, 3)), np.repeat(np.arange(4), 2)

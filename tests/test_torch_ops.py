@@ -676,6 +676,18 @@ def test_modules_check_their_hyperparameters(make):
         make()
 
 
+@pytest.mark.parametrize("make,names", [
+    (lambda: ft.ArcFace(2**40, 2**30), "num_classes, dim"),
+    (lambda: ft.CenterLoss(2**31, 2**30, dtype=torch.float64), "num_classes, dim"),
+    (lambda: ft.CrossBatchMemory(ft.TripletLoss(), 2**62, 2), "memory_size, dim"),
+    (lambda: faceops.torch.distributed.ShardedMarginSoftmaxLoss(2**62, 4), "num_classes, dim"),
+])
+def test_modules_refuse_a_parameter_matrix_no_tensor_can_hold(make, names):
+    # torch's own error ("Storage size calculation overflowed") names neither argument
+    with pytest.raises(ValueError, match=f"{names}: a .* matrix of .*-byte elements is .* bytes, more than an array"):
+        make()
+
+
 def test_faceops_works_without_torch_and_faceops_torch_says_what_it_needs():
     import subprocess
     import sys

@@ -58,6 +58,23 @@ def integer(name, value, *, low=None):
     return value
 
 
+# Neither torch nor NumPy can hold an array of 2**63 bytes or more (their sizes are int64).
+MAX_ARRAY_BYTES = 2**63 - 1
+
+
+def matrix_shape(rows_name, rows, cols_name, cols, itemsize):
+    """(rows, cols) of a parameter matrix a loss allocates, each an integer >= 1, whose
+    rows x cols x itemsize bytes an array can hold (else a ValueError naming both, not
+    torch's unnamed "Storage size calculation overflowed")."""
+    rows = integer(rows_name, rows, low=1)
+    cols = integer(cols_name, cols, low=1)
+    if rows * cols * itemsize > MAX_ARRAY_BYTES:
+        raise ValueError(f"{rows_name}, {cols_name}: a {rows} x {cols} matrix of {itemsize}-byte elements is "
+                         f"{rows * cols * itemsize} bytes, more than an array can hold (2**63 - 1); "
+                         f"expected a smaller {rows_name} or {cols_name}")
+    return rows, cols
+
+
 def flag(name, value):
     """``value`` as a bool: only True/False (Python or NumPy bools) are flags; 'false' is not."""
     if not isinstance(value, (bool, np.bool_)):

@@ -17,9 +17,8 @@ class CenterLoss:
     """
 
     def __init__(self, num_classes, dim, alpha=0.5, dtype=np.float32, xp=np, centers=None):
-        num_classes = _params.integer("num_classes", num_classes, low=1)
-        dim = _params.integer("dim", dim, low=1)
         dtype = _state_dtype("centers", centers, dtype)
+        num_classes, dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, np.dtype(dtype).itemsize)
         if alpha is not None:
             alpha = _params.center_alpha(alpha, dtype)
         if centers is None:
@@ -86,9 +85,8 @@ class MarginSoftmaxLoss:
 
     def __init__(self, num_classes, dim, s=64.0, margin="arcface", sample_rate=1.0, dtype=np.float32, xp=np,
                  weight=None, seed=0):
-        num_classes = _params.integer("num_classes", num_classes, low=1)
-        dim = _params.integer("dim", dim, low=1)
         dtype = _state_dtype("weight", weight, dtype)
+        num_classes, dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, np.dtype(dtype).itemsize)
         self.m1, self.m2, self.m3 = _params.margin_triple(margin, ops.MARGINS, dtype)
         self.s = _params.scale(s, dtype)
         self.sample_rate = _params.sample_rate(sample_rate, dtype)

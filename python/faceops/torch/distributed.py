@@ -247,10 +247,9 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
     def __init__(self, num_classes, dim, margin="arcface", s=64.0, sample_rate=1.0, *, group=None, seed=0,
                  dtype=torch.float32, device=None):
         super().__init__()
-        self.num_classes = _params.integer("num_classes", num_classes, low=1)
-        self.dim = _params.integer("dim", dim, low=1)
         if dtype not in _DTYPES:
             raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+        self.num_classes, self.dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, dtype.itemsize)
         if isinstance(margin, str):
             margin = ops.MARGINS[_params.choice("margin", margin, ops.MARGINS)]
         m1, m2, m3 = margin

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from faceops import _params
+from faceops.torch import _boundary
 
 
 class CrossBatchMemory(nn.Module):
@@ -38,8 +39,8 @@ class CrossBatchMemory(nn.Module):
             raise TypeError(f"loss: expected a faceops.torch loss that takes a reference set (TripletLoss, "
                             f"PairLoss), got {type(loss).__name__}")
         self.loss = loss
-        self.memory_size = _params.integer("memory_size", memory_size, low=1)
-        self.dim = _params.integer("dim", dim, low=1)
+        dtype = _boundary.parameter_dtype(dtype)
+        self.memory_size, self.dim = _params.matrix_shape("memory_size", memory_size, "dim", dim, dtype.itemsize)
         self.register_buffer("embeddings", torch.zeros(self.memory_size, self.dim, dtype=dtype, device=device))
         self.register_buffer("labels", torch.zeros(self.memory_size, dtype=torch.int64, device=device))
         self.next_slot = 0  # the row the next batch's first row goes to

@@ -91,9 +91,8 @@ class CenterLoss(nn.Module):
 
     def __init__(self, num_classes, dim, alpha=None, *, dtype=torch.float32, check=True):
         super().__init__()
-        num_classes = _params.integer("num_classes", num_classes, low=1)
-        dim = _params.integer("dim", dim, low=1)
         dtype = _boundary.parameter_dtype(dtype)
+        num_classes, dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, dtype.itemsize)
         self.alpha = None if alpha is None else _params.center_alpha(alpha)
         self.centers = nn.Parameter(torch.zeros(num_classes, dim, dtype=dtype), requires_grad=alpha is None)
         self.check = _params.flag("check", check)
@@ -129,9 +128,8 @@ class MarginSoftmaxLoss(nn.Module):
     def __init__(self, num_classes, dim, s=64.0, margin="arcface", sample_rate=1.0, *, sparse_grad=False,
                  dtype=torch.float32, check=True):
         super().__init__()
-        num_classes = _params.integer("num_classes", num_classes, low=1)
-        dim = _params.integer("dim", dim, low=1)
         dtype = _boundary.parameter_dtype(dtype)
+        num_classes, dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, dtype.itemsize)
         self.s = _params.scale(s)
         self.m1, self.m2, self.m3 = functional.resolve_margin(margin)
         self.sample_rate = _params.sample_rate(sample_rate)
