@@ -20,6 +20,8 @@
 //      the same cosines), into per-split partials of dŴ;
 //   5. partials summed in split order, then the normalisation backward (one
 //      thread per row, normalized_row_gradient).
+// With the tensor-core Gram (float, tensor_cores.cuh) the cosine tiles and the
+// products of passes 3 and 4 run on mma_3xtf32, every pass on the same Gram.
 // Splits let small batches fill the GPU; the partial gradients they need are
 // capped at kMaxPartialBytes each.  No atomics: the results are bitwise
 // reproducible for fixed shapes.
@@ -91,16 +93,14 @@ struct CosineTile {
 
 // tile.value = x̂[r0 + m] . ŵ[c0 + j]; 0 outside the matrices.  Every thread
 // must call it; it ends with a barrier.
-template <typename T>
+template <Gram G, typename T>
 __device__ void compute_cosine_tile(const T* __restrict__ xn, int n, const T* __restrict__ wn,
                                     int num_classes, int64_t d, int r0, int c0,
                                     CosineTile<T>& tile) {
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[kMicroRows][kMicroCols];
-  tile_dot_products(xn, n, r0, wn, num_classes, c0, d, tile.rows, tile.cols, acc);
+  tile_dot_products<G>(xn, n, r0, wn, num_classes, c0, d, tile.rows, tile.cols, acc);
   for (int r = 0; r < kMicroRows; ++r)
-    for (int c = 0; c < kMicroCols; ++c)
-      tile.value[kMicroRows * ty + r][kMicroCols * tx + c] = acc[r][c];
+    for (int c = 0; c < kMicroCols; ++c) tile.value[tile_row<G>(r)][tile_col<G>(c)] = acc[r][c];
   __syncthreads();
 }
 
@@ -225,7 +225,7 @@ __device__ __forceinline__ void merge_exp_sum(T other_max, T other_sum, T* max, 
 
 // Block (row block b, split s): (max, sum exp) of every row of b over the
 // classes of s, into partial_*[s n + i].
-template <typename T>
+template <typename T, Gram G>
 __global__ void __launch_bounds__(kThreads)
     margin_softmax_lse_kernel(const T* __restrict__ xn, const int64_t* __restrict__ labels,
                               const T* __restrict__ wn, const T* __restrict__ target_logit, int n,
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(kThreads)
   T max = minus_infinity<T>(), sum = T(0);
   for (int64_t t = first; t < last; ++t) {
     const int c0 = static_cast<int>(t * kTileCols);
-    compute_cosine_tile(xn, n, wn, num_classes, d, r0, c0, tile);
+    compute_cosine_tile<G>(xn, n, wn, num_classes, d, r0, c0, tile);
     for (int j = lane; i < n && j < kTileCols && c0 + j < num_classes; j += kLanes) {
       const T logit = c0 + j == label ? target_logit[i] : scale * tile.value[m][j];
       if (logit > max) {  // online log-sum-exp: rescale the sum to the new max
@@ -291,9 +291,57 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// dxn[r0 + m][k0 + k] += sum_j G_mj ŵ_(c0 + j)(k0 + k) for the staged features
+// k < kTileDepth (tile.value = G, tile.cols = ŵ's features), on FMA or the
+// tensor cores (for_row_products).  Every thread must call it.
+template <Gram G, typename T>
+__device__ void add_row_products(CosineTile<T>& tile, int n, int64_t d, int r0, int64_t k0,
+                                 T* dxn) {
+  if constexpr (G == Gram::kFma) {
+    const int k = threadIdx.x % kTileDepth, m0 = threadIdx.x / kTileDepth;
+    const int64_t col = k0 + k;
+    for (int m = m0; m < kTileRows; m += kThreads / kTileDepth) {
+      const int64_t row = int64_t(r0) + m;
+      if (row >= n || col >= d) continue;
+      T sum = T(0);
+      for (int j = 0; j < kTileCols; ++j) sum += tile.value[m][j] * tile.cols[k][j];
+      dxn[row * d + col] += sum;
+    }
+  } else {
+    for_row_products(tile, [&](int m, int k, T product) {
+      const int64_t row = int64_t(r0) + m, col = k0 + k;
+      if (row < n && col < d) dxn[row * d + col] += product;
+    });
+  }
+}
+
+// dwn[c0 + j][k0 + k] += sum_m G_mj x̂_(r0 + m)(k0 + k) for the staged features
+// k < kTileDepth (tile.value = G, tile.rows = x̂'s features), on FMA or the
+// tensor cores (for_column_products).  Every thread must call it.
+template <Gram G, typename T>
+__device__ void add_column_products(CosineTile<T>& tile, int num_classes, int64_t d, int c0,
+                                    int64_t k0, T* dwn) {
+  if constexpr (G == Gram::kFma) {
+    const int k = threadIdx.x % kTileDepth, j0 = threadIdx.x / kTileDepth;
+    const int64_t col = k0 + k;
+    for (int j = j0; j < kTileCols; j += kThreads / kTileDepth) {
+      const int64_t c = int64_t(c0) + j;
+      if (c >= num_classes || col >= d) continue;
+      T sum = T(0);
+      for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j] * tile.rows[k][m];
+      dwn[c * d + col] += sum;
+    }
+  } else {
+    for_column_products(tile, [&](int j, int k, T product) {
+      const int64_t cls = int64_t(c0) + j, col = k0 + k;
+      if (cls < num_classes && col < d) dwn[cls * d + col] += product;
+    });
+  }
+}
+
 // Block (row block b, split s): partial[s] rows of b += G Ŵ over the classes
 // of s.  partial starts zeroed.
-template <typename T>
+template <typename T, Gram G>
 __global__ void __launch_bounds__(kThreads)
     margin_softmax_dx_kernel(const T* __restrict__ xn, const T* __restrict__ wn, RowTerms<T> rows,
                              int n, int num_classes, int64_t d, T scale, T inv_n,
@@ -306,22 +354,14 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t last =
       first + class_tiles_per_split < class_tiles ? first + class_tiles_per_split : class_tiles;
   T* dxn = partial + split * int64_t(n) * d;
-  const int k = threadIdx.x % kTileDepth, m0 = threadIdx.x / kTileDepth;
   for (int64_t t = first; t < last; ++t) {
     const int c0 = static_cast<int>(t * kTileCols);
-    compute_cosine_tile(xn, n, wn, num_classes, d, r0, c0, tile);
+    compute_cosine_tile<G>(xn, n, wn, num_classes, d, r0, c0, tile);
     cosines_to_coefficients(rows, n, num_classes, r0, c0, scale, inv_n, tile);
     for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
       stage_rows<T, kTileCols>(wn, num_classes, d, c0, k0, tile.cols);
       __syncthreads();
-      const int64_t col = k0 + k;
-      for (int m = m0; m < kTileRows; m += kThreads / kTileDepth) {
-        const int64_t row = int64_t(r0) + m;
-        if (row >= n || col >= d) continue;
-        T sum = T(0);
-        for (int j = 0; j < kTileCols; ++j) sum += tile.value[m][j] * tile.cols[k][j];
-        dxn[row * d + col] += sum;
-      }
+      add_row_products<G>(tile, n, d, r0, k0, dxn);
       __syncthreads();
     }
   }
@@ -329,7 +369,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Block (class block b, split s): partial[s] rows of b += Gᵀ X̂ over the
 // batch rows of s.  partial starts zeroed.
-template <typename T>
+template <typename T, Gram G>
 __global__ void __launch_bounds__(kThreads)
     margin_softmax_dw_kernel(const T* __restrict__ xn, const T* __restrict__ wn, RowTerms<T> rows,
                              int n, int num_classes, int64_t d, T scale, T inv_n,
@@ -342,22 +382,14 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t last =
       first + row_tiles_per_split < row_tiles ? first + row_tiles_per_split : row_tiles;
   T* dwn = partial + split * int64_t(num_classes) * d;
-  const int k = threadIdx.x % kTileDepth, j0 = threadIdx.x / kTileDepth;
   for (int64_t t = first; t < last; ++t) {
     const int r0 = static_cast<int>(t * kTileRows);
-    compute_cosine_tile(xn, n, wn, num_classes, d, r0, c0, tile);
+    compute_cosine_tile<G>(xn, n, wn, num_classes, d, r0, c0, tile);
     cosines_to_coefficients(rows, n, num_classes, r0, c0, scale, inv_n, tile);
     for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
       stage_rows<T, kTileRows>(xn, n, d, r0, k0, tile.rows);
       __syncthreads();
-      const int64_t col = k0 + k;
-      for (int j = j0; j < kTileCols; j += kThreads / kTileDepth) {
-        const int64_t c = int64_t(c0) + j;
-        if (c >= num_classes || col >= d) continue;
-        T sum = T(0);
-        for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j] * tile.rows[k][m];
-        dwn[c * d + col] += sum;
-      }
+      add_column_products<G>(tile, num_classes, d, c0, k0, dwn);
       __syncthreads();
     }
   }
@@ -445,7 +477,8 @@ class MarginSoftmaxPasses {
       : labels_(labels), n_(n), d_(d), num_classes_(num_classes), scale_(scale), stream_(stream),
         xn_(x, n, d, stream), wn_(weight, num_classes, d, stream),
         own_target_logit_(target_logit ? 0 : n, stream), target_derivative_(n, stream),
-        target_logit_(target_logit ? target_logit : own_target_logit_.get()) {
+        target_logit_(target_logit ? target_logit : own_target_logit_.get()),
+        gram_(gram_for<T>()) {
     launch("margin_softmax_target_kernel", margin_softmax_target_kernel<T>, row_group_blocks(n),
            stream, xn_.values(), labels, wn_.values(), n, d, num_classes, scale, m1, m2, m3,
            target_logit_, target_derivative_.get());
@@ -458,10 +491,12 @@ class MarginSoftmaxPasses {
     const int64_t per_split = tiles_per_split(row_tiles, class_tiles, 0);
     const int64_t splits = ceil_div(class_tiles, per_split);
     DeviceArray<T> partial_max(splits * n_, stream_), partial_sum(splits * n_, stream_);
-    launch("margin_softmax_lse_kernel", margin_softmax_lse_kernel<T>, row_tiles * splits, stream_,
-           xn_.values(), labels_, wn_.values(), target_logit_, static_cast<int>(n_),
-           static_cast<int>(num_classes_), d_, scale_, row_tiles, per_split, partial_max.get(),
-           partial_sum.get());
+    launch("margin_softmax_lse_kernel",
+           pick_gram(gram_, margin_softmax_lse_kernel<T, Gram::kFma>,
+                     margin_softmax_lse_kernel<T, kTensorCoreGram<T>>),
+           row_tiles * splits, stream_, xn_.values(), labels_, wn_.values(), target_logit_,
+           static_cast<int>(n_), static_cast<int>(num_classes_), d_, scale_, row_tiles, per_split,
+           partial_max.get(), partial_sum.get());
     launch("margin_softmax_rows_kernel", margin_softmax_rows_kernel<T>, grid_for(n_), stream_,
            partial_max.get(), partial_sum.get(), splits, n_, target_logit_, lse, row_loss, row_max,
            row_sum);
@@ -479,9 +514,11 @@ class MarginSoftmaxPasses {
       const int64_t splits = ceil_div(class_tiles, per_split);
       DeviceArray<T> partial(splits * n_ * d_, stream_);
       zero_async(partial.get(), splits * n_ * d_ * int64_t(sizeof(T)), stream_);
-      launch("margin_softmax_dx_kernel", margin_softmax_dx_kernel<T>, row_tiles * splits, stream_,
-             xn_.values(), wn_.values(), terms, rows, classes, d_, scale_, loss_scale, row_tiles,
-             per_split, partial.get());
+      launch("margin_softmax_dx_kernel",
+             pick_gram(gram_, margin_softmax_dx_kernel<T, Gram::kFma>,
+                       margin_softmax_dx_kernel<T, kTensorCoreGram<T>>),
+             row_tiles * splits, stream_, xn_.values(), wn_.values(), terms, rows, classes, d_,
+             scale_, loss_scale, row_tiles, per_split, partial.get());
       finish_gradient(xn_, partial.get(), splits, n_, d_, dx, stream_);
     }
     if (dweight) {
@@ -490,9 +527,11 @@ class MarginSoftmaxPasses {
       const int64_t splits = ceil_div(row_tiles, per_split);
       DeviceArray<T> partial(splits * num_classes_ * d_, stream_);
       zero_async(partial.get(), splits * num_classes_ * d_ * int64_t(sizeof(T)), stream_);
-      launch("margin_softmax_dw_kernel", margin_softmax_dw_kernel<T>, class_tiles * splits,
-             stream_, xn_.values(), wn_.values(), terms, rows, classes, d_, scale_, loss_scale,
-             class_tiles, per_split, partial.get());
+      launch("margin_softmax_dw_kernel",
+             pick_gram(gram_, margin_softmax_dw_kernel<T, Gram::kFma>,
+                       margin_softmax_dw_kernel<T, kTensorCoreGram<T>>),
+             class_tiles * splits, stream_, xn_.values(), wn_.values(), terms, rows, classes, d_,
+             scale_, loss_scale, class_tiles, per_split, partial.get());
       finish_gradient(wn_, partial.get(), splits, num_classes_, d_, dweight, stream_);
     }
   }
@@ -505,6 +544,7 @@ class MarginSoftmaxPasses {
   NormalizedRows<T> xn_, wn_;
   DeviceArray<T> own_target_logit_, target_derivative_;
   T* target_logit_;
+  Gram gram_;  // one for every pass: the gradient passes recompute the lse pass's cosines
 };
 
 }  // namespace detail

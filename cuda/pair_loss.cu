@@ -63,7 +63,7 @@ __device__ bool pair_coefficients(const int64_t* __restrict__ labels, int n,
 // only (the block of the other row adds the mirror); against a reference set
 // partial_count receives the block's number of pairs, and the candidates'
 // gradient comes from pair_loss_column_kernel.
-template <typename T>
+template <typename T, Gram G>
 __global__ void __launch_bounds__(kThreads)
     pair_loss_tile_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                           const int64_t* __restrict__ labels, int n, Candidates<T> cand, int64_t d,
@@ -77,10 +77,10 @@ __global__ void __launch_bounds__(kThreads)
   const T theta_value = *theta;
   PairSums sums;
   for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
-    compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
+    compute_distance_tile<G>(x, norms, n, cand, d, a0, c0, tile);
     // A tile of inactive hinges adds nothing to dx: skip its product.
     if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, &sums) && dx)
-      accumulate_row_gradient(x, n, cand.rows, cand.count, d, a0, c0, tile,
+      accumulate_row_gradient<G>(x, n, cand.rows, cand.count, d, a0, c0, tile,
                               PlainSum<T>{split_rows(dx, dx_partial, split, n, d)});
   }
   const double loss = block_sum(sums.loss, reduce);
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kThreads)
 // split) walks every splits-th anchor tile, recomputes the tiles of
 // pair_loss_tile_kernel (bitwise the same distances and coefficients) and
 // adds into its own candidates' rows of its split's slice (split_rows).
-template <typename T>
+template <typename T, Gram G>
 __global__ void __launch_bounds__(kThreads)
     pair_loss_column_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                             const int64_t* __restrict__ labels, int n, Candidates<T> cand,
@@ -107,9 +107,9 @@ __global__ void __launch_bounds__(kThreads)
   const int c0 = (blockIdx.x / splits) * kTileCols, split = blockIdx.x % splits;
   const T theta_value = *theta;
   for (int a0 = split * kTileRows; a0 < n; a0 += splits * kTileRows) {
-    compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
+    compute_distance_tile<G>(x, norms, n, cand, d, a0, c0, tile);
     if (pair_coefficients(labels, n, cand, a0, c0, theta_value, pair_weight, tile, nullptr))
-      accumulate_column_gradient(
+      accumulate_column_gradient<G>(
           x, n, cand.rows, cand.count, d, a0, c0, tile,
           PlainSum<T>{split_rows(dcand, dcand_partial, split, cand.count, d)});
   }
@@ -138,8 +138,11 @@ void pair_loss(const T* x, const int64_t* labels, int64_t n, int64_t d, const T*
                  stream, x, static_cast<int>(n), d, norms.get());
   const detail::Candidates<T> batch{x, norms.get(), labels, static_cast<int>(n), nullptr, true};
   // Both ordered pairs (i, j) and (j, i) carry dterm; dD/dx_i = 2 (x_i - x_j).
-  detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
-                 norms.get(), labels, static_cast<int>(n), batch, d, theta,
+  const detail::Gram gram = detail::gram_for<T>();
+  detail::launch("pair_loss_tile_kernel",
+                 detail::pick_gram(gram, detail::pair_loss_tile_kernel<T, detail::Gram::kFma>,
+                                   detail::pair_loss_tile_kernel<T, detail::kTensorCoreGram<T>>),
+                 blocks, stream, x, norms.get(), labels, static_cast<int>(n), batch, d, theta,
                  static_cast<T>(4 * inv_pairs), static_cast<int>(splits), dx, dx_partial.get(),
                  partial.get(), partial.get() + blocks, nullptr);
   dx_partial.sum_into(stream);
@@ -179,16 +182,23 @@ void pair_loss_ref(const T* x, const int64_t* labels, int64_t n, int64_t d, cons
                                          self_index, false};
   // One ordered pair (anchor, candidate); dD/dx_a = 2 (x_a - ref_j); scaled by
   // 1 / (number of pairs) below.
-  detail::launch("pair_loss_tile_kernel", detail::pair_loss_tile_kernel<T>, blocks, stream, x,
-                 norms.get(), labels, static_cast<int>(n), candidates, d, theta, T(2),
-                 static_cast<int>(splits), dx, dx_partial.get(), partial.get(),
+  // Both kernels on one Gram: the column pass recomputes the tile pass's bits.
+  const detail::Gram gram = detail::gram_for<T>();
+  detail::launch("pair_loss_tile_kernel",
+                 detail::pick_gram(gram, detail::pair_loss_tile_kernel<T, detail::Gram::kFma>,
+                                   detail::pair_loss_tile_kernel<T, detail::kTensorCoreGram<T>>),
+                 blocks, stream, x, norms.get(), labels, static_cast<int>(n), candidates, d, theta,
+                 T(2), static_cast<int>(splits), dx, dx_partial.get(), partial.get(),
                  partial.get() + blocks, partial_count.get());
   dx_partial.sum_into(stream);
   if (dref) {
     const int64_t column_splits = detail::candidate_splits(m, n, detail::kTileCols,
                                                            detail::kTileRows);
     const detail::SplitPartials<T> dref_partial(dref, m, d, column_splits, stream);
-    detail::launch("pair_loss_column_kernel", detail::pair_loss_column_kernel<T>,
+    detail::launch("pair_loss_column_kernel",
+                   detail::pick_gram(
+                       gram, detail::pair_loss_column_kernel<T, detail::Gram::kFma>,
+                       detail::pair_loss_column_kernel<T, detail::kTensorCoreGram<T>>),
                    (m + detail::kTileCols - 1) / detail::kTileCols * column_splits, stream, x,
                    norms.get(), labels, static_cast<int>(n), candidates, d, theta, T(2),
                    static_cast<int>(column_splits), dref, dref_partial.get());

@@ -3,7 +3,9 @@
 // rows in tiles of kTileCols candidates; squared distances come from
 // ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j (from the differences for near-duplicate
 // rows; the diagonal exactly 0), one kTileRows x kTileCols tile in shared
-// memory at a time: no N x N matrix.
+// memory at a time: no N x N matrix.  The tile's dot products run on FP32/FP64
+// FMA micro-tiles or, for float and where the kernel asks (Gram, see
+// tensor_cores.cuh), on the tensor cores.
 //
 // Gradients go through the same tile: the loss overwrites the distances with
 // coefficients C_ij and accumulate_*_gradient add dx_i += sum_j C_ij (x_i - x_j)
@@ -21,6 +23,7 @@
 
 #include "fixed_point.cuh"
 #include "launch.cuh"
+#include "tensor_cores.cuh"
 
 namespace faceops {
 namespace cuda {
@@ -114,12 +117,13 @@ struct DistanceTile {
   alignas(16) T rows[kTileDepth][kTileRows + kPad<T>];  // x[a0 + m][k0 + k] at [k][m]
   alignas(16) T cols[kTileDepth][kTileCols + kPad<T>];  // x[c0 + j][k0 + k] at [k][j]
   T value[kTileRows][kTileCols + 1];  // squared distance of (a0 + m, c0 + j), then C_mj
+  T row_sum[kTileRows], column_sum[kTileCols];  // of C, for the gradient on the tensor cores
 };
 
 // The squared distance of rows i and j, bit for bit what compute_distance_tile
-// gives for them (the same fused products in the same order, math::fma written
-// out whatever the compiler contracts): for the few pairs known in advance,
-// without a tile.
+// on the FMA Gram gives for them (the same fused products in the same order,
+// math::fma written out whatever the compiler contracts): for the few pairs
+// known in advance, without a tile.
 template <typename T>
 __device__ T pair_squared_distance(const T* __restrict__ x, const T* __restrict__ norms,
                                    const Candidates<T>& cand, int64_t d, int i, int j) {
@@ -155,30 +159,77 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ x, int n, int64
   }
 }
 
-// acc[r][c] = a[r0 + kMicroRows ty + r] . b[c0 + kMicroCols tx + c] for thread
-// (tx, ty) = (t % 16, t / 16), over all d features, staged kTileDepth at a
-// time in a_stage and b_stage (rows outside a or b count as zero).  Every
-// thread of the block must call it; it ends with a barrier.
-template <typename T, int PitchA, int PitchB>
+// acc += the staged features' products on the tensor cores (mma_3xtf32): for
+// each half of the kTileDepth features, the warp's A = a_stage rows
+// 16 (w / 4) + [0, 16) times its two B = b_stage columns 16 (w % 4) + 8 q + [0, 8).
+template <int PitchA, int PitchB>
+__device__ __forceinline__ void tensor_core_step(float (*a_stage)[PitchA], float (*b_stage)[PitchB],
+                                                 float (&acc)[kMicroRows][kMicroCols]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int row0 = 16 * int(threadIdx.x / 128), col0 = 16 * int(threadIdx.x / 32 % 4);
+#pragma unroll
+  for (int k8 = 0; k8 < kTileDepth; k8 += 8) {
+    float a[4];
+    for (int i = 0; i < 4; ++i) a[i] = a_stage[k8 + t + 4 * (i / 2)][row0 + g + 8 * (i % 2)];
+    for (int q = 0; q < 2; ++q) {
+      float b[2];
+      for (int i = 0; i < 2; ++i) b[i] = b_stage[k8 + t + 4 * i][col0 + 8 * q + g];
+      float c[4] = {acc[0][2 * q], acc[0][2 * q + 1], acc[1][2 * q], acc[1][2 * q + 1]};
+      mma_3xtf32(c, a, b);
+      acc[0][2 * q] = c[0], acc[0][2 * q + 1] = c[1];
+      acc[1][2 * q] = c[2], acc[1][2 * q + 1] = c[3];
+    }
+  }
+}
+
+// Where the calling thread's acc[r][c] of tile_dot_products lies in the tile:
+// row tile_row<G>(r), column tile_col<G>(c).  FMA: thread (tx, ty) = (t % 16,
+// t / 16) holds the adjacent rows kMicroRows ty + r and columns
+// kMicroCols tx + c.  Tensor cores: warp w holds rows 16 (w / 4) + [0, 16) and
+// columns 16 (w % 4) + [0, 16) as two m16n8 accumulators, c / 2 the one, and
+// lane (g, t) = (lane / 4, lane % 4) their elements at rows g + 8 r, columns
+// 2 t + c % 2 (the PTX ISA's accumulator layout, tensor_cores.cuh).
+template <Gram G>
+__device__ __forceinline__ int tile_row(int r) {
+  if constexpr (G == Gram::kFma) return kMicroRows * int(threadIdx.x / 16) + r;
+  return 16 * int(threadIdx.x / 128) + int(threadIdx.x % 32) / 4 + 8 * r;
+}
+template <Gram G>
+__device__ __forceinline__ int tile_col(int c) {
+  if constexpr (G == Gram::kFma) return kMicroCols * int(threadIdx.x % 16) + c;
+  return 16 * int(threadIdx.x / 32 % 4) + 8 * (c / 2) + 2 * int(threadIdx.x % 4) + c % 2;
+}
+static_assert(kTileRows == 2 * 16 && kTileCols == 4 * 16 && kMicroRows == 2 && kMicroCols == 4,
+              "the tensor-core tile is 2 x 4 warps of 16 x 16, two m16n8 accumulators each");
+
+// acc[r][c] = a[r0 + tile_row<G>(r)] . b[c0 + tile_col<G>(c)] over all d
+// features, staged kTileDepth at a time in a_stage and b_stage (rows outside
+// a or b count as zero).  Every thread of the block must call it; it ends
+// with a barrier.
+template <Gram G, typename T, int PitchA, int PitchB>
 __device__ __forceinline__ void tile_dot_products(const T* __restrict__ a, int na, int r0,
                                                   const T* __restrict__ b, int nb, int c0,
                                                   int64_t d, T (*a_stage)[PitchA],
                                                   T (*b_stage)[PitchB],
                                                   T (&acc)[kMicroRows][kMicroCols]) {
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  static_assert(G == Gram::kFma || sizeof(T) == sizeof(float), "tensor-core Gram tiles are float");
   for (int r = 0; r < kMicroRows; ++r)
     for (int c = 0; c < kMicroCols; ++c) acc[r][c] = T(0);
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
     stage_rows<T, kTileRows>(a, na, d, r0, k0, a_stage);
     stage_rows<T, kTileCols>(b, nb, d, c0, k0, b_stage);
     __syncthreads();
+    if constexpr (G == Gram::kFma) {
 #pragma unroll
-    for (int k = 0; k < kTileDepth; ++k) {
-      T a_k[kMicroRows], b_k[kMicroCols];
-      for (int r = 0; r < kMicroRows; ++r) a_k[r] = a_stage[k][kMicroRows * ty + r];
-      for (int c = 0; c < kMicroCols; ++c) b_k[c] = b_stage[k][kMicroCols * tx + c];
-      for (int r = 0; r < kMicroRows; ++r)
-        for (int c = 0; c < kMicroCols; ++c) acc[r][c] = math::fma(a_k[r], b_k[c], acc[r][c]);
+      for (int k = 0; k < kTileDepth; ++k) {
+        T a_k[kMicroRows], b_k[kMicroCols];
+        for (int r = 0; r < kMicroRows; ++r) a_k[r] = a_stage[k][tile_row<G>(r)];
+        for (int c = 0; c < kMicroCols; ++c) b_k[c] = b_stage[k][tile_col<G>(c)];
+        for (int r = 0; r < kMicroRows; ++r)
+          for (int c = 0; c < kMicroCols; ++c) acc[r][c] = math::fma(a_k[r], b_k[c], acc[r][c]);
+      }
+    } else {
+      tensor_core_step(a_stage, b_stage, acc);
     }
     __syncthreads();
   }
@@ -187,16 +238,15 @@ __device__ __forceinline__ void tile_dot_products(const T* __restrict__ a, int n
 // tile.value = squared distances of anchors [a0, a0 + kTileRows) and
 // candidates [c0, c0 + kTileCols); 0 outside the batch (callers mask by index).
 // Every thread of the block must call it; it ends with a barrier.
-template <typename T>
+template <Gram G = Gram::kFma, typename T>
 __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restrict__ norms, int n,
                                       const Candidates<T>& cand, int64_t d, int a0, int c0,
                                       DistanceTile<T>& tile) {
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[kMicroRows][kMicroCols];
-  tile_dot_products(x, n, a0, cand.rows, cand.count, c0, d, tile.rows, tile.cols, acc);
+  tile_dot_products<G>(x, n, a0, cand.rows, cand.count, c0, d, tile.rows, tile.cols, acc);
   for (int r = 0; r < kMicroRows; ++r) {
     for (int c = 0; c < kMicroCols; ++c) {
-      const int m = kMicroRows * ty + r, j = kMicroCols * tx + c;
+      const int m = tile_row<G>(r), j = tile_col<G>(c);
       const int i = a0 + m, jj = c0 + j;
       T v = T(0);
       if (i < n && jj < cand.count && !(cand.in_batch && i == jj))
@@ -206,6 +256,53 @@ __device__ void compute_distance_tile(const T* __restrict__ x, const T* __restri
     }
   }
   __syncthreads();
+}
+
+// The products of a tile's coefficients (tile.value, kTileRows x kTileCols)
+// with one staged kTileDepth-feature slice on the tensor cores (mma_3xtf32),
+// f(i, k, sum) for each of the calling thread's outputs.  Every thread must
+// call them; they end without a barrier.
+//
+// Rows: P_mk = sum_j value[m][j] cols[k][j].  Warp w multiplies rows
+// 16 (w % 4 / 2) + [0, 16) by features 8 (w % 2) + [0, 8) over columns
+// 32 (w / 4) + [0, 32); the second half's sums go through tile.rows (not
+// staged by a row pass) and are added to the first's.
+template <typename Tile, typename F>
+__device__ void for_row_products(Tile& tile, F&& f) {
+  static_assert(kTileRows == 32 && kTileCols == 64 && kTileDepth == 16, "4 outputs x 2 halves");
+  static_assert(sizeof(tile.rows) >= 4 * 32 * 4 * sizeof(float), "room for one half's sums");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int row0 = 16 * (warp % 4 / 2), feature0 = 8 * (warp % 2), half = warp / 4;
+  float c[4] = {0, 0, 0, 0};
+  for (int k8 = 32 * half; k8 < 32 * half + 32; k8 += 8) {
+    float a[4], b[2];
+    for (int i = 0; i < 4; ++i) a[i] = tile.value[row0 + g + 8 * (i % 2)][k8 + t + 4 * (i / 2)];
+    for (int i = 0; i < 2; ++i) b[i] = tile.cols[feature0 + g][k8 + t + 4 * i];
+    mma_3xtf32(c, a, b);
+  }
+  float* second_half = &tile.rows[0][0] + (warp % 4 * 32 + lane) * 4;
+  if (half == 1)
+    for (int i = 0; i < 4; ++i) second_half[i] = c[i];
+  __syncthreads();
+  for (int i = 0; half == 0 && i < 4; ++i)
+    f(row0 + g + 8 * (i / 2), feature0 + 2 * t + i % 2, c[i] + second_half[i]);
+}
+
+// Columns: Q_jk = sum_m value[m][j] rows[k][m].  Warp w multiplies columns
+// 16 (w / 2) + [0, 16) by features 8 (w % 2) + [0, 8) over the 32 rows.
+template <typename Tile, typename F>
+__device__ void for_column_products(Tile& tile, F&& f) {
+  static_assert(kTileRows == 32 && kTileCols == 64 && kTileDepth == 16, "8 outputs, one per warp");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int col0 = 16 * (warp / 2), feature0 = 8 * (warp % 2);
+  float c[4] = {0, 0, 0, 0};
+  for (int k8 = 0; k8 < kTileRows; k8 += 8) {
+    float a[4], b[2];
+    for (int i = 0; i < 4; ++i) a[i] = tile.value[k8 + t + 4 * (i / 2)][col0 + g + 8 * (i % 2)];
+    for (int i = 0; i < 2; ++i) b[i] = tile.rows[feature0 + g][k8 + t + 4 * i];
+    mma_3xtf32(c, a, b);
+  }
+  for (int i = 0; i < 4; ++i) f(col0 + g + 8 * (i / 2), feature0 + 2 * t + i % 2, c[i]);
 }
 
 // Rows that only the calling block adds into (one split, or its split's
@@ -219,12 +316,30 @@ struct PlainSum {
 
 // dx[a0 + m] += sum_j tile.value[m][j] * (x[a0 + m] - y[c0 + j]), y the
 // candidates' rows (ny of them), through dx.add (PlainSum or FixedPointSum).
-// The caller zeroes the coefficients of pairs outside the batch.  Every
-// thread must call it; it ends with a barrier.
-template <typename T, typename Sum>
+// The caller zeroes the coefficients of pairs outside the batch.  FMA sums
+// the differences; the tensor cores take x_i sum_j C_ij - sum_j C_ij y_j.
+// Every thread must call it; it ends with a barrier.
+template <Gram G = Gram::kFma, typename T, typename Sum>
 __device__ void accumulate_row_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
                                         int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,
                                         const Sum& dx) {
+  if constexpr (G != Gram::kFma) {
+    for (int m = threadIdx.x; m < kTileRows; m += kThreads) {
+      T sum = T(0);
+      for (int j = 0; j < kTileCols; ++j) sum += tile.value[m][j];
+      tile.row_sum[m] = sum;
+    }
+    for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
+      stage_rows<T, kTileCols>(y, ny, d, c0, k0, tile.cols);
+      __syncthreads();
+      for_row_products(tile, [&](int m, int k, T product) {
+        const int64_t row = int64_t(a0) + m, col = k0 + k;
+        if (row < n && col < d) dx.add(row * d + col, x[row * d + col] * tile.row_sum[m] - product);
+      });
+      __syncthreads();
+    }
+    return;
+  }
   const int k = threadIdx.x % kTileDepth, m0 = threadIdx.x / kTileDepth;
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
     stage_rows<T, kTileCols>(y, ny, d, c0, k0, tile.cols);
@@ -245,11 +360,30 @@ __device__ void accumulate_row_gradient(const T* __restrict__ x, int n, const T*
 
 // dy[c0 + j] += sum_m tile.value[m][j] * (y[c0 + j] - x[a0 + m]), through
 // dy.add (PlainSum in a column pass, which owns its columns; FixedPointSum
-// under batch-all).  Every thread must call it; it ends with a barrier.
-template <typename T, typename Sum>
+// under batch-all); on the tensor cores as y_j sum_m C_mj - sum_m C_mj x_m.
+// Every thread must call it; it ends with a barrier.
+template <Gram G = Gram::kFma, typename T, typename Sum>
 __device__ void accumulate_column_gradient(const T* __restrict__ x, int n, const T* __restrict__ y,
                                            int ny, int64_t d, int a0, int c0, DistanceTile<T>& tile,
                                            const Sum& dy) {
+  if constexpr (G != Gram::kFma) {
+    for (int j = threadIdx.x; j < kTileCols; j += kThreads) {
+      T sum = T(0);
+      for (int m = 0; m < kTileRows; ++m) sum += tile.value[m][j];
+      tile.column_sum[j] = sum;
+    }
+    for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
+      stage_rows<T, kTileRows>(x, n, d, a0, k0, tile.rows);
+      __syncthreads();
+      for_column_products(tile, [&](int j, int k, T product) {
+        const int64_t row = int64_t(c0) + j, col = k0 + k;
+        if (row < ny && col < d)
+          dy.add(row * d + col, y[row * d + col] * tile.column_sum[j] - product);
+      });
+      __syncthreads();
+    }
+    return;
+  }
   const int k = threadIdx.x % kTileDepth, j0 = threadIdx.x / kTileDepth;
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
     stage_rows<T, kTileRows>(x, n, d, a0, k0, tile.rows);

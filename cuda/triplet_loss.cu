@@ -89,7 +89,7 @@ __device__ __forceinline__ bool nearer_candidate(T distance, int index, T best_d
 // Block (anchor block, split) walks every splits-th candidate tile; each lane
 // keeps the farthest positive and the closest negative of its columns, lane 0
 // merges the anchor's lanes and stores the result for (anchor, split).
-template <typename T>
+template <typename T, Gram G>
 __global__ void __launch_bounds__(kThreads)
     triplet_hard_mine_kernel(const T* __restrict__ x, const T* __restrict__ norms,
                              const int64_t* __restrict__ labels, int n, Candidates<T> cand,
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
   T far_d = T(0), near_d = T(0);
   int far_j = -1, near_j = -1;
   for (int c0 = split * kTileCols; c0 < cand.count; c0 += splits * kTileCols) {
-    compute_distance_tile(x, norms, n, cand, d, a0, c0, tile);
+    compute_distance_tile<G>(x, norms, n, cand, d, a0, c0, tile);
     if (a < n) {
       for (int j = lane; j < kTileCols && c0 + j < cand.count; j += kLanes) {
         const int b = c0 + j;
@@ -702,9 +702,11 @@ void run_triplet(const T* x, const T* norms, const int64_t* labels, int n, const
     DeviceArray<int> far_index(n * splits, stream), near_index(n * splits, stream);
     DeviceArray<int> pair_index(2 * int64_t(n), stream);
     DeviceArray<T> pair_coef(2 * int64_t(n), stream);
-    launch("triplet_hard_mine_kernel", triplet_hard_mine_kernel<T>, blocks * splits, stream, x,
-           norms, labels, n, cand, d, squared, static_cast<int>(splits), far_distance.get(),
-           far_index.get(), near_distance.get(), near_index.get());
+    launch("triplet_hard_mine_kernel",
+           pick_gram(gram_for<T>(), triplet_hard_mine_kernel<T, Gram::kFma>,
+                     triplet_hard_mine_kernel<T, kTensorCoreGram<T>>),
+           blocks * splits, stream, x, norms, labels, n, cand, d, squared, static_cast<int>(splits),
+           far_distance.get(), far_index.get(), near_distance.get(), near_index.get());
     launch("triplet_hard_finish_kernel", triplet_hard_finish_kernel<T>, blocks, stream, n, margin,
            squared, static_cast<int>(splits), far_distance.get(), far_index.get(),
            near_distance.get(), near_index.get(), pair_index.get(), pair_coef.get(),

@@ -3,9 +3,9 @@
 // dtypes, every mining mode, squared or not, ties, several rounds of
 // positives, batches of one row; the margin softmax under every margin and
 // with rows whose sum of squares overflows; the triplet and pair losses
-// against reference sets; and every op whose
-// gradients several blocks contribute to gives the same bits whatever order
-// the blocks run in.
+// against reference sets; every op whose gradients several blocks
+// contribute to gives the same bits whatever order the blocks run in; and the
+// float kernels that can run on the tensor cores, on them.
 // Exit status 0 when all agree.
 #include <cuda_runtime.h>  // the emulation: allocation and launch counters
 
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../fixed_point.cuh"  // the accumulator of semi-hard's and batch-all's gradients
+#include "../pairwise.cuh"     // the Gram tiles, FMA and tensor cores
 #include "faceops/faceops.h"
 
 static int failures = 0;
@@ -840,6 +841,86 @@ void run_margin_softmax(std::mt19937& rng) {
     test_margin_softmax<T>(1000, 9, 1300, 30, rng, false);
 }
 
+// One Gram tile of rows a (na x d) and b (nb x d) on Gram G, written out as
+// out[m * kTileCols + j] = a_m . b_j through tile_row / tile_col.
+template <faceops::cuda::detail::Gram G>
+__global__ void gram_tile_kernel(const float* a, int na, const float* b, int nb, int64_t d,
+                                 float* out) {
+  using namespace faceops::cuda::detail;
+  __shared__ DistanceTile<float> tile;
+  float acc[kMicroRows][kMicroCols];
+  tile_dot_products<G>(a, na, 0, b, nb, 0, d, tile.rows, tile.cols, acc);
+  for (int r = 0; r < kMicroRows; ++r)
+    for (int c = 0; c < kMicroCols; ++c)
+      out[tile_row<G>(r) * kTileCols + tile_col<G>(c)] = acc[r][c];
+}
+
+// The tensor-core tile against float64 dot products: every element written
+// (out starts NaN), each within 2e-6 of sum_k |a_k b_k| (3xTF32; one TF32
+// product per step would be off by about 5e-4 of it, FMA float by d 6e-8),
+// rows and columns past na and nb zero.
+void test_gram_tile(int na, int nb, int64_t d, std::mt19937& rng) {
+  using faceops::cuda::detail::Gram, faceops::cuda::detail::kTileRows,
+      faceops::cuda::detail::kTileCols;
+  const auto a = randn<float>(na * d, rng), b = randn<float>(nb * d, rng);
+  std::vector<float> out(kTileRows * kTileCols, std::numeric_limits<float>::quiet_NaN());
+  const long mma_before = g_mma_calls;
+  emulated_launch(gram_tile_kernel<Gram::kTf32x3>, 1, faceops::cuda::detail::kThreads, a.data(),
+                  na, b.data(), nb, d, out.data());
+  double worst = 0;
+  for (int m = 0; m < kTileRows; ++m)
+    for (int j = 0; j < kTileCols; ++j) {
+      double dot = 0, magnitude = 0;
+      for (int64_t k = 0; m < na && j < nb && k < d; ++k) {
+        dot += double(a[m * d + k]) * double(b[j * d + k]);
+        magnitude += std::abs(double(a[m * d + k]) * double(b[j * d + k]));
+      }
+      const double got = out[m * kTileCols + j];
+      const double err = std::isnan(got) ? 1.0 : std::abs(got - dot) / std::max(magnitude, 1e-30);
+      worst = std::max(worst, err);
+    }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "tensor-core Gram tile %d x %d, d=%ld (%ld mma)", na, nb, (long)d,
+                g_mma_calls - mma_before);
+  const bool ok = worst <= 2e-6 && g_mma_calls > mma_before;
+  if (!ok) ++failures;
+  std::printf("%s %-60s f32 err=%.3g\n", ok ? "ok  " : "FAIL", buf, worst);
+}
+
+// The float kernels that take the tensor-core Gram (FACEOPS_CUDA_GRAM=tf32x3:
+// batch-hard, the pair loss, the margin softmax) run the checks of the FMA
+// Gram, and do run mma.
+void run_tensor_cores(std::mt19937& rng) {
+  test_gram_tile(32, 64, 16, rng);
+  test_gram_tile(32, 64, 512, rng);
+  test_gram_tile(7, 45, 37, rng);  // rows, columns and features off the tile
+  setenv("FACEOPS_CUDA_GRAM", "tf32x3", 1);
+  const long mma_before = g_mma_calls;
+  test_pair<float>(2, 5, 1, rng);
+  test_pair<float>(97, 37, 5, rng);
+  test_pair<float>(300, 6, 12, rng);
+  test_triplet<float>(97, 33, 12, 0, rng);
+  test_triplet<float>(66, 8, 6, 1, rng);  // ties
+  test_triplet<float>(66, 8, 3, 2, rng);  // near duplicates
+  test_triplet<float>(256, 16, 64, 0, rng);
+  test_triplet_duplicates<float>(rng);
+  test_pair_ref<float>(97, 130, 37, 5, true, rng);
+  test_pair_ref<float>(300, 260, 6, 12, false, rng);
+  test_triplet_ref<float>(66, 80, 8, 6, true, true, rng);
+  test_triplet_ref<float>(33, 300, 16, 64, true, false, rng);
+  test_margin_softmax<float>(1, 33, 70, 30, rng);
+  test_margin_softmax<float>(37, 50, 130, 30, rng);  // C, d, n off the tile sizes
+  test_margin_softmax<float>(70, 128, 64, 64, rng);
+  test_margin_softmax<float>(1000, 9, 1300, 30, rng, false);  // several tiles per split
+  test_margin_softmax_shard<float>(37, 50, 130, rng);
+  test_overflowing_norms<float>(37, 50, 20, rng);
+  run_block_order<float>(rng);
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "FACEOPS_CUDA_GRAM=tf32x3 ran %ld mma", g_mma_calls - mma_before);
+  expect<float>(buf, g_mma_calls > mma_before ? 0 : 1);
+  unsetenv("FACEOPS_CUDA_GRAM");
+}
+
 int main() {
   if (faceops::cuda_available() || !faceops::built_with_cuda()) {
     std::printf("FAIL cuda_available() must be false and built_with_cuda() true here\n");
@@ -863,6 +944,13 @@ int main() {
   std::mt19937 order_rng(1357);
   run_block_order<double>(order_rng);
   run_block_order<float>(order_rng);
+  const long fma_mma = g_mma_calls;  // nothing above ran on the tensor cores
+  std::mt19937 tensor_core_rng(9753);
+  run_tensor_cores(tensor_core_rng);
+  if (fma_mma != 0) {
+    std::printf("FAIL %ld mma ran with FACEOPS_CUDA_GRAM unset\n", fma_mma);
+    ++failures;
+  }
   std::printf("%d failures, %ld live allocations, %ld launches\n", failures, g_live_allocations,
               g_launches);
   return failures != 0 || g_live_allocations != 0;

@@ -95,6 +95,52 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
   return old;
 }
 
+// The lanes of each warp of the running block (32 consecutive threads), for
+// the warp-wide instructions: one barrier per warp.
+inline std::vector<std::barrier<>*>* g_warp_barriers = nullptr;
+inline void emulated_syncwarp() { (*g_warp_barriers)[threadIdx.x / 32]->arrive_and_wait(); }
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 as the PTX ISA defines
+// it: each lane hands in its fragments (layout in cuda/tensor_cores.cuh),
+// the warp's A (16 x 8) and B (8 x 8) are assembled from all 32 lanes, and
+// each lane gets its four elements of D = A B + C.  The operands' low 13 bits
+// are ignored, as by the tensor cores; the products of TF32 values are exact
+// in float, summed here in k order.
+inline long g_mma_calls = 0;  // warp-wide mma instructions run (lane 0 counts)
+inline void emulated_mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4],
+                                      const unsigned (&b)[2], const float (&c)[4]) {
+  constexpr int kMaxWarps = 32;
+  if (threadIdx.x % 32 == 0) {
+    std::lock_guard<std::mutex> l(g_atomic_mutex);
+    ++g_mma_calls;
+  }
+  static unsigned a_lanes[kMaxWarps][32][4], b_lanes[kMaxWarps][32][2];
+  const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int i = 0; i < 4; ++i) a_lanes[warp][lane][i] = a[i];
+  for (int i = 0; i < 2; ++i) b_lanes[warp][lane][i] = b[i];
+  emulated_syncwarp();
+  auto value = [](unsigned bits) {
+    bits &= 0xffffe000u;
+    float x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+  };
+  // A[m][k] sits in lane 4 (m % 8) + k % 4, register (m >= 8) + 2 (k >= 4);
+  // B[k][n] in lane 4 n + k % 4, register (k >= 4).
+  auto a_at = [&](int m, int k) {
+    return value(a_lanes[warp][4 * (m % 8) + k % 4][(m >= 8) + 2 * (k >= 4)]);
+  };
+  auto b_at = [&](int k, int n) { return value(b_lanes[warp][4 * n + k % 4][k >= 4]); };
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int m = g + 8 * (i / 2), n = 2 * t + i % 2;
+    float sum = c[i];
+    for (int k = 0; k < 8; ++k) sum += a_at(m, k) * b_at(k, n);
+    d[i] = sum;
+  }
+  emulated_syncwarp();  // all have read the fragments before the next call writes them
+}
+
 inline long g_launches = 0;
 inline bool g_reverse_blocks = false;
 template <typename... Params, typename... Args>
@@ -102,6 +148,10 @@ void emulated_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
   ++g_launches;
   std::barrier<> barrier(threads);
   g_barrier = &barrier;
+  std::vector<std::barrier<>*> warp_barriers;
+  for (unsigned first = 0; first < threads; first += 32)
+    warp_barriers.push_back(new std::barrier<>(threads - first < 32 ? threads - first : 32));
+  g_warp_barriers = &warp_barriers;
   std::vector<std::thread> pool;
   for (unsigned t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
@@ -116,4 +166,5 @@ void emulated_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
     });
   }
   for (auto& th : pool) th.join();
+  for (auto* warp_barrier : warp_barriers) delete warp_barrier;
 }
