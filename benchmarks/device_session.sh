@@ -50,7 +50,9 @@ case "$stage" in
 import json, sys
 for row in json.load(open(sys.argv[1]))["rows"]:
     ms = lambda name: row.get(name, {}).get("ms", float("nan"))
+    diff = row.get("tf32x3_max_rel_diff")
     print(f"{row['loss']:17s} N={row['n']:6d} D={row['d']:4d} faceops fp32 {ms('faceops_fp32'):8.3f} ms "
+          f"tf32x3 {ms('faceops_fp32_tf32x3'):8.3f} (diff {float('nan') if diff is None else diff:.1e}) "
           f"bf16 {ms('faceops_bf16'):8.3f} | x{row.get('ratio_fp32', float('nan')):.2f} fp32, "
           f"x{row.get('ratio_bf16', float('nan')):.2f} bf16 | bound fp32 {row['bound_ms']['float32']:.3f} ms")
 EOF

@@ -24,6 +24,7 @@ recorded, not fatal.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -128,6 +129,10 @@ def margin_softmax(cp, torch, synchronize, n=256, d=512, class_counts=(10_000, 1
             row["faceops_ms"] = timed(lambda: faceops.margin_softmax_loss(x, labels, weight, s=SCALE, rng=sample_rng, **margin),
                                       synchronize, 10)
             row["faceops_peak_mb"] = (pool.total_bytes() - held) / 2**20
+            with tensor_core_gram():
+                row["faceops_tf32x3_ms"] = timed(
+                    lambda: faceops.margin_softmax_loss(x, labels, weight, s=SCALE, rng=sample_rng, **margin),
+                    synchronize, 10)
             generator = torch.Generator(device="cuda").manual_seed(1)
 
             def torch_step():
@@ -155,6 +160,20 @@ def margin_softmax(cp, torch, synchronize, n=256, d=512, class_counts=(10_000, 1
         del x, labels, weight, xt, wt, yt
         pool.free_all_blocks()
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def tensor_core_gram():
+    """FACEOPS_CUDA_GRAM=tf32x3 (cuda/tensor_cores.cuh) for the calls inside."""
+    before = os.environ.get("FACEOPS_CUDA_GRAM")
+    os.environ["FACEOPS_CUDA_GRAM"] = "tf32x3"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["FACEOPS_CUDA_GRAM"]
+        else:
+            os.environ["FACEOPS_CUDA_GRAM"] = before
 
 
 def torch_peak(torch, name, step, synchronize):

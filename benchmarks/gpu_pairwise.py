@@ -15,6 +15,11 @@ Implementations, each timed with CUDA events as the median of --repeats steps
 step added (PyTorch's allocator, plus for faceops the high-water mark of CUDA's
 stream-ordered pool its kernels take scratch from, where cuda.bindings can read it):
   faceops_fp32, faceops_bf16   faceops.torch (check=False) on float32 / bfloat16 embeddings
+  faceops_fp32_tf32x3          the same float32 step with FACEOPS_CUDA_GRAM=tf32x3 (the Gram tiles on
+                               the tensor cores, cuda/tensor_cores.cuh: the pair loss, batch-hard's
+                               distances; semi-hard and batch-all stay on FMA), with tf32x3_max_rel_diff: the largest
+                               difference of its loss and gradient from faceops_fp32's, over the largest
+                               element (float32's rounding: about 1e-6)
   torch_fp32, torch_tf32       dense PyTorch eager (the same definitions, tests/test_benchmark_peers.py)
                                with torch.backends.cuda.matmul.allow_tf32 off / on
   torch_bf16                   the same on bfloat16 embeddings
@@ -145,6 +150,7 @@ def implementations(torch, loss, compiled, pml):
     """name -> (loss_fn, embedding dtype, allow_tf32)."""
     dense = dense_pairwise_loss(torch, loss, THETA, PER_IDENTITY)
     impls = {"faceops_fp32": (faceops_loss(loss), torch.float32, False),
+             "faceops_fp32_tf32x3": (faceops_loss(loss), torch.float32, False),
              "faceops_bf16": (faceops_loss(loss), torch.bfloat16, False),
              "torch_fp32": (dense, torch.float32, False),
              "torch_tf32": (dense, torch.float32, True),
@@ -157,6 +163,25 @@ def implementations(torch, loss, compiled, pml):
     return impls
 
 
+def tensor_core_difference(torch, loss, n, d, device):
+    """max |a - b| / max |b| over the loss and the gradient, a from FACEOPS_CUDA_GRAM=tf32x3,
+    b from the FMA Gram, on one batch; None when a run fails."""
+    results = []
+    for gram in ("tf32x3", "fma"):
+        os.environ["FACEOPS_CUDA_GRAM"] = gram
+        x, labels = make_batch(torch, n, d, device)
+        try:
+            loss_value = faceops_loss(loss)(x, labels)
+            loss_value.backward()
+        except Exception:  # out of memory at the largest sizes: the timing row says so
+            return None
+        finally:
+            os.environ.pop("FACEOPS_CUDA_GRAM")
+        results.append(torch.cat([loss_value.detach().reshape(1), x.grad.reshape(-1)]).double())
+        del x
+    return float((results[0] - results[1]).abs().max() / results[1].abs().max().clamp_min(1e-300))
+
+
 def run_case(torch, loss, n, d, device, repeats, compiled=None, pml=False, pool=None):
     """One (loss, N, D) row: every implementation, its bound and the ratios."""
     flops = bounds.pairwise_flops(loss, n, d)
@@ -166,11 +191,14 @@ def run_case(torch, loss, n, d, device, repeats, compiled=None, pml=False, pool=
     for name, (loss_fn, dtype, tf32) in implementations(torch, loss, compiled, pml).items():
         if device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
+        os.environ["FACEOPS_CUDA_GRAM"] = "tf32x3" if name.endswith("_tf32x3") else "fma"
         x, labels = make_batch(torch, n, d, device, dtype)
         row[name] = measure(torch, loss_fn, x, labels, repeats, pool if name.startswith("faceops") else None)
         del x
+    os.environ.pop("FACEOPS_CUDA_GRAM")
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
+    row["tf32x3_max_rel_diff"] = tensor_core_difference(torch, loss, n, d, device)
     peers = [row[p]["ms"] for p in ("torch_fp32", "torch_tf32", "torch_compile", "pml") if "ms" in row.get(p, {})]
     if peers and "ms" in row["faceops_fp32"]:
         row["ratio_fp32"] = min(peers) / row["faceops_fp32"]["ms"]

@@ -7,7 +7,7 @@ import pytest
 
 import faceops
 from faceops import _shard
-from testing import DTYPES, MININGS, TOLERANCE, pk_labels, product
+from testing import DTYPES, MININGS, TOLERANCE, kink_free_batch, kink_gap_pair, pk_labels, product
 
 pytestmark = pytest.mark.skipif(
     not faceops.cuda_available(), reason="CUDA kernels not built or no CUDA device present (faceops.cuda_available() is False)"
@@ -108,6 +108,56 @@ def test_gpu_results_bitwise_reproducible(cupy, dtype):
             again = [cupy.asnumpy(cupy.asarray(r)) for r in op()]
             for a, b in zip(first, again):
                 assert a.tobytes() == b.tobytes(), name
+
+
+# FACEOPS_CUDA_GRAM=tf32x3 (cuda/tensor_cores.cuh, opt-in): the float32 kernels that take the
+# tensor-core Gram (pair, batch-hard, margin softmax) against the float64 CPU kernels at float32's
+# tolerance, which 3xTF32 keeps (one TF32 product would be off by about 5e-4 of |x_i| |x_j|), on
+# kink-free batches so that no mining choice hangs on the last bits; bitwise reproducible too.
+def _batch_hard_gap(x, labels, margin=0.3):
+    """Smallest distance of batch-hard's decisions to a tie: the farthest positive and the
+    closest negative of every anchor from their runners-up, and the hinge from 0."""
+    d = np.sum((x[:, None] - x[None]) ** 2, axis=2)
+    gap = np.inf
+    for a in range(len(x)):
+        same = labels == labels[a]
+        same[a] = False
+        positives, negatives = np.sort(d[a][same])[::-1], np.sort(d[a][labels != labels[a]])
+        gap = min(gap, positives[0] - positives[1], negatives[1] - negatives[0],
+                  abs(positives[0] - negatives[0] + margin))
+    return gap
+
+
+def _tensor_core_cases():
+    x, labels = kink_free_batch(31, 64, 4, 96, _batch_hard_gap)
+    px, plabels = kink_free_batch(32, 64, 4, 96, lambda x, y: kink_gap_pair(x, y, 60.0), min_gap=1e-4)
+    rng = np.random.default_rng(33)
+    return {
+        "hard": (lambda a, y: faceops.triplet_loss(a, y, 0.3, "hard", True), (x, labels)),
+        "pair": (lambda a, y: faceops.pair_loss(a, y, 60.0), (px, plabels)),
+        "margin_softmax": (faceops.margin_softmax_loss, (rng.standard_normal((300, 96)), rng.integers(0, 1000, 300),
+                                                          rng.standard_normal((1000, 96)))),
+    }
+
+
+@pytest.mark.parametrize("loss", ["hard", "pair", "margin_softmax"])
+def test_tensor_core_gram_keeps_float32_accuracy(cupy, monkeypatch, loss):
+    op, arrays = _tensor_core_cases()[loss]
+    expected = op(*arrays)  # float64 on the CPU
+    monkeypatch.setenv("FACEOPS_CUDA_GRAM", "tf32x3")
+    on_gpu = [cupy.asarray(a.astype(np.float32) if a.dtype.kind == "f" else a) for a in arrays]
+    first = [cupy.asnumpy(cupy.asarray(r)) for r in op(*on_gpu)]
+    for got, want in zip(first, expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * max(np.abs(want).max(), 1e-30))
+    again = [cupy.asnumpy(cupy.asarray(r)) for r in op(*on_gpu)]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(first, again))
+
+
+def test_an_unknown_cuda_gram_is_refused(cupy, monkeypatch):
+    monkeypatch.setenv("FACEOPS_CUDA_GRAM", "tf32")
+    x = cupy.asarray(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="FACEOPS_CUDA_GRAM: expected 'fma' or 'tf32x3', got 'tf32'"):
+        faceops.pair_loss(x, cupy.asarray(np.array([0, 0, 1, 1])), 1.0)
 
 
 def test_runs_on_cupys_current_stream(cupy):
