@@ -153,6 +153,31 @@ def test_tensor_core_gram_keeps_float32_accuracy(cupy, monkeypatch, loss):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(first, again))
 
 
+def _duplicate_tie_case():
+    """The kink-free batch-hard batch with the closest negative of anchor 0 copied into a row of
+    its identity with a higher index: anchors that had it as their closest negative now have
+    two, exactly tied, and the CPU rule gives the tie to the lower index."""
+    x, labels = kink_free_batch(31, 64, 4, 96, _batch_hard_gap)
+    distances = np.sum((x - x[0]) ** 2, axis=1)
+    original = int(np.flatnonzero(labels != labels[0])[np.argmin(distances[labels != labels[0]])])
+    copy = int(np.flatnonzero(labels == labels[original]).max())
+    assert copy > original
+    x[copy] = x[original]
+    return x, labels
+
+
+@pytest.mark.parametrize("gram", ["fma", "tf32x3"])
+def test_ties_between_duplicated_rows_go_to_the_lower_index(cupy, monkeypatch, gram):
+    # On the tensor cores the two copies sit in other columns of an mma: their distances to an
+    # anchor must still be the same bits, or the tie would go to the copy.
+    x, labels = _duplicate_tie_case()
+    expected = faceops.triplet_loss(x, labels, 0.3, "hard", True)  # float64 on the CPU
+    monkeypatch.setenv("FACEOPS_CUDA_GRAM", gram)
+    loss, dx = faceops.triplet_loss(cupy.asarray(x.astype(np.float32)), cupy.asarray(labels), 0.3, "hard", True)
+    assert float(loss) == pytest.approx(expected[0], rel=2e-4)
+    np.testing.assert_allclose(cupy.asnumpy(dx), expected[1], rtol=0, atol=2e-4 * np.abs(expected[1]).max())
+
+
 def test_an_unknown_cuda_gram_is_refused(cupy, monkeypatch):
     monkeypatch.setenv("FACEOPS_CUDA_GRAM", "tf32")
     x = cupy.asarray(np.eye(4, dtype=np.float32))
