@@ -1,4 +1,4 @@
-// The Gram products of the float tiles on the tensor cores (sm_80 and later):
+// The float tiles' matrix products on the tensor cores (sm_80 and later):
 // mma.sync m16n8k8 in TF32, three products per step ("3xTF32": a = a_big +
 // a_small with both parts rounded to TF32, a.b ~ a_big.b_big + a_big.b_small
 // + a_small.b_big), which keeps the dot products at about float32's accuracy
@@ -61,6 +61,7 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
 #endif
 }
 
+// The float whose bits are `bits` (a TF32 value is one).
 __device__ __forceinline__ float tf32_value(uint32_t bits) {
   float x;
 #if defined(__CUDA_ARCH__) && !defined(FACEOPS_CUDA_EMULATION)
