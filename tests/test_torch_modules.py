@@ -231,3 +231,22 @@ def test_compiled_training_step_matches_eager(name, backend):
     for got, want in zip(losses + model_params + state, eager_losses + eager_model + eager_state):
         torch.testing.assert_close(got, want, **tolerance)
     assert eager_losses[0] > 0
+
+
+@pytest.mark.parametrize("name", ["triplet", "pair", "center", "center_alpha", "arcface", "partial_fc"])
+def test_module_errors_name_the_embeddings_argument(name):
+    """A module is called loss_fn(embeddings, labels): its errors name embeddings, never the
+    functional forms' x."""
+    loss_fn = MODULES[name]()
+    x, labels = _batch(2)
+    with pytest.raises(ValueError, match=r"^embeddings: expected a contiguous tensor .* pass "
+                                         r"embeddings\.contiguous\(\)$"):
+        loss_fn(torch.randn(8, 16).t(), labels)
+    nan = x.clone()
+    nan[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="^embeddings: contains NaN or Inf"):
+        loss_fn(nan, labels)
+    with pytest.raises(TypeError, match="^embeddings: expected dtype"):
+        loss_fn(x.to(torch.int32), labels)
+    with pytest.raises(ValueError, match=r"^labels: expected shape \(16,\)"):
+        loss_fn(x, labels[:4])

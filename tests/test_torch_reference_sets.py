@@ -227,9 +227,9 @@ def test_a_batch_the_loss_refuses_leaves_the_queue_as_it_was():
         x, labels = batches[2]
         poisoned = x.clone()
         poisoned[0, 0] = float("nan")
-        with pytest.raises(ValueError, match="x: contains NaN or Inf"):
+        with pytest.raises(ValueError, match="embeddings: contains NaN or Inf"):
             memory(poisoned, labels)
-        with pytest.raises(ValueError, match="x: expected a contiguous tensor"):
+        with pytest.raises(ValueError, match="embeddings: expected a contiguous tensor"):
             memory(x.t().contiguous().t(), labels)
         assert (memory.next_slot, memory.filled) == (clean.next_slot, clean.filled)
         assert torch.equal(memory.embeddings, clean.embeddings) and torch.equal(memory.labels, clean.labels)

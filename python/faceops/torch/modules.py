@@ -11,6 +11,15 @@ from faceops import _params
 from faceops.torch import _boundary, functional
 
 
+def _naming_embeddings(error):
+    """The functional forms and the ops name their first matrix x; a module's caller passed it
+    as ``embeddings``.  Returns the error to raise, renamed where it names x."""
+    message = str(error)
+    if not message.startswith("x: "):
+        return error
+    return type(error)("embeddings: " + message[3:].replace("x.contiguous()", "embeddings.contiguous()"))
+
+
 def _check_dim(embeddings, dim):
     """Embeddings of another width than a module's parameter are named as the culprit (the ops
     name the second matrix, the parameter)."""
@@ -31,13 +40,19 @@ class TripletLoss(nn.Module):
     def forward(self, embeddings, labels, ref=None, ref_labels=None, self_index=None):
         """The loss of the batch, or of its rows as anchors against a reference set (see
         functional.triplet_loss)."""
-        return functional.triplet_loss(embeddings, labels, self.margin, self.mining, self.squared, ref=ref,
-                                       ref_labels=ref_labels, self_index=self_index, check=self.check)
+        try:
+            return functional.triplet_loss(embeddings, labels, self.margin, self.mining, self.squared, ref=ref,
+                                           ref_labels=ref_labels, self_index=self_index, check=self.check)
+        except (ValueError, TypeError) as error:
+            raise _naming_embeddings(error) from None
 
     def reference_terms(self, embeddings, labels, ref, ref_labels, self_index=None):
         """(loss, count) against a reference set: functional.triplet_loss_terms."""
-        return functional.triplet_loss_terms(embeddings, labels, ref, ref_labels, self.margin, self.mining,
-                                             self.squared, self_index, check=self.check)
+        try:
+            return functional.triplet_loss_terms(embeddings, labels, ref, ref_labels, self.margin, self.mining,
+                                                 self.squared, self_index, check=self.check)
+        except (ValueError, TypeError) as error:
+            raise _naming_embeddings(error) from None
 
     def extra_repr(self):
         return f"margin={self.margin}, mining={self.mining!r}, squared={self.squared}"
@@ -52,13 +67,19 @@ class PairLoss(nn.Module):
         self.check = _params.flag("check", check)
 
     def forward(self, embeddings, labels, ref=None, ref_labels=None, self_index=None):
-        return functional.pair_loss(embeddings, labels, self.theta, ref=ref, ref_labels=ref_labels,
-                                    self_index=self_index, check=self.check)
+        try:
+            return functional.pair_loss(embeddings, labels, self.theta, ref=ref, ref_labels=ref_labels,
+                                        self_index=self_index, check=self.check)
+        except (ValueError, TypeError) as error:
+            raise _naming_embeddings(error) from None
 
     def reference_terms(self, embeddings, labels, ref, ref_labels, self_index=None):
         """(loss, count) against a reference set: functional.pair_loss_terms."""
-        return functional.pair_loss_terms(embeddings, labels, ref, ref_labels, self.theta, self_index,
-                                          check=self.check)
+        try:
+            return functional.pair_loss_terms(embeddings, labels, ref, ref_labels, self.theta, self_index,
+                                              check=self.check)
+        except (ValueError, TypeError) as error:
+            raise _naming_embeddings(error) from None
 
 
 class ContrastiveLoss(nn.Module):
@@ -99,11 +120,14 @@ class CenterLoss(nn.Module):
 
     def forward(self, embeddings, labels):
         _check_dim(embeddings, self.centers.shape[1])
-        loss = functional.center_loss(embeddings, labels, self.centers, check=self.check)
-        if self.alpha is not None and self.training:
-            # x in the centres' dtype: under autocast the embeddings may be half.
-            functional.center_update_(embeddings.detach().to(self.centers.dtype), labels, self.centers, self.alpha,
-                                      check=self.check)
+        try:
+            loss = functional.center_loss(embeddings, labels, self.centers, check=self.check)
+            if self.alpha is not None and self.training:
+                # x in the centres' dtype: under autocast the embeddings may be half.
+                functional.center_update_(embeddings.detach().to(self.centers.dtype), labels, self.centers,
+                                          self.alpha, check=self.check)
+        except (ValueError, TypeError) as error:
+            raise _naming_embeddings(error) from None
         return loss
 
     def extra_repr(self):
@@ -139,8 +163,12 @@ class MarginSoftmaxLoss(nn.Module):
 
     def forward(self, embeddings, labels):
         _check_dim(embeddings, self.weight.shape[1])
-        return functional.margin_softmax_loss(embeddings, labels, self.weight, self.s, self.m1, self.m2, self.m3,
-                                              self.sample_rate, sparse_grad=self.sparse_grad, check=self.check)
+        try:
+            return functional.margin_softmax_loss(embeddings, labels, self.weight, self.s, self.m1, self.m2,
+                                                  self.m3, self.sample_rate, sparse_grad=self.sparse_grad,
+                                                  check=self.check)
+        except (ValueError, TypeError) as error:
+            raise _naming_embeddings(error) from None
 
     def extra_repr(self):
         return (f"num_classes={self.weight.shape[0]}, dim={self.weight.shape[1]}, s={self.s}, "
