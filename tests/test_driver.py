@@ -191,6 +191,10 @@ def test_short_training_on_orl_lowers_the_loss_and_raises_accuracy(tmp_path):
         (["--image-size", "100000"], "--image-size: expected 16 to 1024 pixels, got 100000"),
         (["--seed", "-1"], "--seed: expected an integer in [0, 2^63), got -1"),
         (["--seed", str(2**64)], "--seed: expected an integer in [0, 2^63)"),
+        (["--rank", "100000"], "--rank: expected 1 to 4096, got 100000"),
+        (["--rank", "0"], "--rank: expected a positive integer, got 0"),
+        (["--hidden", "-5"], "--hidden: expected 0 (no hidden layer) to 4096 units, got -5"),
+        (["--hidden", "5000"], "--hidden: expected 0 (no hidden layer) to 4096 units, got 5000"),
     ],
 )
 def test_bad_command_lines_exit_with_a_message(tmp_path, argv, message, capsys):

@@ -26,6 +26,9 @@ LOSS_NAMES = ("softmax", "center", "triplet", "pair", "contrastive") + MARGIN_LO
 METHODS = ("standard", "sst")
 BACKBONES = ("descriptor", "cnn")
 MAX_IMAGE_SIZE = 1024  # face crops are 64-256 pixels; a batch of 1024^2 images is already 0.25 GB
+# --rank and --hidden: face embeddings are 128-512 wide, the descriptors 3776 (lbp) and 1024 (pixels);
+# 4096 keeps the exported ONNX model far below protobuf's 2 GiB (a --rank 100000 run trained, then failed there).
+MAX_WIDTH = 4096
 AUGMENTATIONS = {"full": {}, "photometric": {"max_shift": 0.0, "max_angle": 0.0, "occlusion": 0.0}, "none": None}
 
 
@@ -157,13 +160,14 @@ def build_parser():
                      help="the fixed face descriptor the network starts from: uniform LBP histograms or raw pixels "
                           "(--backbone cnn: only the reference reported beside the trained model)")
     net.add_argument("--hidden", type=int, default=0,
-                     help="0: the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units")
+                     help=f"0: the descriptor plus a learned low-rank correction; >0: an MLP with this many ReLU units "
+                          f"(at most {MAX_WIDTH})")
     net.add_argument("--flip-test", action=argparse.BooleanOptionalAction,
                      help="--backbone cnn: verify (and export) the sum of the embeddings of the image and of its "
                           "horizontal mirror, L2-normalised, as insightface's flip test (default: on with "
                           "--backbone cnn)")
     net.add_argument("--rank", type=int, default=128,
-                     help="rank of the correction, or the MLP's (or the cnn's) embedding size")
+                     help=f"rank of the correction, or the MLP's (or the cnn's) embedding size (1 to {MAX_WIDTH})")
     losses = p.add_argument_group("losses")
     losses.add_argument("--loss", help="'+'-joined weighted terms of " + ", ".join(LOSS_NAMES) +
                         ", e.g. softmax+0.008*center (default: triplet; with --method sst one margin-softmax term, "
@@ -943,6 +947,10 @@ def check_arguments(config):
     for name in ("epochs", "image_size", "identities_per_batch", "rank"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(config, name)}")
+    if config.rank > MAX_WIDTH:
+        raise ValueError(f"--rank: expected 1 to {MAX_WIDTH}, got {config.rank}")
+    if not 0 <= config.hidden <= MAX_WIDTH:
+        raise ValueError(f"--hidden: expected 0 (no hidden layer) to {MAX_WIDTH} units, got {config.hidden}")
     if config.images_per_identity < 2:
         raise ValueError("--images-per-identity: expected at least 2, so that every anchor has a positive")
     if not 16 <= config.image_size <= MAX_IMAGE_SIZE:
