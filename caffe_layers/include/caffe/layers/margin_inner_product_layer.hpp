@@ -40,7 +40,10 @@ namespace caffe {
  * has @f$ (c_w, c_x) @f$ rescaled to unit length.  exact_gradient true (a
  * faceops field) gives the exact gradients of the forward pass, the weight's
  * with its radial part removed, as for inner_product_param.normalize.
- * A zero feature row is an error (the fork divides by its norm).
+ * A zero feature row is an error (the fork divides by its norm), and so is
+ * one with a NaN or Inf, or a norm beyond Dtype's range.  A row whose sum of
+ * squares alone overflows (entries near sqrt(max)) gets its norm by
+ * faceops::row_norm's rescaling, where the fork's sqrt(inf) gives c = 0.
  */
 template <typename Dtype>
 class MarginInnerProductLayer : public Layer<Dtype> {

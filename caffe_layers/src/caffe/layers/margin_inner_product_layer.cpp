@@ -1,3 +1,4 @@
+#include <cmath>
 #include <vector>
 
 #include "faceops/fork_margins.h"
@@ -80,7 +81,7 @@ template <typename Dtype>
 void MarginInnerProductLayer<Dtype>::CheckFeatureNorms() const {
   const Dtype* norms = x_norm_.cpu_data();
   for (int i = 0; i < num_; ++i) {
-    CHECK_GT(norms[i], 0) << "MarginInnerProduct layer '"
+    CHECK(norms[i] > 0 && std::isfinite(norms[i])) << "MarginInnerProduct layer '"
         << this->layer_param_.name() << "': bottom[0] (features) row " << i
         << " has norm " << norms[i] << "; expected nonzero, finite features";
   }
@@ -94,7 +95,8 @@ void MarginInnerProductLayer<Dtype>::Forward_cpu(
   const Dtype* x = bottom[0]->cpu_data();
   Dtype* x_norm = x_norm_.mutable_cpu_data();
   for (int i = 0; i < num_; ++i) {
-    x_norm[i] = std::sqrt(caffe_cpu_dot(dim_, x + i * dim_, x + i * dim_));
+    x_norm[i] = faceops::row_norm(x + i * dim_, dim_,
+        caffe_cpu_dot(dim_, x + i * dim_, x + i * dim_)).norm;
   }
   CheckFeatureNorms();
   Dtype* logits = top[0]->mutable_cpu_data();

@@ -14,7 +14,7 @@ __global__ void MarginInnerProductNorms(int num, int dim, const Dtype* x,
   CUDA_KERNEL_LOOP(i, num) {
     Dtype squared = 0;
     for (int k = 0; k < dim; ++k) squared += x[i * dim + k] * x[i * dim + k];
-    norms[i] = sqrt(squared);
+    norms[i] = faceops::row_norm(x + i * dim, dim, squared).norm;
   }
 }
 

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -193,6 +194,63 @@ TYPED_TEST(MarginInnerProductLayerTest, TestForkBackward) {
           << "sample " << i << ", feature " << k;
     }
   }
+}
+
+// A feature row whose sum of squares overflows Dtype (entries near
+// sqrt(max)): the layer is homogeneous in x, so its logits are those of the
+// unscaled row times the scale and its feature gradient is the unscaled
+// row's, where sqrt(inf) would have given c = 0.
+TYPED_TEST(MarginInnerProductLayerTest, TestOverflowingFeatureNorm) {
+  typedef typename TypeParam::Dtype Dtype;
+  MarginInnerProductParameter* param =
+      this->layer_param_.mutable_margin_inner_product_param();
+  param->set_base(0.5);
+  param->set_gamma(0);  // lambda = 0.5 at every pass
+  param->set_exact_gradient(true);
+  this->blob_top_vec_.resize(1);
+  this->SetType(4);
+  MarginInnerProductLayer<Dtype> layer(this->layer_param_);
+  layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  FillerParameter filler_param;
+  GaussianFiller<Dtype> filler(filler_param);
+  Blob<Dtype> g(6, 4, 1, 1);
+  filler.Fill(&g);
+  vector<bool> propagate_down(2, false);
+  propagate_down[0] = true;
+  vector<double> logits, diffs;
+  const int exponent = std::numeric_limits<Dtype>::max_exponent / 2 + 2;
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) {
+      Dtype* x = this->blob_bottom_->mutable_cpu_data();
+      for (int k = 0; k < 5; ++k) x[5 + k] = std::ldexp(x[5 + k], exponent);  // exact
+    }
+    layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+    caffe_copy(24, g.cpu_data(), this->blob_top_->mutable_cpu_diff());
+    layer.Backward(this->blob_top_vec_, propagate_down, this->blob_bottom_vec_);
+    const int scale = pass == 1 ? -exponent : 0;
+    for (int j = 0; j < 4; ++j) {
+      logits.push_back(std::ldexp(double(this->blob_top_->cpu_data()[4 + j]), scale));
+    }
+    for (int k = 0; k < 5; ++k) diffs.push_back(this->blob_bottom_->cpu_diff()[5 + k]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    EXPECT_NEAR(logits[4 + j], logits[j], 1e-5 * (1 + std::fabs(logits[j]))) << "class " << j;
+  }
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_NEAR(diffs[5 + k], diffs[k], 1e-5 * (1 + std::fabs(diffs[k]))) << "feature " << k;
+  }
+}
+
+// A feature row with an Inf entry has no norm in Dtype: a CHECK names it,
+// where the fork's sqrt(inf) passed a "norm > 0" test.
+TYPED_TEST(MarginInnerProductLayerTest, TestInfiniteFeatureIsAnError) {
+  typedef typename TypeParam::Dtype Dtype;
+  this->blob_top_vec_.resize(1);
+  MarginInnerProductLayer<Dtype> layer(this->layer_param_);
+  layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  this->blob_bottom_->mutable_cpu_data()[7] = std::numeric_limits<Dtype>::infinity();
+  EXPECT_DEATH(layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_),
+      "row 1 has norm inf; expected nonzero, finite features");
 }
 
 }  // namespace caffe
