@@ -343,20 +343,34 @@ def run_child(impl, loss, n, d, classes, repeats, mem_limit_gb, timeout, budget_
     return watched(cmd, env, timeout, mem_limit_gb)
 
 
-def cases(quick):
+def cases(quick, losses):
     sizes = [(1024, 128)] if quick else [(1024, 128), (1024, 512), (4096, 128), (4096, 512)]
     for n, d in sizes:
         for loss in PAIRWISE:
-            yield loss, n, d, 1000 if loss == "center" else 0
+            if loss in losses:
+                yield loss, n, d, 1000 if loss == "center" else 0
     for classes in ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]):
         for loss in MARGIN:
-            yield loss, 256, 512, classes
+            if loss in losses:
+                yield loss, 256, 512, classes
+
+
+def loss_list(text):
+    """--losses: comma-separated names of PAIRWISE and MARGIN."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in (*PAIRWISE, *MARGIN)]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; expected names of "
+                                         f"{', '.join((*PAIRWISE, *MARGIN))}")
+    return names
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 1024, D = 128, C <= 1e5, fewer repeats")
     parser.add_argument("--overhead-only", action="store_true", help="only the wrapper-overhead measurement")
+    parser.add_argument("--losses", type=loss_list, default=[*PAIRWISE, *MARGIN],
+                        help="comma-separated losses to time (default: all), e.g. contrastive,triplet_hard")
     parser.add_argument("--out", default="benchmarks/results/torch_step")
     parser.add_argument("--mem-limit-gb", type=float, default=0.6 * (mem_available_kb() or 0) / 2**20)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
@@ -370,7 +384,7 @@ def main():
     repeats = 5 if args.quick else 10
     results = {"load_average_start": os.getloadavg(), "overhead": overhead(200 if args.quick else 500), "steps": []}
     if not args.overhead_only:
-        for loss, n, d, classes in cases(args.quick):
+        for loss, n, d, classes in cases(args.quick, args.losses):
             row = {"loss": loss, "n": n, "d": d, "classes": classes, "load_average": os.getloadavg()[0]}
             for impl in IMPLEMENTATIONS:
                 row[impl] = run_child(impl, loss, n, d, classes, repeats, args.mem_limit_gb, args.timeout, 30.0)
