@@ -39,6 +39,7 @@ on the same float32 memory, at N = 1024, D = 128, in one process.
 import argparse
 import json
 import os
+import random
 import sys
 import time
 
@@ -264,7 +265,8 @@ def timed(fn, repeats, synchronize=lambda: None, budget_s=60.0):
 
 def overhead(repeats):
     """faceops.torch functional (forward + backward) against the faceops NumPy op on the same
-    float32 memory, N = 1024, D = 128, in one process, the three calls interleaved one by one;
+    float32 memory, N = 1024, D = 128, in one process, the three calls interleaved one by one
+    in a shuffled order;
     median and minimum ms, and their ratios."""
     import torch
 
@@ -308,8 +310,12 @@ def overhead(repeats):
         times = {key: [] for key in variants}
         for call in variants.values():
             call()  # warm-up
-        for _ in range(repeats):  # interleaved one by one, so drifting load hits all three alike
-            for key, call in variants.items():
+        order = random.Random(0)
+        for _ in range(repeats):  # interleaved one by one, so drifting load hits all three alike,
+            keys = list(variants)  # in a new order each round: a call pays for what the one before
+            order.shuffle(keys)  # it left (freed buffers, evicted caches), which a fixed order biases
+            for key in keys:
+                call = variants[key]
                 start = time.perf_counter()
                 call()
                 times[key].append(1e3 * (time.perf_counter() - start))
