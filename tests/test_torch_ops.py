@@ -217,14 +217,20 @@ def test_autograd_gradients_are_the_kernels_scaled():
     torch.testing.assert_close(x.grad, torch.from_numpy(3.0 * dx), rtol=0, atol=0)
 
 
+# The two ways a loss op runs: through the dispatcher, and in plain eager mode as its own
+# pieces in an autograd.Function (_library.call, which the functional forms use).
+CALLS = {"dispatched": lambda op, *args: op(*args), "eager": _library.call}
+
+
+@pytest.mark.parametrize("path", sorted(CALLS))
 @pytest.mark.parametrize("name", sorted(set(DIFFERENTIABLE) - {"target_margin_forward"}))
-def test_a_unit_backward_hands_out_the_saved_gradients(name):
+def test_a_unit_backward_hands_out_the_saved_gradients(name, path):
     """loss.backward() on the CPU (incoming gradient 1, graph not kept) returns the kernel's
     gradients as they are: no multiplication, no copy; the gradients stay the kernel's."""
     args = list(_op_cases(torch.float64)[name])
     for position in DIFFERENTIABLE[name]:
         args[position] = args[position].clone().requires_grad_()
-    outputs = getattr(_library, name)(*args)
+    outputs = CALLS[path](getattr(_library, name), *args)
     expected = [gradient.clone() for gradient in outputs[1:]]
     loss = outputs[0]
     del outputs
@@ -234,6 +240,75 @@ def test_a_unit_backward_hands_out_the_saved_gradients(name):
     assert not made & {"aten::mul", "aten::copy_", "aten::clone"}, made
     grads = [args[position].grad for position in DIFFERENTIABLE[name]]
     assert any(torch.equal(grads[0], gradient) for gradient in expected)
+
+
+def _leaf_arguments(name, dtype):
+    """_op_cases' arguments of op ``name`` with fresh leaves at its differentiable positions."""
+    args = list(_op_cases(dtype)[name])
+    for position in DIFFERENTIABLE[name]:
+        args[position] = args[position].clone().requires_grad_()
+    return args
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(DIFFERENTIABLE))
+def test_plain_eager_calls_leave_out_the_dispatcher_with_the_same_bits(name, dtype):
+    """_library.call runs a loss op in plain eager mode as an autograd.Function of the op's own
+    implementation, setup_context and backward: outputs and gradients (also scaled by an
+    incoming gradient of 3) are the dispatched op's, bit for bit."""
+    op = getattr(_library, name)
+    results = {}
+    for path, run in CALLS.items():
+        args = _leaf_arguments(name, dtype)
+        outputs = run(op, *args)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        backward_name = type(outputs[0].grad_fn).__name__
+        assert backward_name.endswith("_eagerBackward") == (path == "eager"), (path, backward_name)
+        (3.0 * outputs[0].sum()).backward()
+        results[path] = [t.detach() for t in outputs] + [args[p].grad for p in DIFFERENTIABLE[name]]
+    for got, expected in zip(results["eager"], results["dispatched"]):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_modes_tracers_and_autocast_get_the_dispatched_op():
+    """Whatever may watch or transform a call (a dispatch mode, a function mode such as
+    torch.device, fake tensors, autocast, torch.compile) sees torch.ops.faceops.*, as before."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, labels = _batch(28)
+    x.requires_grad_()
+    with Recorder() as recorder:
+        ft.triplet_loss(x, labels, 0.2, "hard")
+    assert "faceops.triplet_loss.default" in recorder.ops
+    for context in (torch.device("cpu"), torch.autocast("cpu", dtype=torch.bfloat16)):
+        with context:
+            loss = ft.triplet_loss(x, labels, 0.2, "hard")
+        assert "faceops_triplet_loss" in type(loss.grad_fn).__name__
+    with FakeTensorMode():
+        fake = ft.triplet_loss(torch.empty(12, 6), torch.zeros(12, dtype=torch.int64))
+    assert type(fake).__name__ == "FakeTensor" and fake.shape == ()
+    assert ft.triplet_loss(x, labels, 0.2, "hard").grad_fn.__class__.__name__ == "triplet_loss_eagerBackward"
+
+
+@pytest.mark.parametrize("path", sorted(CALLS))
+def test_a_second_backward_without_the_graph_is_refused(path):
+    """The saved gradients are saved tensors on both paths: freed by the first backward, so a
+    second one fails as autograd's own do, instead of handing out the first one's buffer again."""
+    args = _leaf_arguments("triplet_loss", torch.float64)
+    loss = CALLS[path](_library.triplet_loss, *args)[0]
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("loss_name", ["triplet_all", "contrastive"])
@@ -258,14 +333,15 @@ def test_a_retained_graph_never_hands_out_the_saved_gradients(loss_name):
     assert expected.abs().max() > 0
 
 
+@pytest.mark.parametrize("path", sorted(CALLS))
 @pytest.mark.parametrize("name", sorted(set(DIFFERENTIABLE) - {"target_margin_forward"}))
-def test_backward_makes_no_zero_gradients_for_the_gradient_outputs(name):
+def test_backward_makes_no_zero_gradients_for_the_gradient_outputs(name, path):
     """A loss op returns its gradients beside the loss; they get no gradient themselves, and
     autograd must not build N x D zeros for them on every backward (materialize_grads off)."""
     args = list(_op_cases(torch.float64)[name])
     for position in DIFFERENTIABLE[name]:
         args[position] = args[position].clone().requires_grad_()
-    loss = getattr(_library, name)(*args)[0]
+    loss = CALLS[path](getattr(_library, name), *args)[0]
     with torch.profiler.profile() as profile:
         loss.backward()
     made = {event.name for event in profile.events()}
@@ -461,8 +537,10 @@ def test_wrong_shapes_name_the_argument():
         ft.pair_loss(x, labels, torch.ones(1, dtype=torch.float64))
     with pytest.raises(TypeError, match="x: expected dtype float16, bfloat16, float32 or float64, got torch.int64"):
         ft.triplet_loss(labels[:, None].expand(12, 2).contiguous(), labels)
-    with pytest.raises(RuntimeError, match="for argument 'x' but instead found type 'ndarray'"):
+    with pytest.raises(TypeError, match="x: expected a torch.Tensor, got ndarray"):
         ft.triplet_loss(x.numpy(), labels)
+    with pytest.raises(RuntimeError, match="for argument 'x' but instead found type 'ndarray'"):
+        torch.ops.faceops.triplet_loss(x.numpy(), labels, 0.2, "semihard", True, True)
 
 
 def test_non_contiguous_tensors_are_refused_not_copied():

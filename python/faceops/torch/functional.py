@@ -42,7 +42,7 @@ def center_loss(x, labels, centers, *, check=True):
     centers (C, D) get a gradient (zero outside the batch's classes) when they require one."""
     _eager_checks(check=check)
     centers_grad = torch.is_grad_enabled() and centers.requires_grad
-    return _library.center_loss(x, labels, centers, centers_grad, check)[0]
+    return _library.call(_library.center_loss, x, labels, centers, centers_grad, check)[0]
 
 
 def center_update_direction(x, labels, centers, *, check=True):
@@ -69,7 +69,7 @@ def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True, *, ref=
     none), which is never its positive.  Gradients reach x and ref."""
     _eager_checks(margin=margin, mining=mining, squared=squared, check=check)
     if ref is None and ref_labels is None and self_index is None:
-        return _library.triplet_loss(x, labels, margin, mining, squared, check)[0]
+        return _library.call(_library.triplet_loss, x, labels, margin, mining, squared, check)[0]
     return triplet_loss_terms(x, labels, ref, ref_labels, margin, mining, squared, self_index, check=check)[0]
 
 
@@ -81,8 +81,8 @@ def triplet_loss_terms(x, labels, ref, ref_labels, margin=0.2, mining="semihard"
     _eager_checks(margin=margin, mining=mining, squared=squared, check=check)
     _require_reference(ref, ref_labels)
     ref_grad = torch.is_grad_enabled() and ref.requires_grad
-    loss, count, _, _ = _library.triplet_loss_ref(x, labels, ref, ref_labels, self_index, margin, mining, squared,
-                                                  ref_grad, check)
+    loss, count, _, _ = _library.call(_library.triplet_loss_ref, x, labels, ref, ref_labels, self_index, margin,
+                                      mining, squared, ref_grad, check)
     return loss, count
 
 
@@ -96,7 +96,7 @@ def _require_reference(ref, ref_labels):
 def triplet_loss_explicit(anchor, positive, negative, margin=1.0, *, check=True):
     """1/(2N) sum_i max(0, margin + ||a_i - p_i||^2 - ||a_i - n_i||^2)."""
     _eager_checks(margin=margin, check=check)
-    return _library.triplet_loss_explicit(anchor, positive, negative, margin, check)[0]
+    return _library.call(_library.triplet_loss_explicit, anchor, positive, negative, margin, check)[0]
 
 
 def pair_loss(x, labels, theta, *, ref=None, ref_labels=None, self_index=None, check=True):
@@ -106,7 +106,7 @@ def pair_loss(x, labels, theta, *, ref=None, ref_labels=None, self_index=None, c
     ``ref_labels`` and ``self_index`` as in triplet_loss: the pairs are (row of x, row of ref)."""
     _eager_checks(check=check)
     if ref is None and ref_labels is None and self_index is None:
-        return _library.pair_loss(x, labels, _theta_tensor(theta, x), check)[0]
+        return _library.call(_library.pair_loss, x, labels, _theta_tensor(theta, x), check)[0]
     return pair_loss_terms(x, labels, ref, ref_labels, theta, self_index, check=check)[0]
 
 
@@ -115,8 +115,8 @@ def pair_loss_terms(x, labels, ref, ref_labels, theta, self_index=None, *, check
     _eager_checks(check=check)
     _require_reference(ref, ref_labels)
     ref_grad = torch.is_grad_enabled() and ref.requires_grad
-    loss, count, _, _, _ = _library.pair_loss_ref(x, labels, ref, ref_labels, self_index, _theta_tensor(theta, x),
-                                                  ref_grad, check)
+    loss, count, _, _, _ = _library.call(_library.pair_loss_ref, x, labels, ref, ref_labels, self_index,
+                                         _theta_tensor(theta, x), ref_grad, check)
     return loss, count
 
 
@@ -137,7 +137,7 @@ def contrastive_loss(a, b, similar, margin=1.0, legacy=False, *, check=True):
     """BVLC Caffe's ContrastiveLoss on pairs (a_i, b_i): 1/(2N) sum_i [s_i d_i^2 +
     (1 - s_i) max(margin - d_i, 0)^2]; legacy uses max(margin - d_i^2, 0)."""
     _eager_checks(margin=margin, legacy=legacy, check=check)
-    return _library.contrastive_loss(a, b, similar, margin, legacy, check)[0]
+    return _library.call(_library.contrastive_loss, a, b, similar, margin, legacy, check)[0]
 
 
 def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sample_rate=1.0, *,
@@ -154,7 +154,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     if not torch.compiler.is_compiling():
         _params.sample_rate(sample_rate)
     if sample_rate >= 1.0 and not sparse_grad:
-        return _library.margin_softmax_loss(x, labels, weight, s, m1, m2, m3, check)[0]
+        return _library.call(_library.margin_softmax_loss, x, labels, weight, s, m1, m2, m3, check)[0]
     device = _boundary.device_of(x=x, labels=labels, weight=weight)
     n, d = _boundary.check_matrix("x", x)
     num_classes, _ = _boundary.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
@@ -164,7 +164,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     # backward); the sparse form is embedding's sparse gradient.
     rows = F.embedding(classes, weight, sparse=True) if sparse_grad else weight.index_select(0, classes)
     sampled_labels = torch.searchsorted(classes, labels)
-    return _library.margin_softmax_loss(x, sampled_labels, rows, s, m1, m2, m3, check)[0]
+    return _library.call(_library.margin_softmax_loss, x, sampled_labels, rows, s, m1, m2, m3, check)[0]
 
 
 def sample_classes(labels, num_classes, sample_rate, generator=None, *, check=True):
@@ -205,7 +205,7 @@ def target_margin(cosine, labels, m1=1.0, m2=0.5, m3=0.0, *, check=True):
     """The margin alone on (N, C) cosines (the legacy Caffe layers' form): a copy with entry
     (i, labels[i]) replaced by psi(c) = cos(m1 theta + m2) - m3; differentiable in cosine."""
     _eager_checks(m1=m1, m2=m2, m3=m3, check=check)
-    return _library.target_margin_forward(cosine, labels, m1, m2, m3, check)
+    return _library.call(_library.target_margin_forward, cosine, labels, m1, m2, m3, check)
 
 
 def resolve_margin(margin):
