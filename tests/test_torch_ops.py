@@ -272,7 +272,7 @@ def test_plain_eager_calls_leave_out_the_dispatcher_with_the_same_bits(name, dty
 
 def test_modes_tracers_and_autocast_get_the_dispatched_op():
     """Whatever may watch or transform a call (a dispatch mode, a function mode such as
-    torch.device, fake tensors, autocast, torch.compile) sees torch.ops.faceops.*, as before."""
+    torch.device, fake tensors, autocast, a profiler) sees torch.ops.faceops.*, as before."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -290,10 +290,12 @@ def test_modes_tracers_and_autocast_get_the_dispatched_op():
     with Recorder() as recorder:
         ft.triplet_loss(x, labels, 0.2, "hard")
     assert "faceops.triplet_loss.default" in recorder.ops
-    for context in (torch.device("cpu"), torch.autocast("cpu", dtype=torch.bfloat16)):
-        with context:
+    for context in (torch.device("cpu"), torch.autocast("cpu", dtype=torch.bfloat16), torch.profiler.profile()):
+        with context as watcher:
             loss = ft.triplet_loss(x, labels, 0.2, "hard")
         assert "faceops_triplet_loss" in type(loss.grad_fn).__name__
+        if isinstance(watcher, torch.profiler.profile):
+            assert "faceops::triplet_loss" in {event.name for event in watcher.events()}
     with FakeTensorMode():
         fake = ft.triplet_loss(torch.empty(12, 6), torch.zeros(12, dtype=torch.int64))
     assert type(fake).__name__ == "FakeTensor" and fake.shape == ()

@@ -130,17 +130,19 @@ def _register_autograd(op, backward, setup_context):
 # torch without one of them always takes the dispatcher.
 _MODE_PROBES = ("_get_tracing_state", "_len_torch_dispatch_stack", "_len_torch_function_stack",
                 "_are_functorch_transforms_active")
-_CAN_SKIP_DISPATCHER = all(hasattr(torch._C, probe) for probe in _MODE_PROBES)
+_CAN_SKIP_DISPATCHER = (all(hasattr(torch._C, probe) for probe in _MODE_PROBES)
+                        and hasattr(torch._C._autograd, "_profiler_enabled"))
 _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 
 def _needs_dispatcher(args):
     """Whether a call must go through the dispatcher: while torch.compile, torch.export or the
-    JIT traces, under a dispatch or function mode, a functorch transform or autocast, and for
-    any tensor that is not a plain CPU or CUDA tensor (fake, meta, a subclass)."""
+    JIT traces, under a dispatch or function mode, a functorch transform, autocast or a profiler
+    (whose trace then names the op), and for any tensor that is not a plain CPU or CUDA tensor
+    (fake, meta, a subclass)."""
     if (not _CAN_SKIP_DISPATCHER or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
             or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
-            or torch._C._are_functorch_transforms_active()
+            or torch._C._are_functorch_transforms_active() or torch._C._autograd._profiler_enabled()
             or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
         return True
     return any(isinstance(arg, Tensor) and (type(arg) not in _PLAIN_TENSORS or arg.device.type not in ("cpu", "cuda"))

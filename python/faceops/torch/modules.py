@@ -15,7 +15,7 @@ def _naming_embeddings(error):
     """The functional forms and the ops name their first matrix x; a module's caller passed it
     as ``embeddings``.  Returns the error to raise, renamed where it names x."""
     message = str(error)
-    if not message.startswith("x: "):
+    if type(error) not in (ValueError, TypeError) or not message.startswith("x: "):
         return error
     return type(error)("embeddings: " + message[3:].replace("x.contiguous()", "embeddings.contiguous()"))
 
