@@ -779,3 +779,20 @@ def test_faceops_works_without_torch_and_faceops_torch_says_what_it_needs():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "faceops.torch needs PyTorch: pip install 'faceops[torch]'" in result.stdout
+
+
+def test_a_float_theta_becomes_one_kept_tensor_and_is_still_checked():
+    """pair_loss(x, labels, 1.25) makes theta a 0-d tensor once per (value, dtype, device) and
+    reuses it: the same loss as a tensor theta, and a value not finite in the dtype is refused
+    on every call, never kept."""
+    from faceops.torch import functional
+
+    x, labels = _batch(29)
+    loss = ft.pair_loss(x, labels, 1.25)
+    assert torch.equal(loss, ft.pair_loss(x, labels, 1.25))
+    assert torch.equal(loss, ft.pair_loss(x, labels, torch.tensor(1.25, dtype=x.dtype)))
+    assert functional._theta_tensor(1.25, x) is functional._theta_tensor(1.25, x)
+    assert functional._theta_tensor(1.25, x.float()).dtype == torch.float32
+    for _ in range(2):
+        with pytest.raises(ValueError, match="theta: expected a finite number, got 70000.0, which is not finite"):
+            ft.pair_loss(x.half(), labels, 7e4)

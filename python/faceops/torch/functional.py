@@ -8,6 +8,8 @@ bools, checked after the cast to the op's dtype), here in eager mode and again
 inside the op, so a bad value also fails under torch.compile.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -101,9 +103,10 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0, *, check=True)
 
 def pair_loss(x, labels, theta, *, ref=None, ref_labels=None, self_index=None, check=True):
     """Multibatch pair loss (Tadmor et al., NIPS 2016) with threshold theta, a 0-d tensor
-    (learnable) or a number (copied to x's device on each call; the tensor is read there by the
-    kernel, never on the host, so a step with PairLoss's parameter replays as a CUDA graph).  ``ref``,
-    ``ref_labels`` and ``self_index`` as in triplet_loss: the pairs are (row of x, row of ref)."""
+    (learnable) or a number (made a 0-d tensor on x's device, kept for later calls with the same
+    float).  The tensor is read by the kernel, never on the host, so a step with PairLoss's
+    parameter replays as a CUDA graph.  ``ref``, ``ref_labels`` and ``self_index`` as in
+    triplet_loss: the pairs are (row of x, row of ref)."""
     _eager_checks(check=check)
     if ref is None and ref_labels is None and self_index is None:
         return _library.call(_library.pair_loss, x, labels, _theta_tensor(theta, x), check)[0]
@@ -121,7 +124,19 @@ def pair_loss_terms(x, labels, ref, ref_labels, theta, self_index=None, *, check
 
 
 def _theta_tensor(theta, x):
-    return theta if isinstance(theta, torch.Tensor) else theta_tensor(theta, x.dtype, x.device)
+    if isinstance(theta, torch.Tensor):
+        return theta
+    if type(theta) is float:
+        return _constant_theta(theta, x.dtype, x.device)
+    return theta_tensor(theta, x.dtype, x.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _constant_theta(theta, dtype, device):
+    """theta_tensor of a float, kept: a loop passes the same threshold call after call, and a
+    fresh 0-d tensor (and, on CUDA, its copy to the device) costs more than the rest of the
+    call's checks; the ops only read it."""
+    return theta_tensor(theta, dtype, device)
 
 
 def theta_tensor(theta, dtype, device=None):
