@@ -264,10 +264,10 @@ def timed(fn, repeats, synchronize=lambda: None, budget_s=60.0):
 
 
 def overhead(repeats):
-    """faceops.torch functional (forward + backward) against the faceops NumPy op on the same
-    float32 memory, N = 1024, D = 128, in one process, the three calls interleaved one by one
-    in a shuffled order;
-    median and minimum ms, and their ratios."""
+    """faceops.torch's functional forms (forward + backward, check on and off) and the same op
+    called through the dispatcher (torch.ops.faceops, check off) against the faceops NumPy op on
+    the same float32 memory, N = 1024, D = 128, in one process, the four calls interleaved one
+    by one in a shuffled order; median and minimum ms, and their ratios."""
     import torch
 
     import faceops
@@ -291,29 +291,41 @@ def overhead(repeats):
 
         return run
 
+    ops = torch.ops.faceops
+    theta = torch.tensor(1.0)
+    # name -> (the NumPy op, the functional form given check, the op through the dispatcher, check=False)
     cases = {
         "triplet_semihard": (lambda: faceops.triplet_loss(x_numpy, labels_numpy, 0.2, "semihard"),
-                             lambda check: through_torch(lambda: ft.triplet_loss(x, labels, 0.2, "semihard", check=check), x)),
+                             lambda check: ft.triplet_loss(x, labels, 0.2, "semihard", check=check),
+                             lambda: ops.triplet_loss(x, labels, 0.2, "semihard", True, False)[0], (x,)),
         "triplet_hard": (lambda: faceops.triplet_loss(x_numpy, labels_numpy, 0.2, "hard"),
-                         lambda check: through_torch(lambda: ft.triplet_loss(x, labels, 0.2, "hard", check=check), x)),
+                         lambda check: ft.triplet_loss(x, labels, 0.2, "hard", check=check),
+                         lambda: ops.triplet_loss(x, labels, 0.2, "hard", True, False)[0], (x,)),
         "pair": (lambda: faceops.pair_loss(x_numpy, labels_numpy, 1.0),
-                 lambda check: through_torch(lambda: ft.pair_loss(x, labels, 1.0, check=check), x)),
+                 lambda check: ft.pair_loss(x, labels, 1.0, check=check),
+                 lambda: ops.pair_loss(x, labels, theta, False)[0], (x,)),
         "contrastive": (lambda: faceops.contrastive_loss(a_numpy, b_numpy, similar_numpy),
-                        lambda check: through_torch(lambda: ft.contrastive_loss(a, b, similar, check=check), a, b)),
+                        lambda check: ft.contrastive_loss(a, b, similar, check=check),
+                        lambda: ops.contrastive_loss(a, b, similar, 1.0, False, False)[0], (a, b)),
         "arcface_c1000": (lambda: faceops.margin_softmax_loss(x_numpy, labels_numpy % 1000, weight_numpy, SCALE),
-                          lambda check: through_torch(lambda: ft.arcface_loss(x, labels % 1000, weight, SCALE, check=check),
-                                                      x, weight)),
+                          lambda check: ft.arcface_loss(x, labels % 1000, weight, SCALE, ARC_MARGIN, check=check),
+                          lambda: ops.margin_softmax_loss(x, labels % 1000, weight, SCALE, 1.0, ARC_MARGIN, 0.0,
+                                                          False)[0],
+                          (x, weight)),
     }
     rows = {}
-    for name, (numpy_call, torch_call) in cases.items():
-        variants = {"numpy_op": numpy_call, "torch_check": torch_call(True), "torch_nocheck": torch_call(False)}
+    for name, (numpy_call, functional_call, dispatched_call, leaves) in cases.items():
+        variants = {"numpy_op": numpy_call,
+                    "torch_check": through_torch(lambda: functional_call(True), *leaves),
+                    "torch_nocheck": through_torch(lambda: functional_call(False), *leaves),
+                    "torch_dispatched": through_torch(dispatched_call, *leaves)}
         times = {key: [] for key in variants}
         for call in variants.values():
             call()  # warm-up
         order = random.Random(0)
-        for _ in range(repeats):  # interleaved one by one, so drifting load hits all three alike,
-            keys = list(variants)  # in a new order each round: a call pays for what the one before
-            order.shuffle(keys)  # it left (freed buffers, evicted caches), which a fixed order biases
+        for _ in range(repeats):  # interleaved one by one, so drifting load hits all alike, in a
+            keys = list(variants)  # new order each round: a call pays for what the one before it
+            order.shuffle(keys)  # left (freed buffers, evicted caches), which a fixed order biases
             for key in keys:
                 call = variants[key]
                 start = time.perf_counter()
@@ -321,14 +333,15 @@ def overhead(repeats):
                 times[key].append(1e3 * (time.perf_counter() - start))
         row = {f"{key}_ms": float(np.median(t)) for key, t in times.items()}
         row.update({f"{key}_min_ms": float(np.min(t)) for key, t in times.items()})
-        for key in ("torch_check", "torch_nocheck"):
+        for key in ("torch_check", "torch_nocheck", "torch_dispatched"):
             row[f"ratio_{key}"] = row[f"{key}_ms"] / row["numpy_op_ms"]
             row[f"ratio_{key}_min"] = row[f"{key}_min_ms"] / row["numpy_op_min_ms"]
         rows[name] = row
         print(f"overhead {name:17s} numpy op {row['numpy_op_ms']:8.3f} ms | faceops.torch check=True "
               f"{row['torch_check_ms']:8.3f} ms ({row['ratio_torch_check']:.3f}x, min {row['ratio_torch_check_min']:.3f}x)"
               f" | check=False {row['torch_nocheck_ms']:8.3f} ms ({row['ratio_torch_nocheck']:.3f}x, "
-              f"min {row['ratio_torch_nocheck_min']:.3f}x)", flush=True)
+              f"min {row['ratio_torch_nocheck_min']:.3f}x) | the op through the dispatcher "
+              f"{row['torch_dispatched_ms']:8.3f} ms ({row['ratio_torch_dispatched']:.3f}x)", flush=True)
     return rows
 
 
