@@ -302,6 +302,37 @@ def test_modes_tracers_and_autocast_get_the_dispatched_op():
     assert ft.triplet_loss(x, labels, 0.2, "hard").grad_fn.__class__.__name__ == "triplet_loss_eagerBackward"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_plain_eager_centre_updates_are_the_dispatched_ops_and_bump_the_version(dtype):
+    """center_update_direction and center_update run as their implementations in plain eager
+    mode: the same bits as through the dispatcher, and center_update bumps the centres' version
+    as the dispatcher does, so a backward that saved them before the write is refused."""
+    results = {}
+    for path, run in CALLS.items():
+        x, labels, centers, alpha, check = _op_cases(dtype)["center_update"]
+        direction = run(_library.center_update_direction, x, labels, centers, check)
+        saved = centers.clone().requires_grad_()
+        product = (saved * saved).sum()  # saves `saved` for its backward
+        version = saved._version
+        with torch.no_grad():
+            run(_library.center_update, x, labels, saved, alpha, check)
+        assert saved._version > version, path
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            product.backward()
+        results[path] = (direction, saved.detach())
+    for got, expected in zip(results["eager"], results["dispatched"]):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_an_op_without_autograd_keeps_the_dispatchers_refusal_of_a_backward():
+    """center_update_direction has no gradient: with an input that requires grad, call() takes
+    the dispatcher, whose backward says so, rather than returning a tensor without a gradient."""
+    x, labels, centers, check = _op_cases(torch.float64)["center_update_direction"]
+    direction = _library.call(_library.center_update_direction, x.clone().requires_grad_(), labels, centers, check)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        direction.sum().backward()
+
+
 @pytest.mark.parametrize("path", sorted(CALLS))
 def test_a_second_backward_without_the_graph_is_refused(path):
     """The saved gradients are saved tensors on both paths: freed by the first backward, so a

@@ -19,6 +19,7 @@ it would lose the write: it is left out and its callers pass x in the centres'
 dtype (faceops.torch.CenterLoss does).
 """
 
+import inspect
 from typing import Optional
 
 import torch
@@ -93,18 +94,37 @@ def _setup_gradients(ctx, inputs, output):
 
 # op -> its implementation: the Python function torch.library.custom_op wraps.
 _IMPLEMENTATIONS = {}
-# op -> an autograd.Function of the op's implementation, setup_context and backward.
+# op -> what call() runs in plain eager mode: a loss op's autograd.Function (its apply), or
+# the implementation of an op without autograd.
 _EAGER = {}
+# The ops with autograd (_register_autograd).
+_DIFFERENTIABLE = set()
 
 
 def _op(name, mutates_args=()):
-    """torch.library.custom_op(name), keeping the implementation for _register_autograd."""
+    """torch.library.custom_op(name), keeping the implementation for call()."""
     def register(implementation):
         op = torch.library.custom_op(name, mutates_args=mutates_args)(implementation)
         _IMPLEMENTATIONS[op] = implementation
+        _EAGER[op] = _writing(implementation, mutates_args) if mutates_args else implementation
         return op
 
     return register
+
+
+def _writing(implementation, mutates_args):
+    """The implementation of an op that writes the arguments named in mutates_args, followed by
+    the version bump of those tensors that the dispatcher's ADInplaceOrView kernel makes, so
+    that autograd still refuses a backward that saved them before the write."""
+    names = list(inspect.signature(implementation).parameters)
+    positions = [names.index(name) for name in mutates_args]
+
+    def run(*args):
+        result = implementation(*args)
+        torch.autograd.graph.increment_version([args[position] for position in positions])
+        return result
+
+    return run
 
 
 def _register_autograd(op, backward, setup_context):
@@ -123,7 +143,8 @@ def _register_autograd(op, backward, setup_context):
     _EAGER[op] = type(f"{implementation.__name__}_eager", (torch.autograd.Function,), {
         "forward": staticmethod(forward),
         "backward": staticmethod(backward),
-    })
+    }).apply
+    _DIFFERENTIABLE.add(op)
 
 
 # What call() asks before it leaves the dispatcher out (private torch._C functions); a
@@ -151,14 +172,18 @@ def _needs_dispatcher(args):
 
 def call(op, *args):
     """op(*args), positional arguments only.  In plain eager mode a loss op runs as its own
-    implementation, setup_context and backward in an autograd.Function: the same code and
-    results as the dispatched op, without the dispatcher's Python cost (about 0.15 ms of
-    torch.library's dispatch and autograd wrapping per forward + backward, docs/torch.md).
-    Everything else, and anything watching (see _needs_dispatcher), gets the op."""
-    eager = _EAGER.get(op)
-    if eager is None or _needs_dispatcher(args):
-        return op(*args)
-    return eager.apply(*args)
+    implementation, setup_context and backward in an autograd.Function, and an op without
+    autograd as its implementation: the same code and results as the dispatched op, without
+    the dispatcher's Python cost (about 0.1 ms of torch.library's dispatch and autograd
+    wrapping per forward + backward, docs/torch.md).  Anything watching (see
+    _needs_dispatcher) gets the op."""
+    if _needs_dispatcher(args) or (op not in _DIFFERENTIABLE and _wants_grad(args)):
+        return op(*args)  # without autograd: the dispatcher's error in a backward, never no gradient
+    return _EAGER[op](*args)
+
+
+def _wants_grad(args):
+    return torch.is_grad_enabled() and any(isinstance(arg, Tensor) and arg.requires_grad for arg in args)
 
 
 # --- center loss (csrc/faceops/center_loss.h) ---------------------------------------------

@@ -50,14 +50,14 @@ def center_loss(x, labels, centers, *, check=True):
 def center_update_direction(x, labels, centers, *, check=True):
     """Wen et al. eq. 4's delta_j = sum_{i: y_i = j} (c_j - x_i) / (1 + n_j), (C, D)."""
     _eager_checks(check=check)
-    return _library.center_update_direction(x.detach(), labels, centers.detach(), check)
+    return _library.call(_library.center_update_direction, x.detach(), labels, centers.detach(), check)
 
 
 def center_update_(x, labels, centers, alpha, *, check=True):
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j (no gradient flows)."""
     _eager_checks(alpha=alpha, check=check)
     with torch.no_grad():
-        _library.center_update(x.detach(), labels, centers, alpha, check)
+        _library.call(_library.center_update, x.detach(), labels, centers, alpha, check)
 
 
 def triplet_loss(x, labels, margin=0.2, mining="semihard", squared=True, *, ref=None, ref_labels=None,
