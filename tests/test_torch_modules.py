@@ -37,9 +37,17 @@ class ExplicitTripletsOfThirds(torch.nn.Module):
         return ft.triplet_loss_explicit(*embeddings[:3 * third].split(third), 1.0)
 
 
+class PairWithFloatTheta(torch.nn.Module):
+    """The functional pair loss with theta a Python float (made a tensor inside)."""
+
+    def forward(self, embeddings, labels):
+        return ft.pair_loss(embeddings, labels, 1.25)
+
+
 MODULES = {
     "triplet": lambda: ft.TripletLoss(0.2, "hard"),
     "pair": lambda: ft.PairLoss(theta=1.0),
+    "pair_float_theta": PairWithFloatTheta,
     "contrastive": ContrastiveOnHalves,
     "explicit_triplets": ExplicitTripletsOfThirds,
     "center": lambda: ft.CenterLoss(4, 8),

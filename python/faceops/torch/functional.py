@@ -126,6 +126,8 @@ def pair_loss_terms(x, labels, ref, ref_labels, theta, self_index=None, *, check
 def _theta_tensor(theta, x):
     if isinstance(theta, torch.Tensor):
         return theta
+    if torch.compiler.is_compiling():  # numpy's checks do not trace; the op checks the value
+        return torch.tensor(theta, dtype=x.dtype, device=x.device)
     if type(theta) is float:
         return _constant_theta(theta, x.dtype, x.device)
     return theta_tensor(theta, x.dtype, x.device)
