@@ -92,8 +92,6 @@ def _setup_gradients(ctx, inputs, output):
 
 # --- registration, and eager calls without the dispatcher ---------------------------------
 
-# op -> its implementation: the Python function torch.library.custom_op wraps.
-_IMPLEMENTATIONS = {}
 # op -> what call() runs in plain eager mode: a loss op's autograd.Function (its apply), or
 # the implementation of an op without autograd.
 _EAGER = {}
@@ -102,10 +100,10 @@ _DIFFERENTIABLE = set()
 
 
 def _op(name, mutates_args=()):
-    """torch.library.custom_op(name), keeping the implementation for call()."""
+    """torch.library.custom_op(name), keeping the implementation (and the version bump of what
+    it writes) for call()."""
     def register(implementation):
         op = torch.library.custom_op(name, mutates_args=mutates_args)(implementation)
-        _IMPLEMENTATIONS[op] = implementation
         _EAGER[op] = _writing(implementation, mutates_args) if mutates_args else implementation
         return op
 
@@ -131,7 +129,7 @@ def _register_autograd(op, backward, setup_context):
     """op.register_autograd(backward, setup_context), and the same three pieces (the op's
     implementation as forward) as an autograd.Function that call() runs in plain eager mode."""
     op.register_autograd(backward, setup_context=setup_context)
-    implementation = _IMPLEMENTATIONS[op]
+    implementation = _EAGER[op]  # _op's entry, the implementation itself: no loss op writes an argument
 
     # forward(ctx, ...) rather than a separate setup_context: Function.apply binds the
     # arguments of the latter form with inspect.signature, about 30 us a call.
