@@ -4,6 +4,8 @@
 class weights) is an nn.Parameter, so optimisers, .to(), state_dict and DDP see it.
 """
 
+import functools
+
 import torch
 from torch import nn
 
@@ -11,13 +13,21 @@ from faceops import _params
 from faceops.torch import _boundary, functional
 
 
-def _naming_embeddings(error):
-    """The functional forms and the ops name their first matrix x; a module's caller passed it
-    as ``embeddings``.  Returns the error to raise, renamed where it names x."""
-    message = str(error)
-    if type(error) not in (ValueError, TypeError) or not message.startswith("x: "):
-        return error
-    return type(error)("embeddings: " + message[3:].replace("x.contiguous()", "embeddings.contiguous()"))
+def _naming_embeddings(method):
+    """A module method called with ``embeddings``: the functional forms and the ops name their
+    first matrix x, so an error that names x is raised again naming embeddings."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (ValueError, TypeError) as error:
+            message = str(error)
+            if type(error) not in (ValueError, TypeError) or not message.startswith("x: "):
+                raise
+            renamed = "embeddings: " + message[3:].replace("x.contiguous()", "embeddings.contiguous()")
+            raise type(error)(renamed) from None
+
+    return run
 
 
 def _check_dim(embeddings, dim):
@@ -37,22 +47,18 @@ class TripletLoss(nn.Module):
         self.squared = _params.flag("squared", squared)
         self.check = _params.flag("check", check)
 
+    @_naming_embeddings
     def forward(self, embeddings, labels, ref=None, ref_labels=None, self_index=None):
         """The loss of the batch, or of its rows as anchors against a reference set (see
         functional.triplet_loss)."""
-        try:
-            return functional.triplet_loss(embeddings, labels, self.margin, self.mining, self.squared, ref=ref,
-                                           ref_labels=ref_labels, self_index=self_index, check=self.check)
-        except (ValueError, TypeError) as error:
-            raise _naming_embeddings(error) from None
+        return functional.triplet_loss(embeddings, labels, self.margin, self.mining, self.squared, ref=ref,
+                                       ref_labels=ref_labels, self_index=self_index, check=self.check)
 
+    @_naming_embeddings
     def reference_terms(self, embeddings, labels, ref, ref_labels, self_index=None):
         """(loss, count) against a reference set: functional.triplet_loss_terms."""
-        try:
-            return functional.triplet_loss_terms(embeddings, labels, ref, ref_labels, self.margin, self.mining,
-                                                 self.squared, self_index, check=self.check)
-        except (ValueError, TypeError) as error:
-            raise _naming_embeddings(error) from None
+        return functional.triplet_loss_terms(embeddings, labels, ref, ref_labels, self.margin, self.mining,
+                                             self.squared, self_index, check=self.check)
 
     def extra_repr(self):
         return f"margin={self.margin}, mining={self.mining!r}, squared={self.squared}"
@@ -66,20 +72,16 @@ class PairLoss(nn.Module):
         self.theta = nn.Parameter(functional.theta_tensor(theta, _boundary.parameter_dtype(dtype)))
         self.check = _params.flag("check", check)
 
+    @_naming_embeddings
     def forward(self, embeddings, labels, ref=None, ref_labels=None, self_index=None):
-        try:
-            return functional.pair_loss(embeddings, labels, self.theta, ref=ref, ref_labels=ref_labels,
-                                        self_index=self_index, check=self.check)
-        except (ValueError, TypeError) as error:
-            raise _naming_embeddings(error) from None
+        return functional.pair_loss(embeddings, labels, self.theta, ref=ref, ref_labels=ref_labels,
+                                    self_index=self_index, check=self.check)
 
+    @_naming_embeddings
     def reference_terms(self, embeddings, labels, ref, ref_labels, self_index=None):
         """(loss, count) against a reference set: functional.pair_loss_terms."""
-        try:
-            return functional.pair_loss_terms(embeddings, labels, ref, ref_labels, self.theta, self_index,
-                                              check=self.check)
-        except (ValueError, TypeError) as error:
-            raise _naming_embeddings(error) from None
+        return functional.pair_loss_terms(embeddings, labels, ref, ref_labels, self.theta, self_index,
+                                          check=self.check)
 
 
 class ContrastiveLoss(nn.Module):
@@ -118,16 +120,14 @@ class CenterLoss(nn.Module):
         self.centers = nn.Parameter(torch.zeros(num_classes, dim, dtype=dtype), requires_grad=alpha is None)
         self.check = _params.flag("check", check)
 
+    @_naming_embeddings
     def forward(self, embeddings, labels):
         _check_dim(embeddings, self.centers.shape[1])
-        try:
-            loss = functional.center_loss(embeddings, labels, self.centers, check=self.check)
-            if self.alpha is not None and self.training:
-                # x in the centres' dtype: under autocast the embeddings may be half.
-                functional.center_update_(embeddings.detach().to(self.centers.dtype), labels, self.centers,
-                                          self.alpha, check=self.check)
-        except (ValueError, TypeError) as error:
-            raise _naming_embeddings(error) from None
+        loss = functional.center_loss(embeddings, labels, self.centers, check=self.check)
+        if self.alpha is not None and self.training:
+            # x in the centres' dtype: under autocast the embeddings may be half.
+            functional.center_update_(embeddings.detach().to(self.centers.dtype), labels, self.centers,
+                                      self.alpha, check=self.check)
         return loss
 
     def extra_repr(self):
@@ -161,14 +161,12 @@ class MarginSoftmaxLoss(nn.Module):
         self.check = _params.flag("check", check)
         self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, dim)).to(dtype))
 
+    @_naming_embeddings
     def forward(self, embeddings, labels):
         _check_dim(embeddings, self.weight.shape[1])
-        try:
-            return functional.margin_softmax_loss(embeddings, labels, self.weight, self.s, self.m1, self.m2,
-                                                  self.m3, self.sample_rate, sparse_grad=self.sparse_grad,
-                                                  check=self.check)
-        except (ValueError, TypeError) as error:
-            raise _naming_embeddings(error) from None
+        return functional.margin_softmax_loss(embeddings, labels, self.weight, self.s, self.m1, self.m2,
+                                              self.m3, self.sample_rate, sparse_grad=self.sparse_grad,
+                                              check=self.check)
 
     def extra_repr(self):
         return (f"num_classes={self.weight.shape[0]}, dim={self.weight.shape[1]}, s={self.s}, "
