@@ -729,6 +729,25 @@ def test_a_range_bound_itself_passes_in_float32():
     assert faceops._params.hinge_margin(2**1023) == 2.0**1023
 
 
+@pytest.mark.parametrize("call_op", ["functional", "dispatched"])
+def test_kept_hyperparameters_are_kept_per_dtype_and_never_when_refused(call_op):
+    """The ops keep the hyperparameters that passed their check (_library._hyperparameters):
+    1e39 passing for float64 must not pass for float32 after it, and a refused value is
+    refused again on the next call."""
+    x, labels = _batch(28)
+
+    def triplet(features, margin):
+        if call_op == "functional":
+            return ft.triplet_loss(features, labels, margin, "hard")
+        return torch.ops.faceops.triplet_loss(features, labels, margin, "hard", True, True)[0]
+
+    assert torch.isfinite(triplet(x, 1e39))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="margin: .*1e[+]?39, which is not finite in float32"):
+            triplet(x.float(), 1e39)
+    assert torch.isfinite(triplet(x.float(), 1e38))
+
+
 def test_modules_name_the_embeddings_and_check_parameter_dtypes():
     with pytest.raises(ValueError, match=r"embeddings: expected shape \(N, 6\), the module's dim, got \(4, 5\)"):
         ft.ArcFace(3, 6)(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))

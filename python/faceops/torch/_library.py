@@ -19,6 +19,7 @@ it would lose the write: it is left out and its callers pass x in the centres'
 dtype (faceops.torch.CenterLoss does).
 """
 
+import functools
 import inspect
 from typing import Optional
 
@@ -37,6 +38,22 @@ def _loss_like(x):
 def _out(tensor, like):
     """A kernel output back in the dtype of the input it belongs to."""
     return tensor if tensor.dtype == like.dtype else tensor.to(like.dtype)
+
+
+def _hyperparameters(check, dtype, *values):
+    """check(*values, dtype): a faceops._params check of an op's hyperparameters in the kernels'
+    NumPy dtype, returning them as the kernel takes them.  Python floats (what the schema and
+    the functional forms pass) that passed once are kept: a training step passes the same ones
+    every call, and each check costs about 3 us.  A refused value raises every time; 0.0 and
+    -0.0 share an entry (no kernel's result depends on the sign of a zero margin or offset)."""
+    if all(type(value) is float for value in values):
+        return _passed_hyperparameters(check, dtype, *values)
+    return check(*values, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _passed_hyperparameters(check, dtype, *values):
+    return check(*values, dtype)
 
 
 # Whether the running backward keeps its graph (retain_graph, create_graph): the saved gradients
@@ -148,7 +165,7 @@ def _register_autograd(op, backward, setup_context):
 # What call() asks before it leaves the dispatcher out (private torch._C functions); a
 # torch without one of them always takes the dispatcher.
 _MODE_PROBES = ("_get_tracing_state", "_len_torch_dispatch_stack", "_len_torch_function_stack",
-                "_are_functorch_transforms_active")
+                "_are_functorch_transforms_active", "_is_any_autocast_enabled")
 _CAN_SKIP_DISPATCHER = (all(hasattr(torch._C, probe) for probe in _MODE_PROBES)
                         and hasattr(torch._C._autograd, "_profiler_enabled"))
 _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
@@ -162,10 +179,12 @@ def _needs_dispatcher(args):
     if (not _CAN_SKIP_DISPATCHER or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
             or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
             or torch._C._are_functorch_transforms_active() or torch._C._autograd._profiler_enabled()
-            or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
+            or torch._C._is_any_autocast_enabled()):
         return True
-    return any(isinstance(arg, Tensor) and (type(arg) not in _PLAIN_TENSORS or arg.device.type not in ("cpu", "cuda"))
-               for arg in args)
+    for arg in args:
+        if isinstance(arg, Tensor) and (type(arg) not in _PLAIN_TENSORS or arg.device.type not in ("cpu", "cuda")):
+            return True
+    return False
 
 
 def call(op, *args):
@@ -252,7 +271,7 @@ def center_update(x: Tensor, labels: Tensor, centers: Tensor, alpha: float, chec
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j; absent classes untouched.
     float16/bfloat16 centres are updated through a float32 copy written back."""
     device, n, d, num_classes, labels = _center_inputs(x, labels, centers)
-    alpha = _params.center_alpha(alpha, _boundary.kernel_numpy_dtype(x.dtype))
+    alpha = _hyperparameters(_params.center_alpha, _boundary.kernel_numpy_dtype(x.dtype), alpha)
     _boundary.check_no_overlap("centers", centers, x=x, labels=labels)
     _boundary.check_values(device, check, {"x": x, "centers": centers}, ("x", "centers"), labels, num_classes)
     x_in, centers_in = _boundary.compute_input(x), _boundary.compute_input(centers)
@@ -280,7 +299,7 @@ def _triplet_inputs(x, labels):
 def triplet_loss(x: Tensor, labels: Tensor, margin: float, mining: str, squared: bool, check: bool) -> tuple[Tensor, Tensor]:
     """(loss, dx) of the triplet loss with in-batch mining."""
     device, n, d, labels = _triplet_inputs(x, labels)
-    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(x.dtype))
+    margin = _hyperparameters(_params.hinge_margin, _boundary.kernel_numpy_dtype(x.dtype), margin)
     mining = _params.choice("mining", mining, MINING_MODES)
     _boundary.check_values(device, check, {"x": x}, ("x",))
     x_in = _boundary.compute_input(x)
@@ -325,7 +344,7 @@ def triplet_loss_explicit(anchor: Tensor, positive: Tensor, negative: Tensor, ma
                           check: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, danchor, dpositive, dnegative) of explicit triplets."""
     device, n, d = _explicit_inputs(anchor, positive, negative)
-    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(anchor.dtype))
+    margin = _hyperparameters(_params.hinge_margin, _boundary.kernel_numpy_dtype(anchor.dtype), margin)
     rows = {"anchor": anchor, "positive": positive, "negative": negative}
     _boundary.check_values(device, check, rows, tuple(rows))
     inputs = [_boundary.compute_input(t) for t in (anchor, positive, negative)]
@@ -391,7 +410,7 @@ def triplet_loss_ref(x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor,
     """(loss, count, dx, dref) of the triplet loss of the anchors x against the candidates ref;
     count is the number of terms in the mean; dref is (0, D) when ref_grad is False."""
     device, n, d, m, labels, ref_labels, self_index = _reference_inputs(x, labels, ref, ref_labels, self_index)
-    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(x.dtype))
+    margin = _hyperparameters(_params.hinge_margin, _boundary.kernel_numpy_dtype(x.dtype), margin)
     mining = _params.choice("mining", mining, MINING_MODES)
     _reference_checks(device, check, x, ref, labels, ref_labels, self_index, m)
     x_in, ref_in = _boundary.compute_input(x), _boundary.compute_input(ref)
@@ -522,7 +541,7 @@ def contrastive_loss(a: Tensor, b: Tensor, similar: Tensor, margin: float, legac
                      check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, da, db) of BVLC Caffe's contrastive loss on pairs (a_i, b_i)."""
     device, n, d, similar = _contrastive_inputs(a, b, similar)
-    margin = _params.hinge_margin(margin, _boundary.kernel_numpy_dtype(a.dtype))
+    margin = _hyperparameters(_params.hinge_margin, _boundary.kernel_numpy_dtype(a.dtype), margin)
     _boundary.check_values(device, check, {"a": a, "b": b}, ("a", "b"))
     a_in, b_in = _boundary.compute_input(a), _boundary.compute_input(b)
     loss, da, db = _loss_like(a), torch.empty_like(a_in), torch.empty_like(b_in)
@@ -560,8 +579,8 @@ def margin_softmax_loss(x: Tensor, labels: Tensor, weight: Tensor, s: float, m1:
                         check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, dx, dweight) of the combined-margin softmax over all rows of weight."""
     device, n, d, num_classes, labels = _margin_softmax_inputs(x, labels, weight)
-    s = _params.scale(s, _boundary.kernel_numpy_dtype(x.dtype))
-    m1, m2, m3 = _params.margins(m1, m2, m3, _boundary.kernel_numpy_dtype(x.dtype))
+    s = _hyperparameters(_params.scale, _boundary.kernel_numpy_dtype(x.dtype), s)
+    m1, m2, m3 = _hyperparameters(_params.margins, _boundary.kernel_numpy_dtype(x.dtype), m1, m2, m3)
     _boundary.check_values(device, check, {"x": x, "weight": weight}, ("x", "weight"), labels, num_classes)
     x_in, weight_in = _boundary.compute_input(x), _boundary.compute_input(weight)
     loss, dx, dweight = _loss_like(x), torch.empty_like(x_in), torch.empty_like(weight_in)
@@ -598,7 +617,7 @@ def _target_margin_inputs(cosine, labels, d_out=None):
 def target_margin_forward(cosine: Tensor, labels: Tensor, m1: float, m2: float, m3: float, check: bool) -> Tensor:
     """A copy of the (N, C) cosines with entry (i, labels[i]) replaced by psi of it."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels)
-    margin = _params.margins(m1, m2, m3, _boundary.kernel_numpy_dtype(cosine.dtype))
+    margin = _hyperparameters(_params.margins, _boundary.kernel_numpy_dtype(cosine.dtype), m1, m2, m3)
     _boundary.check_values(device, check, {"cosine": cosine}, ("cosine",), labels, num_classes)
     cosine_in = _boundary.compute_input(cosine)
     out = torch.empty_like(cosine_in)
@@ -618,7 +637,7 @@ def target_margin_backward(cosine: Tensor, labels: Tensor, d_out: Tensor, m1: fl
                            check: bool) -> Tensor:
     """d_cosine = d_out with entry (i, labels[i]) multiplied by dpsi/dc at the cosine."""
     device, n, num_classes, labels = _target_margin_inputs(cosine, labels, d_out)
-    margin = _params.margins(m1, m2, m3, _boundary.kernel_numpy_dtype(cosine.dtype))
+    margin = _hyperparameters(_params.margins, _boundary.kernel_numpy_dtype(cosine.dtype), m1, m2, m3)
     _boundary.check_values(device, check, {"cosine": cosine, "d_out": d_out}, ("cosine", "d_out"), labels, num_classes)
     cosine_in, d_out_in = _boundary.compute_input(cosine), _boundary.compute_input(d_out)
     d_cosine = torch.empty_like(cosine_in)
