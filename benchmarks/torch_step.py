@@ -32,8 +32,9 @@ tests/test_torch_pml.py):
       torch_margin_softmax (insightface's CombinedMarginLoss + PartialFC_V2's sampling).
 
 The overhead measurement (always run) times faceops.torch's functional forms
-(forward + backward, check=True and check=False) against the faceops NumPy op
-on the same float32 memory, at N = 1024, D = 128, in one process.
+(forward + backward, check=True and check=False), the op through the dispatcher
+and a hand-written autograd.Function over the NumPy op against the faceops
+NumPy op on the same float32 memory, at N = 1024, D = 128, in one process.
 """
 
 import argparse
@@ -264,10 +265,12 @@ def timed(fn, repeats, synchronize=lambda: None, budget_s=60.0):
 
 
 def overhead(repeats):
-    """faceops.torch's functional forms (forward + backward, check on and off) and the same op
-    called through the dispatcher (torch.ops.faceops, check off) against the faceops NumPy op on
-    the same float32 memory, N = 1024, D = 128, in one process, the four calls interleaved one
-    by one in a shuffled order; median and minimum ms, and their ratios."""
+    """faceops.torch's functional forms (forward + backward, check on and off), the same op
+    called through the dispatcher (torch.ops.faceops, check off) and a hand-written
+    autograd.Function over the NumPy op (the glue faceops.torch replaces, and about the least a
+    torch wrapper costs) against the faceops NumPy op on the same float32 memory, N = 1024,
+    D = 128, in one process, the five calls interleaved one by one in a shuffled order; median
+    and minimum ms, and their ratios."""
     import torch
 
     import faceops
@@ -290,6 +293,20 @@ def overhead(repeats):
             loss_fn().backward()
 
         return run
+
+    class Glue(torch.autograd.Function):
+        """What faceops.torch replaces: a hand-written autograd.Function around the NumPy op,
+        its gradients kept on ctx and scaled by the incoming gradient in the backward."""
+
+        @staticmethod
+        def forward(ctx, numpy_call, *leaves):
+            loss, *gradients = numpy_call()
+            ctx.gradients = [torch.from_numpy(gradient) for gradient in gradients[:len(leaves)]]
+            return torch.tensor(loss, dtype=leaves[0].dtype)
+
+        @staticmethod
+        def backward(ctx, grad_loss):
+            return None, *(grad_loss * gradient for gradient in ctx.gradients)
 
     ops = torch.ops.faceops
     theta = torch.tensor(1.0)
@@ -318,7 +335,8 @@ def overhead(repeats):
         variants = {"numpy_op": numpy_call,
                     "torch_check": through_torch(lambda: functional_call(True), *leaves),
                     "torch_nocheck": through_torch(lambda: functional_call(False), *leaves),
-                    "torch_dispatched": through_torch(dispatched_call, *leaves)}
+                    "torch_dispatched": through_torch(dispatched_call, *leaves),
+                    "torch_glue": through_torch(lambda: Glue.apply(numpy_call, *leaves), *leaves)}
         times = {key: [] for key in variants}
         for call in variants.values():
             call()  # warm-up
@@ -333,7 +351,7 @@ def overhead(repeats):
                 times[key].append(1e3 * (time.perf_counter() - start))
         row = {f"{key}_ms": float(np.median(t)) for key, t in times.items()}
         row.update({f"{key}_min_ms": float(np.min(t)) for key, t in times.items()})
-        for key in ("torch_check", "torch_nocheck", "torch_dispatched"):
+        for key in ("torch_check", "torch_nocheck", "torch_dispatched", "torch_glue"):
             row[f"ratio_{key}"] = row[f"{key}_ms"] / row["numpy_op_ms"]
             row[f"ratio_{key}_min"] = row[f"{key}_min_ms"] / row["numpy_op_min_ms"]
         rows[name] = row
@@ -341,7 +359,9 @@ def overhead(repeats):
               f"{row['torch_check_ms']:8.3f} ms ({row['ratio_torch_check']:.3f}x, min {row['ratio_torch_check_min']:.3f}x)"
               f" | check=False {row['torch_nocheck_ms']:8.3f} ms ({row['ratio_torch_nocheck']:.3f}x, "
               f"min {row['ratio_torch_nocheck_min']:.3f}x) | the op through the dispatcher "
-              f"{row['torch_dispatched_ms']:8.3f} ms ({row['ratio_torch_dispatched']:.3f}x)", flush=True)
+              f"{row['torch_dispatched_ms']:8.3f} ms ({row['ratio_torch_dispatched']:.3f}x) | a hand-written "
+              f"autograd.Function over the NumPy op {row['torch_glue_ms']:8.3f} ms ({row['ratio_torch_glue']:.3f}x)",
+              flush=True)
     return rows
 
 
