@@ -230,3 +230,86 @@ def test_eval_of_a_run_whose_config_json_is_not_json_names_it(tmp_path, capsys, 
     (run_dir / "config.json").write_text('{"descriptor": "pixels",')
     status, err = _eval(capsys, run_dir, "--root", root, "--pairs", pairs)
     assert status == 1 and f"faceops eval: {run_dir / 'config.json'} is not valid JSON" in err
+
+
+# --- scores no threshold can split, and scores that are no scores ---------------------------------------------------
+
+def test_a_model_giving_every_pair_one_score_verifies_at_chance():
+    """A collapsed model (every embedding the same) used to score TAR 1.0 and AUC 1.0 on a file
+    listing its genuine pairs first: tied scores were ranked in file order."""
+    same = np.arange(40) < 20
+    score = np.full(40, 0.7)
+    far, tar = evaluate.roc(score, same)
+    np.testing.assert_array_equal(far, [0.0, 1.0])
+    np.testing.assert_array_equal(tar, [0.0, 1.0])
+    assert evaluate.tar_at_far(score, same, 1e-3) == 0.0
+    embeddings = np.tile([0.6, 0.8], (40, 1))
+    metrics, _ = evaluate.verify(embeddings, embeddings, same)
+    assert metrics.accuracy == 0.5 and metrics.auc == 0.5 and metrics.tar_at_far == {1e-3: 0.0, 1e-2: 0.0}
+
+
+def test_tied_scores_are_one_point_of_the_roc():
+    same = np.array([True, True, False, False])
+    far, tar = evaluate.roc(np.array([0.9, 0.5, 0.5, 0.1]), same)
+    np.testing.assert_array_equal(far, [0, 0, 0.5, 1])
+    np.testing.assert_array_equal(tar, [0, 0.5, 1, 1])
+    # In either file order of the tied pair: no threshold accepts the genuine 0.5 without the impostor.
+    far_swapped, tar_swapped = evaluate.roc(np.array([0.9, 0.5, 0.5, 0.1]), np.array([True, False, True, False]))
+    np.testing.assert_array_equal(far_swapped, far)
+    np.testing.assert_array_equal(tar_swapped, tar)
+    assert evaluate.tar_at_far(np.array([0.9, 0.5, 0.5, 0.1]), same, 0.4) == 0.5
+
+
+def test_non_finite_scores_and_embeddings_give_no_metrics():
+    same = np.arange(40) < 20
+    score = np.linspace(0, 1, 40)
+    score[[3, 30]] = [np.nan, np.inf]
+    for call in (evaluate.roc, evaluate.ten_fold_accuracy, lambda s, y: evaluate.tar_at_far(s, y, 0.01)):
+        with pytest.raises(ValueError, match="similarity: 2 of 40 scores are NaN or Inf"):
+            call(score, same)
+    embeddings = np.tile([0.6, 0.8], (40, 1))
+    diverged = embeddings.copy()
+    diverged[5] = np.nan
+    with pytest.raises(ValueError, match="embeddings_b: 1 of 40 embeddings hold NaN or Inf"):
+        evaluate.verify(embeddings, diverged, same)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s, y: evaluate.roc(s[:30], y), r"similarity, same: expected two 1-D arrays of one length.*\(30,\) and \(40,\)"),
+    (lambda s, y: evaluate.ten_fold_accuracy(s[:, None], y), r"similarity, same: expected two 1-D arrays"),
+    (lambda s, y: evaluate.roc(s, y.astype(float) * 2), "same: expected bools"),
+    (lambda s, y: evaluate.roc(s, np.ones(40, bool)), "same: an ROC needs genuine and impostor pairs, got 40 genuine"),
+    (lambda s, y: evaluate.tar_at_far(s, y, float("nan")), "far_target: expected a finite number, got NaN"),
+    (lambda s, y: evaluate.tar_at_far(s, y, -0.1), r"far_target: expected 0.0 <= value <= 1.0, got -0.1"),
+    (lambda s, y: evaluate.verify(np.ones((40, 2)), np.ones((40, 3)), y), r"embeddings_a, embeddings_b: expected two"),
+    (lambda s, y: evaluate.save_roc_png("unused.png", {"model": evaluate.roc(s, y)}, impostors=0),
+     "impostors: expected an integer >= 1, got 0"),
+])
+def test_bad_verification_arguments_name_the_argument(call, message):
+    same = np.arange(40) < 20
+    with pytest.raises(ValueError, match=message):
+        call(np.linspace(0, 1, 40), same)
+
+
+@pytest.mark.parametrize("preprocessing, message", [
+    ('{"descriptor": "lbp", "image_size": 0, "crop": 1.0}', "image_size is 0; expected an integer from 16 to 1024"),
+    ('{"descriptor": "lbp", "image_size": "abc", "crop": 1.0}', "image_size is 'abc'; expected an integer"),
+    ('{"descriptor": "lbp", "image_size": 32, "crop": NaN}', r"crop is nan; expected a fraction in \(0, 1\]"),
+    ('{"descriptor": "hog", "image_size": 32, "crop": 1.0}', "descriptor is 'hog'; expected one of"),
+    ('{"descriptor": "lbp", "image_size": 32, ', "the `preprocessing` of the model's metadata is not valid JSON"),
+    ('[32]', "the `preprocessing` of the model's metadata is not a JSON object but a list"),
+])
+def test_an_onnx_model_with_hostile_preprocessing_metadata_is_refused_naming_it(tmp_path, preprocessing, message):
+    """cv2's resize used to raise on image_size 0 or 'abc', int() on a NaN crop."""
+    import onnx
+
+    from faceops.driver import export, model
+
+    rng = np.random.default_rng(0)
+    net = model.EmbeddingNet(np.zeros(8, np.float32), np.ones(8, np.float32), 0, 4, rng)
+    path = export.to_onnx(net, str(tmp_path / "m.onnx"), {})
+    loaded = onnx.load(path)
+    onnx.helper.set_model_props(loaded, {"preprocessing": preprocessing})
+    onnx.save(loaded, path)
+    with pytest.raises(ValueError, match=f"{path}: .*{message}"):
+        evaluate._onnx_embedder(path)

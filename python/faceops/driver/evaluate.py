@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from faceops import _params
 from faceops.driver import rundir
 
 
@@ -121,12 +122,29 @@ class Verification:
         return asdict(self)
 
 
+def checked_scores(similarity, same):
+    """(similarity, same) as a float64 and a bool array of one length, one score and one
+    genuine flag per pair; a ValueError naming the argument otherwise.  A NaN or Inf score
+    (a model whose embeddings are not finite) has no place on a threshold: no metrics."""
+    similarity, same = np.asarray(similarity, np.float64), np.asarray(same)
+    if similarity.ndim != 1 or same.shape != similarity.shape:
+        raise ValueError(f"similarity, same: expected two 1-D arrays of one length (a score and a genuine flag per "
+                         f"pair), got shapes {similarity.shape} and {same.shape}")
+    if same.dtype != bool and (same.dtype.kind not in "iu" or not np.isin(same, (0, 1)).all()):
+        raise ValueError(f"same: expected bools (or 0 and 1), one per pair, got dtype {same.dtype}")
+    non_finite = int(np.count_nonzero(~np.isfinite(similarity)))
+    if non_finite:
+        raise ValueError(f"similarity: {non_finite} of {len(similarity)} scores are NaN or Inf; expected finite "
+                         f"scores (the embeddings they come from are not finite)")
+    return similarity, same.astype(bool)
+
+
 def ten_fold_accuracy(similarity, same, folds=10):
     """Splits the genuine and the impostor pairs each into `folds` contiguous runs in
     protocol-file order (for LFW View 2's pairs.txt these are its ten official sets;
     View 1's pairsDevTest.txt lists all matched pairs first); each fold's accuracy uses
     the threshold that is best on the other folds."""
-    similarity, same = np.asarray(similarity, np.float64), np.asarray(same, bool)
+    similarity, same = checked_scores(similarity, same)
     if min(same.sum(), (~same).sum()) < folds:
         raise ValueError(f"need at least {folds} genuine and {folds} impostor pairs for {folds}-fold verification")
     fold_of = np.empty(len(same), np.int64)
@@ -142,29 +160,48 @@ def ten_fold_accuracy(similarity, same, folds=10):
 
 
 def roc(similarity, same):
-    """False and true accept rates at every threshold, from strictest to loosest."""
-    order = np.argsort(-np.asarray(similarity))
-    same = np.asarray(same, bool)[order]
-    tar = np.concatenate([[0.0], np.cumsum(same) / max(1, same.sum())])
-    far = np.concatenate([[0.0], np.cumsum(~same) / max(1, (~same).sum())])
+    """False and true accept rates at every threshold, from strictest to loosest: one
+    point per distinct score, since pairs of equal score are accepted or rejected
+    together (a model that gives every pair one score has the points (0, 0) and (1, 1)
+    only: AUC 0.5, no TAR at a FAR below 1)."""
+    similarity, same = checked_scores(similarity, same)
+    if same.all() or not same.any():
+        raise ValueError(f"same: an ROC needs genuine and impostor pairs, got {int(same.sum())} genuine and "
+                         f"{int((~same).sum())} impostor")
+    order = np.argsort(-similarity, kind="stable")
+    similarity, same = similarity[order], same[order]
+    last_of_each_score = np.append(np.flatnonzero(np.diff(similarity)), len(similarity) - 1)
+    tar = np.concatenate([[0.0], np.cumsum(same)[last_of_each_score] / same.sum()])
+    far = np.concatenate([[0.0], np.cumsum(~same)[last_of_each_score] / (~same).sum()])
     return far, tar
 
 
 def tar_at_far(similarity, same, far_target):
     """The fraction of genuine pairs accepted at the loosest threshold whose false
     accept rate is still <= far_target."""
+    far_target = _params.real("far_target", far_target, low=0.0, high=1.0)
     far, tar = roc(similarity, same)
     return float(tar[np.flatnonzero(far <= far_target)[-1]])
 
 
 def verify(embeddings_a, embeddings_b, same, fars=(1e-3, 1e-2)):
-    """Verification metrics of pairs (a_k, b_k) of L2-normalised embeddings."""
-    similarity = np.sum(embeddings_a * embeddings_b, axis=1)
+    """Verification metrics of pairs (a_k, b_k) of L2-normalised embeddings, the
+    similarity summed in float64."""
+    embeddings_a, embeddings_b = np.asarray(embeddings_a), np.asarray(embeddings_b)
+    if embeddings_a.ndim != 2 or embeddings_b.shape != embeddings_a.shape:
+        raise ValueError(f"embeddings_a, embeddings_b: expected two (pairs, dim) arrays of one shape, got "
+                         f"{embeddings_a.shape} and {embeddings_b.shape}")
+    for name, embeddings in (("embeddings_a", embeddings_a), ("embeddings_b", embeddings_b)):
+        rows = int(np.count_nonzero(~np.isfinite(embeddings).all(axis=1)))
+        if rows:
+            raise ValueError(f"{name}: {rows} of {len(embeddings)} embeddings hold NaN or Inf; expected finite "
+                             f"embeddings (did the model diverge?)")
+    similarity, same = checked_scores(np.einsum("kd,kd->k", embeddings_a, embeddings_b, dtype=np.float64), same)
     mean, std, folds, thresholds = ten_fold_accuracy(similarity, same)
     far, tar = roc(similarity, same)
     auc = float(_trapezoid(tar, far))
     tars = {f: tar_at_far(similarity, same, f) for f in fars}
-    return Verification(mean, std, folds, thresholds, tars, auc, int(np.sum(same)), int(np.sum(~np.asarray(same)))), \
+    return Verification(mean, std, folds, thresholds, tars, auc, int(np.sum(same)), int(np.sum(~same))), \
         (far, tar)
 
 
@@ -188,6 +225,7 @@ def save_roc_png(path, curves, impostors, size=480):
     """Draws ROC curves (label -> (far, tar)) on a log-FAR axis with OpenCV: a grid, the
     AUC of each curve in the legend, and the FARs below one impostor pair (1 /
     impostors, where a curve only says the TAR at zero false accepts) shaded."""
+    impostors = _params.integer("impostors", impostors, low=1)
     canvas = np.full((size, size, 3), 255, np.uint8)
     x0, y0, x1, y1 = 60, size - 60, size - 20, 20
     one_pair = 1.0 / impostors
@@ -269,6 +307,10 @@ def _onnx_embedder(path):
         raise ValueError(f"{path}: not an ONNX model ({type(error).__name__})") from None
     if "preprocessing" not in metadata:
         raise ValueError(f"{path}: no `preprocessing` in the model's metadata: not a model written by faceops export")
+    try:
+        preprocessing = json.loads(metadata["preprocessing"])
+    except ValueError as error:
+        raise ValueError(f"{path}: the `preprocessing` of the model's metadata is not valid JSON ({error})") from None
 
     def embed(inputs, batch=1024):
         """inputs: descriptors (N, F), or images (N, S, S) of a --backbone cnn model (N, 1, S, S in the graph)."""
@@ -279,7 +321,28 @@ def _onnx_embedder(path):
             out.append(dnn.forward().copy())
         return np.concatenate(out)
 
-    return embed, json.loads(metadata["preprocessing"])
+    return embed, checked_preprocessing(preprocessing, f"{path}: the `preprocessing` of the model's metadata")
+
+
+def checked_preprocessing(preprocessing, source):
+    """A model's preprocessing (its ONNX metadata, or its run's configuration: `source`
+    says which) as `faceops eval` uses it, or a ValueError naming source and the entry:
+    the descriptor, an image size and a crop `faceops train` accepts."""
+    from faceops.driver.model import DESCRIPTORS
+    from faceops.driver.train import MAX_IMAGE_SIZE
+
+    if not isinstance(preprocessing, dict):
+        raise ValueError(f"{source} is not a JSON object but a {type(preprocessing).__name__}")
+    descriptor = "reference_descriptor" if preprocessing.get("input") == "image" else "descriptor"
+    if preprocessing.get(descriptor) not in DESCRIPTORS:
+        raise ValueError(f"{source}: {descriptor} is {preprocessing.get(descriptor)!r}; expected one of {DESCRIPTORS}")
+    size = preprocessing.get("image_size")
+    if type(size) is not int or not 16 <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"{source}: image_size is {size!r}; expected an integer from 16 to {MAX_IMAGE_SIZE}")
+    crop = preprocessing.get("crop")
+    if type(crop) not in (int, float) or not 0 < crop <= 1:
+        raise ValueError(f"{source}: crop is {crop!r}; expected a fraction in (0, 1]")
+    return preprocessing
 
 
 EVAL_FILES = ("metrics.json", "roc.png")  # what `faceops eval` writes into its output folder
@@ -328,6 +391,7 @@ def evaluate_model(model_path, root, pairs_path, output):
                 torch_model.preprocessing_of(config)
         else:
             embed, preprocessing = net.embed, export.preprocessing_of(config)
+        preprocessing = checked_preprocessing(preprocessing, f"{model_path}: the run's configuration")
         label = f"run {model_path}"
     elif os.path.isfile(model_path):
         embed, preprocessing = _onnx_embedder(model_path)
