@@ -1,14 +1,16 @@
-"""The identity-folder reader (corrupt files), the centre crop, augmentation and the P x K sampler."""
+"""The identity-folder reader (corrupt, truncated and too-large files; 8-bit, 16-bit and float
+pixels), the centre crop, augmentation and the P x K sampler."""
 
 import os
 import shutil
+import zlib
 
 import cv2
 
 import numpy as np
 import pytest
 
-from faceops.driver import data
+from faceops.driver import data, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +122,99 @@ def test_max_images_keeps_each_identitys_first_images(synthetic_root, tmp_path):
         shutil.copyfile(os.path.join(synthetic_root, "id_000", f"{k - 1:02d}.png"), root / f"{k}.png")
     carol = data.load_identity_folder(str(tmp_path / "people"), size=32, max_images=2)
     assert [os.path.basename(p) for p in carol.paths] == ["1.png", "2.png"]
+
+
+def _face(size=96):
+    return (data.draw_synthetic_face(np.random.default_rng(1), np.random.default_rng(2), size) * 255).astype(np.uint8)
+
+
+def _png_declaring(width, height):
+    """A tiny PNG whose IHDR chunk declares width x height (its CRC recomputed): the
+    decoder refuses it on the header alone, so nothing of that size is allocated."""
+    png = bytearray(cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes())
+    assert png[12:16] == b"IHDR"  # signature (8), then the IHDR chunk: length (4), type (4), data (13), CRC (4)
+    png[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    png[29:33] = zlib.crc32(png[12:29]).to_bytes(4, "big")
+    return bytes(png)
+
+
+def test_an_image_too_large_to_decode_is_skipped_and_named(synthetic_root, tmp_path):
+    root = tmp_path / "people"
+    (root / "alice").mkdir(parents=True)
+    for k in range(2):
+        shutil.copyfile(os.path.join(synthetic_root, "id_000", f"{k:02d}.png"), root / "alice" / f"{k}.png")
+    (root / "alice" / "huge.png").write_bytes(_png_declaring(50000, 50000))
+    faces = data.load_identity_folder(str(root), size=32)
+    assert faces.images.shape == (2, 32, 32)
+    assert [path for path, _ in faces.skipped] == [str(root / "alice" / "huge.png")]
+    assert faces.skipped[0][1].startswith("image too large to decode")
+    # `faceops eval`: a pairs file naming the image is an error naming both files, not cv2.error.
+    (root / "alice" / "alice_0001.jpg").write_bytes(_png_declaring(50000, 50000))
+    shutil.copyfile(root / "alice" / "0.png", root / "alice" / "alice_0002.jpg")
+    (tmp_path / "pairs.txt").write_text("alice 1 2\n")
+    with pytest.raises(ValueError, match=r"pairs.txt names .*alice_0001.jpg, which cannot be used: image too large"):
+        evaluate.read_pair_images(str(root), str(tmp_path / "pairs.txt"), 32, 1.0)
+
+
+def test_integer_images_are_scaled_by_their_types_full_range(tmp_path):
+    face8 = _face()
+    assert 0 < face8.min() and face8.max() < 255  # a per-image contrast stretch would move these pixels
+    cv2.imwrite(str(tmp_path / "face8.png"), face8)
+    cv2.imwrite(str(tmp_path / "face16.png"), face8.astype(np.uint16) * 257)  # 257 = 65535 / 255
+    cv2.imwrite(str(tmp_path / "flat16.png"), np.full((40, 30), 40000, np.uint16))
+
+    def read(name, size):
+        image, why = data.read_image(str(tmp_path / name), size, 1.0)
+        assert why is None
+        return image
+
+    # The 8-bit path as it always was: resized in 8 bits, then divided by 255.
+    expected8 = cv2.resize(face8, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    np.testing.assert_array_equal(read("face8.png", 32), expected8)
+    # Unresized, the 16-bit copy is the same picture to float rounding; resized, the
+    # 8-bit path rounds each pixel to a whole grey level, so up to half a level apart.
+    np.testing.assert_allclose(read("face16.png", 96), read("face8.png", 96), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(read("face16.png", 32), expected8, rtol=0, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(read("flat16.png", 16), np.full((16, 16), 40000 / 65535), rtol=1e-6)
+
+
+def test_float_images_are_taken_as_zero_to_one_and_non_finite_ones_are_skipped(tmp_path):
+    face = _face().astype(np.float32) / 255
+    cv2.imwrite(str(tmp_path / "face.tiff"), face)
+    image, why = data.read_image(str(tmp_path / "face.tiff"), 32, 1.0)
+    assert why is None
+    np.testing.assert_allclose(image, cv2.resize(face, (32, 32), interpolation=cv2.INTER_AREA), rtol=0, atol=1e-6)
+    for name, pixel, reason in [("nan.tiff", np.nan, "non-finite pixels"), ("inf.tiff", np.inf, "non-finite pixels"),
+                                ("levels.tiff", 200.0, "float pixels outside [0, 1]")]:
+        bad = face.copy()
+        bad[10, 10] = pixel
+        cv2.imwrite(str(tmp_path / name), bad)
+        image, why = data.read_image(str(tmp_path / name), 32, 1.0)
+        assert image is None and why.startswith(reason), (name, why)
+
+
+def test_bytes_after_the_end_of_an_image_are_not_truncation(tmp_path):
+    face = _face()
+    png, jpeg = (cv2.imencode(ext, face)[1].tobytes() for ext in (".png", ".jpg"))
+    # Data appended after the end, such as a phone's video trailer after a motion photo's JPEG.
+    trailer = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\xff\xd8" + bytes(range(48))
+    root = tmp_path / "people"
+    (root / "alice").mkdir(parents=True)
+    (root / "alice" / "plain.png").write_bytes(png)
+    (root / "alice" / "trailer.png").write_bytes(png + trailer)
+    (root / "alice" / "plain.jpg").write_bytes(jpeg)
+    (root / "alice" / "trailer.jpg").write_bytes(jpeg + trailer)
+    faces = data.load_identity_folder(str(root), size=32)
+    assert faces.skipped == [] and len(faces.paths) == 4
+    by_name = dict(zip((os.path.basename(p) for p in faces.paths), faces.images))
+    np.testing.assert_array_equal(by_name["trailer.png"], by_name["plain.png"])
+    np.testing.assert_array_equal(by_name["trailer.jpg"], by_name["plain.jpg"])
+    # Still truncated: an end chunk or marker cut off, whatever follows the cut.
+    assert data.truncation(png[:-12] + trailer).startswith("truncated PNG")
+    assert data.truncation(jpeg[: len(jpeg) // 2] + trailer).startswith("truncated JPEG")
+    # An EXIF thumbnail (a whole JPEG inside the APP1 segment) does not end the photo.
+    thumbnail = cv2.imencode(".jpg", face[::4, ::4])[1].tobytes()
+    app1 = b"\xff\xe1" + (2 + 6 + len(thumbnail)).to_bytes(2, "big") + b"Exif\x00\x00" + thumbnail
+    photo = jpeg[:2] + app1 + jpeg[2:]
+    assert data.truncation(photo) is None and data.truncation(photo + trailer) is None
+    assert data.truncation(photo[: len(photo) * 2 // 3]).startswith("truncated JPEG")

@@ -22,32 +22,89 @@ class FaceSet:
 
 
 def prepare(image, size, crop):
-    """Grey, centre crop keeping `crop` of each side (1.0 = whole image), resize to size x size."""
+    """Grey, centre crop keeping `crop` of each side (1.0 = whole image), resize to size x size.
+    Pixels go to [0, 1]: an integer image is divided by its type's full range (uint8 /255,
+    uint16 /65535), a float image is taken as already in [0, 1] (read_image checks that)."""
+    if image.dtype != np.uint8:
+        image = _unit_range(image)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     h, w = image.shape
     ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
     top, left = (h - ch) // 2, (w - cw) // 2
     image = image[top : top + ch, left : left + cw]
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
+
+
+def _unit_range(image):
+    """float32 in [0, 1] of a non-uint8 image (uint8 keeps its 8-bit resize, as it always had)."""
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = np.iinfo(image.dtype).min, np.iinfo(image.dtype).max
+        return ((image.astype(np.float64) - low) / (high - low)).astype(np.float32)
+    return image.astype(np.float32)
+
+
+def unusable_pixels(image):
+    """Why a decoded image's pixels cannot be prepared, or None: a float image must be
+    finite and in [0, 1], the range prepare gives every image (rescaling it would make
+    the same picture prepare differently by its own extremes)."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return None
+    if not np.isfinite(image).all():
+        return f"non-finite pixels (NaN or Inf) in a {image.dtype} image"
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > 1:
+        return f"float pixels outside [0, 1] (from {low:.6g} to {high:.6g}); expected a float image in [0, 1]"
+    return None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole chunk: length 0, type, its fixed CRC
+JPEG_EOI = b"\xff\xd9"
 
 
 def truncation(encoded):
-    """Why the bytes of an image file are cut short, or None.  OpenCV decodes a
-    truncated JPEG partly (the rest grey) and only libjpeg's own line on stderr says
-    so: a complete JPEG ends its last scan (SOS marker FF DA) with an end-of-image
-    marker (FF D9), and in the entropy-coded data FF is always followed by 00 or a
-    restart marker, so neither appears by chance.  A PNG ends with its IEND chunk."""
-    if encoded[:2] == b"\xff\xd8" and encoded.rfind(b"\xff\xd9") < encoded.rfind(b"\xff\xda"):
-        return "truncated JPEG (no end-of-image marker after the last scan)"
-    if encoded[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in encoded[-12:]:
+    """Why the bytes of an image file are cut short, or None.  Decoders stop at an
+    image's end and accept data after it, and OpenCV decodes a truncated JPEG partly
+    (the rest grey, only libjpeg's line on stderr saying so).  A PNG is truncated when
+    no IEND chunk follows its signature; a JPEG when no end-of-image marker (FF D9)
+    follows the start of its first scan (the header segments before it, an EXIF
+    thumbnail among them, are skipped by their lengths; in the scan data FF is
+    always followed by 00 or a restart marker, so FF D9 is the real end)."""
+    if encoded[:8] == PNG_SIGNATURE and PNG_IEND not in encoded[8:]:
         return "truncated PNG (no IEND chunk)"
+    if encoded[:2] == b"\xff\xd8":
+        scan = _jpeg_first_scan(encoded)
+        if scan is not None and JPEG_EOI not in encoded[scan:]:
+            return "truncated JPEG (no end-of-image marker after the image data)"
     return None
+
+
+def _jpeg_first_scan(encoded):
+    """The offset of a JPEG's first start-of-scan marker (FF DA), found by walking the
+    segments after SOI; the file's length when it ends first; None when the bytes are
+    not a marker where one should be (then the decoder judges the file)."""
+    at = 2
+    while at + 1 < len(encoded):
+        if encoded[at] != 0xFF:
+            return None
+        marker = encoded[at + 1]
+        if marker == 0xDA:
+            return at
+        if marker == 0xFF:  # a fill byte before a marker
+            at += 1
+        elif marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            at += 2
+        else:
+            at += 2 + int.from_bytes(encoded[at + 2 : at + 4], "big")
+    return len(encoded)
 
 
 def read_image(path, size, crop):
     """(the prepared image, None), or (None, why it cannot be used): an empty,
-    truncated or undecodable file."""
+    truncated or undecodable file, one too large for OpenCV, or float pixels that
+    are non-finite or outside [0, 1]."""
     with open(path, "rb") as f:
         encoded = f.read()
     if not encoded:
@@ -55,13 +112,19 @@ def read_image(path, size, crop):
     cut = truncation(encoded)
     if cut:
         return None, cut
-    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:  # the header declares more than CV_IO_MAX_IMAGE_PIXELS, _WIDTH or _HEIGHT
+        if "CV_IO_MAX_IMAGE" in error.err:
+            return None, f"image too large to decode (OpenCV requires {error.err})"
+        return None, f"OpenCV cannot decode it ({error.err})"
     if image is None or image.size == 0:
         return None, "OpenCV cannot decode it"
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    why = unusable_pixels(image)
+    if why:
+        return None, why
     return prepare(image, size, crop), None
 
 
