@@ -1,6 +1,7 @@
 """ONNX export: onnx.checker, the metadata, and the round trip through OpenCV DNN
 against the NumPy forward pass; `faceops export` on a run directory."""
 
+import io
 import json
 
 import cv2
@@ -132,6 +133,18 @@ def test_export_never_writes_over_another_runs_model(tmp_path):
     assert {p.name: p.read_bytes() for p in other.iterdir() if p.name != "model.onnx"} == before
 
 
+def test_export_never_writes_through_a_link_to_a_runs_file(tmp_path):
+    """-o through a symbolic link wrote the ONNX bytes into the other run's checkpoint.npz."""
+    other = tmp_path / "other"
+    before = _run_with_files(other, np.random.default_rng(13))
+    _run_with_files(tmp_path / "run", np.random.default_rng(14))
+    (tmp_path / "sneaky.onnx").symlink_to(other / "checkpoint.npz")
+    with pytest.raises(SystemExit, match=f"-o: {tmp_path / 'sneaky.onnx'} \\(a link to {other / 'checkpoint.npz'}\\) "
+                                         f"is the checkpoint.npz of the run {other}"):
+        cli.main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "sneaky.onnx")])
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "flipped byte", "npy", "no network", "config"])
 def test_export_of_a_damaged_checkpoint_names_it(tmp_path, damage):
     _fake_run(tmp_path / "run", np.random.default_rng(12))
@@ -165,6 +178,42 @@ def test_export_of_a_cnn_checkpoint_with_damaged_torch_state_names_it(tmp_path):
     with pytest.raises(SystemExit, match=f"^faceops export: {run / 'checkpoint.npz'} is not a readable faceops "
                                          f"checkpoint: its torch_state"):
         cli.main(["export", str(run)])
+
+
+def test_export_and_eval_refuse_the_network_of_a_diverged_run(tmp_path):
+    """A checkpoint with a NaN parameter was exported as an ONNX model full of NaN weights."""
+    _fake_run(tmp_path / "run", np.random.default_rng(15))
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    state = dict(np.load(checkpoint))
+    state["param_b"] = np.full_like(state["param_b"], np.nan)
+    np.savez(checkpoint, **state)
+    with pytest.raises(SystemExit, match=f"^faceops export: {checkpoint}: its param_b holds NaN or Inf"):
+        cli.main(["export", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "model.onnx").exists()
+    with pytest.raises(ValueError, match="its param_b holds NaN or Inf"):
+        export.load_run(str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("damage", ["nan", "other rank", "no net"])
+def test_export_of_a_cnn_checkpoint_whose_network_is_unusable_names_it(tmp_path, damage):
+    """A NaN weight was exported; a network of another size, or none, was a traceback or "faceops export: 'net'"."""
+    torch = pytest.importorskip("torch")
+    from faceops.driver import torch_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"descriptor": "pixels", "image_size": 32, "crop": 1.0, "backbone": "cnn", "rank": 16}
+    state = torch_model.network_for(dict(config, rank=8) if damage == "other rank" else config).state_dict()
+    if damage == "nan":
+        next(iter(state.values())).fill_(float("nan"))
+    blob = io.BytesIO()
+    torch.save({"weights": state} if damage == "no net" else {"net": state}, blob)
+    np.savez(run / "checkpoint.npz", config=np.asarray(json.dumps(config)), epoch=np.asarray(1),
+             torch_state=np.frombuffer(blob.getvalue(), np.uint8))
+    message = "holds NaN or Inf" if damage == "nan" else "its network does not fit the run's configuration"
+    with pytest.raises(SystemExit, match=f"^faceops export: {run / 'checkpoint.npz'}: .*{message}"):
+        cli.main(["export", str(run)])
+    assert not (run / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("text, message", [('{"descriptor": "pixels",', "is not valid JSON"),

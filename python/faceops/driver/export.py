@@ -135,6 +135,8 @@ def load_run(run_dir):
         raise rundir.unreadable_checkpoint(checkpoint_path, f"it holds no {' or '.join(absent)} array (not the checkpoint "
                                                      f"of a faceops train run)")
     params = {name: state[f"param_{name}"] for name in NETWORK_PARAMETERS if f"param_{name}" in state}
+    check_finite(checkpoint_path, {"net_mean": state["net_mean"], "net_std": state["net_std"],
+                                   **{f"param_{name}": value for name, value in params.items()}})
     net = EmbeddingNet.from_arrays(state["net_mean"], state["net_std"], params)
     probe = describe(np.zeros((1, config["image_size"], config["image_size"]), np.float32), config["descriptor"])
     if probe.shape[1] != net.mean.shape[0]:
@@ -142,6 +144,15 @@ def load_run(run_dir):
                          f"{config['descriptor']!r} descriptor at image size {config['image_size']} has "
                          f"{probe.shape[1]}")
     return net, config
+
+
+def check_finite(checkpoint_path, arrays):
+    """A ValueError naming the first of a checkpoint's network arrays (name -> array) that
+    holds NaN or Inf: the network of a run that diverged, of which no model is made."""
+    for name, value in arrays.items():
+        if not np.isfinite(np.asarray(value, np.float64)).all():
+            raise ValueError(f"{checkpoint_path}: its {name} holds NaN or Inf (the run diverged before this "
+                             f"checkpoint); no model is made of it")
 
 
 def check_output_file(output, run_dir):
@@ -160,11 +171,15 @@ def check_output_file(output, run_dir):
         raise ValueError(f"-o: {existing} is a file, not a folder")
     if folder and not os.path.isdir(folder):
         raise ValueError(f"-o: the folder {folder} does not exist")
-    name, folder = os.path.basename(output), folder or "."
-    if rundir.holds_run(folder, rundir.RUN_MARKERS) and name in rundir.RUN_FILES and os.path.exists(output):
-        if name == "model.onnx" and os.path.realpath(folder) == os.path.realpath(run_dir):
+    # The file written is the one a symbolic link points to: it is checked, not the link.
+    written = os.path.realpath(output)
+    name, folder = os.path.basename(written), os.path.dirname(written)
+    if rundir.holds_run(folder, rundir.RUN_MARKERS) and name in rundir.RUN_FILES and os.path.exists(written):
+        if name == "model.onnx" and folder == os.path.realpath(run_dir):
             return
-        raise ValueError(f"-o: {output} is the {name} of the run {folder}; give another path for the ONNX model")
+        linked = f" (a link to {written})" if written != os.path.abspath(output) else ""
+        raise ValueError(f"-o: {output}{linked} is the {name} of the run {folder}; give another path for the ONNX "
+                         f"model")
 
 
 def export_run(run_dir, output=None):

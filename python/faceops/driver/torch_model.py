@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from faceops.driver import export
+
 INPUT_NAME, OUTPUT_NAME = "image", "embedding"
 # The ONNX operator set: one that OpenCV DNN (4.x) reads, as the NumPy model's export.
 OPSET = 13
@@ -311,6 +313,12 @@ def load_run(run_dir, config):
                              f"bytes of a --backbone cnn run ({type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
     net = network_for(config).to(memory_format=require_torch().channels_last)  # as in training: the same sums
-    net.load_state_dict(saved["net"])
+    try:
+        net.load_state_dict(saved["net"])
+    except (KeyError, TypeError, RuntimeError) as error:  # no "net", not a state dict, other shapes
+        raise ValueError(f"{path}: its network does not fit the run's configuration ({type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:300]})") from None
+    export.check_finite(path, {name: value.detach().numpy() for name, value in net.state_dict().items()
+                               if value.is_floating_point()})
     net = verification_network(net, config).eval()
     return (lambda images: embed_images(net, images)), net
