@@ -171,6 +171,102 @@ def test_an_interrupted_resume_keeps_config_json_with_the_checkpoint(tmp_path, s
         assert json.loads(str(state["config"]))["epochs"] == 3 and int(state["epoch"]) == 3
 
 
+def test_a_resume_that_trains_further_removes_the_earlier_results_first(tmp_path, synthetic_root, monkeypatch):
+    """Interrupted while extending a finished run, the run held epoch 1's metrics.json, roc.png,
+    model.onnx and eval folder beside a later checkpoint, as if they were its results."""
+    run_dir = tmp_path / "run"
+    _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
+    (run_dir / "eval-pairs").mkdir()
+    (run_dir / "eval-pairs" / "metrics.json").write_text("{}")
+    real_save = train.rundir.save_checkpoint
+
+    def save(path, state):
+        if int(state["epoch"]) == 3:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(train.rundir, "save_checkpoint", save)
+    with pytest.raises(SystemExit):
+        _train("--run-dir", str(run_dir), "--resume", "--epochs", "3")
+    assert sorted(os.listdir(run_dir)) == [".lock", "checkpoint.npz", "config.json", "log.txt"]
+    assert "removed the results of the model after epoch 1 (metrics.json, roc.png, model.onnx, eval-pairs/); " \
+           "they are written again for epoch 3" in _read(run_dir / "log.txt")
+    monkeypatch.setattr(train.rundir, "save_checkpoint", real_save)
+    _train("--run-dir", str(run_dir), "--resume", "--epochs", "3")
+    assert {"metrics.json", "roc.png", "model.onnx"} <= set(os.listdir(run_dir))
+
+
+def test_a_full_disk_is_one_message_and_a_line_of_log_txt(tmp_path, synthetic_root, monkeypatch):
+    def full(path, state):
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(train.rundir, "save_checkpoint", full)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"^faceops train: cannot write {run_dir / 'checkpoint.npz'}: No space left "
+                                         f"on device$"):
+        cli.main(["train", "--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1"])
+    assert _read(run_dir / "log.txt").endswith(f"faceops train: cannot write {run_dir / 'checkpoint.npz'}: No space "
+                                               f"left on device\n")
+
+
+def test_a_run_directory_that_cannot_be_made_is_refused_before_the_data_is_read(tmp_path, synthetic_root,
+                                                                                 monkeypatch):
+    """A dangling runs/ or --run-dir link failed with a traceback (or "File exists") after loading."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink("gone", "runs")
+    monkeypatch.setattr(train, "load_faces", lambda *args: pytest.fail("the data was read"))
+    with pytest.raises(SystemExit, match="faceops train: 'runs' is a symbolic link to 'gone', which does not exist, "
+                                         "so a run cannot get a new runs/<date>-<time>/"):
+        cli.main(["train", "--data", synthetic_root, *TINY, "--epochs", "1"])
+    os.symlink("also-gone", "dangling")
+    with pytest.raises(SystemExit, match="--run-dir: 'dangling' is a symbolic link to 'also-gone', which does not"):
+        cli.main(["train", "--run-dir", "dangling", "--data", synthetic_root, *TINY, "--epochs", "1"])
+
+
+def test_overwrite_refuses_a_run_whose_file_is_a_folder_before_removing_anything(tmp_path, synthetic_root):
+    run_dir = tmp_path / "run"
+    _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "metrics.json").mkdir()
+    before = {name: _read(run_dir / name, "rb") for name in ("config.json", "log.txt", "checkpoint.npz")}
+    with pytest.raises(SystemExit, match=f"--run-dir: in {run_dir}, metrics.json is a folder, not a run's file"):
+        cli.main(["train", "--run-dir", str(run_dir), "--overwrite", "--data", synthetic_root, *TINY, "--epochs", "1"])
+    assert {name: _read(run_dir / name, "rb") for name in before} == before
+
+
+def test_a_run_directory_inside_the_data_is_no_identity_and_the_run_resumes(tmp_path, synthetic_root):
+    """Its files made --run-dir DATA/zrun an identity, so the resume found the data changed."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    run_dir = root / "zrun"
+    _train("--run-dir", str(run_dir), "--data", str(root), *TINY, "--epochs", "1")
+    assert "zrun" not in data.identity_folders(str(root))
+    _train("--run-dir", str(run_dir), "--resume", "--epochs", "2")
+    with np.load(run_dir / "checkpoint.npz") as state:
+        assert int(state["epoch"]) == 2
+
+
+def test_a_stale_latest_link_of_the_same_process_id_is_replaced(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    os.symlink("old", runs / f"latest.{os.getpid()}")  # a run killed inside link_latest
+    assert train.rundir.link_latest(str(runs / "a"), runs=str(runs))
+    assert os.readlink(runs / "latest") == "a" and not os.path.lexists(runs / f"latest.{os.getpid()}")
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_logged_with_escapes(tmp_path, synthetic_root):
+    """Log.attach's strict UTF-8 failed on the surrogate of a Latin-1 byte, after the run had claimed its folder."""
+    import shutil
+
+    root = os.path.join(str(tmp_path), "d\udce9")
+    shutil.copytree(synthetic_root, root)
+    run_dir = tmp_path / "run"
+    _train("--run-dir", str(run_dir), "--data", root, *TINY, "--epochs", "1")
+    assert "d\\udce9" in _read(run_dir / "log.txt") and (run_dir / "model.onnx").is_file()
+
+
 def test_unreadable_checkpoints_and_impossible_run_dirs_are_named(tmp_path, synthetic_root, monkeypatch):
     run_dir = tmp_path / "run"
     _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
@@ -329,7 +425,7 @@ def test_truncated_images_are_skipped_and_named_once(tmp_path, synthetic_root, c
     _train("--run-dir", str(tmp_path / "run"), "--data", str(root), "--image-size", "48", "-P", "4", "--epochs", "1")
     out, err = capfd.readouterr()
     skipped = [line for line in out.splitlines() if "skipped" in line]
-    assert skipped == [f"skipped 1 image file(s): {cut} (truncated JPEG (no end-of-image marker after the last scan))"]
+    assert skipped == [f"skipped 1 image file(s): {cut} (truncated JPEG (no end-of-image marker after the image data))"]
     assert err == ""  # no Python warning with its source line, no libjpeg message
     assert _read(tmp_path / "run" / "log.txt").count("skipped 1 image file") == 1
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from faceops.driver import rundir
+
 
 @dataclass
 class FaceSet:
@@ -137,11 +139,12 @@ def describe_skipped(skipped):
 
 def identity_folders(root):
     """The identity folders of ROOT/<identity>/<image>, sorted by name: the folders that
-    hold at least one file (not, say, a runs/ folder of run directories, which would
-    move the --holdout split)."""
+    hold at least one file and are not a run's directory (neither a runs/ folder of run
+    directories nor a --run-dir inside ROOT may move the --holdout split)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data root {root!r} is not a directory")
-    return sorted(e for e in os.listdir(root) if _holds_a_file(os.path.join(root, e)))
+    return sorted(e for e in os.listdir(root) if _holds_a_file(os.path.join(root, e))
+                  and not rundir.holds_run(os.path.join(root, e), rundir.RUN_MARKERS))
 
 
 def _holds_a_file(folder):

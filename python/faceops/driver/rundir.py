@@ -20,7 +20,8 @@ import numpy as np
 
 RUNS = "runs"
 LATEST = os.path.join(RUNS, "latest")
-RUN_FILES = ("config.json", "log.txt", "checkpoint.npz", "metrics.json", "roc.png", "model.onnx")
+RESULT_FILES = ("metrics.json", "roc.png", "model.onnx")  # written when training ends
+RUN_FILES = ("config.json", "log.txt", "checkpoint.npz", *RESULT_FILES)
 CHECKPOINT = "checkpoint.npz"
 LOCK = ".lock"
 TEMPORARY_PATTERN = ".checkpoint-*.npz"
@@ -38,10 +39,15 @@ def holds_run(path, names=RUN_FILES):
 
 
 def check_fresh_run_dir_possible(runs=RUNS):
-    """Raises ValueError when runs/ cannot hold new run directories."""
+    """Raises ValueError when runs/ cannot hold new run directories (before any data is read)."""
+    cannot = f"so a run cannot get a new {runs}/<date>-<time>/; move it, or give --run-dir"
+    if os.path.islink(runs) and not os.path.exists(runs):
+        raise ValueError(f"{runs!r} is a symbolic link to {os.readlink(runs)!r}, which does not exist, {cannot}")
     if os.path.exists(runs) and not os.path.isdir(runs):
-        raise ValueError(f"{runs!r} exists and is not a directory, so a run cannot get a new {runs}/<date>-<time>/; "
-                         "move it, or give --run-dir")
+        raise ValueError(f"{runs!r} exists and is not a directory, {cannot}")
+    where = runs if os.path.isdir(runs) else os.path.dirname(os.path.abspath(runs))
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{where!r} is not writable (or on a read-only file system), {cannot}")
 
 
 def make_fresh_run_dir(runs=RUNS):
@@ -69,6 +75,8 @@ def nearest_existing(path):
 
 def check_new_run_dir(path, overwrite):
     """Raises ValueError when a new run may not write `path`."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(f"--run-dir: {path!r} is a symbolic link to {os.readlink(path)!r}, which does not exist")
     if not os.path.exists(path):
         ancestor = nearest_existing(os.path.dirname(os.path.abspath(path)))
         if not os.path.isdir(ancestor):
@@ -82,6 +90,9 @@ def check_new_run_dir(path, overwrite):
     if files and not overwrite:
         raise ValueError(f"--run-dir: {path} holds a run ({', '.join(files)}); continue it with --resume, replace it "
                          f"with --overwrite, or give another --run-dir")
+    folders = [name for name in files if os.path.isdir(os.path.join(path, name))]
+    if folders:  # --overwrite would stop half-way, the run's other files removed
+        raise ValueError(f"--run-dir: in {path}, {', '.join(folders)} is a folder, not a run's file; move it away")
     if not files and set(os.listdir(path)) - {LOCK}:
         raise ValueError(f"--run-dir: {path} is not empty and holds no faceops run; give a new or empty directory")
 
@@ -115,9 +126,26 @@ def claim(path, replace):
         for name in RUN_FILES:
             if os.path.exists(os.path.join(path, name)):
                 os.unlink(os.path.join(path, name))
-        for evaluation in glob.glob(os.path.join(glob.escape(path), "eval-*", "")):
-            shutil.rmtree(evaluation)
+        remove_evaluations(path)
     return remove_temporaries(path)
+
+
+def remove_results(path):
+    """Removes a run's results (metrics.json, roc.png, model.onnx) and its `faceops eval`
+    folders, eval-*/, before a resume trains further: they are of the model of an earlier
+    epoch, which an interrupted resume would otherwise leave labelled as the run's.
+    Returns the names removed."""
+    removed = [name for name in RESULT_FILES if os.path.exists(os.path.join(path, name))]
+    for name in removed:
+        os.unlink(os.path.join(path, name))
+    return removed + remove_evaluations(path)
+
+
+def remove_evaluations(path):
+    evaluations = sorted(glob.glob(os.path.join(glob.escape(path), "eval-*", "")))
+    for evaluation in evaluations:
+        shutil.rmtree(evaluation)
+    return [os.path.basename(os.path.dirname(evaluation)) + "/" for evaluation in evaluations]
 
 
 def remove_temporaries(path):
@@ -138,6 +166,8 @@ def link_latest(path, runs=RUNS):
     if os.path.exists(latest) and not os.path.islink(latest):
         return False
     temporary = f"{latest}.{os.getpid()}"
+    if os.path.lexists(temporary):  # left by a run of the same process id killed right here
+        os.unlink(temporary)
     os.symlink(os.path.basename(os.path.normpath(path)), temporary)
     os.replace(temporary, latest)
     return True

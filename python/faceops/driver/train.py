@@ -331,7 +331,8 @@ class Log:
         self.pending, self.file = [], None
 
     def attach(self, path):
-        self.file = open(path, "a")
+        # A path that is not UTF-8 (a --data folder named in Latin-1) is written with \x escapes.
+        self.file = open(path, "a", encoding="utf-8", errors="backslashreplace")
         self.file.writelines(line + "\n" for line in self.pending)
         self.file.flush()
         self.pending = []
@@ -341,13 +342,17 @@ class Log:
             self.file.close()
 
     def failed(self, error):
-        """Puts the error a run stops with into log.txt (main prints it)."""
+        """Puts the error a run stops with into log.txt (main prints it), unless log.txt
+        itself cannot be written (a full disk)."""
         if self.file:
-            self.file.write(f"faceops train: {error}\n")
-            self.file.flush()
+            try:
+                self.file.write(f"faceops train: {error}\n")
+                self.file.flush()
+            except OSError:
+                pass
 
     def __call__(self, message):
-        print(message, flush=True)
+        print(message.encode("utf-8", "backslashreplace").decode("utf-8"), flush=True)
         if self.file:
             self.file.write(message + "\n")
             self.file.flush()
@@ -677,6 +682,13 @@ def run(config, notes=()):
             status.progress.close()
         log.failed(error)
         raise
+    except OSError as error:  # a full disk, a read-only or vanished run directory
+        if status.progress:
+            status.progress.close()
+        failure = ValueError(f"cannot {'write' if status.claimed else 'read or write'} "
+                             f"{error.filename or 'a file'}: {error.strerror or error}")
+        log.failed(failure)
+        raise failure from None
     except KeyboardInterrupt:
         if status.progress:
             status.progress.close()
@@ -791,6 +803,11 @@ def _run(config, log, status, notes=()):
     if config.resume:
         log(f"resumed {status.run_dir} after epoch {trainer.epoch} of {config.epochs}"
             + (f"; overriding {', '.join(notes)}" if notes else ""))
+        if trainer.epoch < config.epochs:
+            stale = rundir.remove_results(status.run_dir)
+            if stale:
+                log(f"removed the results of the model after epoch {trainer.epoch} ({', '.join(stale)}); "
+                    f"they are written again for epoch {config.epochs}")
     if config.run_dir is None and rundir.link_latest(status.run_dir):
         log(f"run directory {status.run_dir} ({rundir.LATEST} links to it)")
 
