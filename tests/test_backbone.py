@@ -124,6 +124,33 @@ def test_a_resume_with_another_backbone_or_loss_is_refused(tmp_path, synthetic_r
         train.configure(["--run-dir", run_dir, "--resume", "--loss", "arcface"])
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("not torch bytes", r"continue from \(its torch_state is not the torch.save bytes of a --backbone cnn run"),
+    ("generator", r"not a checkpoint this run can continue from \(.*RNG state"),
+    ("optimizer", r"not a checkpoint this run can continue from \(.*parameter groups"),
+])
+def test_a_cnn_checkpoint_with_hostile_torch_state_is_named_on_resume(tmp_path, synthetic_root, damage, message):
+    """Tracebacks (RuntimeError of set_rng_state) or messages naming no file ("it has no 101")."""
+    import io
+
+    run_dir = tmp_path / "run"
+    _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
+    checkpoint = run_dir / "checkpoint.npz"
+    with np.load(checkpoint) as state:
+        arrays = {name: state[name] for name in state.files}
+    saved = torch_model._load_torch_state(arrays["torch_state"])
+    if damage == "generator":
+        saved["generators"]["cpu"] = torch.zeros(3, dtype=torch.uint8)
+    if damage == "optimizer":
+        saved["optimizer"]["param_groups"].append(dict(saved["optimizer"]["param_groups"][0]))
+    blob = io.BytesIO()
+    torch.save(saved, blob)
+    arrays["torch_state"] = np.frombuffer(b"hello world" if damage == "not torch bytes" else blob.getvalue(), np.uint8)
+    np.savez(checkpoint, **arrays)
+    with pytest.raises(SystemExit, match=f"^faceops train: {checkpoint}.*{message}"):
+        cli.main(["train", "--run-dir", str(run_dir), "--resume", "--epochs", "2"])
+
+
 def test_a_resume_on_changed_data_is_an_error_naming_it(tmp_path, synthetic_root):
     root = str(tmp_path / "faces")
     shutil.copytree(synthetic_root, root)

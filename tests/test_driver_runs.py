@@ -291,6 +291,40 @@ def test_unreadable_checkpoints_and_impossible_run_dirs_are_named(tmp_path, synt
         cli.main(["train"])
 
 
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(tmp_path_factory, synthetic_root):
+    run_dir = tmp_path_factory.mktemp("one_epoch") / "run"
+    _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
+    with np.load(run_dir / "checkpoint.npz") as state:
+        return run_dir, {name: state[name] for name in state.files}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: {"config": np.asarray("[]")}, "is not a readable faceops checkpoint: its config array is a JSON list"),
+    (lambda s: {"config": np.asarray("{rank")}, "is not a readable faceops checkpoint: its config array is not valid"),
+    (lambda s: {"config": np.asarray(json.dumps(json.loads(str(s["config"])) | {"rank": "abc"}))},
+     "the run's --rank is 'abc'; expected an integer"),
+    (lambda s: {"config": np.asarray(json.dumps(json.loads(str(s["config"])) | {"loss": 3}))},
+     "the run's --loss is 3; expected a string"),
+    (lambda s: {"config": np.asarray(json.dumps(json.loads(str(s["config"])) | {"schedule": "linear"}))},
+     "the run's --schedule is 'linear'; expected one of cosine, step"),
+    (lambda s: {"history": np.asarray("not json")}, r"not a checkpoint this run can continue from \(Expecting value"),
+    (lambda s: {"epoch": np.asarray("two")}, r"not a checkpoint this run can continue from \(invalid literal"),
+    (lambda s: {"epoch": np.asarray(-3)}, r"not a checkpoint this run can continue from \(its epoch is -3"),
+    (lambda s: {"rng": np.asarray('{"bit_generator": "MT19937"}')}, "not a checkpoint this run can continue from"),
+])
+def test_a_checkpoint_with_hostile_content_is_named_on_resume(tmp_path, one_epoch_checkpoint, edit, message):
+    """Each was a traceback (AttributeError, TypeError) or a bare JSON or int() message, or (epoch -3) a resume."""
+    import shutil
+
+    source, state = one_epoch_checkpoint
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    np.savez(run_dir / "checkpoint.npz", **(state | edit(state)))
+    with pytest.raises(SystemExit, match=f"^faceops train: {run_dir / 'checkpoint.npz'}.*{message}"):
+        cli.main(["train", "--run-dir", str(run_dir), "--resume", "--epochs", "2"])
+
+
 def test_a_run_directory_in_use_by_another_run_is_refused(tmp_path, synthetic_root):
     """A second faceops train into a directory that a live one holds (--overwrite or
     --resume) is refused before it touches a file; the lock ends with its holder."""

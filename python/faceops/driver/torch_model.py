@@ -229,8 +229,16 @@ class TorchTrainer:
 
 
 def _load_torch_state(array):
+    """The dict a cnn checkpoint's torch_state array holds, or a ValueError saying it is not one."""
     torch = require_torch()
-    return torch.load(io.BytesIO(np.asarray(array, np.uint8).tobytes()), map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(io.BytesIO(np.asarray(array, np.uint8).tobytes()), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError) as error:  # torch.load's
+        raise ValueError(f"its {TORCH_STATE} is not the torch.save bytes of a --backbone cnn run "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"its {TORCH_STATE} holds a {type(saved).__name__}, not the state of a --backbone cnn run")
+    return saved
 
 
 def embed_images(net, images, device="cpu", batch=256):
@@ -308,10 +316,8 @@ def load_run(run_dir, config):
                              f"--backbone cnn")
         try:
             saved = _load_torch_state(state[TORCH_STATE])
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:  # torch.load's
-            raise ValueError(f"{path} is not a readable faceops checkpoint: its {TORCH_STATE} is not the torch.save "
-                             f"bytes of a --backbone cnn run ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        except ValueError as error:
+            raise ValueError(f"{path} is not a readable faceops checkpoint: {error}") from None
     net = network_for(config).to(memory_format=require_torch().channels_last)  # as in training: the same sums
     try:
         net.load_state_dict(saved["net"])

@@ -288,10 +288,12 @@ def resume_configuration(config, given):
                              f"ended); start it again with --run-dir {run_dir} --overwrite")
         raise ValueError(f"--resume: no run to continue at {run_dir} (no {rundir.CHECKPOINT})")
     state = rundir.read_checkpoint(checkpoint)
-    stored = json.loads(str(state["config"])) if "config" in state else None
+    stored = stored_configuration(state, checkpoint)
     if stored is None:  # a checkpoint of faceops 0.1.0 without its configuration
-        with open(os.path.join(run_dir, "config.json")) as f:
-            stored = json.load(f)
+        from faceops.driver import export
+
+        stored = export.read_config_json(os.path.join(run_dir, "config.json"))
+    check_stored_options(stored, checkpoint)
     resumed = build_parser().parse_args([])
     for name in vars(resumed):
         if name in stored and name not in INVOCATION_OPTIONS:
@@ -321,6 +323,45 @@ def resume_configuration(config, given):
                          f"differ from it: {'; '.join(conflicts)}.  Leave them out, or start a new run (without "
                          f"--resume).  Only {', '.join(map(_option, RESUME_OVERRIDES))} may change on --resume")
     return resumed, notes
+
+
+def stored_configuration(state, checkpoint):
+    """The configuration a checkpoint holds (a dict), None for one of faceops 0.1.0 without
+    it, or a ValueError naming the checkpoint when it is not a JSON object."""
+    if "config" not in state:
+        return None
+    try:
+        stored = json.loads(str(state["config"]))
+    except ValueError:
+        raise rundir.unreadable_checkpoint(checkpoint, "its config array is not valid JSON") from None
+    if not isinstance(stored, dict):
+        raise rundir.unreadable_checkpoint(checkpoint, f"its config array is a JSON {type(stored).__name__}, not "
+                                                       f"an object of the run's options")
+    return stored
+
+
+def check_stored_options(stored, source):
+    """A stored configuration holds values of the types and choices the command line
+    gives, or a ValueError names `source` (the checkpoint or config.json) and the option:
+    an edited or foreign file, never a TypeError deep in the run."""
+    for action in build_parser()._actions:
+        value = stored.get(action.dest)
+        if value is None or action.dest == "help":
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            fits = type(value) is bool
+        elif action.type is int:
+            fits = type(value) is int
+        elif action.type is float:
+            fits = type(value) in (int, float)
+        else:
+            fits = type(value) is str
+        if not fits or (action.choices and value not in action.choices):
+            expected = f"one of {', '.join(map(str, action.choices))}" if action.choices else \
+                {int: "an integer", float: "a number"}.get(action.type, "true or false" if action.nargs == 0 else
+                                                           "a string")
+            raise ValueError(f"{source}: the run's {_option(action.dest)} is {value!r}; expected {expected} (an "
+                             f"edited or foreign file?)")
 
 
 class Log:
@@ -714,7 +755,7 @@ def interrupted_message(config, status):
                 f"nothing to resume (start again with --run-dir {status.run_dir} --overwrite)")
     state = rundir.read_checkpoint(checkpoint)
     done = int(state["epoch"])
-    stored = json.loads(str(state["config"])) if "config" in state else {}
+    stored = stored_configuration(state, checkpoint) or {}
     where = f"in epoch {status.epoch + 1}/{config.epochs}" if status.epoch < config.epochs else \
         "after the last epoch, before the metrics and the ONNX model were written"
     # A resume's overrides that no checkpoint holds yet go into the command that continues it.
@@ -774,8 +815,13 @@ def _run(config, log, status, notes=()):
             trainer.load_state(state)
         except KeyError as missing:
             raise ValueError(f"{checkpoint}: not a complete faceops checkpoint (it has no {missing})") from None
-        if "config" in state:
-            checkpointed_config = json.loads(str(state["config"]))
+        except (TypeError, ValueError, RuntimeError, IndexError) as error:  # our checks', NumPy's, torch's
+            raise ValueError(f"{checkpoint}: not a checkpoint this run can continue from "
+                             f"({' '.join(str(error).split())[:300]})") from None
+        if trainer.epoch < 1:
+            raise ValueError(f"{checkpoint}: not a checkpoint this run can continue from (its epoch is "
+                             f"{trainer.epoch}; a checkpoint is written after epoch 1 or a later one)")
+        checkpointed_config = stored_configuration(state, checkpoint)
         if config.epochs < trainer.epoch:
             raise ValueError(f"--epochs {config.epochs}: the run in {config.run_dir} has already trained "
                              f"{trainer.epoch} epochs")
