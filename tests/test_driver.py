@@ -246,3 +246,24 @@ def test_name_ranges_and_loss_terms():
     assert train.parse_loss("arcface+0.01*center") == {"arcface": 1.0, "center": 0.01}
     assert train.expand_names("s1-s3,x") == ["s1", "s2", "s3", "x"]
     assert train.expand_names("id_08-id_10") == ["id_08", "id_09", "id_10"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--train-identities", "id_000-id_099"], "--train-identities: not found under .*: id_014, id_015, id_016, id_017, "
+                                              r"id_018 and 81 more \(it has 14 identity folders, id_000 to id_013\)"),
+    (["--eval-identities", "id_013,nobody"], "--eval-identities: not found under .*: nobody"),
+    (["--train-identities", "id_009-id_001"], "--train-identities: the range 'id_009-id_001' runs backwards; "
+                                              "expected id_001-id_009"),
+    (["--train-identities", " , "], "--train-identities: ' , ' names no identity"),
+])
+def test_identity_lists_that_name_nobody_or_missing_folders_say_so(tmp_path, synthetic_root, options, message):
+    """They said "covers every identity ... leaving none to verify on", or "no readable images"."""
+    with pytest.raises(SystemExit, match=f"faceops train: {message}"):
+        cli.main(["train", "--data", synthetic_root, "--run-dir", str(tmp_path / "run"), *options, "--epochs", "1"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_without_identity_folders_says_so(tmp_path):
+    (tmp_path / "empty_identity").mkdir()
+    with pytest.raises(SystemExit, match=f"--data: '{tmp_path}' holds no identity folder"):
+        cli.main(["train", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--epochs", "1"])

@@ -248,6 +248,19 @@ def test_a_run_directory_inside_the_data_is_no_identity_and_the_run_resumes(tmp_
         assert int(state["epoch"]) == 2
 
 
+def test_the_checkpoint_has_the_permissions_of_the_other_run_files(tmp_path, one_epoch_checkpoint):
+    """mkstemp made it 0600, readable by its owner alone."""
+    run_dir, state = one_epoch_checkpoint
+    mode = lambda name: os.stat(run_dir / name).st_mode & 0o777  # noqa: E731
+    assert mode("checkpoint.npz") == mode("config.json") == mode("metrics.json")
+    previous = os.umask(0o027)
+    try:
+        train.rundir.save_checkpoint(str(tmp_path / "checkpoint.npz"), state)
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "checkpoint.npz").st_mode & 0o777 == 0o640
+
+
 def test_a_stale_latest_link_of_the_same_process_id_is_replaced(tmp_path):
     runs = tmp_path / "runs"
     (runs / "a").mkdir(parents=True)

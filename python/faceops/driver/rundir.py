@@ -201,6 +201,7 @@ def save_checkpoint(path, state):
     folder = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make it the one run file others cannot read
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **state)
             f.flush()
@@ -209,3 +210,9 @@ def save_checkpoint(path, state):
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

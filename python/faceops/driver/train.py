@@ -32,17 +32,22 @@ MAX_WIDTH = 4096
 AUGMENTATIONS = {"full": {}, "photometric": {"max_shift": 0.0, "max_angle": 0.0, "occlusion": 0.0}, "none": None}
 
 
-def expand_names(spec):
-    """'s1-s3,s7' -> ['s1', 's2', 's3', 's7']; 'id_08-id_10' keeps the zero padding."""
+def expand_names(spec, option="identities"):
+    """'s1-s3,s7' -> ['s1', 's2', 's3', 's7']; 'id_08-id_10' keeps the zero padding.  A
+    range that runs backwards, or a list naming nobody, is a ValueError naming `option`."""
     names = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         match = re.fullmatch(r"(\D*)(\d+)-\1(\d+)", part)
         if match:
             prefix, first, last = match.groups()
+            if int(last) < int(first):
+                raise ValueError(f"{option}: the range {part!r} runs backwards; expected {prefix}{last}-{prefix}{first}")
             width = len(first) if first.startswith("0") else 0
             names.extend(f"{prefix}{k:0{width}d}" for k in range(int(first), int(last) + 1))
         else:
             names.append(part)
+    if not names:
+        raise ValueError(f"{option}: {spec!r} names no identity; expected names or ranges such as s1-s3,s7")
     return names
 
 
@@ -249,7 +254,7 @@ def _comparable(name, value):
     if name == "loss":
         return parse_loss(value)
     if name in ("train_identities", "eval_identities"):
-        return expand_names(value)
+        return expand_names(value, _option(name))
     return value
 
 
@@ -572,11 +577,20 @@ def split_identities(config, root):
     Without --eval-pairs on --data itself, verification uses the identities not
     trained on: the last --holdout (default 0.2) by name, or those outside
     --train-identities, or training uses those outside --eval-identities."""
-    train = expand_names(config.train_identities) if config.train_identities else None
-    held = expand_names(config.eval_identities) if config.eval_identities else None
+    train = expand_names(config.train_identities, "--train-identities") if config.train_identities else None
+    held = expand_names(config.eval_identities, "--eval-identities") if config.eval_identities else None
     if config.eval_pairs or (config.eval_root and os.path.realpath(config.eval_root) != os.path.realpath(root)):
         return train, held
     folders = data.identity_folders(root)
+    if not folders:
+        raise ValueError(f"--data: {root!r} holds no identity folder (a folder of image files, ROOT/<identity>/<image>)")
+    present = set(folders)
+    for option, names in (("--train-identities", train), ("--eval-identities", held)):
+        missing = [name for name in names or () if name not in present]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ValueError(f"{option}: not found under {root!r}: {', '.join(missing[:5])}{more} (it has "
+                             f"{len(folders)} identity folders, {folders[0]} to {folders[-1]})")
     if train is None and held is None:
         fraction = 0.2 if config.holdout is None else config.holdout
         if fraction == 0:
