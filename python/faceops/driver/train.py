@@ -293,12 +293,13 @@ def resume_configuration(config, given):
                              f"ended); start it again with --run-dir {run_dir} --overwrite")
         raise ValueError(f"--resume: no run to continue at {run_dir} (no {rundir.CHECKPOINT})")
     state = rundir.read_checkpoint(checkpoint)
-    stored = stored_configuration(state, checkpoint)
+    stored, source = stored_configuration(state, checkpoint), checkpoint
     if stored is None:  # a checkpoint of faceops 0.1.0 without its configuration
         from faceops.driver import export
 
-        stored = export.read_config_json(os.path.join(run_dir, "config.json"))
-    check_stored_options(stored, checkpoint)
+        source = os.path.join(run_dir, "config.json")
+        stored = export.read_config_json(source)
+    check_stored_options(stored, source)
     resumed = build_parser().parse_args([])
     for name in vars(resumed):
         if name in stored and name not in INVOCATION_OPTIONS:
