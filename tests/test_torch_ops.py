@@ -846,3 +846,86 @@ def test_a_float_theta_becomes_one_kept_tensor_and_is_still_checked():
     for _ in range(2):
         with pytest.raises(ValueError, match="theta: expected a finite number, got 70000.0, which is not finite"):
             ft.pair_loss(x.half(), labels, 7e4)
+
+
+# --- derivatives the ops do not have, and views the eager path must not read raw -----------------------------------
+
+@pytest.mark.parametrize("path", sorted(CALLS))
+@pytest.mark.parametrize("name", sorted(set(DIFFERENTIABLE) - {"target_margin_forward"}))
+def test_a_double_backward_is_refused_not_zero(name, path):
+    """The backward hands out the kernel's gradient, which is not differentiable: under
+    create_graph=True it came back detached, so Hessians and gradient penalties were 0."""
+    args = _leaf_arguments(name, torch.float64)
+    outputs = CALLS[path](getattr(_library, name), *args)
+    leaves = [args[position] for position in DIFFERENTIABLE[name]]
+    with pytest.raises(RuntimeError, match="create_graph=True .* is not supported by the faceops losses"):
+        torch.autograd.grad(outputs[0], leaves, create_graph=True)
+    # Without create_graph the same call differentiates as before.
+    outputs = CALLS[path](getattr(_library, name), *args)
+    assert all(g is not None for g in torch.autograd.grad(outputs[0], leaves))
+
+
+def test_a_hessian_of_a_faceops_loss_is_refused():
+    x, labels = _batch(29)
+    centers = torch.zeros(4, 6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        torch.autograd.functional.hessian(lambda x: ft.center_loss(x, labels, centers), x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func.jvp's own
+def test_forward_mode_ad_is_refused_not_a_zero_tangent():
+    """torch.func.jvp returned a tangent of 0 (torch's custom_op has no forward rule)."""
+    from torch.autograd import forward_ad
+
+    x, labels = _batch(30)
+    with pytest.raises(NotImplementedError, match="forward-mode AD .* is not supported by the faceops losses"):
+        torch.func.jvp(lambda x: ft.triplet_loss(x, labels, 0.2, "all"), (x,), (torch.randn_like(x),))
+    with forward_ad.dual_level():
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            ft.center_loss(forward_ad.make_dual(x, torch.ones_like(x)), labels, torch.zeros(4, 6, dtype=x.dtype))
+        assert torch.isfinite(ft.triplet_loss(x, labels, 0.2, "all"))  # no tangent, no forward AD
+
+
+def test_lazily_negated_views_and_zero_tensors_are_read_as_their_values():
+    """The eager path read a neg-bit view's memory (-W) as W, and segfaulted on a ZeroTensor's null data."""
+    x, labels = _batch(31)
+    weight = torch.randn(4, 6, dtype=torch.float64)
+    negated = torch._neg_view(weight)
+    assert negated.is_neg()
+    assert float(ft.arcface_loss(x, labels, negated)) == float(ft.arcface_loss(x, labels, -weight))
+    with pytest.raises(ValueError, match="x: expected a contiguous tensor"):
+        ft.center_loss(torch._efficientzerotensor((12, 6), dtype=torch.float64), labels, torch.ones(4, 6))
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, y: ft.center_loss(x, y, np.zeros((4, 6))),
+    lambda x, y: ft.center_update_direction(x.numpy(), y, torch.zeros(4, 6)),
+    lambda x, y: ft.center_update_(x.numpy(), y, torch.zeros(4, 6), 0.5),
+    lambda x, y: ft.triplet_loss(x, y, ref=x.numpy(), ref_labels=y),
+    lambda x, y: ft.pair_loss(x, y, 1.0, ref=x.numpy(), ref_labels=y),
+    lambda x, y: ft.pair_loss(x.numpy(), y, 1.0),
+])
+def test_functional_forms_name_an_argument_that_is_no_tensor(call):
+    """They raised AttributeError ('numpy.ndarray' object has no attribute 'requires_grad')."""
+    x, labels = _batch(32)
+    with pytest.raises(TypeError, match=r"^(centers|x|ref): expected a torch.Tensor, got ndarray"):
+        call(x, labels)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, y, w: ft.arcface_loss(x, y, w, sample_rate=0.0), "sample_rate: expected 0 < sample_rate <= 1"),
+    (lambda x, y, w: ft.arcface_loss(x, y, w, sample_rate=float("inf")), "sample_rate: expected (0 <|a finite)"),
+    (lambda x, y, w: ft.sample_classes(y, 4, -1.0), "sample_rate: expected 0 < sample_rate <= 1"),
+    (lambda x, y, w: ft.arcface_loss(x, y, w, sparse_grad=1), "sparse_grad: expected True or False"),
+    (lambda x, y, w: ft.triplet_loss(x, y, check=0), "check: expected True or False"),
+])
+def test_torch_compile_refuses_what_eager_mode_refuses(call, message):
+    """Under torch.compile the functional forms skipped these checks (sample_rate reaches no op,
+    and the schema makes 1 a bool): sample_rate 0 trained on the positives alone."""
+    x, labels = _batch(33)
+    weight = torch.randn(4, 6, dtype=torch.float64)
+    with pytest.raises(Exception, match=message):
+        call(x, labels, weight)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=message):  # fullgraph: Dynamo's error carries the ValueError
+        torch.compile(lambda a: call(a, labels, weight), fullgraph=True, backend="aot_eager")(x)

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from faceops import _core, _params
 from faceops.ops import MINING_MODES
@@ -62,6 +63,16 @@ def _passed_hyperparameters(check, dtype, *values):
 _graph_kept = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)
 
 
+def _refuse_double_backward():
+    """A loss op's backward runs in grad mode only under create_graph=True, whose point is a
+    second derivative.  The kernels compute the gradient, not its derivative: a gradient handed
+    out there would differentiate to zero, so the backward refuses instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("faceops.torch: create_graph=True (double backward: Hessians, gradient penalties "
+                           "through the loss) is not supported by the faceops losses; their kernels compute the "
+                           "gradient, not its derivative, which would come out as zero")
+
+
 def _scaled(grad_loss, gradient):
     """gradient times the loss's incoming gradient, in gradient's dtype.  An undefined
     incoming gradient (None: no gradients are materialized, see _save_gradients) is a
@@ -72,6 +83,7 @@ def _scaled(grad_loss, gradient):
     which on the CPU costs page faults as well (the contrastive step was 1.3-1.5x slower than
     PyTorch's for it).  The graph frees the saved tensor after this backward, so the buffer is
     the caller's alone; a CUDA incoming gradient is never read (no host sync)."""
+    _refuse_double_backward()
     if grad_loss is None:
         return None
     if (type(grad_loss) is Tensor and grad_loss.device.type == "cpu" and not _graph_kept()
@@ -175,14 +187,16 @@ def _needs_dispatcher(args):
     """Whether a call must go through the dispatcher: while torch.compile, torch.export or the
     JIT traces, under a dispatch or function mode, a functorch transform, autocast or a profiler
     (whose trace then names the op), and for any tensor that is not a plain CPU or CUDA tensor
-    (fake, meta, a subclass)."""
+    (fake, meta, a subclass) or whose data is not its values (a lazily negated or conjugated
+    view, whose memory holds -x; a ZeroTensor, which has none)."""
     if (not _CAN_SKIP_DISPATCHER or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
             or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
             or torch._C._are_functorch_transforms_active() or torch._C._autograd._profiler_enabled()
             or torch._C._is_any_autocast_enabled()):
         return True
     for arg in args:
-        if isinstance(arg, Tensor) and (type(arg) not in _PLAIN_TENSORS or arg.device.type not in ("cpu", "cuda")):
+        if isinstance(arg, Tensor) and (type(arg) not in _PLAIN_TENSORS or arg.device.type not in ("cpu", "cuda")
+                                        or arg.is_neg() or arg.is_conj() or arg._is_zerotensor()):
             return True
     return False
 
@@ -194,9 +208,21 @@ def call(op, *args):
     the dispatcher's Python cost (about 0.1 ms of torch.library's dispatch and autograd
     wrapping per forward + backward, docs/torch.md).  Anything watching (see
     _needs_dispatcher) gets the op."""
+    if forward_ad._current_level >= 0:
+        _refuse_forward_ad(args)
     if _needs_dispatcher(args) or (op not in _DIFFERENTIABLE and _wants_grad(args)):
         return op(*args)  # without autograd: the dispatcher's error in a backward, never no gradient
     return _EAGER[op](*args)
+
+
+def _refuse_forward_ad(args):
+    """Inside a forward-mode AD level (torch.func.jvp, torch.autograd.forward_ad), a tensor
+    carrying a tangent: the ops have no forward derivative, and the dispatched op would hand
+    back a zero or missing tangent without a word."""
+    if any(isinstance(arg, Tensor) and forward_ad.unpack_dual(arg).tangent is not None for arg in args):
+        raise NotImplementedError("faceops.torch: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
+                                  "supported by the faceops losses, which have no forward derivative; use reverse "
+                                  "mode (backward, torch.autograd.grad)")
 
 
 def _wants_grad(args):

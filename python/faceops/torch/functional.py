@@ -25,24 +25,43 @@ def _eager_checks(**values):
     """Type checks of Python hyperparameters before the schema's own coercions
     (which take True for 1.0, a tensor for a float and 1 for True).  A Python float
     or bool (flag) passes as it is, and an int once it fits a float64 (the schema's
-    float): the op checks its value after the cast to its dtype.  Skipped while
-    torch.compile traces, where the op checks the values at run time."""
-    if torch.compiler.is_compiling():
-        return
+    float): the op checks its value after the cast to its dtype.  While torch.compile
+    traces, the numbers are left to the op, which checks them at run time (numpy's
+    casts do not trace); flags and the mining mode are checked here in either case."""
+    compiling = torch.compiler.is_compiling()
     for name, value in values.items():
         if name in _FLAGS:
             if type(value) is not bool:
                 _params.flag(name, value)
         elif name == "mining":
             _params.choice(name, value, MINING_MODES)
-        elif type(value) is not float:
+        elif type(value) is not float and not compiling:
             _params.real(name, value)
+
+
+def _sample_rate(sample_rate):
+    """_params.sample_rate, or while torch.compile traces (numpy's casts do not trace) its
+    range on the Python number: the rate reaches no op that could check it at run time."""
+    if not torch.compiler.is_compiling():
+        return _params.sample_rate(sample_rate)
+    if type(sample_rate) not in (int, float) or not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate: expected 0 < sample_rate <= 1, got {sample_rate!r}")
+    return sample_rate
+
+
+def _require_tensors(**tensors):
+    """A TypeError naming the first argument that is not a torch.Tensor, before the
+    functional form reads an attribute of it."""
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
 
 
 def center_loss(x, labels, centers, *, check=True):
     """Center loss (Wen et al., ECCV 2016, eq. 2): 1/(2N) sum_i ||x_i - c_{y_i}||^2.
     centers (C, D) get a gradient (zero outside the batch's classes) when they require one."""
     _eager_checks(check=check)
+    _require_tensors(centers=centers)
     centers_grad = torch.is_grad_enabled() and centers.requires_grad
     return _library.call(_library.center_loss, x, labels, centers, centers_grad, check)[0]
 
@@ -50,12 +69,14 @@ def center_loss(x, labels, centers, *, check=True):
 def center_update_direction(x, labels, centers, *, check=True):
     """Wen et al. eq. 4's delta_j = sum_{i: y_i = j} (c_j - x_i) / (1 + n_j), (C, D)."""
     _eager_checks(check=check)
+    _require_tensors(x=x, centers=centers)
     return _library.call(_library.center_update_direction, x.detach(), labels, centers.detach(), check)
 
 
 def center_update_(x, labels, centers, alpha, *, check=True):
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j (no gradient flows)."""
     _eager_checks(alpha=alpha, check=check)
+    _require_tensors(x=x, centers=centers)
     with torch.no_grad():
         _library.call(_library.center_update, x.detach(), labels, centers, alpha, check)
 
@@ -82,6 +103,7 @@ def triplet_loss_terms(x, labels, ref, ref_labels, margin=0.2, mining="semihard"
     sum_k count_k loss_k / sum_k count_k (faceops.torch.distributed.GlobalBatchLoss)."""
     _eager_checks(margin=margin, mining=mining, squared=squared, check=check)
     _require_reference(ref, ref_labels)
+    _require_tensors(ref=ref)
     ref_grad = torch.is_grad_enabled() and ref.requires_grad
     loss, count, _, _ = _library.call(_library.triplet_loss_ref, x, labels, ref, ref_labels, self_index, margin,
                                       mining, squared, ref_grad, check)
@@ -108,6 +130,7 @@ def pair_loss(x, labels, theta, *, ref=None, ref_labels=None, self_index=None, c
     parameter replays as a CUDA graph.  ``ref``, ``ref_labels`` and ``self_index`` as in
     triplet_loss: the pairs are (row of x, row of ref)."""
     _eager_checks(check=check)
+    _require_tensors(x=x)
     if ref is None and ref_labels is None and self_index is None:
         return _library.call(_library.pair_loss, x, labels, _theta_tensor(theta, x), check)[0]
     return pair_loss_terms(x, labels, ref, ref_labels, theta, self_index, check=check)[0]
@@ -117,6 +140,7 @@ def pair_loss_terms(x, labels, ref, ref_labels, theta, self_index=None, *, check
     """(loss, count) of the reference-set pair loss; count as in triplet_loss_terms."""
     _eager_checks(check=check)
     _require_reference(ref, ref_labels)
+    _require_tensors(x=x, ref=ref)
     ref_grad = torch.is_grad_enabled() and ref.requires_grad
     loss, count, _, _, _ = _library.call(_library.pair_loss_ref, x, labels, ref, ref_labels, self_index,
                                          _theta_tensor(theta, x), ref_grad, check)
@@ -168,8 +192,7 @@ def margin_softmax_loss(x, labels, weight, s=64.0, m1=1.0, m2=0.5, m3=0.0, sampl
     and weight decay, then leave every other row and its optimiser state untouched).
     """
     _eager_checks(s=s, m1=m1, m2=m2, m3=m3, sparse_grad=sparse_grad, check=check)
-    if not torch.compiler.is_compiling():
-        _params.sample_rate(sample_rate)
+    sample_rate = _sample_rate(sample_rate)
     if sample_rate >= 1.0 and not sparse_grad:
         return _library.call(_library.margin_softmax_loss, x, labels, weight, s, m1, m2, m3, check)[0]
     device = _boundary.device_of(x=x, labels=labels, weight=weight)
@@ -196,8 +219,7 @@ def sample_classes(labels, num_classes, sample_rate, generator=None, *, check=Tr
     CUDA with ``check`` (a device assertion, as for the other device-value checks)."""
     _eager_checks(check=check)
     num_classes = _params.integer("num_classes", num_classes, low=1)
-    if not torch.compiler.is_compiling():
-        sample_rate = _params.sample_rate(sample_rate)
+    sample_rate = _sample_rate(sample_rate)
     device = _boundary.device_of(labels=labels)
     labels = _boundary.check_labels("labels", labels, None)
     _boundary.check_values(device, check or device == "cpu", {}, labels=labels, num_classes=num_classes,
