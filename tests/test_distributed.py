@@ -294,3 +294,71 @@ def test_bad_hyperparameters_name_the_argument():
         module.load_state_dict(fdist.ShardedMarginSoftmaxLoss(10, 4).state_dict())
     with pytest.raises(ValueError, match="cover"):
         fdist.reshard_rows([(0, torch.zeros(3, 4)), (5, torch.zeros(4, 4))], 0, 9)
+
+
+def _shard_case():
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.standard_normal((6, 5)), dtype=torch.float32)
+    return x, torch.tensor([0, -1, 3, 2, -1, 1]), torch.tensor(rng.standard_normal((4, 5)), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x, y, w: torch.ops.faceops.margin_softmax_shard_forward(x, y, w[:, :2], S, 1.0, 0.5, 0.0), ValueError,
+     r"weight: expected a \(C_r, 5\) tensor of torch.float32 like x, got torch.float32 of shape \(4, 2\)"),
+    (lambda x, y, w: torch.ops.faceops.margin_softmax_shard_forward(x, y, w.double(), S, 1.0, 0.5, 0.0), ValueError,
+     "weight: expected .* of torch.float32 like x, got torch.float64"),
+    (lambda x, y, w: torch.ops.faceops.margin_softmax_shard_forward(torch.randn(100, 5), y, w, S, 1.0, 0.5, 0.0),
+     ValueError, r"labels: expected shape \(100,\), got \(6,\)"),
+    (lambda x, y, w: torch.ops.faceops.margin_softmax_shard_forward(x.half(), y, w.half(), S, 1.0, 0.5, 0.0),
+     TypeError, "x: expected dtype float32 or float64 .*, got torch.float16"),
+    (lambda x, y, w: torch.ops.faceops.margin_softmax_shard_forward(x, y, w, float("nan"), 1.0, 0.5, 0.0), ValueError,
+     "s: expected a finite number, got NaN"),
+    (lambda x, y, w: torch.ops.faceops.margin_softmax_shard_backward(x, y, w, torch.zeros(1), 1.0, S, 1.0, 0.5, 0.0),
+     ValueError, r"log_sum_exp: expected a \(6,\) tensor of torch.float32, got torch.float32 of shape \(1,\)"),
+])
+def test_the_shard_ops_check_their_inputs_when_called_directly(call, error, message):
+    """torch.ops.faceops.margin_softmax_shard_* read another dtype's bytes, past the end of labels
+    or of log_sum_exp (garbage, or 'label 140553364298032 at index 8'), or raised KeyError."""
+    with pytest.raises(error, match=message):
+        call(*_shard_case())
+
+
+def test_shard_ops_widen_int32_labels_as_the_loss_ops_do():
+    x, labels, weight = _shard_case()
+    wide = torch.ops.faceops.margin_softmax_shard_forward(x, labels, weight, S, 1.0, 0.5, 0.0)
+    narrow = torch.ops.faceops.margin_softmax_shard_forward(x, labels.int(), weight, S, 1.0, 0.5, 0.0)
+    for a, b in zip(wide, narrow):  # int32 was read as int64 ("label 4294967297")
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_sharded_module_refuses_what_its_constructor_does_later_too():
+    x, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 4, 5])
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 or float64"):  # was KeyError: torch.float16
+        fdist.ShardedMarginSoftmaxLoss(9, 4).half()(x.half(), labels)
+    module = fdist.ShardedMarginSoftmaxLoss(9, 4, sample_rate=0.5)
+    module.sample_rate = 0.0  # silently trained on the positives alone
+    with pytest.raises(ValueError, match="sample_rate: expected 0 < sample_rate <= 1"):
+        module(x, labels)
+    with pytest.raises(TypeError, match=r"margin: expected one of .* or \(m1, m2, m3\)"):
+        fdist.ShardedMarginSoftmaxLoss(9, 4, margin=(1.0, 0.5))
+    huge_seed = fdist.ShardedMarginSoftmaxLoss(9, 4, sample_rate=0.5, seed=10**14)  # OverflowError before
+    assert torch.isfinite(huge_seed(x, labels))
+
+
+@pytest.mark.parametrize("state", [{}, "shard", {"num_classes": 9, "class_start": "0", "class_end": 9}])
+def test_a_hostile_shard_checkpoint_is_named(state):
+    module = fdist.ShardedMarginSoftmaxLoss(9, 4)
+    with pytest.raises(ValueError, match="checkpoint: the shard's extra state is .*; expected the dict of integers"):
+        module.set_extra_state(state)
+    with pytest.raises(ValueError, match="checkpoint: the shard's extra state"):
+        module.load_shards([{"weight": torch.zeros(9, 4), "_extra_state": state}])
+    with pytest.raises(ValueError, match=r"checkpoint: expected a state dict of ShardedMarginSoftmaxLoss holding its"):
+        module.load_shards([{"weight": torch.zeros(9), "_extra_state": module.get_extra_state()}])
+
+
+def test_global_batch_loss_names_non_contiguous_labels_as_labels():
+    import faceops.torch as ft
+
+    labels = torch.tensor([[0, 0], [0, 0], [1, 1], [1, 1]])[:, 0]
+    with pytest.raises(ValueError, match=r"^labels: expected a contiguous tensor"):  # said ref_labels
+        fdist.GlobalBatchLoss(ft.TripletLoss())(torch.randn(4, 3), labels)

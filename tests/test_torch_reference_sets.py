@@ -270,3 +270,25 @@ def test_cross_batch_memory_matches_pml_with_all_triplets(squared):
             results.append((loss.detach(), anchors.grad))
         for got, want in zip(*results):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("embeddings, message", [
+    (lambda x: (x * 10).long(), "embeddings: expected a float tensor"),
+    (lambda x: x > 0, "embeddings: expected a float tensor"),
+    (lambda x: x.to(torch.complex64), "embeddings: expected a float tensor"),
+    (lambda x: x.double(), "embeddings: expected dtype torch.float32, the memory's .* got torch.float64"),
+])
+def test_cross_batch_memory_refuses_embeddings_its_queue_would_cast(embeddings, message):
+    """int, bool and complex batches were cast into the float queue and trained on (loss 177.0)."""
+    memory = CrossBatchMemory(ft.TripletLoss(0.2, "all"), 16, 4)
+    x, labels = torch.randn(8, 4), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    with pytest.raises(TypeError, match=message):
+        memory(embeddings(x), labels)
+    assert memory.filled == 0
+    assert torch.isfinite(memory(x.half(), labels))  # half against a float32 queue: upcast, as documented
+
+
+@pytest.mark.parametrize("state", [{}, "queue", {"next_slot": 0, "filled": 0}])
+def test_cross_batch_memory_names_a_hostile_extra_state(state):
+    with pytest.raises(ValueError, match="checkpoint: the memory's extra state is .*; expected the dict of next_slot"):
+        CrossBatchMemory(ft.TripletLoss(), 16, 4).set_extra_state(state)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch.distributed import _functional_collectives
 
 from faceops import _core, _params, ops
+from faceops.torch import _boundary, _library
 
 Tensor = torch.Tensor
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -79,6 +80,32 @@ def _device_and_stream(t):
 
 # ---- the shard kernels as torch custom ops -------------------------------------------------------
 
+def _shard_inputs(x, labels, weight, s, m1, m2, m3, log_sum_exp=None):
+    """The shard ops' inputs checked as the loss ops' are (faceops.torch._boundary), for a
+    direct torch.ops.faceops call too: x (N, D) float32/float64, labels (N,) integers (int64
+    returned; -1 for a class of another shard), weight (C_r, D) of x's dtype with C_r >= 0,
+    log_sum_exp (N,) of x's dtype; the hyperparameters in x's dtype, returned as the kernels
+    take them."""
+    named = dict(x=x, labels=labels, weight=weight) if log_sum_exp is None else \
+        dict(x=x, labels=labels, weight=weight, log_sum_exp=log_sum_exp)
+    _boundary.device_of(**named)
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"x: expected dtype float32 or float64 (the shard kernels'), got {x.dtype}")
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"x: expected a 2-D tensor (N, D) with N, D >= 1, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    if weight.dim() != 2 or weight.shape[1] != d or weight.dtype != x.dtype:
+        raise ValueError(f"weight: expected a (C_r, {d}) tensor of {x.dtype} like x, got {weight.dtype} of shape "
+                         f"{tuple(weight.shape)}")
+    if log_sum_exp is not None and (log_sum_exp.shape != (n,) or log_sum_exp.dtype != x.dtype):
+        raise ValueError(f"log_sum_exp: expected a ({n},) tensor of {x.dtype}, got {log_sum_exp.dtype} of shape "
+                         f"{tuple(log_sum_exp.shape)}")
+    labels = _boundary.check_labels("labels", labels.contiguous(), n)
+    dtype = _boundary.kernel_numpy_dtype(x.dtype)
+    s = _library._hyperparameters(_params.scale, dtype, s)
+    return labels, (s, *_library._hyperparameters(_params.margins, dtype, m1, m2, m3))
+
+
 @torch.library.custom_op("faceops::margin_softmax_shard_forward", mutates_args=())
 def margin_softmax_shard_forward(x: Tensor, labels: Tensor, weight: Tensor, s: float, m1: float, m2: float,
                                  m3: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -86,11 +113,12 @@ def margin_softmax_shard_forward(x: Tensor, labels: Tensor, weight: Tensor, s: f
     target_logit), the largest logit, sum_j exp(logit_j - row_max) and s * psi(cos) of the target
     when labels[i] >= 0 indexes it here, else 0.  labels: int64, -1 for a class on another shard.
     A shard with no classes gives (-inf, 0, 0)."""
+    labels, (s, m1, m2, m3) = _shard_inputs(x, labels, weight, s, m1, m2, m3)
     n, d = x.shape
     row_max, row_sum, target_logit = (x.new_empty((n,)) for _ in range(3))
     if weight.shape[0] == 0:
         return row_max.fill_(-math.inf), row_sum.zero_(), target_logit.zero_()
-    x, labels, weight = x.contiguous(), labels.contiguous(), weight.contiguous()
+    x, weight = x.contiguous(), weight.contiguous()
     device, stream = _device_and_stream(x)
     _core.margin_softmax_shard_forward(
         _DTYPES[x.dtype], device, x.data_ptr(), labels.data_ptr(), weight.data_ptr(), n, d, weight.shape[0],
@@ -108,9 +136,11 @@ def margin_softmax_shard_backward(x: Tensor, labels: Tensor, weight: Tensor, log
                                   s: float, m1: float, m2: float, m3: float) -> tuple[Tensor, Tensor]:
     """The shard's part of the gradient of loss_scale * sum_i (log_sum_exp_i - target logit_i):
     (dx, dweight), dx (N, D) through this shard's classes only, dweight (C_r, D) complete."""
+    labels, (s, m1, m2, m3) = _shard_inputs(x, labels, weight, s, m1, m2, m3, log_sum_exp)
+    loss_scale = _params.real("loss_scale", loss_scale, _boundary.kernel_numpy_dtype(x.dtype))
     if weight.shape[0] == 0:
         return torch.zeros_like(x), torch.empty_like(weight)
-    x, labels, weight, log_sum_exp = (t.contiguous() for t in (x, labels, weight, log_sum_exp))
+    x, weight, log_sum_exp = (t.contiguous() for t in (x, weight, log_sum_exp))
     n, d = x.shape
     dx, dweight = torch.empty_like(x), torch.empty_like(weight)
     device, stream = _device_and_stream(x)
@@ -159,6 +189,15 @@ margin_softmax_shard_loss.register_autograd(_loss_backward, setup_context=_loss_
 
 # ---- shards ----------------------------------------------------------------------------------------
 
+def _require_shard_meta(meta):
+    """A shard's saved extra state (num_classes, class_start, class_end), or a ValueError."""
+    keys = ("num_classes", "class_start", "class_end")
+    if not isinstance(meta, dict) or not all(type(meta.get(key)) is int for key in keys):
+        raise ValueError(f"checkpoint: the shard's extra state is {meta!r}; expected the dict of integers "
+                         f"{', '.join(keys)} that ShardedMarginSoftmaxLoss saves")
+    return meta
+
+
 def shard_bounds(num_classes, world_size, rank):
     """[start, end) of the classes rank ``rank`` of ``world_size`` owns: the first
     num_classes % world_size ranks own one class more."""
@@ -184,11 +223,16 @@ def reshard_rows(pieces, start, end):
     return torch.cat(parts) if parts else pieces[0][1][:0]
 
 
+def _generator_seed(seed, stream):
+    """(seed, stream) as one torch generator seed, which torch takes below 2**63."""
+    return (seed * 1_000_003 + stream) % 2**63
+
+
 def _initial_rows(start, end, dim, seed, dtype):
     """Rows [start, end) of the N(0, 0.01) initial weights (insightface's), world-size independent."""
     rows = torch.empty((end - start, dim), dtype=dtype)
     for first in range(start - start % _INIT_BLOCK, end, _INIT_BLOCK):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + first // _INIT_BLOCK)
+        generator = torch.Generator().manual_seed(_generator_seed(seed, first // _INIT_BLOCK))
         block = torch.randn((_INIT_BLOCK, dim), generator=generator, dtype=torch.float64) * 0.01
         lo, hi = max(start, first), min(end, first + _INIT_BLOCK)
         rows[lo - start:hi - start] = block[lo - first:hi - first]
@@ -250,9 +294,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
         if dtype not in _DTYPES:
             raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
         self.num_classes, self.dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, dtype.itemsize)
-        if isinstance(margin, str):
-            margin = ops.MARGINS[_params.choice("margin", margin, ops.MARGINS)]
-        m1, m2, m3 = margin
+        m1, m2, m3 = _params.margin_triple(margin, ops.MARGINS)
         self.m1, self.m2, self.m3 = _params.margins(m1, m2, m3, _DTYPES[dtype])
         self.s = _params.scale(s, _DTYPES[dtype])
         self.sample_rate = _params.sample_rate(sample_rate)
@@ -267,7 +309,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
         self.class_start, self.class_end = shard_bounds(self.num_classes, self.world_size, self.rank)
         self.weight = torch.nn.Parameter(
             _initial_rows(self.class_start, self.class_end, self.dim, self.seed, dtype).to(device))
-        self._generator = torch.Generator(device=self.weight.device).manual_seed(self.seed * 1_000_003 + self.rank)
+        self._generator = torch.Generator(device=self.weight.device).manual_seed(_generator_seed(self.seed, self.rank))
         self.sampled_classes = None
 
     def extra_repr(self):
@@ -280,6 +322,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
         return {"num_classes": self.num_classes, "class_start": self.class_start, "class_end": self.class_end}
 
     def set_extra_state(self, state):
+        _require_shard_meta(state)
         if (state["num_classes"], state["class_start"], state["class_end"]) != (
                 self.num_classes, self.class_start, self.class_end):
             raise ValueError(f"checkpoint: saved shard [{state['class_start']}, {state['class_end']}) of "
@@ -293,7 +336,10 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
         for state in states:
             if not isinstance(state, dict):
                 state = torch.load(state, map_location="cpu", mmap=True, weights_only=True)
-            meta = state["_extra_state"]
+            if not isinstance(state.get("weight"), Tensor) or state["weight"].dim() != 2:
+                raise ValueError("checkpoint: expected a state dict of ShardedMarginSoftmaxLoss holding its (C_r, D) "
+                                 f"weight, got {sorted(state)}")
+            meta = _require_shard_meta(state.get("_extra_state"))
             if meta["num_classes"] != self.num_classes or state["weight"].shape[1] != self.dim:
                 raise ValueError(f"checkpoint: saved {meta['num_classes']} classes of dim {state['weight'].shape[1]}, "
                                  f"expected {self.num_classes} of dim {self.dim}")
@@ -304,6 +350,7 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
 
     # -- the loss
     def forward(self, x, labels):
+        self.sample_rate = _params.sample_rate(self.sample_rate)  # as the local modules, checked each call
         x_all, labels_all = _gather_batch(self, x, labels)
         local = labels_all - self.class_start
         on_shard = (local >= 0) & (local < self.weight.shape[0])
@@ -443,10 +490,10 @@ def check_batch_on_every_rank(x, labels, group, world_size):
     about = [
         x.dim(), x.shape[0] if x.dim() == 2 else -1, x.shape[1] if x.dim() == 2 else -1,
         labels.shape[0] if labels.dim() == 1 else -1, int(labels_ok), int(x.device == labels.device),
-        int(bool(torch.isfinite(x).all())) if x.is_floating_point() else 1,
+        int(bool(torch.isfinite(x).all())) if x.is_floating_point() else 1, int(labels.is_contiguous()),
     ]
     every = _every_rank(about, group, world_size, x.device)
-    for rank, (dims, rows, cols, label_rows, labels_ok, same_device, finite) in enumerate(every):
+    for rank, (dims, rows, cols, label_rows, labels_ok, same_device, finite, labels_contiguous) in enumerate(every):
         where = f"rank {rank}: " if world_size > 1 else ""
         if dims != 2 or rows < 1 or label_rows != rows:
             raise ValueError(f"x, labels: {where}expected x (N, D) with N >= 1 and labels (N,), got x of "
@@ -460,3 +507,5 @@ def check_batch_on_every_rank(x, labels, group, world_size):
             raise ValueError(f"x, labels: {where}expected both on one device")
         if not finite:
             raise ValueError(f"x: {where}contains NaN or Inf; expected finite values")
+        if not labels_contiguous:
+            raise ValueError(f"labels: {where}expected a contiguous tensor; pass labels.contiguous()")

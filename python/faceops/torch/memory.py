@@ -66,6 +66,13 @@ class CrossBatchMemory(nn.Module):
         if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels: expected an integer tensor of shape ({n},), got {labels.dtype} "
                              f"of shape {tuple(labels.shape)}")
+        queue_dtype = self.embeddings.dtype
+        if embeddings.dtype != queue_dtype and not (embeddings.dtype in _boundary.HALF_DTYPES
+                                                    and queue_dtype == torch.float32):
+            raise TypeError(f"embeddings: expected dtype {queue_dtype}, the memory's (or float16/bfloat16 against a "
+                            f"float32 memory), got {embeddings.dtype}; build the memory with dtype={embeddings.dtype}"
+                            if embeddings.is_floating_point() else
+                            f"embeddings: expected a float tensor ({queue_dtype}, the memory's), got {embeddings.dtype}")
         if embeddings.device != self.embeddings.device:
             raise ValueError(f"embeddings: on {embeddings.device}, the memory is on {self.embeddings.device}; "
                              "move the module with .to()")
@@ -107,6 +114,10 @@ class CrossBatchMemory(nn.Module):
         return {"next_slot": self.next_slot, "filled": self.filled, "memory_size": self.memory_size}
 
     def set_extra_state(self, state):
+        if not isinstance(state, dict) or not {"next_slot", "filled", "memory_size"} <= state.keys():
+            raise ValueError(f"checkpoint: the memory's extra state is {type(state).__name__} "
+                             f"{sorted(state) if isinstance(state, dict) else ''}; expected the dict of next_slot, "
+                             "filled and memory_size that CrossBatchMemory saves")
         if state["memory_size"] != self.memory_size:
             raise ValueError(f"checkpoint: saved a memory of {state['memory_size']} rows, this one has "
                              f"{self.memory_size}")
