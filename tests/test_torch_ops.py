@@ -929,3 +929,11 @@ def test_torch_compile_refuses_what_eager_mode_refuses(call, message):
     torch._dynamo.reset()
     with pytest.raises(Exception, match=message):  # fullgraph: Dynamo's error carries the ValueError
         torch.compile(lambda a: call(a, labels, weight), fullgraph=True, backend="aot_eager")(x)
+
+
+def test_target_margin_names_a_non_finite_incoming_gradient_as_such():
+    """It said only "d_out: contains NaN or Inf", an argument the caller never passes."""
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    cosine = torch.rand(8, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="target_margin's backward: the gradient arriving from the layers above it"):
+        (ft.target_margin(cosine, labels, check=False) * float("nan")).sum().backward()

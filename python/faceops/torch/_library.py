@@ -688,7 +688,11 @@ def _target_margin_backward(ctx, grad_out):
     cosine, labels = ctx.saved_tensors
     # The backward op's own inputs were checked by the forward; the incoming gradient
     # may be non-contiguous (an expanded sum's), which the kernel cannot read.
-    d_cosine = target_margin_backward(cosine, labels, grad_out.contiguous(), *ctx.margin, False)
+    try:
+        d_cosine = target_margin_backward(cosine, labels, grad_out.contiguous(), *ctx.margin, False)
+    except ValueError as error:  # the CPU core checks d_out whatever `check` says
+        raise ValueError(f"target_margin's backward: the gradient arriving from the layers above it ({error}); "
+                         "the loss above the margin is not finite") from None
     return d_cosine, None, None, None, None, None
 
 
