@@ -49,6 +49,19 @@ def _files(run_dir):
     return {name: _read(os.path.join(run_dir, name), "rb") for name in sorted(os.listdir(run_dir))}
 
 
+def _interrupt_the_checkpoint_of(epoch, monkeypatch):
+    """Makes the checkpoint write of `epoch` a Ctrl-C; returns the real save_checkpoint."""
+    real_save = train.rundir.save_checkpoint
+
+    def save(path, state):
+        if int(state["epoch"]) == epoch:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(train.rundir, "save_checkpoint", save)
+    return real_save
+
+
 # --- item 9: resume -------------------------------------------------------------------------------------------------
 
 def test_resume_takes_the_runs_configuration_and_names_what_it_overrides(tmp_path, synthetic_root, capsys):
@@ -150,14 +163,7 @@ def test_an_interrupted_resume_keeps_config_json_with_the_checkpoint(tmp_path, s
     command carries the override; a resume rewrites a deleted or broken config.json."""
     run_dir = tmp_path / "run"
     _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
-    real_save = train.rundir.save_checkpoint
-
-    def save(path, state):
-        if int(state["epoch"]) == 2:
-            raise KeyboardInterrupt
-        real_save(path, state)
-
-    monkeypatch.setattr(train.rundir, "save_checkpoint", save)
+    real_save = _interrupt_the_checkpoint_of(2, monkeypatch)
     with pytest.raises(SystemExit):
         _train("--run-dir", str(run_dir), "--resume", "--epochs", "3")
     assert json.loads(_read(run_dir / "config.json"))["epochs"] == 1
@@ -178,14 +184,7 @@ def test_a_resume_that_trains_further_removes_the_earlier_results_first(tmp_path
     _train("--run-dir", str(run_dir), "--data", synthetic_root, *TINY, "--epochs", "1")
     (run_dir / "eval-pairs").mkdir()
     (run_dir / "eval-pairs" / "metrics.json").write_text("{}")
-    real_save = train.rundir.save_checkpoint
-
-    def save(path, state):
-        if int(state["epoch"]) == 3:
-            raise KeyboardInterrupt
-        real_save(path, state)
-
-    monkeypatch.setattr(train.rundir, "save_checkpoint", save)
+    real_save = _interrupt_the_checkpoint_of(3, monkeypatch)
     with pytest.raises(SystemExit):
         _train("--run-dir", str(run_dir), "--resume", "--epochs", "3")
     assert sorted(os.listdir(run_dir)) == [".lock", "checkpoint.npz", "config.json", "log.txt"]
