@@ -138,3 +138,23 @@ def test_mixed_numpy_and_cupy():
         pytest.skip("no CUDA device: CuPy arrays cannot be created")
     with raises(TypeError, "mix NumPy (CPU) and CuPy (GPU)", "labels on cuda"):
         faceops.triplet_loss(X, cupy.asarray(LABELS))
+
+
+def test_a_python_random_generator_is_refused_by_name():
+    """random.Random passed the duck-typed check (it has .random) and failed later with
+    'Random.random() takes no arguments'."""
+    import random
+
+    rng = np.random.default_rng(0)
+    x, labels, weight = rng.standard_normal((8, 6)), np.arange(8) % 4, rng.standard_normal((40, 6))
+    with pytest.raises(TypeError, match="rng: expected None, a seed .* or a NumPy or CuPy random Generator, got Random"):
+        faceops.margin_softmax_loss(x, labels, weight, 8.0, sample_rate=0.5, rng=random.Random(0))
+    for accepted in (np.random.RandomState(0), np.random.default_rng(0), np.random, 3):
+        assert np.isfinite(faceops.margin_softmax_loss(x, labels, weight, 8.0, sample_rate=0.5, rng=accepted)[0])
+
+
+@pytest.mark.parametrize("make", [lambda: faceops.CenterLoss(4, 5, xp="numpy"),
+                                  lambda: faceops.MarginSoftmaxLoss(4, 5, xp=None)])
+def test_loss_objects_name_an_xp_that_is_no_array_module(make):
+    with pytest.raises(TypeError, match="xp: expected the numpy or the cupy module"):  # was AttributeError
+        make()

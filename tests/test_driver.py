@@ -267,3 +267,14 @@ def test_data_without_identity_folders_says_so(tmp_path):
     (tmp_path / "empty_identity").mkdir()
     with pytest.raises(SystemExit, match=f"--data: '{tmp_path}' holds no identity folder"):
         cli.main(["train", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--epochs", "1"])
+
+
+def test_selfcheck_names_a_cpu_path_it_cannot_run():
+    """FACEOPS_CPU_PATH=bogus gave a traceback.  A fresh process: the path is chosen once per process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "faceops", "selfcheck"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, FACEOPS_CPU_PATH="bogus"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "faceops selfcheck: FACEOPS_CPU_PATH=bogus: expected one of the paths" in done.stderr

@@ -174,3 +174,19 @@ def test_bad_input_names_the_argument(device):
         _shard.margin_softmax_shard_forward(to_device(nan_x, device), good, w_d)
     with pytest.raises(ValueError, match="weight"):
         _shard.margin_softmax_shard_forward(x_d, good, to_device(weight[:, :3].copy(), device))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x, y, w: _shard.margin_softmax_shard_backward(x, y, w, list(range(6)), 1.0), TypeError, "log_sum_exp: "),
+    (lambda x, y, w: _shard.margin_softmax_shard_forward(x, y, w[:0]), ValueError,
+     r"weight: expected at least one class \(num_classes > 0\)"),
+    (lambda x, y, w: _shard.combine_log_sum_exp(np.zeros(6), np.ones(6)), ValueError,
+     r"row_maxes, row_sums: expected two \(shards, N\) arrays"),
+])
+def test_shard_functions_name_hostile_arguments(call, error, message):
+    """A list log_sum_exp was an AttributeError, an empty shard 'empty batch (N = 0)', and unstacked
+    (N,) statistics combined silently into one number."""
+    rng = np.random.default_rng(6)
+    x, labels, weight = rng.standard_normal((6, 5)), np.array([0, -1, 3, 2, -1, 1]), rng.standard_normal((4, 5))
+    with pytest.raises(error, match=message):
+        call(x, labels, weight)

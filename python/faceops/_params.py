@@ -9,6 +9,7 @@ margin.
 """
 
 import numbers
+import types
 
 import numpy as np
 
@@ -175,11 +176,22 @@ def _range(low, high, low_open, high_open):
 
 
 def generator(name, value):
-    """``value`` when it is None, a non-negative integer seed or a random Generator
-    (NumPy's or CuPy's, anything with a ``random`` method)."""
+    """``value`` when it is None, a non-negative integer seed or a random generator of NumPy
+    or CuPy (a Generator, a RandomState or the numpy.random module: what draws arrays with
+    ``random(size)``; Python's random.Random draws one number and is refused)."""
     if value is None or (isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
                          and value >= 0):
         return value
-    if callable(getattr(value, "random", None)) and not isinstance(value, type):
+    module = value.__name__ if isinstance(value, types.ModuleType) else type(value).__module__
+    if callable(getattr(value, "random", None)) and module.split(".")[0] in ("numpy", "cupy") \
+            and not isinstance(value, type):
         return value
-    raise TypeError(f"{name}: expected None, a seed (an integer >= 0) or a random Generator, got {_describe(value)}")
+    raise TypeError(f"{name}: expected None, a seed (an integer >= 0) or a NumPy or CuPy random Generator, got "
+                    f"{_describe(value)}")
+
+
+def array_module(name, value):
+    """``value`` when it is the numpy or the cupy module (the ``xp`` of a loss object)."""
+    if not isinstance(value, types.ModuleType) or value.__name__ not in ("numpy", "cupy"):
+        raise TypeError(f"{name}: expected the numpy or the cupy module, got {_describe(value)}")
+    return value

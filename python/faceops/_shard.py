@@ -14,7 +14,7 @@ def _check(x, labels, weight, s, m1, m2, m3):
     """The host-side checks, and the device-side ones queued on the returned DeviceChecks."""
     device, xp = _arrays.device_of(x=x, labels=labels, weight=weight)
     n, d = _arrays.check_matrix("x", x)
-    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d)
+    num_classes, _ = _arrays.check_matrix("weight", weight, dtype=x.dtype, cols=d, classes=True)
     labels = _arrays.check_labels("labels", labels, n, xp)
     s = _params.scale(s, x.dtype)
     m1, m2, m3 = _params.margins(m1, m2, m3, x.dtype)
@@ -43,6 +43,9 @@ def combine_log_sum_exp(row_maxes, row_sums):
     """Each row's log-sum-exp over every shard from the shards' (row_max, row_sum), stacked
     (shards, N): M + log sum_r row_sum_r exp(row_max_r - M), M the largest row_max (stable)."""
     _, xp = _arrays.device_of(row_maxes=row_maxes, row_sums=row_sums)
+    if row_maxes.ndim != 2 or row_sums.shape != row_maxes.shape:
+        raise ValueError(f"row_maxes, row_sums: expected two (shards, N) arrays of one shape, the shards' stacked, "
+                         f"got {tuple(row_maxes.shape)} and {tuple(row_sums.shape)}")
     top = row_maxes.max(axis=0)
     return top + xp.log((row_sums * xp.exp(row_maxes - top)).sum(axis=0))
 
@@ -53,6 +56,7 @@ def margin_softmax_shard_backward(x, labels, weight, log_sum_exp, loss_scale, s=
     (dx, dweight), dx (N, D) through this shard's classes only (the shards' dx add up to the whole),
     dweight (C_r, D) complete (None when ``weight_grad`` is False).  loss_scale = 1 / N over a
     global batch of N rows gives the mean cross-entropy's gradients."""
+    _arrays.device_of(x=x, log_sum_exp=log_sum_exp)
     device, xp, labels, n, d, num_classes, margin, checks = _check(x, labels, weight, s, m1, m2, m3)
     if log_sum_exp.shape != (n,) or log_sum_exp.dtype != x.dtype or not log_sum_exp.flags.c_contiguous:
         raise ValueError(f"log_sum_exp: expected a contiguous ({n},) array of {np.dtype(x.dtype).name}, got "

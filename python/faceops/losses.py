@@ -17,6 +17,7 @@ class CenterLoss:
     """
 
     def __init__(self, num_classes, dim, alpha=0.5, dtype=np.float32, xp=np, centers=None):
+        xp = _params.array_module("xp", xp)
         dtype = _state_dtype("centers", centers, dtype)
         num_classes, dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, np.dtype(dtype).itemsize)
         if alpha is not None:
@@ -85,6 +86,7 @@ class MarginSoftmaxLoss:
 
     def __init__(self, num_classes, dim, s=64.0, margin="arcface", sample_rate=1.0, dtype=np.float32, xp=np,
                  weight=None, seed=0):
+        xp = _params.array_module("xp", xp)
         dtype = _state_dtype("weight", weight, dtype)
         num_classes, dim = _params.matrix_shape("num_classes", num_classes, "dim", dim, np.dtype(dtype).itemsize)
         self.m1, self.m2, self.m3 = _params.margin_triple(margin, ops.MARGINS, dtype)

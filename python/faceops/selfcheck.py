@@ -51,7 +51,12 @@ def main(argv=()):
     argparse.ArgumentParser(prog="faceops selfcheck", description=__doc__.split("\n\n")[0]).parse_args(list(argv))
     print(f"faceops {faceops.__version__}; CUDA kernels built: {faceops._core.built_with_cuda()}; "
           f"GPU available: {faceops.cuda_available()}")
-    print(f"CPU kernels: {faceops.cpu_features()['path']} path (this CPU runs: {', '.join(faceops.cpu_features()['supported'])})")
+    try:
+        features = faceops.cpu_features()
+    except RuntimeError as error:  # a FACEOPS_CPU_PATH this build or CPU has not
+        print(f"faceops selfcheck: {error}", file=sys.stderr)
+        return 2
+    print(f"CPU kernels: {features['path']} path (this CPU runs: {', '.join(features['supported'])})")
     failures = 0
     for name, x, loss_and_grad in _cases():
         loss, grad = loss_and_grad(x)
