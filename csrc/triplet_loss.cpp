@@ -923,8 +923,8 @@ void triplet_loss_explicit(const T* anchor, const T* positive, const T* negative
   const double loss_sum = detail::reproducible_sum(n, n * d, [&](int64_t i) {
     const T *a = anchor + i * d, *p = positive + i * d, *q = negative + i * d;
     const T dap = detail::squared_difference(a, p, d), dan = detail::squared_difference(a, q, d);
-    const T hinge = triplet_hinge(dap, dan, margin);
-    const T g = hinge > T(0) ? scale : T(0);
+    const T hinge = explicit_triplet_hinge(dap, dan, margin);
+    const T g = explicit_triplet_coefficient(hinge, scale);
     for (int64_t e = 0; e < d; ++e) {
       if (da) da[i * d + e] = g * (q[e] - p[e]);
       if (dp) dp[i * d + e] = g * (p[e] - a[e]);

@@ -630,9 +630,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     dap = block_sum(dap, reduce);
     dan = block_sum(dan, reduce);
-    const T hinge = triplet_hinge(dap, dan, margin);
+    const T hinge = explicit_triplet_hinge(dap, dan, margin);
     if (threadIdx.x == 0) loss += hinge;
-    const T g = hinge > T(0) ? scale : T(0);
+    const T g = explicit_triplet_coefficient(hinge, scale);
     for (int64_t e = threadIdx.x; e < d; e += kThreads) {
       if (da) da[i * d + e] = g * (q[e] - p[e]);
       if (dp) dp[i * d + e] = g * (p[e] - a[e]);

@@ -354,6 +354,28 @@ def test_overflowing_rows_give_nan():
     assert np.isnan(loss) and np.isnan(count) and np.isnan(dx).all() and np.isnan(dref).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_explicit_triplets_whose_two_distances_overflow_give_nan_not_a_clean_zero(device, dtype):
+    """Both squared distances inf: the hinge inf - inf was read as inactive, loss 0 and zero
+    gradients, where the mined triplet losses give NaN (csrc/faceops/triplet_loss.h)."""
+    big = 1e160 if dtype == np.float64 else 1e20
+    anchor = np.zeros((2, 2), dtype)
+    positive = np.array([[big, big], [1.0, 0.0]], dtype)
+    negative = np.array([[big, big], [3.0, 0.0]], dtype)
+    with np.errstate(over="ignore"):  # the reference's squares overflow, as they should
+        expected = reference.triplet_loss_explicit(anchor, positive, negative, 1.0)
+    for result in (faceops.triplet_loss_explicit(*(to_device(a, device) for a in (anchor, positive, negative)), 1.0),
+                   expected):
+        loss, *gradients = (to_numpy(r) if not isinstance(r, float) else r for r in result)
+        assert np.isnan(loss) and all(np.isnan(g[0]).all() and np.isfinite(g[1]).all() for g in gradients)
+    # One distance overflowing has a sign: an infinitely far positive is an active hinge, an
+    # infinitely far negative an inactive one.
+    far_positive = faceops.triplet_loss_explicit(anchor[:1], positive[:1], np.zeros((1, 2), dtype), 1.0)
+    far_negative = faceops.triplet_loss_explicit(anchor[:1], np.zeros((1, 2), dtype), negative[:1], 1.0)
+    assert far_positive[0] == np.inf and far_negative[0] == 0.0 and not far_negative[1].any()
+
+
 def _valid():
     rng = np.random.default_rng(0)
     return dict(x=rng.standard_normal((3, 2)), labels=np.array([0, 1, 0]), ref=rng.standard_normal((4, 2)),

@@ -73,6 +73,23 @@ FACEOPS_HD bool squared_norm_overflows(T squared_norm) {
   return !(squared_norm <= largest_safe_squared_norm<T>());
 }
 
+// An explicit triplet's hinge (triplet_hinge of its direct squared distances), NaN
+// when both overflowed to inf: inf - inf has no sign, so the loss and that row's
+// gradients are NaN, never a clean 0 (as for mined triplets).
+template <typename T>
+FACEOPS_HD T explicit_triplet_hinge(T anchor_positive, T anchor_negative, T margin) {
+  const T largest = largest_safe_squared_norm<T>() * T(4);  // the dtype's largest finite value
+  if (anchor_positive > largest && anchor_negative > largest) return T(0) / T(0);
+  return triplet_hinge(anchor_positive, anchor_negative, margin);
+}
+
+// The gradient coefficient of an explicit triplet's hinge: scale where it is active,
+// NaN where it is NaN, else 0.
+template <typename T>
+FACEOPS_HD T explicit_triplet_coefficient(T hinge, T scale) {
+  return hinge > T(0) ? scale : (hinge == hinge ? T(0) : hinge);
+}
+
 // Bound on |Gram-form value - direct value| of a distance `value` between two
 // rows whose squared norms sum to norm_sum, in dimension d (Higham, "Accuracy
 // and Stability of Numerical Algorithms", eq. 3.5, for each dot product, with

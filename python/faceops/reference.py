@@ -190,7 +190,12 @@ def triplet_loss_explicit(anchor, positive, negative, margin=1.0):
     loss = 0.0
     da, dp, dn = (np.zeros_like(anchor) for _ in range(3))
     for i in range(n):
-        hinge = margin + _pair_distance(anchor[i], positive[i], True) - _pair_distance(anchor[i], negative[i], True)
+        positive_distance = _pair_distance(anchor[i], positive[i], True)
+        negative_distance = _pair_distance(anchor[i], negative[i], True)
+        if np.isinf(positive_distance) and np.isinf(negative_distance):  # inf - inf: no sign, no value
+            loss, da[i], dp[i], dn[i] = np.nan, np.nan, np.nan, np.nan
+            continue
+        hinge = margin + positive_distance - negative_distance
         if hinge > 0:
             loss += hinge
             da[i] = 2 * (negative[i] - positive[i])
