@@ -180,3 +180,21 @@ def test_bad_input_stops_caffe_naming_the_blob(caffe, tmp_path, case):
                            env=env, capture_output=True, text=True, timeout=120)
     assert child.returncode != 0
     assert message in child.stderr, child.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind, param_str, message", [
+    ("MarginSoftmaxLoss", "{'num_output': 4, 's': '64'}", "s: expected a real number, got the string '64'"),
+    ("MarginSoftmaxLoss", "{'num_output': 4, 'm1': True}", "m1: expected a real number, got the bool True"),
+    ("MarginSoftmaxLoss", "{'num_output': 4, 'm3': 1j}", "m3: expected a real number"),
+    ("PairLoss", "{'theta': '1.0'}", "theta: expected a real number, got the string '1.0'"),
+    ("PairLoss", "{'theta': 1e39}", "theta: expected a finite number, got 1e\\+?39, which is not finite in float32"),
+    ("CenterLoss", "{'num_output': 4, 'axis': '1'}", "axis: expected an integer, got the string '1'"),
+    ("CenterLoss", "{'num_output': 4, 'axis': 5}", r"axis: expected -2 <= axis < 2 for a bottom of shape \(8, 5\)"),
+    ("CenterLoss", "{'num_output': 0}", "num_output: expected an integer >= 1, got 0"),
+    ("TripletLoss", "{'squared': 1}", "squared: expected True or False"),
+])
+def test_python_layers_check_param_str_as_every_front_checks_hyperparameters(make_net, kind, param_str, message):
+    """'64' and True passed as a scale and a margin, axis 5 of a 2-D bottom became 1, 1e39 became
+    an inf theta, and others failed inside float() or a slice with messages naming nothing."""
+    with pytest.raises(Exception, match=f"{kind} param_str {message}"):
+        make_net(input_layers("x") + loss_layer(kind, ["x", "label"], "", param_str, "python"))

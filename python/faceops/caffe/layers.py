@@ -29,9 +29,13 @@ import caffe
 import numpy as np
 
 import faceops
+from faceops import _params as hyper
 
 
 def _params(layer, defaults, required=()):
+    """param_str's fields over `defaults`, each of its default's kind (a real number, an
+    integer, a flag or a string; the required fields are counts >= 1), checked as every
+    faceops front checks its hyperparameters: '64' or True is no scale."""
     given = ast.literal_eval(layer.param_str) if layer.param_str.strip() else {}
     if not isinstance(given, dict):
         raise ValueError(f"{type(layer).__name__}: param_str must be a dict literal, got {layer.param_str!r}")
@@ -40,7 +44,31 @@ def _params(layer, defaults, required=()):
     if unknown or missing:
         raise ValueError(f"{type(layer).__name__}: param_str {layer.param_str!r}: "
                          f"unknown {unknown}, missing {missing}; accepted: {sorted(defaults) + list(required)}")
-    return {**defaults, **given}
+    checked = dict(defaults)
+    for name, value in given.items():
+        field = f"{type(layer).__name__} param_str {name}"
+        default = defaults.get(name)
+        if name in required:
+            checked[name] = hyper.integer(field, value, low=1)
+        elif isinstance(default, bool):
+            checked[name] = hyper.flag(field, value)
+        elif isinstance(default, float):
+            checked[name] = hyper.real(field, value, np.float32)  # pycaffe's blobs are float32
+        elif isinstance(default, int):
+            checked[name] = hyper.integer(field, value)
+        elif not isinstance(value, str):
+            raise TypeError(f"{field}: expected a string, got {value!r}")
+        else:
+            checked[name] = value
+    return checked
+
+
+def _axis(layer, axis, shape):
+    """Caffe's CanonicalAxisIndex: -len(shape) <= axis < len(shape), negative from the end."""
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"{type(layer).__name__} param_str axis: expected -{len(shape)} <= axis < {len(shape)} for "
+                         f"a bottom of shape {tuple(shape)}, got {axis}")
+    return axis % len(shape)
 
 
 def _caffe_filled(shape, filler):
@@ -89,7 +117,7 @@ class CenterLoss(caffe.Layer):
 
     def setup(self, bottom, top):
         params = _params(self, {"axis": 1, "center_filler": "zero"}, required=("num_output",))
-        self.axis = params["axis"] % len(bottom[0].shape)
+        self.axis = _axis(self, params["axis"], bottom[0].shape)
         dim = int(np.prod(bottom[0].shape[self.axis:]))
         if len(self.blobs) == 0:
             self.blobs.add_blob(params["num_output"], dim)
@@ -186,8 +214,8 @@ class MarginSoftmaxLoss(caffe.Layer):
     def setup(self, bottom, top):
         params = _params(self, {"axis": 1, "s": 64.0, "m1": 1.0, "m2": 0.5, "m3": 0.0,
                                 "weight_filler": "xavier"}, required=("num_output",))
-        self.axis = params["axis"] % len(bottom[0].shape)
-        self.margins = {name: float(params[name]) for name in ("s", "m1", "m2", "m3")}
+        self.axis = _axis(self, params["axis"], bottom[0].shape)
+        self.margins = {name: params[name] for name in ("s", "m1", "m2", "m3")}
         dim = int(np.prod(bottom[0].shape[self.axis:]))
         if len(self.blobs) == 0:
             self.blobs.add_blob(params["num_output"], dim)
