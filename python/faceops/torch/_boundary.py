@@ -28,13 +28,17 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 LABEL_DTYPES = (torch.int32, torch.int64)
 
 
+def require_tensors(**tensors):
+    """A TypeError naming the first argument that is not a torch.Tensor."""
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+
+
 def device_of(**tensors):
     """The device type, "cpu" or "cuda", of tensors that must all be on one device."""
-    devices = {}
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
-        devices[name] = tensor.device
+    require_tensors(**tensors)
+    devices = {name: tensor.device for name, tensor in tensors.items()}
     if len(set(devices.values())) > 1:
         where = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"arguments are on different devices ({where}); pass all on one device")
@@ -96,8 +100,7 @@ def check_no_overlap(name, tensor, **inputs):
 def check_labels(name, labels, n):
     """Checks (n,) integer labels (any length for n None); returns them as contiguous int64
     (int32 is widened)."""
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(labels).__name__}")
+    require_tensors(**{name: labels})
     if labels.requires_grad:
         raise TypeError(f"{name}: expected integer labels that do not require grad")
     if labels.dim() != 1 or (n is not None and labels.shape[0] != n):

@@ -49,19 +49,11 @@ def _sample_rate(sample_rate):
     return sample_rate
 
 
-def _require_tensors(**tensors):
-    """A TypeError naming the first argument that is not a torch.Tensor, before the
-    functional form reads an attribute of it."""
-    for name, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-
-
 def center_loss(x, labels, centers, *, check=True):
     """Center loss (Wen et al., ECCV 2016, eq. 2): 1/(2N) sum_i ||x_i - c_{y_i}||^2.
     centers (C, D) get a gradient (zero outside the batch's classes) when they require one."""
     _eager_checks(check=check)
-    _require_tensors(centers=centers)
+    _boundary.require_tensors(centers=centers)
     centers_grad = torch.is_grad_enabled() and centers.requires_grad
     return _library.call(_library.center_loss, x, labels, centers, centers_grad, check)[0]
 
@@ -69,14 +61,14 @@ def center_loss(x, labels, centers, *, check=True):
 def center_update_direction(x, labels, centers, *, check=True):
     """Wen et al. eq. 4's delta_j = sum_{i: y_i = j} (c_j - x_i) / (1 + n_j), (C, D)."""
     _eager_checks(check=check)
-    _require_tensors(x=x, centers=centers)
+    _boundary.require_tensors(x=x, centers=centers)
     return _library.call(_library.center_update_direction, x.detach(), labels, centers.detach(), check)
 
 
 def center_update_(x, labels, centers, alpha, *, check=True):
     """In place, Wen et al. eq. 4: c_j <- c_j - alpha * delta_j (no gradient flows)."""
     _eager_checks(alpha=alpha, check=check)
-    _require_tensors(x=x, centers=centers)
+    _boundary.require_tensors(x=x, centers=centers)
     with torch.no_grad():
         _library.call(_library.center_update, x.detach(), labels, centers, alpha, check)
 
@@ -103,7 +95,7 @@ def triplet_loss_terms(x, labels, ref, ref_labels, margin=0.2, mining="semihard"
     sum_k count_k loss_k / sum_k count_k (faceops.torch.distributed.GlobalBatchLoss)."""
     _eager_checks(margin=margin, mining=mining, squared=squared, check=check)
     _require_reference(ref, ref_labels)
-    _require_tensors(ref=ref)
+    _boundary.require_tensors(ref=ref)
     ref_grad = torch.is_grad_enabled() and ref.requires_grad
     loss, count, _, _ = _library.call(_library.triplet_loss_ref, x, labels, ref, ref_labels, self_index, margin,
                                       mining, squared, ref_grad, check)
@@ -130,7 +122,7 @@ def pair_loss(x, labels, theta, *, ref=None, ref_labels=None, self_index=None, c
     parameter replays as a CUDA graph.  ``ref``, ``ref_labels`` and ``self_index`` as in
     triplet_loss: the pairs are (row of x, row of ref)."""
     _eager_checks(check=check)
-    _require_tensors(x=x)
+    _boundary.require_tensors(x=x)
     if ref is None and ref_labels is None and self_index is None:
         return _library.call(_library.pair_loss, x, labels, _theta_tensor(theta, x), check)[0]
     return pair_loss_terms(x, labels, ref, ref_labels, theta, self_index, check=check)[0]
@@ -140,7 +132,7 @@ def pair_loss_terms(x, labels, ref, ref_labels, theta, self_index=None, *, check
     """(loss, count) of the reference-set pair loss; count as in triplet_loss_terms."""
     _eager_checks(check=check)
     _require_reference(ref, ref_labels)
-    _require_tensors(x=x, ref=ref)
+    _boundary.require_tensors(x=x, ref=ref)
     ref_grad = torch.is_grad_enabled() and ref.requires_grad
     loss, count, _, _, _ = _library.call(_library.pair_loss_ref, x, labels, ref, ref_labels, self_index,
                                          _theta_tensor(theta, x), ref_grad, check)
