@@ -105,14 +105,7 @@ def load_run(run_dir):
         raise FileNotFoundError(f"{checkpoint_path} not found: is {run_dir!r} the run directory of a `faceops train` "
                                 f"run that finished at least one epoch?")
     state = rundir.read_checkpoint(checkpoint_path)
-    stored = None
-    if "config" in state:
-        try:
-            stored = json.loads(str(state["config"]))
-        except ValueError:
-            raise rundir.unreadable_checkpoint(checkpoint_path, "its config array is not valid JSON") from None
-        if not isinstance(stored, dict):
-            raise rundir.unreadable_checkpoint(checkpoint_path, "its config array is not a JSON object")
+    stored = rundir.stored_configuration(state, checkpoint_path)
     written = read_config_json(config_path) if os.path.isfile(config_path) else None
     if stored is None and written is None:
         raise FileNotFoundError(f"{config_path} not found, and {checkpoint_path} does not hold its configuration")

@@ -9,6 +9,7 @@ written over by a new run."""
 
 import fcntl
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -175,6 +176,21 @@ def link_latest(path, runs=RUNS):
 
 def unreadable_checkpoint(path, why):
     return ValueError(f"{path} is not a readable faceops checkpoint: {why}")
+
+
+def stored_configuration(state, checkpoint):
+    """The configuration a checkpoint holds (a dict), None for one of faceops 0.1.0 without
+    it, or a ValueError naming the checkpoint when it is not a JSON object."""
+    if "config" not in state:
+        return None
+    try:
+        stored = json.loads(str(state["config"]))
+    except ValueError:
+        raise unreadable_checkpoint(checkpoint, "its config array is not valid JSON") from None
+    if not isinstance(stored, dict):
+        raise unreadable_checkpoint(checkpoint, f"its config array is a JSON {type(stored).__name__}, not "
+                                                f"an object of the run's options")
+    return stored
 
 
 def read_checkpoint(path):

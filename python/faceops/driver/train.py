@@ -293,7 +293,7 @@ def resume_configuration(config, given):
                              f"ended); start it again with --run-dir {run_dir} --overwrite")
         raise ValueError(f"--resume: no run to continue at {run_dir} (no {rundir.CHECKPOINT})")
     state = rundir.read_checkpoint(checkpoint)
-    stored, source = stored_configuration(state, checkpoint), checkpoint
+    stored, source = rundir.stored_configuration(state, checkpoint), checkpoint
     if stored is None:  # a checkpoint of faceops 0.1.0 without its configuration
         from faceops.driver import export
 
@@ -329,21 +329,6 @@ def resume_configuration(config, given):
                          f"differ from it: {'; '.join(conflicts)}.  Leave them out, or start a new run (without "
                          f"--resume).  Only {', '.join(map(_option, RESUME_OVERRIDES))} may change on --resume")
     return resumed, notes
-
-
-def stored_configuration(state, checkpoint):
-    """The configuration a checkpoint holds (a dict), None for one of faceops 0.1.0 without
-    it, or a ValueError naming the checkpoint when it is not a JSON object."""
-    if "config" not in state:
-        return None
-    try:
-        stored = json.loads(str(state["config"]))
-    except ValueError:
-        raise rundir.unreadable_checkpoint(checkpoint, "its config array is not valid JSON") from None
-    if not isinstance(stored, dict):
-        raise rundir.unreadable_checkpoint(checkpoint, f"its config array is a JSON {type(stored).__name__}, not "
-                                                       f"an object of the run's options")
-    return stored
 
 
 def check_stored_options(stored, source):
@@ -770,7 +755,7 @@ def interrupted_message(config, status):
                 f"nothing to resume (start again with --run-dir {status.run_dir} --overwrite)")
     state = rundir.read_checkpoint(checkpoint)
     done = int(state["epoch"])
-    stored = stored_configuration(state, checkpoint) or {}
+    stored = rundir.stored_configuration(state, checkpoint) or {}
     where = f"in epoch {status.epoch + 1}/{config.epochs}" if status.epoch < config.epochs else \
         "after the last epoch, before the metrics and the ONNX model were written"
     # A resume's overrides that no checkpoint holds yet go into the command that continues it.
@@ -836,7 +821,7 @@ def _run(config, log, status, notes=()):
         if trainer.epoch < 1:
             raise ValueError(f"{checkpoint}: not a checkpoint this run can continue from (its epoch is "
                              f"{trainer.epoch}; a checkpoint is written after epoch 1 or a later one)")
-        checkpointed_config = stored_configuration(state, checkpoint)
+        checkpointed_config = rundir.stored_configuration(state, checkpoint)
         if config.epochs < trainer.epoch:
             raise ValueError(f"--epochs {config.epochs}: the run in {config.run_dir} has already trained "
                              f"{trainer.epoch} epochs")
