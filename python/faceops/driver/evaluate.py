@@ -179,8 +179,13 @@ def roc(similarity, same):
 def tar_at_far(similarity, same, far_target):
     """The fraction of genuine pairs accepted at the loosest threshold whose false
     accept rate is still <= far_target."""
+    return _tar_on(roc(similarity, same), far_target)
+
+
+def _tar_on(curve, far_target):
+    """tar_at_far on an ROC curve (far, tar) already computed."""
     far_target = _params.real("far_target", far_target, low=0.0, high=1.0)
-    far, tar = roc(similarity, same)
+    far, tar = curve
     return float(tar[np.flatnonzero(far <= far_target)[-1]])
 
 
@@ -200,7 +205,7 @@ def verify(embeddings_a, embeddings_b, same, fars=(1e-3, 1e-2)):
     mean, std, folds, thresholds = ten_fold_accuracy(similarity, same)
     far, tar = roc(similarity, same)
     auc = float(_trapezoid(tar, far))
-    tars = {f: tar_at_far(similarity, same, f) for f in fars}
+    tars = {f: _tar_on((far, tar), f) for f in fars}
     return Verification(mean, std, folds, thresholds, tars, auc, int(np.sum(same)), int(np.sum(~same))), \
         (far, tar)
 

@@ -143,7 +143,10 @@ def check_finite(checkpoint_path, arrays):
     """A ValueError naming the first of a checkpoint's network arrays (name -> array) that
     holds NaN or Inf: the network of a run that diverged, of which no model is made."""
     for name, value in arrays.items():
-        if not np.isfinite(np.asarray(value, np.float64)).all():
+        value = np.asarray(value)
+        if value.dtype.kind not in "fiu":
+            raise ValueError(f"{checkpoint_path}: its {name} is a {value.dtype} array, not a network's numbers")
+        if not np.isfinite(value).all():
             raise ValueError(f"{checkpoint_path}: its {name} holds NaN or Inf (the run diverged before this "
                              f"checkpoint); no model is made of it")
 
