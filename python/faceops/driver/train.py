@@ -340,17 +340,16 @@ def check_stored_options(stored, source):
         if value is None or action.dest == "help":
             continue
         if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
-            fits = type(value) is bool
+            fits, expected = type(value) is bool, "true or false"
         elif action.type is int:
-            fits = type(value) is int
+            fits, expected = type(value) is int, "an integer"
         elif action.type is float:
-            fits = type(value) in (int, float)
+            fits, expected = type(value) in (int, float), "a number"
         else:
-            fits = type(value) is str
-        if not fits or (action.choices and value not in action.choices):
-            expected = f"one of {', '.join(map(str, action.choices))}" if action.choices else \
-                {int: "an integer", float: "a number"}.get(action.type, "true or false" if action.nargs == 0 else
-                                                           "a string")
+            fits, expected = type(value) is str, "a string"
+        if action.choices:
+            fits, expected = fits and value in action.choices, f"one of {', '.join(map(str, action.choices))}"
+        if not fits:
             raise ValueError(f"{source}: the run's {_option(action.dest)} is {value!r}; expected {expected} (an "
                              f"edited or foreign file?)")
 
